@@ -1,0 +1,37 @@
+# `make lab`  - set up .venv if needed, then open JupyterLab on notebooks/ (127.0.0.1, token auth)
+# `make test` - set up .venv if needed, then run every test tier that this machine supports
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Without an NVIDIA GPU, pin the CPU versions the stored outputs were recorded with;
+# with one, leave torch/triton to pip's defaults (CUDA builds). Override with PINS=.
+PINS   ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+PORT   ?= 8888
+
+.PHONY: lab test setup doctor progress clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PINS) -e '.[dev]'
+	$(PY) -m course_utils doctor
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(PY) -m jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) $(ROOT_FLAG)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+doctor: $(STAMP)
+	$(PY) -m course_utils doctor
+
+progress: $(STAMP)
+	$(PY) -m course_utils progress
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,102 @@
+"""``python -m course_utils doctor`` (what works here) and ``python -m course_utils progress``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+import course_utils  # noqa: F401  (interpreter switch first)
+
+
+def _doctor_checks():
+    """Yield (ok, name, detail) for everything a learner needs."""
+    from course_utils.runtime import environment_lines, triton_status
+
+    try:
+        import torch
+
+        x = torch.randn(4, 4, requires_grad=True)
+        (x @ x).sum().backward()
+        yield True, "torch", f"{torch.__version__}, autograd works"
+    except Exception as exc:  # the doctor reports, it does not crash
+        yield False, "torch", repr(exc)
+        return
+    status = triton_status()
+    if status.available:
+        try:
+            from course_utils.kernels.softmax import softmax_triton
+
+            x = torch.randn(3, 37)
+            torch.testing.assert_close(softmax_triton(x), torch.softmax(x, -1))
+            yield True, "triton", f"{status.version}, {status.mode}: a softmax kernel ran and matched torch"
+        except Exception as exc:
+            yield False, "triton", f"{status.mode}: a test kernel failed: {exc!r}"
+    else:
+        # No Triton (macOS/Windows) is a supported setup: the notebooks skip Triton cells.
+        yield True, "triton", f"not available - {status.reason}"
+    for module, what in [("ipywidgets", "sliders"), ("matplotlib", "plots"), ("jupyterlab", "JupyterLab"),
+                         ("ipykernel", "the notebook kernel"), ("tqdm", "progress bars")]:
+        if importlib.util.find_spec(module) is None:
+            yield False, module, f"not installed ({what} need it): run `make lab` or `pip install -e .`"
+        else:
+            mod = importlib.import_module(module)
+            yield True, module, f"{getattr(mod, '__version__', '?')} ({what})"
+    try:
+        from course_utils.exercises import exercise_ids
+
+        ids = exercise_ids()
+        yield True, "exercises", f"{len(ids)} registered ({ids[0]} ... {ids[-1]})"
+    except Exception as exc:
+        yield False, "exercises", f"the solutions package failed to load: {exc!r}"
+    try:
+        from course_utils import progress
+
+        progress.load()
+        yield True, "progress", f"file {progress.progress_path()} readable"
+    except Exception as exc:
+        yield False, "progress", repr(exc)
+    for line in environment_lines():
+        print("       " + line)
+
+
+def doctor() -> int:
+    failures = 0
+    for ok, name, detail in _doctor_checks():
+        print(f"{'OK  ' if ok else 'FAIL'}  {name:<11} {detail}")
+        failures += not ok
+    print("all OK" if not failures else f"{failures} FAIL line(s): see above")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_utils")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check that torch, Triton, widgets and Jupyter work here")
+    prog = sub.add_parser("progress", help="show your exercise progress per chapter")
+    prog.add_argument("--reset", metavar="ID", help="forget one exercise's record ('all' for every one)")
+    stub = sub.add_parser("stub", help="print an exercise's original cell, to start it over")
+    stub.add_argument("id")
+    args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return doctor()
+    if args.command == "stub":
+        from course_utils.exercises import stub_source
+
+        try:
+            print(stub_source(args.id), end="")
+        except KeyError as exc:
+            print(exc.args[0], file=sys.stderr)
+            return 2
+        return 0
+    from course_utils import progress
+
+    if args.reset:
+        progress.reset(None if args.reset == "all" else args.reset)
+        print(f"reset {args.reset}")
+    print(progress.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

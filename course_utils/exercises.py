@@ -1,0 +1,442 @@
+"""Exercises: the registry, ``check`` and ``use``.
+
+An exercise is a function the learner writes in a notebook cell tagged ``exercise``. ``check(id, fn)``
+runs it on the exercise's cases and compares with the reference answer in ``solutions`` using
+per-dtype tolerances. Every exercise also lists realistic wrong answers (:class:`Mistake`); when the
+learner's output on a failing case equals a mistake's output, the mistake's hint is shown.
+
+Learner mode never raises out of ``check``: a crash, a hang, a wrong shape, a NaN or an input
+modified in place all become a message. With ``COURSE_STRICT=1`` anything but a pass raises
+:class:`ExerciseNotPassed` (the tests use that).
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import inspect
+import math
+import os
+import signal
+import textwrap
+import threading
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy
+import torch
+
+from course_utils import progress
+
+# torch.testing.assert_close's defaults (rtol, atol) per dtype.
+DEFAULT_TOLERANCES = {
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1.3e-6, 1e-5),
+    torch.float16: (1e-3, 1e-5),
+    torch.bfloat16: (1.6e-2, 1e-5),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input to an exercise: a name the learner sees when it fails, and the arguments."""
+    name: str
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A realistic wrong answer. ``fn`` has the reference's signature; ``hint`` says what to fix."""
+    name: str
+    fn: Callable
+    hint: str
+
+
+@dataclass
+class Exercise:
+    id: str  # "1.3": chapter.number
+    title: str  # one line, shown in the progress table
+    reference: Callable  # the answer, from solutions (may be a Triton kernel)
+    cases: Callable[[], list[Case]]  # builds fresh, seeded inputs
+    mistakes: tuple[Mistake, ...] = ()
+    # How a candidate runs on a case: call(candidate, *args, **kwargs). A Triton exercise passes
+    # a launcher here because the candidate is a kernel, not a function of tensors.
+    call: Callable[..., Any] | None = None
+    tolerances: dict = field(default_factory=dict)  # dtype -> (rtol, atol), overriding the defaults
+    needs_triton: bool = False
+    timeout_s: float = 30.0
+    chapter: str = ""  # filled in by the registry: the chapter title
+
+    def run(self, candidate: Callable, case: Case) -> Any:
+        """Run a known answer (reference or mistake) on fresh copies of the case's tensors, quietly:
+        a mistake's overflow warnings are expected and not the learner's business."""
+        with warnings.catch_warnings(), numpy.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return (self.call or _plain_call)(candidate, *_clone(case.args), **_clone(case.kwargs))
+
+
+@dataclass
+class CheckResult:
+    exercise_id: str
+    status: str  # "passed", "failed", "todo" (not implemented yet) or "skipped" (cannot run here)
+    message: str
+    case: str | None = None  # name of the first failing case
+    mistake: str | None = None  # name of the known mistake the output matched
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def __repr__(self) -> str:
+        return f"<CheckResult {self.exercise_id}: {self.status}>"
+
+
+class ExerciseNotPassed(AssertionError):
+    """Raised by ``check`` in strict mode (``COURSE_STRICT=1``) when an exercise does not pass."""
+
+
+class ExerciseTimeout(BaseException):
+    """Raised inside learner code that runs past its time limit (BaseException: a bare
+    ``except Exception`` in learner code must not swallow it)."""
+
+
+# ---------------------------------------------------------------------------------------- registry
+
+def registry() -> dict[str, Exercise]:
+    """Every exercise in course order, from the modules listed in ``solutions.CHAPTERS``."""
+    import solutions
+
+    exercises: dict[str, Exercise] = {}
+    for module_name in solutions.CHAPTERS:
+        module = importlib.import_module(f"solutions.{module_name}")
+        for ex in module.EXERCISES:
+            ex.chapter = module.CHAPTER
+            exercises[ex.id] = ex
+    return exercises
+
+
+def exercise_ids() -> list[str]:
+    """Every exercise id in course order: ``["0.1", "1.1", ...]``."""
+    return list(registry())
+
+
+def reference(exercise_id: str) -> Callable:
+    """The reference answer for ``exercise_id``."""
+    return _get(exercise_id).reference
+
+
+def _get(exercise_id: str) -> Exercise:
+    exercises = registry()
+    if exercise_id not in exercises:
+        raise KeyError(f"no exercise {exercise_id!r}; known: {', '.join(exercises)}")
+    return exercises[exercise_id]
+
+
+def _python_function(obj: Callable) -> Callable:
+    """The plain Python function behind a Triton ``JITFunction`` (or the object itself)."""
+    return getattr(obj, "fn", obj)
+
+
+def solution_source(exercise_id: str) -> str:
+    """Source of the reference answer, as a learner would type it into the exercise cell."""
+    return textwrap.dedent(inspect.getsource(_python_function(reference(exercise_id)))).rstrip() + "\n"
+
+
+def stub_source(exercise_id: str) -> str:
+    """The exercise cell as it is handed out: the reference's signature and docstring, no body."""
+    source = solution_source(exercise_id)
+    func = next(n for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.ClassDef)))
+    doc = func.body[0]
+    if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)):
+        raise ValueError(f"reference for {exercise_id} has no docstring to hand out")
+    lines = source.splitlines()[: doc.end_lineno]
+    return "\n".join(lines + ["    # YOUR CODE HERE", "    raise NotImplementedError"]) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- check
+
+def strict_mode() -> bool:
+    return os.environ.get("COURSE_STRICT", "") not in ("", "0")
+
+
+_passed_candidates: dict[str, Any] = {}  # exercise id -> the candidate object that last passed
+
+
+def check(exercise_id: str, candidate: Any, *, display: bool = True, record: bool = True) -> CheckResult:
+    """Run ``candidate`` on every case of ``exercise_id`` and compare with the reference.
+
+    Shows ✅ / ❌ (with the failing case, the error and a hint) / ⏳ (not implemented yet).
+    Records the result in the progress file. Raises only in strict mode.
+    """
+    result = _check(exercise_id, candidate)
+    if result.passed:
+        _passed_candidates[exercise_id] = candidate
+    else:
+        _passed_candidates.pop(exercise_id, None)
+    if record and result.status in ("passed", "failed", "todo"):
+        try:
+            progress.record(exercise_id, result.status)
+        except OSError as exc:
+            result.message += f"\n(could not save progress: {exc})"
+    if display:
+        print(result.message)
+    if strict_mode() and not result.passed:
+        raise ExerciseNotPassed(result.message)
+    return result
+
+
+def use(exercise_id: str, candidate: Any) -> Any:
+    """The learner's ``candidate`` if it passes ``exercise_id``, else the reference, said aloud."""
+    if _passed_candidates.get(exercise_id) is not candidate:
+        if not _check(exercise_id, candidate).passed:
+            ref = reference(exercise_id)
+            print(f"→ {exercise_id}: using the reference `{_name(ref)}` from solutions "
+                  "(yours has not passed yet)")
+            return ref
+        _passed_candidates[exercise_id] = candidate
+    print(f"→ {exercise_id}: using your `{_name(candidate)}`")
+    return candidate
+
+
+def _name(obj: Any) -> str:
+    return getattr(_python_function(obj), "__name__", type(obj).__name__)
+
+
+def _check(exercise_id: str, candidate: Any) -> CheckResult:
+    try:
+        ex = _get(exercise_id)
+    except KeyError as exc:
+        return CheckResult(exercise_id, "failed", f"❌ {exc.args[0]}")
+    label = f"{ex.id} {ex.title}"
+
+    def failed(message: str, case: Case | None = None, mistake: Mistake | None = None) -> CheckResult:
+        text = f"❌ {label}\n   " + message.replace("\n", "\n   ")
+        if mistake is not None:
+            text += f"\n   Hint: {mistake.hint}"
+        return CheckResult(ex.id, "failed", text, case.name if case else None,
+                           mistake.name if mistake else None)
+
+    if candidate is None or not callable(candidate):
+        return failed(f"expected your function (or kernel), got {type(candidate).__name__}. "
+                      "Pass the function itself: check(\"{0}\", my_function), without calling it."
+                      .format(ex.id))
+    if ex.needs_triton or hasattr(candidate, "triton_unavailable"):
+        from course_utils.runtime import triton_status
+
+        status = triton_status()
+        if not status.available:
+            return CheckResult(ex.id, "skipped", f"⏭ {label}: skipped, {status.reason}")
+    if _is_unimplemented_stub(candidate):  # a compiled Triton stub cannot even raise, so look first
+        return CheckResult(ex.id, "todo", _TODO.format(label=label))
+    try:
+        cases = ex.cases()
+    except Exception as exc:  # a broken case builder is the course's bug, said as such
+        return failed(f"the course could not build the test cases ({exc!r}); please report this")
+
+    for case in cases:
+        try:
+            expected = ex.run(ex.reference, case)
+        except Exception as exc:
+            return failed(f"the reference answer failed on case '{case.name}' ({exc!r}); please report this")
+        args_before = _clone((case.args, case.kwargs))
+        try:
+            with _time_limit(ex.timeout_s):
+                # the case's own tensors, not copies: afterwards they show whether the code mutated them
+                got = (ex.call or _plain_call)(candidate, *case.args, **case.kwargs)
+        except NotImplementedError:
+            return CheckResult(ex.id, "todo", _TODO.format(label=label))
+        except ExerciseTimeout:
+            return failed(f"case '{case.name}': still running after {ex.timeout_s:.0f} s "
+                          "(an endless loop?). Stopped it.", case)
+        except Exception as exc:
+            return failed(f"case '{case.name}': your code raised {type(exc).__name__}: {exc}"
+                          f"{_where(exc)}", case, _matching_mistake(ex, case, None, exc))
+        changed = _changed_argument(args_before, (case.args, case.kwargs), _parameter_names(ex.reference))
+        if changed:
+            return failed(f"case '{case.name}': your code modified its input {changed} in place "
+                          "(e.g. `x -= ...` or `x.exp_()`); compute on a new tensor instead.", case)
+        mismatch = describe_mismatch(expected, got, ex.tolerances)
+        if mismatch:
+            return failed(f"case '{case.name}': {mismatch}", case, _matching_mistake(ex, case, got))
+    return CheckResult(ex.id, "passed", f"✅ {label}: passed all {len(cases)} cases.")
+
+
+_TODO = ("⏳ {label}: not implemented yet - replace `raise NotImplementedError` with your code "
+         "and run this cell again.")
+
+
+def _is_unimplemented_stub(candidate: Any) -> bool:
+    """True when the candidate's body is only a docstring, comments and ``raise NotImplementedError``."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(_python_function(candidate))))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    func = tree.body[0] if tree.body else None
+    if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    body = [n for n in func.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    if len(body) != 1 or not isinstance(body[0], ast.Raise) or body[0].exc is None:
+        return False
+    exc = body[0].exc.func if isinstance(body[0].exc, ast.Call) else body[0].exc
+    return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
+
+
+def _plain_call(fn: Callable, *args, **kwargs) -> Any:
+    return fn(*args, **kwargs)
+
+
+def _parameter_names(fn: Callable) -> list[str]:
+    try:
+        return list(inspect.signature(_python_function(fn)).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def _matching_mistake(ex: Exercise, case: Case, got: Any, error: Exception | None = None):
+    """The first known mistake whose output on ``case`` equals the learner's (or that raises alike)."""
+    for mistake in ex.mistakes:
+        try:
+            with _time_limit(ex.timeout_s):
+                wrong = ex.run(mistake.fn, case)
+        except Exception as exc:
+            if error is not None and type(exc) is type(error):
+                return mistake
+            continue
+        except ExerciseTimeout:
+            continue
+        if error is None and describe_mismatch(wrong, got, ex.tolerances) is None:
+            return mistake
+    return None
+
+
+def _where(exc: BaseException) -> str:
+    """' (line N of your code: `...`)' for the deepest frame outside the course and libraries."""
+    package_dir = str(Path(__file__).resolve().parent)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith(package_dir) and "site-packages" not in f.filename
+              and "/lib/python" not in f.filename]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f"\n(line {frame.lineno} of your code: `{(frame.line or '').strip()}`)"
+
+
+# ------------------------------------------------------------------------------------- comparisons
+
+def describe_mismatch(expected: Any, got: Any, tolerances: dict | None = None, where: str = "") -> str | None:
+    """None when ``got`` matches ``expected``; else one sentence saying how it differs."""
+    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    what = f"{where}: " if where else ""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            return f"{what}expected a torch.Tensor, got {type(got).__name__}" + (
+                " (did you forget to `return` it?)" if got is None else "")
+        if got.shape != expected.shape:
+            return f"{what}expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
+        if got.dtype != expected.dtype:
+            return f"{what}expected dtype {expected.dtype}, got {got.dtype}"
+        got_c, exp_c = got.detach().cpu(), expected.detach().cpu()
+        if exp_c.dtype == torch.bool or not exp_c.is_floating_point():
+            if torch.equal(got_c, exp_c):
+                return None
+            bad = (got_c != exp_c).nonzero()[0].tolist()
+            return f"{what}wrong value at index {bad}: expected {exp_c[tuple(bad)].item()}, got {got_c[tuple(bad)].item()}"
+        rtol, atol = tolerances.get(exp_c.dtype, (1e-5, 1e-8))
+        exp_f, got_f = exp_c.double(), got_c.double()
+        new_nan = got_f.isnan() & ~exp_f.isnan()
+        if new_nan.any():
+            idx = new_nan.nonzero()[0].tolist()
+            return (f"{what}NaN at index {idx} where the answer is {exp_f[tuple(idx)].item():.6g} "
+                    f"({int(new_nan.sum())} NaN values in all)")
+        ok = torch.isclose(got_f, exp_f, rtol=rtol, atol=atol, equal_nan=True)
+        if bool(ok.all()):
+            return None
+        err = torch.where(ok, torch.zeros_like(got_f), (got_f - exp_f).abs().nan_to_num(math.inf))
+        idx = list(divmod_index(int(err.argmax()), exp_f.shape))
+        return (f"{what}{int((~ok).sum())} of {ok.numel()} values differ; worst at index {idx}: "
+                f"expected {exp_f[tuple(idx)].item():.6g}, got {got_f[tuple(idx)].item():.6g} "
+                f"(rtol={rtol:g}, atol={atol:g})")
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)):
+            return f"{what}expected a tuple of {len(expected)} values, got {type(got).__name__}"
+        if len(got) != len(expected):
+            return f"{what}expected {len(expected)} values, got {len(got)}"
+        for i, (e, g) in enumerate(zip(expected, got)):
+            problem = describe_mismatch(e, g, tolerances, f"{where}[{i}]" if where else f"output[{i}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if not isinstance(got, (int, float)) or isinstance(got, bool):
+            return f"{what}expected a number, got {type(got).__name__}"
+        if math.isclose(got, expected, rel_tol=1e-5, abs_tol=1e-7) or (math.isnan(got) and math.isnan(expected)):
+            return None
+        return f"{what}expected {expected:.6g}, got {got:.6g}"
+    if expected != got:
+        return f"{what}expected {expected!r}, got {got!r}"
+    return None
+
+
+def divmod_index(flat: int, shape: torch.Size) -> tuple[int, ...]:
+    """The multi-index of element ``flat`` in a tensor of ``shape`` (row-major)."""
+    idx = []
+    for size in reversed(shape):
+        flat, rem = divmod(flat, size)
+        idx.append(rem)
+    return tuple(reversed(idx))
+
+
+def _clone(tree: Any) -> Any:
+    """A deep copy of tensors in nested tuples/lists/dicts; other leaves are shared."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().clone().requires_grad_(tree.requires_grad) if tree.is_leaf else tree.clone()
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_clone(t) for t in tree)
+    if isinstance(tree, dict):
+        return {k: _clone(v) for k, v in tree.items()}
+    return tree
+
+
+def _changed_argument(before: Any, after: Any, names: list[str]) -> str | None:
+    """The name of the first tensor argument that differs between two ``(args, kwargs)`` snapshots."""
+    (args_b, kwargs_b), (args_a, kwargs_a) = before, after
+    pairs = [(names[i] if i < len(names) else f"#{i + 1}", b, a) for i, (b, a) in enumerate(zip(args_b, args_a))]
+    pairs += [(k, kwargs_b[k], kwargs_a[k]) for k in kwargs_b]
+    for name, b, a in pairs:
+        if isinstance(b, torch.Tensor) and not _same_tensor(b, a):
+            return f"`{name}`"
+    return None
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a.detach().isnan(), b.detach().isnan()) and torch.equal(
+        a.detach().nan_to_num(0.0) if a.is_floating_point() else a.detach(),
+        b.detach().nan_to_num(0.0) if b.is_floating_point() else b.detach())
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise :class:`ExerciseTimeout` in the block after ``seconds`` (main thread, Unix only)."""
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise ExerciseTimeout()
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

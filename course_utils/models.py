@@ -1,0 +1,163 @@
+"""A tiny, configurable decoder-only Transformer that every chapter reuses.
+
+One readable file in the manner of nanoGPT: a dataclass config, a block whose normalisation
+placement (Pre-LN, Post-LN, none) and residual connections can be switched, and a stack with
+token/position embeddings and an LM head. Sizes are CPU-friendly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int = 64  # number of token ids
+    block_size: int = 64  # longest sequence the position embedding covers
+    n_layer: int = 4  # number of Transformer blocks
+    n_head: int = 4  # attention heads; d_model must be divisible by it
+    d_model: int = 64  # width of the residual stream
+    d_ff: int | None = None  # MLP hidden width; None means 4 * d_model
+    norm_position: str = "pre"  # "pre" (Pre-LN), "post" (Post-LN, the 2017 paper) or "none"
+    residual: bool = True  # False drops the skip connections (to watch gradients vanish)
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    mlp: str = "gelu"  # "gelu" or "swiglu"
+    init_std: float = 0.02  # std of every Linear/Embedding weight at init (GPT-2 uses 0.02)
+    depth_scaled_init: bool = False  # residual output projections get init_std / sqrt(2 * n_layer)
+    final_norm: bool = True  # a norm before the LM head (Pre-LN models need it)
+    bias: bool = False  # biases in Linear layers and LayerNorm
+
+    def __post_init__(self):
+        if self.norm_position not in ("pre", "post", "none"):
+            raise ValueError(f"norm_position must be 'pre', 'post' or 'none', got {self.norm_position!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        if self.mlp not in ("gelu", "swiglu"):
+            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+
+    @property
+    def hidden(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+
+def make_norm(config: TransformerConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.d_model)
+    return nn.LayerNorm(config.d_model, bias=config.bias)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.proj.is_residual_projection = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        width = 2 * config.hidden if self.swiglu else config.hidden  # gate and up share one matmul
+        self.up = nn.Linear(config.d_model, width, bias=config.bias)
+        self.down = nn.Linear(config.hidden, config.d_model, bias=config.bias)
+        self.down.is_residual_projection = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)  # (B, T, hidden) each
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return self.down(h)
+
+
+class Block(nn.Module):
+    """One Transformer block; ``config.norm_position`` and ``config.residual`` pick the wiring:
+
+    pre:  x = x + attn(ln1(x));  x = x + mlp(ln2(x))
+    post: x = ln1(x + attn(x));  x = ln2(x + mlp(x))
+    none: x = x + attn(x);       x = x + mlp(x)
+    Without residuals the ``x +`` is dropped and the rest stays.
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.ln1, self.ln2 = make_norm(config), make_norm(config)
+        self.attn, self.mlp = CausalSelfAttention(config), MLP(config)
+
+    def _sublayer(self, x: torch.Tensor, f: nn.Module, norm: nn.Module) -> torch.Tensor:
+        skip = x if self.config.residual else 0.0
+        position = self.config.norm_position
+        if position == "pre":
+            return skip + f(norm(x))
+        if position == "post":
+            return norm(skip + f(x))
+        return skip + f(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._sublayer(x, self.attn, self.ln1)
+        return self._sublayer(x, self.mlp, self.ln2)
+
+
+class TinyTransformer(nn.Module):
+    """Token + position embeddings, ``n_layer`` blocks, optional final norm, LM head."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.block_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = make_norm(config) if config.final_norm else nn.Identity()
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            if self.config.depth_scaled_init and getattr(module, "is_residual_projection", False):
+                std = std / math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> residual stream (B, T, d_model)."""
+        T = idx.shape[1]
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        return self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, C)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Returns ``(logits (B, T, vocab), loss or None)``."""
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss

@@ -1,0 +1,120 @@
+"""The learner's progress file: which exercises passed, when, after how many attempts.
+
+A git-ignored JSON file at the repository root (``COURSE_PROGRESS=/path/file.json`` points it
+elsewhere). Writes are atomic (temporary file + ``os.replace``); a file that cannot be read is set
+aside as ``<name>.corrupt-<time>`` with a warning and progress starts afresh.
+
+Format: ``{"version": 1, "exercises": {"1.1": {"status": "passed", "attempts": 3, "updated": "..."}}}``
+where status is one of ``passed``, ``failed``, ``todo`` (stub not implemented yet).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+FORMAT_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STATUS_SYMBOL = {"passed": "✅", "failed": "❌", "todo": "⏳", None: "·"}
+
+
+def progress_path() -> Path:
+    return Path(os.environ.get("COURSE_PROGRESS") or REPO_ROOT / ".course_progress.json")
+
+
+def _empty() -> dict:
+    return {"version": FORMAT_VERSION, "exercises": {}}
+
+
+def _valid(data) -> bool:
+    return (isinstance(data, dict) and data.get("version") == FORMAT_VERSION
+            and isinstance(data.get("exercises"), dict)
+            and all(isinstance(v, dict) for v in data["exercises"].values()))
+
+
+def load() -> dict:
+    """The progress data; a missing file is empty progress, a corrupt one is set aside."""
+    path = progress_path()
+    if not path.exists():
+        return _empty()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if _valid(data):
+            return data
+        problem = "it is not a progress file of this course"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problem = f"it could not be read ({exc.__class__.__name__})"
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    try:
+        os.replace(path, aside)
+        where = f"moved it to {aside}"
+    except OSError:
+        where = "could not move it aside"
+    warnings.warn(f"Progress file {path}: {problem}; {where} and started afresh.", stacklevel=2)
+    return _empty()
+
+
+def save(data: dict) -> None:
+    """Write atomically: a crash mid-write leaves the previous file intact."""
+    path = progress_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record(exercise_id: str, status: str) -> None:
+    """Record one check: ``status`` is ``passed``, ``failed`` or ``todo``. A pass is never lost."""
+    if status not in ("passed", "failed", "todo"):
+        raise ValueError(f"unknown status {status!r}")
+    data = load()
+    entry = data["exercises"].setdefault(exercise_id, {"status": None, "attempts": 0})
+    if status != "todo":
+        entry["attempts"] = int(entry.get("attempts", 0)) + 1
+    if entry.get("status") != "passed" or status == "passed":
+        entry["status"] = status
+    entry["updated"] = _dt.datetime.now().isoformat(timespec="seconds")
+    save(data)
+
+
+def reset(exercise_id: str | None = None) -> None:
+    """Forget one exercise's record, or every record when ``exercise_id`` is None."""
+    data = load()
+    if exercise_id is None:
+        data["exercises"].clear()
+    else:
+        data["exercises"].pop(exercise_id, None)
+    save(data)
+
+
+def status_of(exercise_id: str) -> str | None:
+    return load()["exercises"].get(exercise_id, {}).get("status")
+
+
+def table() -> str:
+    """A text table per chapter: one line per exercise with its status and attempts."""
+    from course_utils.exercises import registry
+
+    records = load()["exercises"]
+    lines, chapter = [], None
+    for ex in registry().values():
+        if ex.chapter != chapter:
+            chapter = ex.chapter
+            done = sum(records.get(e.id, {}).get("status") == "passed"
+                       for e in registry().values() if e.chapter == chapter)
+            total = sum(e.chapter == chapter for e in registry().values())
+            lines.append(f"{chapter}  ({done}/{total} passed)")
+        rec = records.get(ex.id, {})
+        lines.append(f"  {STATUS_SYMBOL.get(rec.get('status'), '?')} {ex.id:<5} {ex.title:<44} "
+                     f"attempts: {rec.get('attempts', 0)}")
+    lines.append(f"(progress file: {progress_path()})")
+    return "\n".join(lines)

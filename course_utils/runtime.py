@@ -1,0 +1,130 @@
+"""Device choice, Triton availability and mode, seeding, and the environment summary.
+
+Triton facts this module relies on (DESIGN.md): without a GPU, ``TRITON_INTERPRET=1`` runs kernels
+on CPU tensors, and it must be set before ``triton`` is imported. PyPI has no Triton for macOS or
+Windows; there :func:`import_triton` returns stand-ins so notebooks still run top to bottom.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import random
+import sys
+import types
+from dataclasses import dataclass
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def enable_triton_interpreter_if_no_gpu() -> None:
+    """Set ``TRITON_INTERPRET=1`` when CUDA is absent, unless the user already chose a value."""
+    if "TRITON_INTERPRET" in os.environ:
+        return
+    if not _cuda_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+@dataclass(frozen=True)
+class TritonStatus:
+    available: bool  # can Triton kernels run here at all?
+    mode: str  # "compiled" (GPU), "interpreter" (CPU, numpy) or "unavailable"
+    version: str | None
+    reason: str  # one sentence a learner can act on
+
+
+def triton_status() -> TritonStatus:
+    """Whether Triton kernels can run here, and how."""
+    if importlib.util.find_spec("triton") is None:
+        why = (
+            f"Triton is not installed (PyPI has no Triton for {platform.system()}); "
+            "Triton cells are skipped and the PyTorch path carries on."
+        )
+        return TritonStatus(False, "unavailable", None, why)
+    import triton
+
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if interpreting:
+        return TritonStatus(True, "interpreter", triton.__version__,
+                            "no CUDA GPU: kernels run in Triton's interpreter on the CPU (correct, slow)")
+    if _cuda_available():
+        return TritonStatus(True, "compiled", triton.__version__, "kernels are compiled for the GPU")
+    return TritonStatus(False, "unavailable", triton.__version__,
+                        "no GPU and TRITON_INTERPRET is not 1: restart the kernel and import course_utils "
+                        "before triton, or set TRITON_INTERPRET=1")
+
+
+def import_triton() -> tuple[types.ModuleType, types.ModuleType]:
+    """Return ``(triton, triton.language)``, or stand-ins where Triton cannot run.
+
+    The stand-in ``triton.jit`` returns the function unchanged and marks it, so a notebook cell that
+    defines a kernel still runs; :func:`course_utils.check` then reports that Triton is unavailable.
+    """
+    status = triton_status()
+    if status.available:
+        import triton
+        import triton.language as tl
+
+        return triton, tl
+    shim = types.ModuleType("triton_unavailable")
+
+    def jit(fn=None, **_kwargs):
+        def mark(f):
+            f.triton_unavailable = status.reason
+            return f
+
+        return mark(fn) if fn is not None else mark
+
+    shim.jit = jit
+    shim.cdiv = lambda a, b: (a + b - 1) // b
+    shim.next_power_of_2 = lambda n: 1 << (max(int(n), 1) - 1).bit_length()
+    language = types.ModuleType("triton_unavailable.language")
+    language.constexpr = object
+    shim.language = language
+    return shim, language
+
+
+def device() -> "torch.device":  # noqa: F821
+    """``cuda`` when a GPU is present, else ``cpu``."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so text outputs repeat run after run."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def environment_lines() -> list[str]:
+    """The environment summary as lines: Python, torch, device, Triton mode."""
+    import torch
+
+    status = triton_status()
+    dev = device()
+    gpu = f" ({torch.cuda.get_device_name(0)})" if dev.type == "cuda" else ""
+    return [
+        f"python  {sys.version.split()[0]} on {platform.system()} {platform.machine()}",
+        f"torch   {torch.__version__}, device {dev.type}{gpu}, {torch.get_num_threads()} CPU threads",
+        f"triton  {status.version or '-'}: {status.mode} - {status.reason}",
+    ]
+
+
+def setup(seed: int = 0) -> None:
+    """Seed everything, apply the course's plot style and print the environment summary."""
+    from course_utils.plotting import use_course_style
+
+    seed_everything(seed)
+    use_course_style()
+    for line in environment_lines():
+        print(line)
+    print(f"seed    {seed} (torch, numpy, random)")

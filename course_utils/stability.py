@@ -1,0 +1,77 @@
+"""Softmax three ways, in plain PyTorch: naive, safe (max-subtracted) and online (one pass).
+
+These are the building blocks of chapter 1's numerical-stability part and of FlashAttention in
+chapter 7. All work over the last dimension and keep the input's shape.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def naive_softmax(x: torch.Tensor) -> torch.Tensor:
+    """``exp(x) / sum(exp(x))`` as written in textbooks: overflows once exp(x) exceeds the dtype's max."""
+    e = torch.exp(x)
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def safe_softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension of ``x``, stable for any finite or -inf logits.
+
+    x: (..., n) floating tensor; entries may be -inf (masked) but every row has a finite entry.
+    Returns a tensor of the same shape and dtype; ``x`` is not modified.
+    Subtracting the row max leaves the result unchanged (softmax(x) = softmax(x - c)) and makes
+    the largest exponent exp(0) = 1, so nothing overflows.
+    """
+    shifted = x - x.amax(dim=-1, keepdim=True)
+    e = torch.exp(shifted)
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def online_softmax_update(m: torch.Tensor, d: torch.Tensor, block: torch.Tensor):
+    """One step of the online softmax normaliser: fold a new block of logits into (m, d).
+
+    m: (R,) running max of each row so far (-inf before any value was seen)
+    d: (R,) running sum of exp(x - m) over the values seen so far (0 before any)
+    block: (R, B) the next B logits of each row; entries may be -inf
+    Returns ``(m_new, d_new)``, both (R,): m_new = max(m, max(block)) and
+    d_new = d * exp(m - m_new) + sum(exp(block - m_new)). Rows whose values so far are all -inf
+    keep m_new = -inf and d_new = 0 (no NaN). Inputs are not modified.
+    """
+    m_new = torch.maximum(m, block.amax(dim=-1))
+    # exponentiate against 0 where everything so far is -inf: exp(-inf - (-inf)) would be NaN
+    m_safe = torch.where(torch.isinf(m_new) & (m_new < 0), torch.zeros_like(m_new), m_new)
+    d_new = d * torch.exp(m - m_safe) + torch.exp(block - m_safe[:, None]).sum(dim=-1)
+    return m_new, d_new
+
+
+def online_softmax(x: torch.Tensor, block_size: int = 4) -> torch.Tensor:
+    """Softmax of 2-D ``x`` (R, n) computing its statistics in one pass over blocks of columns."""
+    rows = x.shape[0]
+    m = torch.full((rows,), -math.inf, dtype=x.dtype)
+    d = torch.zeros(rows, dtype=x.dtype)
+    for start in range(0, x.shape[1], block_size):
+        m, d = online_softmax_update(m, d, x[:, start:start + block_size])
+    return torch.exp(x - m[:, None]) / d[:, None]
+
+
+def exp_overflow_threshold(dtype: torch.dtype) -> float:
+    """The largest x with finite exp(x) in ``dtype``: ln(finfo.max) (88.72 fp32, 11.09 fp16)."""
+    return math.log(torch.finfo(dtype).max)
+
+
+def softmax_under_scale(scale: float, dtype: torch.dtype, n: int = 8) -> dict:
+    """Softmax of ``scale * z`` for a fixed z in [-1, 1] (n values), naive vs safe, in ``dtype``.
+
+    Returns {"logits", "naive", "safe", "reference"} as float64 CPU tensors; the reference is
+    computed in float64. Naive turns to NaN once ``scale`` passes ln(max) of the dtype.
+    """
+    z = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
+    logits = (scale * z).to(dtype)
+    return {
+        "logits": logits.double(),
+        "naive": naive_softmax(logits).double(),
+        "safe": safe_softmax(logits).double(),
+        "reference": torch.softmax(logits.double(), dim=-1),
+    }

@@ -1,0 +1,66 @@
+"""Small training utilities shared by the chapters: global-norm clipping, warmup, a CPU train loop."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from course_utils.data import MarkovChain
+from course_utils.models import TinyTransformer, TransformerConfig
+
+
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float):
+    """Scale a list of gradients so that their *global* L2 norm is at most ``max_norm``.
+
+    grads: tensors of any shapes (the gradients of all parameters); max_norm > 0.
+    Returns ``(clipped, total_norm)``: new tensors (the inputs are not modified) scaled by
+    min(1, max_norm / (total_norm + 1e-6)), and the norm before clipping as a 0-d float32 tensor,
+    total_norm = sqrt(sum over all tensors of sum(g**2)). Same rule as torch.nn.utils.clip_grad_norm_.
+    """
+    total_norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
+    scale = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    return [g * scale.to(g.dtype) for g in grads], total_norm
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear warmup: the learning-rate multiplier at ``step`` (0-based), reaching 1 after warmup."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]  # training loss per step
+    grad_norms: list[float]  # global gradient norm per step (before any clipping)
+    diverged: bool  # a loss became NaN/inf and training stopped
+
+
+def train_markov_lm(config: TransformerConfig, *, steps: int = 150, lr: float = 3e-3,
+                    warmup_steps: int = 0, batch: int = 16, clip: float | None = None,
+                    seed: int = 0, chain: MarkovChain | None = None, progress: bool = True) -> TrainResult:
+    """Train a TinyTransformer with AdamW on Markov-chain text; deterministic for a given seed."""
+    torch.manual_seed(seed)
+    chain = chain or MarkovChain(vocab_size=config.vocab_size)
+    model = TinyTransformer(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_factor(s, warmup_steps))
+    data_gen = torch.Generator().manual_seed(seed + 1)
+    losses, norms = [], []
+    bar = tqdm(range(steps), disable=not progress, leave=False,
+               desc=f"{config.norm_position}-LN, warmup {warmup_steps}")
+    for _ in bar:
+        tokens = chain.sample(batch, config.block_size, data_gen)
+        _, loss = model(tokens[:, :-1], tokens[:, 1:])
+        if not math.isfinite(loss.item()):
+            return TrainResult(losses, norms, diverged=True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        total = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip else math.inf)
+        losses.append(loss.item())
+        norms.append(float(total))
+        opt.step()
+        sched.step()
+    return TrainResult(losses, norms, diverged=False)

@@ -1,0 +1,33 @@
+"""Test-wide set-up: a throwaway progress file and learner mode, before any kernel starts.
+
+nbval and nbclient start notebook kernels as subprocesses that inherit this environment, so the
+variables are set at import time, not in a fixture.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_progress_dir = tempfile.mkdtemp(prefix="course-progress-")
+os.environ["COURSE_PROGRESS"] = str(Path(_progress_dir) / "progress.json")
+os.environ.pop("COURSE_STRICT", None)  # learner mode unless a test asks for strict mode
+os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+
+import course_utils  # noqa: E402,F401  (switches on the Triton interpreter before triton is imported)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture
+def progress_file(tmp_path, monkeypatch):
+    """A fresh, empty progress file for one test."""
+    path = tmp_path / "progress.json"
+    monkeypatch.setenv("COURSE_PROGRESS", str(path))
+    return path
+
+
+@pytest.fixture
+def strict(monkeypatch):
+    monkeypatch.setenv("COURSE_STRICT", "1")

@@ -1,0 +1,28 @@
+"""Every checker accepts its answer and rejects each realistic mistake with that mistake's hint."""
+import pytest
+
+from course_utils import check
+from course_utils.exercises import registry
+
+EXERCISES = list(registry().values())
+MISTAKES = [(ex, m) for ex in EXERCISES for m in ex.mistakes]
+
+
+@pytest.mark.parametrize("ex", EXERCISES, ids=[e.id for e in EXERCISES])
+def test_reference_passes(ex):
+    result = check(ex.id, ex.reference, display=False)
+    assert result.passed, result.message
+
+
+@pytest.mark.parametrize("ex", EXERCISES, ids=[e.id for e in EXERCISES])
+def test_every_exercise_has_mistakes_and_cases(ex):
+    assert len(ex.mistakes) >= 2, "an exercise needs realistic wrong answers to reject"
+    assert len(ex.cases()) >= 4
+
+
+@pytest.mark.parametrize("ex,mistake", MISTAKES, ids=[f"{e.id}-{m.name}" for e, m in MISTAKES])
+def test_mistake_is_rejected_with_its_hint(ex, mistake):
+    result = check(ex.id, mistake.fn, display=False)
+    assert result.status == "failed", f"{ex.id} accepted the mistake '{mistake.name}'"
+    assert result.mistake == mistake.name, result.message
+    assert mistake.hint in result.message

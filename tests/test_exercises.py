@@ -1,0 +1,160 @@
+"""The exercise mechanism: public API, messages for broken learner code, strict mode, use()."""
+import pytest
+import torch
+
+from course_utils import check, use
+from course_utils.exercises import (ExerciseNotPassed, describe_mismatch, exercise_ids, reference,
+                                    solution_source, stub_source)
+from solutions import ch00_start_here, ch01_backpropagation
+
+
+def test_ids_in_course_order():
+    ids = exercise_ids()
+    assert ids == ["0.1", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6"]
+
+
+def test_reference_is_the_solution():
+    assert reference("0.1") is ch00_start_here.mean_squared_error
+    assert reference("1.2") is ch01_backpropagation.safe_softmax
+
+
+def test_stub_is_signature_docstring_and_raise():
+    stub = stub_source("0.1")
+    assert stub.startswith("def mean_squared_error(prediction, target):")
+    assert stub.rstrip().endswith("raise NotImplementedError")
+    assert "** 2).mean()" not in stub  # the answer is not handed out
+    namespace = {}
+    exec(stub, namespace)
+    assert check("0.1", namespace["mean_squared_error"], display=False).status == "todo"
+
+
+def test_solution_source_runs_as_a_notebook_cell_would():
+    namespace = {"torch": torch}
+    exec(solution_source("0.1"), namespace)
+    assert check("0.1", namespace["mean_squared_error"], display=False).passed
+
+
+def _fails_with(fn, *fragments, exercise="0.1"):
+    result = check(exercise, fn, display=False)
+    assert result.status == "failed", result.message
+    for fragment in fragments:
+        assert fragment in result.message, result.message
+    return result
+
+
+def test_learner_code_that_raises(progress_file):
+    def mse(p, t):
+        return p.nonexistent()
+
+    result = _fails_with(mse, "raised AttributeError", "line", "p.nonexistent()")
+    assert result.case == "vectors of 5"
+
+
+def test_returns_none():
+    _fails_with(lambda p, t: None, "expected a torch.Tensor, got NoneType", "forget to `return`")
+
+
+def test_wrong_shape():
+    _fails_with(lambda p, t: ((p - t) ** 2).mean(dim=0, keepdim=True), "expected shape ()")
+
+
+def test_wrong_dtype():
+    _fails_with(lambda p, t: ((p - t) ** 2).mean().double(), "expected dtype torch.float32")
+
+
+def test_nan_output():
+    _fails_with(lambda p, t: ((p - t) ** 2).mean() * float("nan"), "NaN")
+
+
+def test_mutating_an_input_is_caught():
+    def mse(p, t):
+        p -= t
+        return (p ** 2).mean()
+
+    _fails_with(mse, "modified its input `prediction` in place")
+
+
+def test_hanging_code_is_stopped(monkeypatch):
+    ex = ch00_start_here.EXERCISES[0]
+    monkeypatch.setattr(ex, "timeout_s", 0.5)
+
+    def mse(p, t):
+        while True:
+            pass
+
+    _fails_with(mse, "still running after", "Stopped it")
+
+
+def test_not_a_function():
+    _fails_with(torch.zeros(3), "expected your function")
+    _fails_with(None, "expected your function")
+
+
+def test_unknown_exercise_id_is_a_message_not_a_crash():
+    result = check("9.9", lambda: None, display=False)
+    assert not result.passed and "no exercise '9.9'" in result.message
+
+
+def test_failure_names_case_error_and_hint(capsys):
+    check("0.1", lambda p, t: ((p - t) ** 2).sum())
+    out = capsys.readouterr().out
+    assert out.startswith("❌ 0.1 mean squared error")
+    assert "case 'vectors of 5'" in out and "expected" in out
+    assert "Hint: You summed the squared errors" in out
+
+
+def test_pass_is_displayed_and_recorded(capsys, progress_file):
+    from course_utils import progress
+
+    check("0.1", ch00_start_here.mean_squared_error)
+    assert "✅ 0.1 mean squared error: passed all 4 cases." in capsys.readouterr().out
+    assert progress.status_of("0.1") == "passed"
+
+
+def test_strict_mode_raises_on_anything_but_a_pass(strict):
+    with pytest.raises(ExerciseNotPassed, match="sum"):
+        check("0.1", lambda p, t: ((p - t) ** 2).sum(), display=False)
+
+    def stub(p, t):
+        raise NotImplementedError
+
+    with pytest.raises(ExerciseNotPassed, match="not implemented"):
+        check("0.1", stub, display=False)
+    assert check("0.1", ch00_start_here.mean_squared_error, display=False).passed
+
+
+def test_use_returns_a_passing_candidate_else_the_reference(capsys):
+    def mine(prediction, target):
+        return ((prediction - target) ** 2).mean()
+
+    assert use("0.1", mine) is mine
+    assert "using your `mine`" in capsys.readouterr().out
+
+    def wrong(prediction, target):
+        return ((prediction - target) ** 2).sum()
+
+    assert use("0.1", wrong) is reference("0.1")
+    assert "using the reference `mean_squared_error`" in capsys.readouterr().out
+
+
+def test_use_does_not_trust_a_stale_pass():
+    def mine(prediction, target):
+        return ((prediction - target) ** 2).mean()
+
+    check("0.1", mine, display=False)
+
+    def other(prediction, target):
+        return (prediction - target).abs().mean()
+
+    assert use("0.1", other) is reference("0.1")
+
+
+def test_describe_mismatch_on_nested_and_numbers():
+    assert describe_mismatch((torch.ones(2), 1.0), (torch.ones(2), 1.0)) is None
+    assert "output[1]" in describe_mismatch((torch.ones(2), 1.0), (torch.ones(2), 2.0))
+    assert "expected 2 values" in describe_mismatch((1.0, 2.0), (1.0,))
+    assert describe_mismatch(3.0, torch.tensor(3.0)) is None
+    assert "worst at index [1, 0]" in describe_mismatch(torch.zeros(2, 2), torch.tensor([[0.0, 0.0], [5.0, 0.0]]))
+    inf = float("inf")
+    assert describe_mismatch(torch.tensor([inf, -inf]), torch.tensor([inf, -inf])) is None
+    assert describe_mismatch(torch.tensor([inf]), torch.tensor([-inf])) is not None

@@ -1,0 +1,77 @@
+"""pyproject.toml, environment.yml and constraints-cpu.txt describe the same environment."""
+import re
+import sys
+import tomllib
+
+from packaging.requirements import Requirement
+
+from conftest import REPO_ROOT
+
+
+def _pyproject():
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+def _conda_pip_lines() -> list[str]:
+    lines, inside = [], False
+    for raw in (REPO_ROOT / "environment.yml").read_text().splitlines():
+        if raw.strip() == "- pip:":
+            inside = True
+            continue
+        if inside:
+            if not raw.startswith("      - "):
+                break
+            lines.append(raw.strip()[2:])
+    return lines
+
+
+def _normal(req: str) -> str:
+    r = Requirement(req)
+    return f"{r.name.lower()}{r.specifier}{'; ' + str(r.marker) if r.marker else ''}"
+
+
+def test_environment_yml_lists_the_same_requirements_as_pyproject():
+    project = _pyproject()["project"]
+    wanted = set(map(_normal, project["dependencies"] + project["optional-dependencies"]["test"]))
+    listed = [line for line in _conda_pip_lines() if not line.startswith("-e")]
+    assert set(map(_normal, listed)) == wanted
+    assert "-e ." in _conda_pip_lines(), "environment.yml must install the course packages themselves"
+
+
+def test_environment_yml_python_satisfies_requires_python():
+    text = (REPO_ROOT / "environment.yml").read_text()
+    version = re.search(r"- python=(\d+\.\d+)", text).group(1)
+    spec = Requirement(f"python{_pyproject()['project']['requires-python']}").specifier
+    assert spec.contains(version + ".0")
+
+
+def test_cpu_pins_satisfy_the_declared_ranges():
+    pins = {}
+    for line in (REPO_ROOT / "constraints-cpu.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            pins[req.name.lower()] = next(iter(req.specifier)).version
+    assert pins["torch"] == "2.13.0" and pins["triton"] == "3.9.0"
+    project = _pyproject()["project"]
+    for req in map(Requirement, project["dependencies"] + project["optional-dependencies"]["test"]):
+        assert req.name.lower() in pins, f"{req.name} has no pinned version in constraints-cpu.txt"
+        assert req.specifier.contains(pins[req.name.lower()]), f"pin {req.name}=={pins[req.name.lower()]} outside {req.specifier}"
+
+
+def test_make_lab_binds_localhost_and_keeps_the_token():
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    lab = makefile.split("\nlab:")[1].split("\n\n")[0]
+    assert "--ServerApp.ip=127.0.0.1" in lab
+    assert "token" not in lab.lower(), "make lab must not set or disable the token"
+    assert "--notebook-dir=notebooks" in lab
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (REPO_ROOT / ".ci" / "run").read_text()
+    assert "make test" in (REPO_ROOT / "README.md").read_text()
+    assert "make lab" in (REPO_ROOT / "README.md").read_text()
+
+
+def test_running_python_is_supported():
+    spec = Requirement(f"python{_pyproject()['project']['requires-python']}").specifier
+    assert spec.contains(f"{sys.version_info.major}.{sys.version_info.minor}.0")
