@@ -77,7 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     prog.add_argument("--reset", metavar="ID", help="forget one exercise's record ('all' for every one)")
     stub = sub.add_parser("stub", help="print an exercise's original cell, to start it over")
     stub.add_argument("id")
+    run = sub.add_parser("execute", help="run notebooks top to bottom and store their outputs (maintainers)")
+    run.add_argument("notebooks", nargs="+")
+    run.add_argument("--solved", action="store_true", help="replace exercise cells by the answers; do not write")
     args = parser.parse_args(argv)
+    if args.command == "execute":
+        from course_utils.notebook_runner import execute
+
+        for path in args.notebooks:
+            _, seconds = execute(path, solved_mode=args.solved, write=not args.solved)
+            print(f"{path}: {seconds:.1f} s ({'solved, not written' if args.solved else 'outputs stored'})")
+        return 0
     if args.command == "doctor":
         return doctor()
     if args.command == "stub":

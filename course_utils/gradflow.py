@@ -5,13 +5,16 @@ residual-stream scale for a stack without residuals, with Post-LN and with Pre-L
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import matplotlib.ticker
 import torch
 import torch.nn.functional as F
 
 from course_utils.data import MarkovChain
 from course_utils.models import TinyTransformer, TransformerConfig
+from course_utils.plotting import COLORS, subplots
 
 # The three wirings chapter 1 compares; keys double as plot labels and colour keys.
 ARCHITECTURES = {
@@ -84,3 +87,169 @@ def loglog_slope(xs: list[float], ys: list[float]) -> float:
     lx, ly = torch.log(torch.tensor(xs, dtype=torch.float64)), torch.log(torch.tensor(ys, dtype=torch.float64))
     lx, ly = lx - lx.mean(), ly - ly.mean()
     return float((lx * ly).sum() / (lx * lx).sum())
+
+
+def jacobian_product_norms(depth: int, sigma: float, *, d: int = 64, residual: bool, seed: int = 0) -> list[float]:
+    """||g J_L ... J_1|| (or with I + J_k per layer when ``residual``) after each of ``depth`` layers.
+
+    Each J_k is a random (d, d) matrix with entries N(0, sigma^2 / d), a stand-in for a block's
+    Jacobian; g is a unit-norm upstream gradient. Index l holds the norm after l + 1 layers.
+    """
+    g_ = torch.Generator().manual_seed(seed)
+    grad = torch.randn(d, generator=g_, dtype=torch.float64)
+    grad = grad / grad.norm()
+    norms = []
+    for _ in range(depth):
+        J = sigma / math.sqrt(d) * torch.randn(d, d, generator=g_, dtype=torch.float64)
+        grad = grad + grad @ J if residual else grad @ J
+        norms.append(float(grad.norm()))
+    return norms
+
+
+def swiglu_scale_sweep(scales: list[float], *, n: int = 4096, seed: int = 0) -> dict[str, list[float]]:
+    """RMS of h = silu(s*a) * (s*b) and of its gradients d gate, d up for each scale s (dL/dh = 1).
+
+    Keys: scale, output, grad_gate, grad_up. Large s: output grows like s^2, each gradient like s.
+    """
+    g_ = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(n, generator=g_, dtype=torch.float64), torch.randn(n, generator=g_, dtype=torch.float64)
+    out = {"scale": [], "output": [], "grad_gate": [], "grad_up": []}
+    for s in scales:
+        gate, up = (s * a).requires_grad_(), (s * b).requires_grad_()
+        h = F.silu(gate) * up
+        h.sum().backward()
+        out["scale"].append(s)
+        out["output"].append(float(h.detach().pow(2).mean().sqrt()))
+        out["grad_gate"].append(float(gate.grad.pow(2).mean().sqrt()))
+        out["grad_up"].append(float(up.grad.pow(2).mean().sqrt()))
+    return out
+
+
+@dataclass
+class SpikeRun:
+    losses: list[float]  # loss on a fixed clean evaluation batch after each step
+    grad_norms: list[float]  # global gradient norm at each step, before clipping
+
+
+def swiglu_spike_run(spike_scale: float, clip: float | None, *, steps: int = 80, spike_step: int = 30,
+                     lr: float = 0.05, seed: int = 0, clip_fn=None) -> SpikeRun:
+    """Train a SwiGLU MLP regressor with SGD; at ``spike_step`` the batch's inputs are multiplied by
+    ``spike_scale`` (a bad batch). With ``clip`` set, gradients are clipped to that global norm by
+    ``clip_fn(grads, max_norm) -> (clipped, norm)`` (default: the course's clip_grad_norm)."""
+    from course_utils.training import clip_grad_norm
+
+    clip_fn = clip_fn or clip_grad_norm
+    g_ = torch.Generator().manual_seed(seed)
+    d, hidden = 16, 32
+    teacher = torch.randn(d, 1, generator=g_) / math.sqrt(d)
+    w_in = (torch.randn(d, 2 * hidden, generator=g_) / math.sqrt(d)).requires_grad_()
+    w_out = (torch.randn(hidden, 1, generator=g_) / math.sqrt(hidden)).requires_grad_()
+    params = [w_in, w_out]
+
+    def predict(x):
+        gate, up = (x @ w_in).chunk(2, dim=-1)  # (B, hidden) each
+        return (F.silu(gate) * up) @ w_out
+
+    x_eval = torch.randn(256, d, generator=g_)
+    y_eval = torch.tanh(x_eval @ teacher)
+    losses, norms = [], []
+    for step in range(steps):
+        x = torch.randn(32, d, generator=g_)
+        y = torch.tanh(x @ teacher)
+        if step == spike_step:
+            x = spike_scale * x
+        loss = F.mse_loss(predict(x), y)
+        grads = torch.autograd.grad(loss, params)
+        norm = torch.sqrt(sum((gr ** 2).sum() for gr in grads))
+        if clip is not None:
+            grads, _ = clip_fn(list(grads), clip)
+        with torch.no_grad():
+            for p, gr in zip(params, grads):
+                p -= lr * gr
+            losses.append(float(F.mse_loss(predict(x_eval), y_eval)))
+        norms.append(float(norm))
+    return SpikeRun(losses, norms)
+
+
+# ------------------------------------------------------------------------- figures (chapter 1)
+
+def figure_jacobian_products(depth: int = 24, sigma: float = 0.5):
+    """Gradient norm after each layer: products of J_k (no residual) vs of (I + J_k) (residual)."""
+    fig, ax = subplots()
+    layers = list(range(1, depth + 1))
+    ax.semilogy(layers, jacobian_product_norms(depth, sigma, residual=False), "o-", ms=3,
+                color=COLORS["no residual"], label="no residual: g J_L ... J_1")
+    ax.semilogy(layers, jacobian_product_norms(depth, sigma, residual=True), "o-", ms=3,
+                color=COLORS["pre"], label="residual: g (I+J_L) ... (I+J_1)")
+    ax.axhline(1.0, color="k", lw=0.8, ls=":")
+    ax.set(xlabel="layers back-propagated through", ylabel="gradient norm (start = 1)",
+           title=f"random Jacobians with entry std sigma/sqrt(d), sigma = {sigma:g}")
+    ax.legend()
+    return fig
+
+
+def figure_layer_stats(depth: int = 12, init_std: float = 0.02):
+    """Per-block parameter-gradient norm and residual-stream RMS at init, for the three wirings."""
+    fig, (ax_g, ax_s) = subplots(2, width=10)
+    for arch in ARCHITECTURES:
+        stats = layer_stats(arch, depth, init_std=init_std)
+        layers = list(range(1, depth + 1))
+        ax_g.semilogy(layers, stats.param_grad_norm, "o-", ms=3, color=COLORS[arch], label=arch)
+        ax_s.semilogy(layers, stats.stream_rms, "o-", ms=3, color=COLORS[arch], label=arch)
+    ax_g.set(xlabel="block (1 = next to the embedding)", ylabel="||dL/dθ_block||",
+             title=f"parameter gradients at init, depth {depth}, init std {init_std:g}")
+    ax_s.set(xlabel="block", ylabel="RMS of the residual stream", title="residual stream after each block")
+    ax_g.legend()
+    return fig
+
+
+def figure_depth_sweep(sweeps: dict[str, dict[str, list[float]]]):
+    """Final-stream variance and last-block gradient norm against depth (log-log), per wiring."""
+    fig, (ax_v, ax_g) = subplots(2, width=10)
+    for arch, sweep in sweeps.items():
+        ax_v.loglog(sweep["depth"], sweep["output_var"], "o-", color=COLORS[arch], label=f"{arch}-LN")
+        ax_g.loglog(sweep["depth"], sweep["last_block_grad"], "o-", color=COLORS[arch], label=f"{arch}-LN")
+    for ax in (ax_v, ax_g):
+        depths = next(iter(sweeps.values()))["depth"]
+        ax.set_xticks(depths, labels=[str(d) for d in depths])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax_v.set(xlabel="depth L", ylabel="Var(x_L)", title="variance of the last residual stream")
+    ax_g.set(xlabel="depth L", ylabel="||dL/dθ|| of block L", title="gradient of the last block's parameters")
+    ax_v.legend()
+    return fig
+
+
+def figure_training_curves(runs: dict[str, "TrainResult"], floor: float):  # noqa: F821
+    """Loss curves of several runs, with the data's entropy rate as the floor."""
+    fig, ax = subplots()
+    for label, run in runs.items():
+        arch = "post" if label.startswith("post") else "pre"
+        ax.plot(run.losses, color=COLORS[arch], ls="-" if "no warmup" in label else "--", label=label)
+    ax.axhline(floor, color="k", lw=0.8, ls=":", label=f"entropy rate {floor:.2f} (best possible)")
+    ax.set(xlabel="step", ylabel="training loss (nats)", title="AdamW, lr 1e-2, 6 blocks")
+    ax.legend()
+    return fig
+
+
+def figure_swiglu_scale(sweep: dict[str, list[float]]):
+    fig, ax = subplots()
+    ax.loglog(sweep["scale"], sweep["output"], "o-", label="RMS of h = silu(s·a)·(s·b)")
+    ax.loglog(sweep["scale"], sweep["grad_gate"], "s-", label="RMS of dL/d gate")
+    ax.loglog(sweep["scale"], sweep["grad_up"], "^--", label="RMS of dL/d up")
+    ax.set(xlabel="activation scale s", ylabel="RMS", title="SwiGLU: output ∝ s², each gradient ∝ s")
+    ax.legend()
+    return fig
+
+
+def figure_spike(spike_scale: float = 10.0, clip: float = 1.0, clip_fn=None):
+    """Evaluation loss of the SwiGLU regressor through a bad batch, without and with clipping."""
+    fig, ax = subplots()
+    for label, max_norm, color in [("no clipping", None, COLORS["naive"]), (f"clip to {clip:g}", clip, COLORS["safe"])]:
+        run = swiglu_spike_run(spike_scale, max_norm, clip_fn=clip_fn)
+        losses = torch.tensor(run.losses).nan_to_num(nan=1e30).clamp(max=1e30)
+        ax.semilogy(losses, color=color, label=label)
+    ax.axvline(30, color="k", lw=0.8, ls=":")
+    ax.set(xlabel="step", ylabel="eval loss (1e30 = NaN/overflow)",
+           title=f"one bad batch (inputs × {spike_scale:g}) at step 30")
+    ax.legend()
+    return fig

@@ -46,13 +46,16 @@ def online_softmax_update(m: torch.Tensor, d: torch.Tensor, block: torch.Tensor)
     return m_new, d_new
 
 
-def online_softmax(x: torch.Tensor, block_size: int = 4) -> torch.Tensor:
-    """Softmax of 2-D ``x`` (R, n) computing its statistics in one pass over blocks of columns."""
+def online_softmax(x: torch.Tensor, block_size: int = 4, update=online_softmax_update) -> torch.Tensor:
+    """Softmax of 2-D ``x`` (R, n) computing its statistics in one pass over blocks of columns.
+
+    ``update(m, d, block) -> (m, d)`` folds in one block (pass your own to try it).
+    """
     rows = x.shape[0]
     m = torch.full((rows,), -math.inf, dtype=x.dtype)
     d = torch.zeros(rows, dtype=x.dtype)
     for start in range(0, x.shape[1], block_size):
-        m, d = online_softmax_update(m, d, x[:, start:start + block_size])
+        m, d = update(m, d, x[:, start:start + block_size])
     return torch.exp(x - m[:, None]) / d[:, None]
 
 
@@ -61,17 +64,51 @@ def exp_overflow_threshold(dtype: torch.dtype) -> float:
     return math.log(torch.finfo(dtype).max)
 
 
-def softmax_under_scale(scale: float, dtype: torch.dtype, n: int = 8) -> dict:
-    """Softmax of ``scale * z`` for a fixed z in [-1, 1] (n values), naive vs safe, in ``dtype``.
+def softmax_under_shift(max_logit: float, dtype: torch.dtype, n: int = 8) -> dict:
+    """Softmax of logits ``max_logit + linspace(-3, 0, n)`` in ``dtype``: naive vs safe.
 
-    Returns {"logits", "naive", "safe", "reference"} as float64 CPU tensors; the reference is
-    computed in float64. Naive turns to NaN once ``scale`` passes ln(max) of the dtype.
+    Shifting every logit by the same amount does not change the true softmax, so the float64
+    reference is the same for every ``max_logit``; naive turns to NaN once ``max_logit`` passes
+    ln(max) of the dtype. Returns {"logits", "naive", "safe", "reference"} as float64 tensors.
     """
-    z = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
-    logits = (scale * z).to(dtype)
+    offsets = torch.linspace(-3.0, 0.0, n, dtype=torch.float64)
+    logits = (max_logit + offsets).to(dtype)
     return {
         "logits": logits.double(),
         "naive": naive_softmax(logits).double(),
         "safe": safe_softmax(logits).double(),
-        "reference": torch.softmax(logits.double(), dim=-1),
+        "reference": torch.softmax(offsets, dim=-1),
     }
+
+
+def attention_score_max(activation_scale: float, d_k: int = 64, n: int = 256, seed: int = 0) -> float:
+    """Largest |q.k| / sqrt(d_k) over an (n, n) score matrix when q and k are N(0, scale^2) vectors.
+
+    With unit-variance q and k each score has variance 1 after the 1/sqrt(d_k) scaling, so the
+    largest of n^2 scores is about 4 to 5; scaling q and k by s scales scores by s^2.
+    """
+    g = torch.Generator().manual_seed(seed)
+    q = activation_scale * torch.randn(n, d_k, generator=g, dtype=torch.float64)
+    k = activation_scale * torch.randn(n, d_k, generator=g, dtype=torch.float64)
+    return float((q @ k.T / math.sqrt(d_k)).abs().max())
+
+
+def figure_softmax_under_shift(max_logit: float = 50.0, dtype: str = "float32"):
+    """Bars: naive and safe softmax in ``dtype`` against the float64 reference (see softmax_under_shift)."""
+    from course_utils.plotting import COLORS, subplots
+
+    torch_dtype = getattr(torch, dtype)
+    r = softmax_under_shift(max_logit, torch_dtype)
+    n = len(r["logits"])
+    fig, ax = subplots()
+    xs = torch.arange(n, dtype=torch.float64)
+    ax.bar(xs - 0.2, r["safe"].nan_to_num(0.0), width=0.4, color=COLORS["safe"], label="safe")
+    ax.bar(xs + 0.2, r["naive"].nan_to_num(0.0), width=0.4, color=COLORS["naive"], label="naive")
+    for i in torch.nonzero(r["naive"].isnan()).flatten().tolist():
+        ax.text(i + 0.2, 0.02, "NaN", color=COLORS["naive"], ha="center", rotation=90)
+    ax.plot(xs, r["reference"], "k_", ms=14, label="float64 reference")
+    limit = exp_overflow_threshold(torch_dtype)
+    ax.set(xlabel="token", ylabel="probability", ylim=(0, 0.5),
+           title=f"{dtype}: max logit {max_logit:g}; exp overflows above {limit:.2f}")
+    ax.legend(loc="upper left")
+    return fig

@@ -1,0 +1,68 @@
+"""Execute course notebooks with nbclient: in learner mode (to refresh stored outputs) or in
+solved mode (every exercise cell replaced by its reference answer, ``COURSE_STRICT=1``).
+
+Used by ``python -m course_utils execute`` and by the solved-mode tests.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def exercise_cells(nb) -> list:
+    """The cells tagged ``exercise``, each with ``metadata.exercise`` set to its id."""
+    return [c for c in nb.cells if "exercise" in c.get("metadata", {}).get("tags", [])]
+
+
+def solved(nb):
+    """A copy of ``nb`` whose exercise cells hold the reference answers' source."""
+    from course_utils.exercises import solution_source
+
+    nb = nbformat.from_dict(nb)
+    for cell in exercise_cells(nb):
+        cell.source = solution_source(cell.metadata["exercise"]).rstrip("\n")
+    return nb
+
+
+def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeout: int = 600):
+    """Run every cell of the notebook at ``path``; returns ``(notebook, seconds)``.
+
+    Progress goes to a throwaway file, so stored outputs never depend on a learner's progress.
+    Raises ``nbclient.exceptions.CellExecutionError`` on the first failing cell.
+    """
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    if solved_mode:
+        nb = solved(nb)
+    with tempfile.TemporaryDirectory() as tmp, _environment(
+            COURSE_PROGRESS=str(Path(tmp) / "progress.json"), COURSE_STRICT="1" if solved_mode else "0",
+            PYTHONHASHSEED="0"):
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
+        start = time.perf_counter()
+        client.execute()
+        seconds = time.perf_counter() - start
+    if write:
+        nbformat.write(nb, path)
+    return nb, seconds

@@ -1,0 +1,85 @@
+"""Notebooks: structure, solved mode, and the widget functions behind their sliders.
+
+Learner mode (stored text outputs reproduce) is nbval's job: ``pytest`` collects notebooks/ with
+``--nbval`` (see pyproject.toml). Solved mode is here: every exercise cell replaced by its reference
+answer, run with ``COURSE_STRICT=1`` so any check that does not pass fails the test.
+"""
+import json
+import re
+
+import matplotlib
+import nbformat
+import pytest
+
+from conftest import NOTEBOOKS
+from course_utils.exercises import exercise_ids, stub_source
+from course_utils.notebook_runner import execute, exercise_cells
+
+NOTEBOOK_IDS = [p.name for p in NOTEBOOKS]
+
+
+def test_there_are_notebooks():
+    assert [p.name for p in NOTEBOOKS][:2] == ["00_start_here.ipynb", "01_backpropagation.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
+def test_structure(path):
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    first = "".join(nb["cells"][0]["source"])
+    assert re.match(r"# \d+\. .+ \(.+\)", first), "title: '# N. English title (Korean title)'"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert "setup()" in "".join(code[0]["source"])
+    for cell in code:
+        src = "".join(cell["source"])
+        assert cell["execution_count"] is not None, f"cell without stored run: {src[:60]!r}"
+        assert not any(o["output_type"] == "error" for o in cell["outputs"]), src[:60]
+        assert not re.search(r"matplotlib\.use\(", src), "matplotlib.use blanks plots under sliders"
+        if "slider_plot(" in src:
+            assert "nbval-ignore-output" in cell["metadata"].get("tags", []), "widget cells ignore output"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
+def test_exercise_cells_are_the_stubs_and_are_checked(path):
+    nb = nbformat.read(path, as_version=4)
+    sources = [c.source for c in nb.cells if c.cell_type == "code"]
+    chapter = path.name[:2].lstrip("0") or "0"
+    expected = [i for i in exercise_ids() if i.split(".")[0] == chapter]
+    found = [c.metadata["exercise"] for c in exercise_cells(nb)]
+    assert found == expected, "every exercise of the chapter appears once, in order"
+    for cell in exercise_cells(nb):
+        assert cell.source.strip() == stub_source(cell.metadata["exercise"]).strip()
+        assert any(f'check("{cell.metadata["exercise"]}",' in s for s in sources)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
+def test_solved_mode_runs_clean(path):
+    nb, seconds = execute(path, solved_mode=True)
+    outputs = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    # strict mode already made any failing check raise; here: every exercise passed and was used
+    for cell in exercise_cells(nb):
+        assert f"✅ {cell.metadata['exercise']} " in outputs, outputs
+        assert f"→ {cell.metadata['exercise']}: using your" in outputs, outputs
+    assert seconds < 120, f"{path.name} took {seconds:.0f} s in solved mode"
+
+
+# ---------------------------------------------------------------- the functions behind the sliders
+
+@pytest.fixture
+def agg_backend():
+    previous = matplotlib.get_backend()
+    matplotlib.use("agg")  # tests only: no display here
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    matplotlib.use(previous)
+
+
+def test_figure_functions_draw(agg_backend):
+    from course_utils import gradflow, stability
+
+    for fig in [gradflow.figure_jacobian_products(8, 0.5), gradflow.figure_layer_stats(4, 0.02),
+                gradflow.figure_spike(10.0, 1.0), stability.figure_softmax_under_shift(50.0, "float16"),
+                gradflow.figure_swiglu_scale(gradflow.swiglu_scale_sweep([1, 10]))]:
+        assert fig.axes and all(ax.has_data() for ax in fig.axes)
