@@ -7,10 +7,9 @@ STAMP  := $(VENV)/.installed
 # Without an NVIDIA GPU, pin the CPU versions the stored outputs were recorded with;
 # with one, leave torch/triton to pip's defaults (CUDA builds). Override with PINS=.
 PINS   ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
-ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PORT   ?= 8888
 
-.PHONY: lab test setup doctor progress clean-venv
+.PHONY: lab test setup doctor progress bench clean-venv
 
 setup: $(STAMP)
 
@@ -22,13 +21,16 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	touch $(STAMP)
 
 lab: $(STAMP)
-	$(PY) -m jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) $(ROOT_FLAG)
+	$(PY) -m course_utils lab --port $(PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest
 
 doctor: $(STAMP)
 	$(PY) -m course_utils doctor
+
+bench: $(STAMP)
+	$(PY) -m course_utils.bench --csv bench.csv
 
 progress: $(STAMP)
 	$(PY) -m course_utils progress

@@ -80,7 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("execute", help="run notebooks top to bottom and store their outputs (maintainers)")
     run.add_argument("notebooks", nargs="+")
     run.add_argument("--solved", action="store_true", help="replace exercise cells by the answers; do not write")
+    lab = sub.add_parser("lab", help="open JupyterLab on notebooks/ (127.0.0.1, token auth)")
+    lab.add_argument("--port", type=int, default=8888)
     args = parser.parse_args(argv)
+    if args.command == "lab":
+        import os
+        from pathlib import Path
+
+        from course_utils.lab import lab_command
+
+        notebooks = Path(__file__).resolve().parent.parent / "notebooks"
+        cmd = lab_command(str(notebooks), args.port)
+        os.execv(cmd[0], cmd)
     if args.command == "execute":
         from course_utils.notebook_runner import execute
 

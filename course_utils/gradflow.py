@@ -8,13 +8,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import matplotlib.ticker
 import torch
 import torch.nn.functional as F
 
 from course_utils.data import MarkovChain
 from course_utils.models import TinyTransformer, TransformerConfig
-from course_utils.plotting import COLORS, subplots
+from course_utils.plotting import COLORS, log_scale, subplots
 
 # The three wirings chapter 1 compares; keys double as plot labels and colour keys.
 ARCHITECTURES = {
@@ -29,7 +28,7 @@ def stack_config(arch: str, depth: int, *, d_model: int = 64, init_std: float = 
     """The small config chapter 1 uses for ``arch`` (a key of ARCHITECTURES) at ``depth`` blocks."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {list(ARCHITECTURES)}, got {arch!r}")
-    fields = dict(vocab_size=32, block_size=32, n_layer=depth, n_head=4, d_model=d_model,
+    fields = dict(vocab_size=32, block_size=16, n_layer=depth, n_head=4, d_model=d_model,
                   init_std=init_std, **ARCHITECTURES[arch])
     fields.update(overrides)
     return TransformerConfig(**fields)
@@ -43,7 +42,7 @@ class LayerStats:
     loss: float
 
 
-def layer_stats(arch: str, depth: int, *, seed: int = 0, batch: int = 8, **config_overrides) -> LayerStats:
+def layer_stats(arch: str, depth: int, *, seed: int = 0, batch: int = 4, **config_overrides) -> LayerStats:
     """Forward and backward one batch of Markov-chain tokens through a fresh model at init."""
     torch.manual_seed(seed)
     config = stack_config(arch, depth, **config_overrides)
@@ -177,13 +176,14 @@ def figure_jacobian_products(depth: int = 24, sigma: float = 0.5):
     """Gradient norm after each layer: products of J_k (no residual) vs of (I + J_k) (residual)."""
     fig, ax = subplots()
     layers = list(range(1, depth + 1))
-    ax.semilogy(layers, jacobian_product_norms(depth, sigma, residual=False), "o-", ms=3,
-                color=COLORS["no residual"], label="no residual: g J_L ... J_1")
-    ax.semilogy(layers, jacobian_product_norms(depth, sigma, residual=True), "o-", ms=3,
-                color=COLORS["pre"], label="residual: g (I+J_L) ... (I+J_1)")
+    ax.plot(layers, jacobian_product_norms(depth, sigma, residual=False), "o-", ms=3,
+            color=COLORS["no residual"], label="no residual: g J_L ... J_1")
+    ax.plot(layers, jacobian_product_norms(depth, sigma, residual=True), "o-", ms=3,
+            color=COLORS["pre"], label="residual: g (I+J_L) ... (I+J_1)")
+    log_scale(ax)
     ax.axhline(1.0, color="k", lw=0.8, ls=":")
     ax.set(xlabel="layers back-propagated through", ylabel="gradient norm (start = 1)",
-           title=f"random Jacobians with entry std sigma/sqrt(d), sigma = {sigma:g}")
+           title=f"random Jacobians with entry std sigma/sqrt(d), sigma = {sigma:.3g}")
     ax.legend()
     return fig
 
@@ -194,10 +194,12 @@ def figure_layer_stats(depth: int = 12, init_std: float = 0.02):
     for arch in ARCHITECTURES:
         stats = layer_stats(arch, depth, init_std=init_std)
         layers = list(range(1, depth + 1))
-        ax_g.semilogy(layers, stats.param_grad_norm, "o-", ms=3, color=COLORS[arch], label=arch)
-        ax_s.semilogy(layers, stats.stream_rms, "o-", ms=3, color=COLORS[arch], label=arch)
+        ax_g.plot(layers, stats.param_grad_norm, "o-", ms=3, color=COLORS[arch], label=arch)
+        ax_s.plot(layers, stats.stream_rms, "o-", ms=3, color=COLORS[arch], label=arch)
+    log_scale(ax_g)
+    log_scale(ax_s)
     ax_g.set(xlabel="block (1 = next to the embedding)", ylabel="||dL/dθ_block||",
-             title=f"parameter gradients at init, depth {depth}, init std {init_std:g}")
+             title=f"parameter gradients at init, depth {depth}, init std {init_std:.3g}")
     ax_s.set(xlabel="block", ylabel="RMS of the residual stream", title="residual stream after each block")
     ax_g.legend()
     return fig
@@ -207,12 +209,12 @@ def figure_depth_sweep(sweeps: dict[str, dict[str, list[float]]]):
     """Final-stream variance and last-block gradient norm against depth (log-log), per wiring."""
     fig, (ax_v, ax_g) = subplots(2, width=10)
     for arch, sweep in sweeps.items():
-        ax_v.loglog(sweep["depth"], sweep["output_var"], "o-", color=COLORS[arch], label=f"{arch}-LN")
-        ax_g.loglog(sweep["depth"], sweep["last_block_grad"], "o-", color=COLORS[arch], label=f"{arch}-LN")
+        ax_v.plot(sweep["depth"], sweep["output_var"], "o-", color=COLORS[arch], label=f"{arch}-LN")
+        ax_g.plot(sweep["depth"], sweep["last_block_grad"], "o-", color=COLORS[arch], label=f"{arch}-LN")
     for ax in (ax_v, ax_g):
+        log_scale(ax, "xy")
         depths = next(iter(sweeps.values()))["depth"]
         ax.set_xticks(depths, labels=[str(d) for d in depths])
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax_v.set(xlabel="depth L", ylabel="Var(x_L)", title="variance of the last residual stream")
     ax_g.set(xlabel="depth L", ylabel="||dL/dθ|| of block L", title="gradient of the last block's parameters")
     ax_v.legend()
@@ -233,9 +235,10 @@ def figure_training_curves(runs: dict[str, "TrainResult"], floor: float):  # noq
 
 def figure_swiglu_scale(sweep: dict[str, list[float]]):
     fig, ax = subplots()
-    ax.loglog(sweep["scale"], sweep["output"], "o-", label="RMS of h = silu(s·a)·(s·b)")
-    ax.loglog(sweep["scale"], sweep["grad_gate"], "s-", label="RMS of dL/d gate")
-    ax.loglog(sweep["scale"], sweep["grad_up"], "^--", label="RMS of dL/d up")
+    ax.plot(sweep["scale"], sweep["output"], "o-", label="RMS of h = silu(s·a)·(s·b)")
+    ax.plot(sweep["scale"], sweep["grad_gate"], "s-", label="RMS of dL/d gate")
+    ax.plot(sweep["scale"], sweep["grad_up"], "^--", label="RMS of dL/d up")
+    log_scale(ax, "xy")
     ax.set(xlabel="activation scale s", ylabel="RMS", title="SwiGLU: output ∝ s², each gradient ∝ s")
     ax.legend()
     return fig
@@ -244,12 +247,13 @@ def figure_swiglu_scale(sweep: dict[str, list[float]]):
 def figure_spike(spike_scale: float = 10.0, clip: float = 1.0, clip_fn=None):
     """Evaluation loss of the SwiGLU regressor through a bad batch, without and with clipping."""
     fig, ax = subplots()
-    for label, max_norm, color in [("no clipping", None, COLORS["naive"]), (f"clip to {clip:g}", clip, COLORS["safe"])]:
+    for label, max_norm, color in [("no clipping", None, COLORS["naive"]), (f"clip to {clip:.3g}", clip, COLORS["safe"])]:
         run = swiglu_spike_run(spike_scale, max_norm, clip_fn=clip_fn)
         losses = torch.tensor(run.losses).nan_to_num(nan=1e30).clamp(max=1e30)
-        ax.semilogy(losses, color=color, label=label)
+        ax.plot(losses, color=color, label=label)
+    log_scale(ax)
     ax.axvline(30, color="k", lw=0.8, ls=":")
     ax.set(xlabel="step", ylabel="eval loss (1e30 = NaN/overflow)",
-           title=f"one bad batch (inputs × {spike_scale:g}) at step 30")
+           title=f"one bad batch (inputs × {spike_scale:.3g}) at step 30")
     ax.legend()
     return fig

@@ -101,14 +101,14 @@ def figure_softmax_under_shift(max_logit: float = 50.0, dtype: str = "float32"):
     r = softmax_under_shift(max_logit, torch_dtype)
     n = len(r["logits"])
     fig, ax = subplots()
-    xs = torch.arange(n, dtype=torch.float64)
-    ax.bar(xs - 0.2, r["safe"].nan_to_num(0.0), width=0.4, color=COLORS["safe"], label="safe")
-    ax.bar(xs + 0.2, r["naive"].nan_to_num(0.0), width=0.4, color=COLORS["naive"], label="naive")
+    xs = torch.arange(n, dtype=torch.float64).numpy()
+    ax.bar(xs - 0.2, r["safe"].nan_to_num(0.0).numpy(), width=0.4, color=COLORS["safe"], label="safe")
+    ax.bar(xs + 0.2, r["naive"].nan_to_num(0.0).numpy(), width=0.4, color=COLORS["naive"], label="naive")
     for i in torch.nonzero(r["naive"].isnan()).flatten().tolist():
         ax.text(i + 0.2, 0.02, "NaN", color=COLORS["naive"], ha="center", rotation=90)
-    ax.plot(xs, r["reference"], "k_", ms=14, label="float64 reference")
+    ax.plot(xs, r["reference"].numpy(), "k_", ms=14, label="float64 reference")
     limit = exp_overflow_threshold(torch_dtype)
     ax.set(xlabel="token", ylabel="probability", ylim=(0, 0.5),
-           title=f"{dtype}: max logit {max_logit:g}; exp overflows above {limit:.2f}")
+           title=f"{dtype}: max logit {max_logit:.3g}; exp overflows above {limit:.2f}")
     ax.legend(loc="upper left")
     return fig

@@ -3,6 +3,8 @@ import re
 import sys
 import tomllib
 
+import pytest
+
 from packaging.requirements import Requirement
 
 from conftest import REPO_ROOT
@@ -59,11 +61,16 @@ def test_cpu_pins_satisfy_the_declared_ranges():
 
 
 def test_make_lab_binds_localhost_and_keeps_the_token():
+    from course_utils.lab import lab_command
+
     makefile = (REPO_ROOT / "Makefile").read_text()
-    lab = makefile.split("\nlab:")[1].split("\n\n")[0]
-    assert "--ServerApp.ip=127.0.0.1" in lab
-    assert "token" not in lab.lower(), "make lab must not set or disable the token"
-    assert "--notebook-dir=notebooks" in lab
+    assert "-m course_utils lab" in makefile.split("\nlab:")[1].split("\n\n")[0]
+    cmd = lab_command("notebooks", 8888)
+    assert "--ServerApp.ip=127.0.0.1" in cmd and "--notebook-dir=notebooks" in cmd
+    assert not any("token" in arg.lower() for arg in cmd), "without a token argument Jupyter makes one"
+    assert "--IdentityProvider.token=abc" in lab_command("nb", 1, token="abc")
+    with pytest.raises(ValueError, match="disables authentication"):
+        lab_command("nb", 1, token="")
 
 
 def test_ci_runs_the_readme_test_command():

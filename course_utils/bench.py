@@ -1,0 +1,199 @@
+"""Benchmarks of the course's Triton kernels against PyTorch eager and ``torch.compile``.
+
+    python -m course_utils.bench [--csv bench.csv] [--quick] [--no-compile]
+
+For each kernel, shape, dtype and pass (fwd, fwd+bwd) it prints the median time, the achieved
+bandwidth and that bandwidth as a fraction of this device's measured copy bandwidth
+(``y.copy_(x)`` on a large tensor). Every kernel here is memory-bound, so bandwidth is the figure
+of merit; the byte formula of each row is printed with it. Bytes are the *minimum* traffic of the
+operation (each input read once, each output written once), so the fraction says how close an
+implementation comes to the memory system's limit.
+
+Without a CUDA GPU the Triton kernels run in Triton's interpreter, whose timings say nothing about
+kernel performance: the benchmark then says so and times the PyTorch paths only.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import course_utils  # noqa: F401  (interpreter switch before triton)
+from course_utils.runtime import device, triton_status
+
+
+@dataclass(frozen=True)
+class KernelBench:
+    name: str
+    make_inputs: Callable[[tuple, torch.dtype, torch.device], tuple]  # -> tensors needing grad
+    eager: Callable[..., torch.Tensor]
+    triton: Callable[[], Callable[..., torch.Tensor]]  # imported lazily: needs Triton
+    bytes_formula: str  # shown next to the figures
+    bytes: Callable[[tuple, torch.dtype, str], int]  # (shape, dtype, pass) -> minimum bytes moved
+
+
+def _numel(shape: tuple) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _elt(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _softmax_triton():
+    from course_utils.kernels.softmax import softmax_triton
+
+    return softmax_triton
+
+
+def _swiglu_triton():
+    from course_utils.kernels.swiglu import swiglu_triton
+
+    return swiglu_triton
+
+
+KERNELS = [
+    KernelBench(
+        name="softmax",
+        make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev),),
+        eager=lambda x: torch.softmax(x, dim=-1),
+        triton=_softmax_triton,
+        bytes_formula="fwd: read x + write y = 2·N·b; fwd+bwd: + read y, dy + write dx = 5·N·b",
+        bytes=lambda shape, dtype, p: (2 if p == "fwd" else 5) * _numel(shape) * _elt(dtype),
+    ),
+    KernelBench(
+        name="swiglu",
+        make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev),
+                                               torch.randn(shape, dtype=dtype, device=dev)),
+        eager=lambda gate, up: F.silu(gate) * up,
+        triton=_swiglu_triton,
+        bytes_formula="fwd: read gate, up + write h = 3·N·b; fwd+bwd: + read gate, up, dh + write 2 = 8·N·b",
+        bytes=lambda shape, dtype, p: (3 if p == "fwd" else 8) * _numel(shape) * _elt(dtype),
+    ),
+]
+
+# (rows, columns): attention-score rows of a 4k context, a 32k vocabulary row, an MLP activation
+GPU_SHAPES = [(4096, 4096), (8192, 32768), (16384, 11008)]
+CPU_SHAPES = [(1024, 4096), (256, 32768)]  # 16 MiB and 32 MiB in float32: beyond most caches
+QUICK_SHAPES = [(64, 256)]
+
+
+def measure(fn: Callable[[], object], dev: torch.device, reps: int = 20, warmup: int = 3) -> float:
+    """Median seconds of ``fn()`` over ``reps`` runs (CUDA events on a GPU, perf_counter on CPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if dev.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(dev: torch.device, n_bytes: int) -> float:
+    """Measured bytes/s of ``y.copy_(x)`` (read + write, 2 × n_bytes moved)."""
+    x = torch.empty(n_bytes // 4, dtype=torch.float32, device=dev).normal_()
+    y = torch.empty_like(x)
+    return 2 * x.numel() * 4 / measure(lambda: y.copy_(x), dev)
+
+
+def _runner(op: Callable, inputs: tuple, pass_: str) -> Callable[[], object]:
+    if pass_ == "fwd":
+        return lambda: op(*inputs)
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    grad_out = torch.randn_like(op(*inputs))
+
+    def fwd_bwd():
+        for t in leaves:
+            t.grad = None
+        op(*leaves).backward(grad_out)
+
+    return fwd_bwd
+
+
+def run(shapes: list[tuple], dtypes: list[torch.dtype], *, use_compile: bool, reps: int) -> list[dict]:
+    dev = device()
+    gpu = dev.type == "cuda" and triton_status().mode == "compiled"
+    peak = copy_bandwidth(dev, 256 * 2**20 if dev.type == "cuda" else 64 * 2**20)
+    print(f"device: {torch.cuda.get_device_name(0) if dev.type == 'cuda' else 'CPU'}; "
+          f"measured copy bandwidth {peak / 1e9:.1f} GB/s (y.copy_(x), float32)")
+    if dev.type == "cpu":
+        print("(on a CPU, inputs that fit in cache can beat the copy figure: more than 100% is possible)")
+    if not gpu:
+        print("No CUDA GPU: Triton kernels would run in Triton's interpreter, whose timings say nothing "
+              "about kernel performance. Timing the PyTorch paths only.")
+    rows = []
+    for kb in KERNELS:
+        print(f"\n{kb.name}: bytes = {kb.bytes_formula} (N elements, b bytes each)")
+        impls = {"eager": kb.eager}
+        if use_compile:
+            impls["compile"] = torch.compile(kb.eager, dynamic=False)
+        if gpu:
+            impls["triton"] = kb.triton()
+        for dtype in dtypes:
+            for shape in shapes:
+                inputs = kb.make_inputs(shape, dtype, dev)
+                for pass_ in ("fwd", "fwd+bwd"):
+                    n_bytes = kb.bytes(shape, dtype, pass_)
+                    for impl, op in impls.items():
+                        try:
+                            seconds = measure(_runner(op, inputs, pass_), dev, reps=reps)
+                        except Exception as exc:  # e.g. torch.compile without a working compiler
+                            print(f"  {impl:<8} {str(shape):>15} {str(dtype)[6:]:<8} {pass_:<8} "
+                                  f"n/a: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
+                            continue
+                        row = dict(kernel=kb.name, impl=impl, shape="x".join(map(str, shape)),
+                                   dtype=str(dtype)[6:], pass_=pass_, ms=seconds * 1e3,
+                                   gb_per_s=n_bytes / seconds / 1e9, frac_of_copy=n_bytes / seconds / peak,
+                                   bytes=n_bytes)
+                        rows.append(row)
+                        print(f"  {impl:<8} {row['shape']:>15} {row['dtype']:<8} {pass_:<8} "
+                              f"{row['ms']:9.3f} ms {row['gb_per_s']:8.1f} GB/s {100 * row['frac_of_copy']:5.1f}% of copy")
+    return rows
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["kernel"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_utils.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--csv", default="bench.csv", help="where to write the figures (default bench.csv)")
+    parser.add_argument("--quick", action="store_true", help="one small shape, few repetitions (smoke test)")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to start on CPU)")
+    args = parser.parse_args(argv)
+    dev = device()
+    if args.quick:
+        shapes, reps = QUICK_SHAPES, 5
+    else:
+        shapes, reps = (GPU_SHAPES if dev.type == "cuda" else CPU_SHAPES), 20
+    dtypes = [torch.float32] + ([torch.float16, torch.bfloat16] if dev.type == "cuda" and not args.quick else [])
+    rows = run(shapes, dtypes, use_compile=not args.no_compile, reps=reps)
+    write_csv(rows, args.csv)
+    print(f"\n{len(rows)} rows written to {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

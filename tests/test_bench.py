@@ -1,0 +1,29 @@
+import csv
+
+import torch
+
+from course_utils import bench
+
+
+def test_byte_formulas():
+    softmax, swiglu = bench.KERNELS
+    assert softmax.bytes((64, 256), torch.float32, "fwd") == 2 * 64 * 256 * 4
+    assert softmax.bytes((64, 256), torch.float16, "fwd+bwd") == 5 * 64 * 256 * 2
+    assert swiglu.bytes((10,), torch.float32, "fwd") == 3 * 10 * 4
+    assert swiglu.bytes((10,), torch.float32, "fwd+bwd") == 8 * 10 * 4
+
+
+def test_quick_run_on_cpu_times_pytorch_only_and_writes_csv(tmp_path, capsys):
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("on a GPU the benchmark also times the Triton kernels")
+    path = tmp_path / "bench.csv"
+    assert bench.main(["--quick", "--no-compile", "--csv", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Timing the PyTorch paths only" in out
+    assert "bytes = fwd: read x + write y = 2·N·b" in out
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == len(bench.KERNELS) * len(bench.QUICK_SHAPES) * 2  # fwd and fwd+bwd, eager only
+    assert {r["impl"] for r in rows} == {"eager"}
+    assert all(float(r["ms"]) > 0 and float(r["gb_per_s"]) > 0 for r in rows)

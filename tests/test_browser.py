@@ -1,0 +1,250 @@
+"""The course in a real browser: JupyterLab in headless Chromium, driven by Playwright.
+
+For every notebook in notebooks/ (found automatically): open it, run all cells, and check that no
+cell shows an error, that every widget renders, and that moving each slider redraws the plot it
+drives (the time from the move to the new plot is recorded). Also checks the server's exposure: no
+request without the token, listening on 127.0.0.1 only. Screenshots go to test-artifacts/.
+
+Needs Debian's chromium (/usr/bin/chromium) and PyPI's playwright; without them these tests are
+skipped, unless COURSE_BROWSER_TESTS=require (CI sets it) turns the skip into a failure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import NOTEBOOKS, REPO_ROOT
+from course_utils.lab import lab_command
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+RUN_ALL_TIMEOUT_S = 300
+
+
+def _missing() -> str | None:
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[test]')"
+    if not Path(CHROMIUM).exists():
+        return "no Chromium at /usr/bin/chromium (Debian/Ubuntu: apt-get install chromium)"
+    return None
+
+
+if _missing():
+    if os.environ.get("COURSE_BROWSER_TESTS") == "require":
+        pytest.fail(f"browser tests required but cannot run: {_missing()}", pytrace=False)
+    pytest.skip(_missing(), allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except urllib.error.URLError:  # not listening (yet)
+        return 0
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """JupyterLab on a throwaway copy of notebooks/ (Lab autosaves), started as `make lab` does."""
+    work = Path(tempfile.mkdtemp(prefix="course-lab-"))
+    shutil.copytree(REPO_ROOT / "notebooks", work / "notebooks")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ,
+           "COURSE_PROGRESS": str(work / "progress.json"),
+           "JUPYTER_CONFIG_DIR": str(work / "config"), "JUPYTER_RUNTIME_DIR": str(work / "runtime"),
+           "JUPYTERLAB_SETTINGS_DIR": str(work / "settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(work / "workspaces")}
+    # no news pop-up over the notebook; every cell in the DOM (Lab 4 otherwise renders only visible ones)
+    for plugin, values in [("apputils-extension/notification", {"fetchNews": "false"}),
+                           ("notebook-extension/tracker", {"windowingMode": "none"})]:
+        folder, name = plugin.split("/")
+        target = work / "settings" / "@jupyterlab" / folder
+        target.mkdir(parents=True, exist_ok=True)
+        (target / f"{name}.jupyterlab-settings").write_text(json.dumps(values))
+    log = open(work / "lab.log", "w")
+    proc = subprocess.Popen(lab_command(str(work / "notebooks"), port, token=token, open_browser=False),
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while _get(f"{base}/api/status?token={token}") != 200:
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("JupyterLab did not start:\n" + (work / "lab.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield {"base": base, "token": token, "port": port, "proc": proc}
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+    if os.environ.get("COURSE_KEEP_LAB"):
+        print("lab log:", work / "lab.log")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+# ------------------------------------------------------------------------------------ security
+
+def test_requests_without_the_token_are_refused(lab):
+    assert _get(f"{lab['base']}/api/contents") == 403
+    assert _get(f"{lab['base']}/api/contents?token=wrong{lab['token']}") == 403
+    assert _get(f"{lab['base']}/api/contents?token={lab['token']}") == 200
+
+
+def _listening_addresses(port: int) -> list[str]:
+    """Local addresses of sockets listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].split(":")
+            if int(hex_port, 16) == port and fields[3] == "0A":  # 0A = LISTEN
+                found.append(address)
+    return found
+
+
+def test_server_listens_on_loopback_only(lab):
+    addresses = _listening_addresses(lab["port"])
+    assert addresses, "the server's listening socket was not found in /proc/net/tcp"
+    assert set(addresses) == {"0100007F"}, f"listening on {addresses}, want 127.0.0.1 only"
+    for family, *_, sockaddr in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+        if not sockaddr[0].startswith("127."):
+            with socket.socket() as s:
+                s.settimeout(2)
+                assert s.connect_ex((sockaddr[0], lab["port"])) != 0, f"reachable on {sockaddr[0]}"
+
+
+# ------------------------------------------------------------------------------------ notebooks
+
+def _slider_cells(path: Path) -> int:
+    nb = json.loads(path.read_text())
+    return sum("slider_plot(" in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def _run_all(page, panel) -> None:
+    """Run > Run All Cells, then wait until every code cell has an execution number.
+
+    Right after the kernel reports idle, Lab can still drop the request while the session settles,
+    so a Run All that has not started a single cell within 20 s is clicked again (3 tries).
+    """
+    prompts: list[str] = []
+    # stored outputs carry execution numbers 1..N, exactly what a fresh run produces: clear them first
+    page.locator(".lm-MenuBar-itemLabel", has_text="Edit").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Clear Outputs of All Cells").first.click()
+    deadline = time.time() + 30
+    while any(p.strip() != "[ ]:" for p in panel.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()):
+        if time.time() > deadline:
+            pytest.fail("Clear Outputs of All Cells did not clear the execution numbers")
+        time.sleep(0.2)
+    for _attempt in range(3):
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        started = time.time()
+        deadline = started + RUN_ALL_TIMEOUT_S
+        while time.time() < deadline:
+            prompts = [p.strip() for p in panel.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()]
+            if prompts and all(p[1:-2].isdigit() for p in prompts):
+                return
+            if time.time() - started > 20 and all(p == "[ ]:" for p in prompts):
+                break  # nothing started: click again
+            time.sleep(0.5)
+        else:
+            break
+    pytest.fail(f"Run All did not finish in {RUN_ALL_TIMEOUT_S} s; prompts: {prompts}")
+
+
+def _plot_source(widget) -> str:
+    img = widget.locator(".jp-OutputArea-output img").first
+    img.wait_for(timeout=30_000)
+    return img.get_attribute("src") or ""
+
+
+def _move_and_time(page, widget, control, act) -> float:
+    """Do ``act(control)`` and return seconds until the widget's plot image changes."""
+    before = _plot_source(widget)
+    start = time.perf_counter()
+    act(control)
+    deadline = start + 60
+    while time.perf_counter() < deadline:
+        img = widget.locator(".jp-OutputArea-output img").first
+        if img.count() and (img.get_attribute("src") or "") not in ("", before):
+            return time.perf_counter() - start
+        page.wait_for_timeout(10)
+    pytest.fail("moving a control did not change its plot within 60 s")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs_and_sliders_move_plots(lab, browser, path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    # ?reset: a fresh workspace with only this notebook open (no tabs restored from the last test)
+    page.goto(f"{lab['base']}/lab/tree/{path.name}?reset&token={lab['token']}")
+    panel = page.locator(".jp-NotebookPanel:visible")
+    panel.locator(".jp-Cell").first.wait_for(timeout=90_000)
+    panel.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=90_000)
+    _run_all(page, panel)
+
+    errors = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
+    assert not tracebacks, f"error output in the browser: {tracebacks[0][:2000]}"
+    body = panel.locator(".jp-Notebook").inner_text()
+    assert "Error displaying widget" not in body
+    assert "Widget Javascript not detected" not in body
+
+    widgets = panel.locator(".widget-interact")
+    assert widgets.count() == _slider_cells(path), "every slider cell renders its widget"
+    latencies = {}
+    for i in range(widgets.count()):
+        widget = widgets.nth(i)
+        widget.scroll_into_view_if_needed()
+        for j, handle in enumerate(widget.locator(".noUi-handle").all()):
+            seconds = _move_and_time(page, widget, handle, lambda h: (h.focus(), h.press("ArrowRight")))
+            latencies[f"widget {i + 1}, slider {j + 1}"] = seconds
+        for j, toggles in enumerate(widget.locator(".widget-toggle-buttons").all()):
+            button = toggles.locator("button").last
+            seconds = _move_and_time(page, widget, button, lambda b: b.click())
+            latencies[f"widget {i + 1}, toggle {j + 1}"] = seconds
+        widget.screenshot(path=str(ARTIFACTS / f"{path.stem}-widget{i + 1}.png"))
+    page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"))
+    report = ARTIFACTS / "slider_latency.json"
+    data = json.loads(report.read_text()) if report.exists() else {}
+    data[path.name] = {k: round(v * 1000) for k, v in latencies.items()}
+    report.write_text(json.dumps(data, indent=1))
+    print(f"{path.name}: slider -> new plot latency (ms): {data[path.name]}")
+    page.close()
