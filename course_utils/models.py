@@ -57,8 +57,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
-        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
-        self.proj.is_residual_projection = True
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)  # writes to the residual stream
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -77,8 +76,7 @@ class MLP(nn.Module):
         self.swiglu = config.mlp == "swiglu"
         width = 2 * config.hidden if self.swiglu else config.hidden  # gate and up share one matmul
         self.up = nn.Linear(config.d_model, width, bias=config.bias)
-        self.down = nn.Linear(config.hidden, config.d_model, bias=config.bias)
-        self.down.is_residual_projection = True
+        self.down = nn.Linear(config.hidden, config.d_model, bias=config.bias)  # writes to the residual stream
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)
@@ -119,6 +117,26 @@ class Block(nn.Module):
         return self._sublayer(x, self.mlp, self.ln2)
 
 
+def gpt_init_(model: nn.Module, std: float = 0.02, depth_scaled: bool = True) -> None:
+    """GPT-2-style initialisation of a TinyTransformer, in place, chosen by parameter name.
+
+    Every ``nn.Linear`` and ``nn.Embedding`` weight gets N(0, std^2) and every Linear bias 0; the
+    two projections that write into the residual stream in each block (names ending in
+    ``attn.proj.weight`` and ``mlp.down.weight``) get N(0, (std / sqrt(2 * n_layer))^2) when
+    ``depth_scaled``, where n_layer = len(model.blocks). Norm weights are left as they are.
+    """
+    n_layer = len(model.blocks)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            residual = name.endswith("attn.proj") or name.endswith("mlp.down")
+            scale = 1 / math.sqrt(2 * n_layer) if depth_scaled and residual else 1.0
+            nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+
 class TinyTransformer(nn.Module):
     """Token + position embeddings, ``n_layer`` blocks, optional final norm, LM head."""
 
@@ -130,18 +148,7 @@ class TinyTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = make_norm(config) if config.final_norm else nn.Identity()
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.init_std
-        if isinstance(module, nn.Linear):
-            if self.config.depth_scaled_init and getattr(module, "is_residual_projection", False):
-                std = std / math.sqrt(2 * self.config.n_layer)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+        gpt_init_(self, std=config.init_std, depth_scaled=config.depth_scaled_init)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> residual stream (B, T, d_model)."""

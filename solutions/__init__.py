@@ -8,4 +8,5 @@ it lives in course_utils and is re-exported here.
 CHAPTERS = [
     "ch00_start_here",
     "ch01_backpropagation",
+    "ch02_initialization",
 ]

@@ -19,7 +19,7 @@ NOTEBOOK_IDS = [p.name for p in NOTEBOOKS]
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS][:2] == ["00_start_here.ipynb", "01_backpropagation.ipynb"]
+    assert [p.name for p in NOTEBOOKS][:3] == ["00_start_here.ipynb", "01_backpropagation.ipynb", "02_initialization.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)

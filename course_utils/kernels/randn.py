@@ -1,0 +1,31 @@
+"""Seeded normal initialisation on the device with Triton's counter-based random numbers.
+
+``tl.randn(seed, offsets)`` is a pure function of (seed, offset): Philox turns the pair into random
+bits, and a Box-Muller step into a normal sample. So element i of the result is the same whatever
+BLOCK size, grid or GPU computed it, and a weight can be re-created from (seed, shape, std) alone,
+without storing it or replaying a sequential generator. torch's generator, by contrast, hands out
+numbers in sequence, so the values depend on everything drawn before.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _normal_init_kernel(out_ptr, n, seed, std, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    z = tl.randn(seed, offsets)  # N(0, 1), a function of (seed, offset) only
+    tl.store(out_ptr + offsets, (z * std).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def normal_init_triton(shape: tuple, std: float, seed: int, *, dtype=torch.float32, device=None,
+                       block: int = 1024) -> torch.Tensor:
+    """A new tensor of ``shape`` with N(0, std^2) entries, determined by ``seed`` alone."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    n = out.numel()
+    if n:
+        _normal_init_kernel[(triton.cdiv(n, block),)](out, n, seed, std, BLOCK=block)
+    return out

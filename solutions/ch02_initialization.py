@@ -1,0 +1,307 @@
+"""Notebook 02: initialisation."""
+import math
+
+import torch
+import torch.nn as nn
+
+from course_utils.exercises import Case, Exercise, Mistake
+from course_utils.initialization import WidthMLP
+from course_utils.models import TinyTransformer, TransformerConfig, gpt_init_
+
+CHAPTER = "2. Initialization (초기화 전략)"
+
+__all__ = ["xavier_uniform", "kaiming_normal", "gpt_init_", "tie_weights", "mup_param_groups"]
+
+
+# ------------------------------------------------------------- statistics of a random initialiser
+
+def _sample_statistics(fn, *args):
+    """Run an initialiser and summarise its sample: (std * sqrt(fan_in + fan_out), kurtosis, mean / std).
+
+    The first is scaled to be of order 1, so one tolerance fits all cases. A uniform distribution
+    has kurtosis 1.8, a normal 3.0: with ~10^5 samples the estimate is good to about 0.02, so it
+    tells the two apart; std and mean are good to well under 1%."""
+    torch.manual_seed(0)
+    w = fn(*args)
+    fan_out, fan_in = args[0], args[1]
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(w).__name__}")
+    if tuple(w.shape) != (fan_out, fan_in):
+        raise ValueError(f"expected shape (fan_out, fan_in) = {(fan_out, fan_in)}, got {tuple(w.shape)}")
+    w = w.detach().double()
+    std = w.std()
+    kurtosis = ((w - w.mean()) ** 4).mean() / std ** 4
+    return torch.stack([std * math.sqrt(fan_in + fan_out), kurtosis, w.mean() / std])
+
+
+STAT_TOLERANCE = {torch.float64: (0.03, 0.03)}  # sampling noise of std/kurtosis/mean at ~10^5 samples
+
+
+# ---------------------------------------------------------------------------- 2.1 Xavier uniform
+
+def xavier_uniform(fan_out, fan_in, gain=1.0):
+    """A new (fan_out, fan_in) float32 weight drawn from U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out)).
+
+    This is Glorot & Bengio's compromise between keeping forward variance (Var W = 1/fan_in) and
+    backward variance (Var W = 1/fan_out): Var W = 2 / (fan_in + fan_out), and U(-a, a) has variance a^2 / 3.
+    """
+    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    return torch.empty(fan_out, fan_in).uniform_(-bound, bound)
+
+
+def _xavier_cases():
+    return [
+        Case("256 -> 1024 (fan_out, fan_in) = (1024, 256)", (1024, 256)),
+        Case("square 512 x 512", (512, 512)),
+        Case("512 <- 128 with gain 5/3 (tanh)", (128, 512, 5 / 3)),
+        Case("tall 2048 x 64", (2048, 64)),
+    ]
+
+
+# ---------------------------------------------------------------------------- 2.2 Kaiming normal
+
+def kaiming_normal(fan_out, fan_in, mode="fan_in", nonlinearity="relu"):
+    """A new (fan_out, fan_in) float32 weight drawn from N(0, std^2), std = gain / sqrt(fan).
+
+    fan is fan_in (mode="fan_in": keeps the forward activations' variance) or fan_out
+    (mode="fan_out": keeps the backward gradients' variance). gain = sqrt(2) for "relu" (ReLU zeroes
+    half of its inputs, halving the second moment), 1 for "linear", 5/3 for "tanh".
+    """
+    gain = {"relu": math.sqrt(2.0), "linear": 1.0, "tanh": 5.0 / 3.0}[nonlinearity]
+    fan = fan_in if mode == "fan_in" else fan_out
+    return torch.randn(fan_out, fan_in) * (gain / math.sqrt(fan))
+
+
+def _kaiming_cases():
+    return [
+        Case("fan_in mode, ReLU, 256 x 1024", (256, 1024)),
+        Case("fan_out mode, ReLU, 256 x 1024", (256, 1024, "fan_out")),
+        Case("fan_in mode, linear, 512 x 128", (512, 128, "fan_in", "linear")),
+        Case("fan_out mode, tanh, 128 x 1024", (128, 1024, "fan_out", "tanh")),
+    ]
+
+
+# ------------------------------------------------------------------------------- 2.3 GPT-2 init
+
+def _init_statistics(fn, n_layer, std, depth_scaled):
+    """Scramble a TinyTransformer's parameters, apply ``fn``, summarise each parameter by
+    (50 * std, 50 * mean) in named_parameters order (x50 puts GPT-sized values near 1)."""
+    torch.manual_seed(0)
+    model = TinyTransformer(TransformerConfig(n_layer=n_layer, d_model=64, bias=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-1.0, 1.0)  # so that an initialiser that skips a parameter is seen
+    fn(model, std, depth_scaled)
+    return torch.stack([torch.stack([p.detach().double().std(), p.detach().double().mean()])
+                        for p in model.parameters()]) * 50
+
+
+def _gpt_cases():
+    return [
+        Case("4 blocks, std 0.02, depth-scaled", (4, 0.02, True)),
+        Case("8 blocks, std 0.02, depth-scaled", (8, 0.02, True)),
+        Case("2 blocks, std 0.03, not depth-scaled", (2, 0.03, False)),
+        Case("1 block, std 0.02, depth-scaled", (1, 0.02, True)),
+    ]
+
+
+def _gpt_scale_everything(model, std=0.02, depth_scaled=True):
+    scale = 1 / math.sqrt(2 * len(model.blocks)) if depth_scaled else 1.0
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std * scale)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+
+
+def _gpt_sqrt_l(model, std=0.02, depth_scaled=True):
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            residual = name.endswith("attn.proj") or name.endswith("mlp.down")
+            scale = 1 / math.sqrt(len(model.blocks)) if depth_scaled and residual else 1.0
+            nn.init.normal_(module.weight, std=std * scale)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+
+
+def _gpt_keeps_biases(model, std=0.02, depth_scaled=True):
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            residual = name.endswith("attn.proj") or name.endswith("mlp.down")
+            scale = 1 / math.sqrt(2 * len(model.blocks)) if depth_scaled and residual else 1.0
+            nn.init.normal_(module.weight, std=std * scale)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+
+
+def _gpt_linear_only(model, std=0.02, depth_scaled=True):
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            residual = name.endswith("attn.proj") or name.endswith("mlp.down")
+            scale = 1 / math.sqrt(2 * len(model.blocks)) if depth_scaled and residual else 1.0
+            nn.init.normal_(module.weight, std=std * scale)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+# ---------------------------------------------------------------------------- 2.4 weight tying
+
+def tie_weights(model):
+    """Make the LM head use the token embedding's matrix: one nn.Parameter, used twice.
+
+    model: a TinyTransformer; tok_emb.weight and lm_head.weight are both (vocab, d_model).
+    Afterwards ``model.lm_head.weight is model.tok_emb.weight``, the model has one parameter fewer,
+    and the optimizer sees the sum of both uses' gradients. Returns nothing.
+    """
+    model.lm_head.weight = model.tok_emb.weight
+
+
+def _tying_statistics(fn, vocab, d_model):
+    torch.manual_seed(0)
+    model = TinyTransformer(TransformerConfig(vocab_size=vocab, d_model=d_model, n_layer=1))
+    fn(model)
+    same = model.lm_head.weight is model.tok_emb.weight
+    shared = model.lm_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
+    return torch.tensor([float(same), float(shared), float(len(list(model.parameters())))])
+
+
+def _tie_by_copy(model):
+    model.lm_head.weight = nn.Parameter(model.tok_emb.weight.detach().clone())
+
+
+def _tie_by_data(model):
+    model.lm_head.weight.data = model.tok_emb.weight.data
+
+
+def _tying_cases():
+    return [Case("vocab 64, d_model 64", (64, 64)), Case("vocab 100, d_model 32", (100, 32)),
+            Case("vocab 7, d_model 16", (7, 16)), Case("vocab 512, d_model 128", (512, 128))]
+
+
+# ------------------------------------------------------------------------------- 2.5 μP for Adam
+
+def mup_param_groups(model, base_lr, base_width):
+    """Adam parameter groups for a WidthMLP under μP (maximal update parameterisation).
+
+    model: a WidthMLP with layers ``input`` (d_in -> width), ``hidden`` (width -> width) and
+    ``output`` (width -> classes) and attribute ``width``. The input layer keeps ``base_lr``;
+    the hidden and output layers, whose fan_in grows with width, get base_lr * base_width / width.
+    Returns a list of dicts {"params": [...], "lr": ...} covering every parameter exactly once.
+    """
+    ratio = base_width / model.width
+    return [
+        {"params": list(model.input.parameters()), "lr": base_lr},
+        {"params": list(model.hidden.parameters()) + list(model.output.parameters()), "lr": base_lr * ratio},
+    ]
+
+
+def _lr_per_parameter(fn, width, base_lr, base_width):
+    model = WidthMLP(width)
+    groups = fn(model, base_lr, base_width)
+    lr_of = {}
+    for group in groups:
+        for p in group["params"]:
+            if id(p) in lr_of:
+                raise ValueError("a parameter appears in two groups")
+            lr_of[id(p)] = float(group["lr"])
+    missing = [name for name, p in model.named_parameters() if id(p) not in lr_of]
+    if missing:
+        raise ValueError(f"parameters missing from the groups: {missing}")
+    return torch.tensor([lr_of[id(p)] for p in model.parameters()], dtype=torch.float64)
+
+
+def _mup_cases():
+    return [Case("width 128, base 32", (128, 1e-2, 32)), Case("width 512, base 32", (512, 3e-3, 32)),
+            Case("width 32 = base width", (32, 1e-2, 32)), Case("width 64, base 256", (64, 1e-3, 256))]
+
+
+def _mup_all_scaled(model, base_lr, base_width):
+    return [{"params": list(model.parameters()), "lr": base_lr * base_width / model.width}]
+
+
+def _mup_sqrt(model, base_lr, base_width):
+    ratio = math.sqrt(base_width / model.width)
+    return [{"params": list(model.input.parameters()), "lr": base_lr},
+            {"params": list(model.hidden.parameters()) + list(model.output.parameters()), "lr": base_lr * ratio}]
+
+
+def _mup_inverted(model, base_lr, base_width):
+    ratio = model.width / base_width
+    return [{"params": list(model.input.parameters()), "lr": base_lr},
+            {"params": list(model.hidden.parameters()) + list(model.output.parameters()), "lr": base_lr * ratio}]
+
+
+EXERCISES = [
+    Exercise(
+        id="2.1", title="Xavier/Glorot uniform", reference=xavier_uniform, cases=_xavier_cases,
+        call=_sample_statistics, tolerances=STAT_TOLERANCE,
+        mistakes=(
+            Mistake("normal instead of uniform", lambda o, i, gain=1.0: torch.randn(o, i) * gain * math.sqrt(2 / (i + o)),
+                    "Right variance, wrong shape: this asks for a *uniform* U(-a, a); its kurtosis is 1.8, a normal's 3."),
+            Mistake("gain ignored", lambda o, i, gain=1.0: torch.empty(o, i).uniform_(
+                -math.sqrt(6 / (i + o)), math.sqrt(6 / (i + o))),
+                    "Multiply the bound by `gain` (5/3 for tanh, sqrt(2) for ReLU)."),
+            Mistake("variance used as bound", lambda o, i, gain=1.0: torch.empty(o, i).uniform_(
+                -gain * math.sqrt(2 / (i + o)), gain * math.sqrt(2 / (i + o))),
+                    "U(-a, a) has variance a²/3, so the bound for variance 2/(fan_in+fan_out) is sqrt(6/(fan_in+fan_out))."),
+            Mistake("fan_in only", lambda o, i, gain=1.0: torch.empty(o, i).uniform_(
+                -gain * math.sqrt(3 / i), gain * math.sqrt(3 / i)),
+                    "That is LeCun's fan_in rule; Xavier averages both fans: Var W = 2 / (fan_in + fan_out)."),
+        ),
+    ),
+    Exercise(
+        id="2.2", title="He/Kaiming normal", reference=kaiming_normal, cases=_kaiming_cases,
+        call=_sample_statistics, tolerances=STAT_TOLERANCE,
+        mistakes=(
+            Mistake("mode ignored", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) * (
+                {"relu": math.sqrt(2), "linear": 1.0, "tanh": 5 / 3}[nonlinearity] / math.sqrt(i)),
+                    "mode='fan_out' divides by sqrt(fan_out) (the number of rows), not fan_in."),
+            Mistake("no ReLU gain", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) / math.sqrt(
+                i if mode == "fan_in" else o) * {"relu": 1.0, "linear": 1.0, "tanh": 5 / 3}[nonlinearity],
+                    "ReLU zeroes half its inputs, halving the second moment: the gain is sqrt(2)."),
+            Mistake("gain on the variance", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) * math.sqrt(
+                {"relu": math.sqrt(2), "linear": 1.0, "tanh": 5 / 3}[nonlinearity] / (i if mode == "fan_in" else o)),
+                    "The gain multiplies the standard deviation: std = gain / sqrt(fan), i.e. variance = gain² / fan."),
+        ),
+    ),
+    Exercise(
+        id="2.3", title="GPT-2 init with depth scaling by name", reference=gpt_init_, cases=_gpt_cases,
+        call=_init_statistics, tolerances={torch.float64: (0.06, 0.08)},  # std of a 4096-sample estimate
+        mistakes=(
+            Mistake("every Linear depth-scaled", _gpt_scale_everything,
+                    "Only the projections that write into the residual stream (attn.proj, mlp.down) get 1/sqrt(2L)."),
+            Mistake("1/sqrt(L)", _gpt_sqrt_l,
+                    "Each block adds to the residual stream twice (attention and MLP): scale by 1/sqrt(2 * n_layer)."),
+            Mistake("biases kept", _gpt_keeps_biases, "Set every Linear bias to zero."),
+            Mistake("embeddings skipped", _gpt_linear_only,
+                    "nn.Embedding weights (tokens and positions) get N(0, std²) too."),
+        ),
+    ),
+    Exercise(
+        id="2.4", title="weight tying", reference=tie_weights, cases=_tying_cases, call=_tying_statistics,
+        mistakes=(
+            Mistake("copied", _tie_by_copy,
+                    "A copy starts equal but trains apart: assign the same nn.Parameter object "
+                    "(model.lm_head.weight = model.tok_emb.weight)."),
+            Mistake("shared .data", _tie_by_data,
+                    "Sharing .data keeps two Parameters: each gets only its own gradient and the optimizer "
+                    "updates the memory twice. Assign the Parameter itself."),
+        ),
+    ),
+    Exercise(
+        id="2.5", title="μP learning rates per parameter group", reference=mup_param_groups, cases=_mup_cases,
+        call=_lr_per_parameter,
+        mistakes=(
+            Mistake("input layer scaled too", _mup_all_scaled,
+                    "The input layer's fan_in (d_in) does not grow with width: keep its learning rate at base_lr."),
+            Mistake("square root", _mup_sqrt,
+                    "For Adam, μP scales hidden and output learning rates by base_width / width, not its square root."),
+            Mistake("inverted ratio", _mup_inverted,
+                    "Wider layers need *smaller* steps: multiply by base_width / width."),
+        ),
+    ),
+]
