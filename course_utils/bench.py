@@ -62,6 +62,22 @@ def _swiglu_triton():
     return swiglu_triton
 
 
+def _rmsnorm_triton():
+    from course_utils.kernels.rmsnorm import rmsnorm_triton
+
+    return rmsnorm_triton
+
+
+def _layernorm_triton():
+    from course_utils.kernels.layernorm import layernorm_triton
+
+    return layernorm_triton
+
+
+def _row_params(shape, dtype, dev, n):
+    return tuple(torch.randn(shape[-1], dtype=dtype, device=dev) for _ in range(n))
+
+
 KERNELS = [
     KernelBench(
         name="softmax",
@@ -79,6 +95,22 @@ KERNELS = [
         triton=_swiglu_triton,
         bytes_formula="fwd: read gate, up + write h = 3·N·b; fwd+bwd: + read gate, up, dh + write 2 = 8·N·b",
         bytes=lambda shape, dtype, p: (3 if p == "fwd" else 8) * _numel(shape) * _elt(dtype),
+    ),
+    KernelBench(
+        name="rmsnorm",
+        make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev), *_row_params(shape, dtype, dev, 1)),
+        eager=lambda x, w: F.rms_norm(x, (x.shape[-1],), w, 1e-6),
+        triton=_rmsnorm_triton,
+        bytes_formula="fwd: read x + write y = 2·N·b; fwd+bwd: + read x, dy + write dx = 5·N·b (weight vectors ignored)",
+        bytes=lambda shape, dtype, p: (2 if p == "fwd" else 5) * _numel(shape) * _elt(dtype),
+    ),
+    KernelBench(
+        name="layernorm",
+        make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev), *_row_params(shape, dtype, dev, 2)),
+        eager=lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b, 1e-5),
+        triton=_layernorm_triton,
+        bytes_formula="fwd: read x + write y = 2·N·b; fwd+bwd: + read x, dy + write dx = 5·N·b (weight vectors ignored)",
+        bytes=lambda shape, dtype, p: (2 if p == "fwd" else 5) * _numel(shape) * _elt(dtype),
     ),
 ]
 

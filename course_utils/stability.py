@@ -81,15 +81,21 @@ def softmax_under_shift(max_logit: float, dtype: torch.dtype, n: int = 8) -> dic
     }
 
 
-def attention_score_max(activation_scale: float, d_k: int = 64, n: int = 256, seed: int = 0) -> float:
+def attention_score_max(activation_scale: float, d_k: int = 64, n: int = 256, seed: int = 0,
+                        qk_norm: bool = False) -> float:
     """Largest |q.k| / sqrt(d_k) over an (n, n) score matrix when q and k are N(0, scale^2) vectors.
 
     With unit-variance q and k each score has variance 1 after the 1/sqrt(d_k) scaling, so the
-    largest of n^2 scores is about 4 to 5; scaling q and k by s scales scores by s^2.
+    largest of n^2 scores is about 4 to 5; scaling q and k by s scales scores by s^2. With
+    ``qk_norm`` each q and k is first RMS-normalised over d_k (QK-norm, chapter 3), which bounds
+    every score by sqrt(d_k) whatever the scale.
     """
     g = torch.Generator().manual_seed(seed)
     q = activation_scale * torch.randn(n, d_k, generator=g, dtype=torch.float64)
     k = activation_scale * torch.randn(n, d_k, generator=g, dtype=torch.float64)
+    if qk_norm:
+        q = q * torch.rsqrt(q.pow(2).mean(dim=-1, keepdim=True))
+        k = k * torch.rsqrt(k.pow(2).mean(dim=-1, keepdim=True))
     return float((q @ k.T / math.sqrt(d_k)).abs().max())
 
 

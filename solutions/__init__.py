@@ -9,4 +9,5 @@ CHAPTERS = [
     "ch00_start_here",
     "ch01_backpropagation",
     "ch02_initialization",
+    "ch03_normalization",
 ]

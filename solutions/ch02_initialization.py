@@ -1,4 +1,5 @@
 """Notebook 02: initialisation."""
+import functools
 import math
 
 import torch
@@ -105,47 +106,24 @@ def _gpt_cases():
     ]
 
 
-def _gpt_scale_everything(model, std=0.02, depth_scaled=True):
-    scale = 1 / math.sqrt(2 * len(model.blocks)) if depth_scaled else 1.0
-    for module in model.modules():
+def _gpt_variant(model, std=0.02, depth_scaled=True, *, scale_all=False, two=2, zero_bias=True,
+                 embeddings=True):
+    """The reference with one realistic slip switched on (for the mistakes below)."""
+    for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
+            residual = scale_all or name.endswith("attn.proj") or name.endswith("mlp.down")
+            scale = 1 / math.sqrt(two * len(model.blocks)) if depth_scaled and residual else 1.0
             nn.init.normal_(module.weight, std=std * scale)
-            if module.bias is not None:
+            if zero_bias and module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
+        elif embeddings and isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=std)
 
 
-def _gpt_sqrt_l(model, std=0.02, depth_scaled=True):
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            residual = name.endswith("attn.proj") or name.endswith("mlp.down")
-            scale = 1 / math.sqrt(len(model.blocks)) if depth_scaled and residual else 1.0
-            nn.init.normal_(module.weight, std=std * scale)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-
-
-def _gpt_keeps_biases(model, std=0.02, depth_scaled=True):
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            residual = name.endswith("attn.proj") or name.endswith("mlp.down")
-            scale = 1 / math.sqrt(2 * len(model.blocks)) if depth_scaled and residual else 1.0
-            nn.init.normal_(module.weight, std=std * scale)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-
-
-def _gpt_linear_only(model, std=0.02, depth_scaled=True):
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            residual = name.endswith("attn.proj") or name.endswith("mlp.down")
-            scale = 1 / math.sqrt(2 * len(model.blocks)) if depth_scaled and residual else 1.0
-            nn.init.normal_(module.weight, std=std * scale)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+_gpt_scale_everything = functools.partial(_gpt_variant, scale_all=True)
+_gpt_sqrt_l = functools.partial(_gpt_variant, two=1)
+_gpt_keeps_biases = functools.partial(_gpt_variant, zero_bias=False)
+_gpt_linear_only = functools.partial(_gpt_variant, embeddings=False)
 
 
 # ---------------------------------------------------------------------------- 2.4 weight tying

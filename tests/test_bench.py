@@ -6,7 +6,7 @@ from course_utils import bench
 
 
 def test_byte_formulas():
-    softmax, swiglu = bench.KERNELS
+    softmax, swiglu = bench.KERNELS[:2]
     assert softmax.bytes((64, 256), torch.float32, "fwd") == 2 * 64 * 256 * 4
     assert softmax.bytes((64, 256), torch.float16, "fwd+bwd") == 5 * 64 * 256 * 2
     assert swiglu.bytes((10,), torch.float32, "fwd") == 3 * 10 * 4

@@ -104,3 +104,78 @@ def test_launcher_refuses_a_plain_function():
 
     with pytest.raises(TypeError, match="@triton.jit"):
         launch_row_kernel(lambda *a, **k: None, torch.randn(2, 3, device=DEVICE))
+
+
+# ------------------------------------------------------------------------- RMSNorm and LayerNorm
+
+NORM_SHAPES = [(1, 1), (5, 123), (37, 781), (2, 3, 17), (4, 4096)]
+
+
+def _norm_case(shape, dtype, with_bias):
+    torch.manual_seed(2)
+    n = shape[-1]
+    x = (3 * torch.randn(shape, device=DEVICE) + 1).to(dtype)
+    params = [torch.randn(n, device=DEVICE, dtype=dtype) for _ in range(2 if with_bias else 1)]
+    return x, params, torch.randn(shape, device=DEVICE, dtype=dtype)
+
+
+def _compare_fwd_bwd(ours, theirs, x, params, dy, tol):
+    """Kernel in x's dtype against PyTorch in float64 on the same values: in half precision PyTorch's
+    own eager backward rounds differently (dweight sums rows in float16 on the CPU), so the exact
+    answer, not another rounding of it, is the reference."""
+    mine = [t.clone().requires_grad_() for t in (x, *params)]
+    ref = [t.double().requires_grad_() for t in (x, *params)]
+    out, out_ref = ours(*mine), theirs(*ref)
+    torch.testing.assert_close(out, out_ref.to(out.dtype), **tol)
+    out.backward(dy)
+    out_ref.backward(dy.double())
+    for name, a, r in zip(["x", "weight", "bias"], mine, ref):
+        # dweight/dbias are sums over rows: allow for float32 summation order at least
+        torch.testing.assert_close(a.grad, r.grad.to(a.dtype), **(tol or dict(rtol=1e-4, atol=1e-4)), msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", NORM_SHAPES, ids=str)
+def test_rmsnorm_forward_backward(shape, dtype):
+    from course_utils.kernels.rmsnorm import rmsnorm_triton
+
+    x, params, dy = _norm_case(shape, dtype, with_bias=False)
+    n = shape[-1]
+    _compare_fwd_bwd(rmsnorm_triton, lambda x, w: F.rms_norm(x, (n,), w, 1e-6), x, params, dy, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", NORM_SHAPES, ids=str)
+def test_layernorm_forward_backward(shape, dtype):
+    from course_utils.kernels.layernorm import layernorm_triton
+
+    x, params, dy = _norm_case(shape, dtype, with_bias=True)
+    n = shape[-1]
+    _compare_fwd_bwd(layernorm_triton, lambda x, w, b: F.layer_norm(x, (n,), w, b, 1e-5), x, params, dy, TOL[dtype])
+
+
+def test_norm_kernels_non_contiguous_constant_rows_and_errors():
+    from course_utils.kernels.layernorm import layernorm_triton
+    from course_utils.kernels.rmsnorm import rmsnorm_triton
+
+    base = torch.randn(40, 33, device=DEVICE)
+    x = base.t()  # (33, 40), not contiguous along rows
+    w, b = torch.randn(40, device=DEVICE), torch.randn(40, device=DEVICE)
+    torch.testing.assert_close(rmsnorm_triton(x, w), F.rms_norm(x, (40,), w, 1e-6))
+    torch.testing.assert_close(layernorm_triton(x, w, b), F.layer_norm(x, (40,), w, b, 1e-5))
+    constant = torch.full((3, 40), 2.5, device=DEVICE)  # variance 0: only eps keeps it finite
+    torch.testing.assert_close(layernorm_triton(constant, w, b), F.layer_norm(constant, (40,), w, b, 1e-5))
+    assert rmsnorm_triton(torch.empty(0, 40, device=DEVICE), w).shape == (0, 40)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        rmsnorm_triton(x, torch.randn(39, device=DEVICE))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        layernorm_triton(x, w, torch.randn(41, device=DEVICE))
+
+
+def test_rmsnorm_exercise_kernel_matches_torch():
+    from course_utils.kernels.rmsnorm import launch_rmsnorm_fwd
+    from solutions.ch03_normalization import rmsnorm_fwd_kernel
+
+    for shape in [(5, 123), (1, 1), (8, 256)]:
+        x, w = torch.randn(shape, device=DEVICE), torch.randn(shape[-1], device=DEVICE)
+        torch.testing.assert_close(launch_rmsnorm_fwd(rmsnorm_fwd_kernel, x, w, 1e-6), F.rms_norm(x, (shape[-1],), w, 1e-6))

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from course_utils.kernels.common import as_rows, block_and_warps
+
 MAX_BLOCK = 4096  # columns per loop iteration; longer rows loop
 
 
@@ -64,23 +66,12 @@ def _softmax_bwd_kernel(y_ptr, dy_ptr, dx_ptr, y_row_stride, dy_row_stride, dx_r
         tl.store(dx_row + start + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """View ``t`` as (rows, n_cols) with unit column stride, copying only when it must."""
-    t2 = t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
-
-
-def _block_and_warps(n_cols: int) -> tuple[int, int]:
-    block = min(triton.next_power_of_2(max(n_cols, 1)), MAX_BLOCK)
-    return block, (4 if block <= 1024 else 8)
-
-
 def softmax_forward(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension of ``x`` (any shape, float16/bfloat16/float32)."""
-    x2 = _rows(x)
+    x2 = as_rows(x)
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     if x2.numel():
-        block, warps = _block_and_warps(x2.shape[1])
+        block, warps = block_and_warps(x2.shape[1], MAX_BLOCK)
         _softmax_fwd_kernel[(x2.shape[0],)](x2, y, x2.stride(0), y.stride(0), x2.shape[1],
                                             BLOCK=block, num_warps=warps)
     return y.view(x.shape)
@@ -88,10 +79,10 @@ def softmax_forward(x: torch.Tensor) -> torch.Tensor:
 
 def softmax_backward(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     """Gradient of softmax: ``dx = y * (dy - sum(y * dy, -1))``; same shapes as ``y``."""
-    y2, dy2 = _rows(y), _rows(dy)
+    y2, dy2 = as_rows(y), as_rows(dy)
     dx = torch.empty(y2.shape, dtype=y.dtype, device=y.device)
     if y2.numel():
-        block, warps = _block_and_warps(y2.shape[1])
+        block, warps = block_and_warps(y2.shape[1], MAX_BLOCK)
         _softmax_bwd_kernel[(y2.shape[0],)](y2, dy2, dx, y2.stride(0), dy2.stride(0), dx.stride(0),
                                             y2.shape[1], BLOCK=block, num_warps=warps)
     return dx.view(y.shape)
@@ -134,7 +125,7 @@ def launch_row_kernel(kernel, x: torch.Tensor) -> torch.Tensor:
     if not is_triton_kernel(kernel):
         raise TypeError(f"expected a @triton.jit kernel, got {type(kernel).__name__} "
                         "(is the @triton.jit decorator missing?)")
-    x2 = _rows(x)
+    x2 = as_rows(x)
     y = torch.empty_like(x2)
     kernel[(x2.shape[0],)](x2, y, x2.stride(0), y.stride(0), x2.shape[1],
                            BLOCK=triton.next_power_of_2(x2.shape[1]))

@@ -1,0 +1,29 @@
+"""Launcher helpers shared by the row-wise kernels (softmax, layernorm, rmsnorm)."""
+from __future__ import annotations
+
+import torch
+import triton
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """View ``t`` as (rows, n_cols) with unit column stride, copying only when it must."""
+    t2 = t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def block_and_warps(n_cols: int, max_block: int) -> tuple[int, int]:
+    """BLOCK = next power of two >= n_cols (at most ``max_block``) and a warp count that fits it."""
+    block = min(triton.next_power_of_2(max(n_cols, 1)), max_block)
+    return block, (4 if block <= 1024 else 8 if block <= 4096 else 16)
+
+
+def reduction_programs(n_rows: int) -> int:
+    """How many programs share the rows in a backward pass that also reduces dweight over rows.
+
+    Each program keeps a partial dweight row; the partials are summed afterwards. On a GPU, a few
+    programs per SM; in the interpreter (which runs programs one after another), few programs.
+    """
+    if torch.cuda.is_available():
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        return max(1, min(n_rows, 4 * sms))
+    return max(1, min(n_rows, 8))

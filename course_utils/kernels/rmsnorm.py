@@ -1,0 +1,125 @@
+"""RMSNorm in Triton: ``y = x / sqrt(mean(x^2) + eps) * weight`` over the last dimension.
+
+Forward, one program per row, the whole row in one block (rows up to MAX_COLS):
+  reads x (N) and weight (N), writes y (N) and rstd = 1/sqrt(mean(x^2) + eps) (1 value per row).
+Backward, with x_hat = x * rstd and g = dy * weight:
+  dx = rstd * (g - x_hat * mean(g * x_hat))         (per row)
+  dweight = sum over rows of dy * x_hat              (a reduction over rows)
+Each backward program walks a strided set of rows and keeps a partial dweight row in registers;
+the partials (programs × N, float32) are summed with torch afterwards. Reads x, dy, weight and
+rstd, writes dx and the partials.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from course_utils.kernels.common import as_rows, block_and_warps, reduction_programs
+
+MAX_COLS = 65536
+
+
+@triton.jit
+def _rmsnorm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
+                        BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)  # padded lanes are 0: no effect
+    tl.store(rstd_ptr + row, rstd)
+    tl.store(y_ptr + row * y_row_stride + cols, (x * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rmsnorm_bwd_kernel(x_ptr, w_ptr, dy_ptr, rstd_ptr, dx_ptr, dw_partial_ptr,
+                        x_row_stride, dy_row_stride, dx_row_stride, n_rows, n_cols,
+                        BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK], dtype=tl.float32)
+    for row in range(pid, n_rows, n_programs):
+        row64 = tl.cast(row, tl.int64)
+        x = tl.load(x_ptr + row64 * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + row64 * dy_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + row64)
+        x_hat = x * rstd
+        g = dy * w
+        dx = rstd * (g - x_hat * (tl.sum(g * x_hat, axis=0) / n_cols))
+        tl.store(dx_ptr + row64 * dx_row_stride + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        dw += dy * x_hat
+    tl.store(dw_partial_ptr + pid * n_cols + cols, dw, mask=mask)
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
+    if weight.dim() != 1 or weight.shape[0] != x.shape[-1]:
+        raise ValueError(f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
+    if x.shape[-1] > MAX_COLS:
+        raise ValueError(f"rows longer than {MAX_COLS} are not supported by this one-block kernel")
+
+
+def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6):
+    """``(y, rstd)``: y like x, rstd (rows,) float32, normalising over the last dimension."""
+    _check(x, weight)
+    x2 = as_rows(x)
+    y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+    if x2.numel():
+        block, warps = block_and_warps(x2.shape[1], MAX_COLS)
+        _rmsnorm_fwd_kernel[(x2.shape[0],)](x2, weight, y, rstd, x2.stride(0), y.stride(0), x2.shape[1], eps,
+                                            BLOCK=block, num_warps=warps)
+    return y.view(x.shape), rstd
+
+
+def rmsnorm_backward(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor):
+    """``(dx, dweight)`` for upstream gradient ``dy`` (shaped like x)."""
+    x2, dy2 = as_rows(x), as_rows(dy)
+    n_rows, n_cols = x2.shape
+    dx = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    programs = reduction_programs(n_rows)
+    dw_partial = torch.zeros(programs, n_cols, dtype=torch.float32, device=x.device)
+    if x2.numel():
+        block, warps = block_and_warps(n_cols, MAX_COLS)
+        _rmsnorm_bwd_kernel[(programs,)](x2, weight, dy2, rstd, dx, dw_partial, x2.stride(0), dy2.stride(0),
+                                         dx.stride(0), n_rows, n_cols, BLOCK=block, num_warps=warps)
+    return dx.view(x.shape), dw_partial.sum(0).to(weight.dtype)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        y, rstd = rmsnorm_forward(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dweight = rmsnorm_backward(x, weight, rstd, dy)
+        return dx, dweight, None
+
+
+def rmsnorm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``F.rms_norm(x, (N,), weight, eps)`` computed by the Triton kernels, differentiable in x and weight."""
+    return RMSNormFunction.apply(x, weight, eps)
+
+
+def launch_rmsnorm_fwd(kernel, x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Launch a learner's forward kernel with ``_rmsnorm_fwd_kernel``'s signature; returns y."""
+    from course_utils.kernels.softmax import is_triton_kernel
+
+    if not is_triton_kernel(kernel):
+        raise TypeError(f"expected a @triton.jit kernel, got {type(kernel).__name__} "
+                        "(is the @triton.jit decorator missing?)")
+    _check(x, weight)
+    x2 = as_rows(x)
+    y = torch.empty_like(x2)
+    rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+    kernel[(x2.shape[0],)](x2, weight, y, rstd, x2.stride(0), y.stride(0), x2.shape[1], eps,
+                           BLOCK=triton.next_power_of_2(x2.shape[1]))
+    return y.view(x.shape)

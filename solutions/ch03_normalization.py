@@ -1,0 +1,272 @@
+"""Notebook 03: normalisation."""
+import math
+
+import torch
+
+from course_utils.exercises import Case, Exercise, Mistake
+from course_utils.runtime import import_triton
+
+triton, tl = import_triton()
+
+CHAPTER = "3. Normalization (정규화 기법)"
+
+__all__ = ["layer_norm", "rms_norm", "rmsnorm_fwd_kernel", "soft_cap", "qk_norm_scores"]
+
+
+def _norm_cases(with_bias: bool):
+    g = torch.Generator().manual_seed(30)
+
+    def params(n):
+        w = torch.randn(n, generator=g)
+        return (w, torch.randn(n, generator=g)) if with_bias else (w,)
+
+    return [
+        Case("random 4x16", (torch.randn(4, 16, generator=g), *params(16))),
+        Case("3-D (2, 5, 7)", (torch.randn(2, 5, 7, generator=g), *params(7))),
+        Case("offset and scaled rows (mean 100, std 10)", (100 + 10 * torch.randn(3, 32, generator=g), *params(32))),
+        Case("a constant row (variance 0)", (torch.full((2, 8), 3.0), *params(8))),
+        Case("one feature", (torch.randn(5, 1, generator=g), *params(1))),
+        Case("single row", (torch.randn(1, 64, generator=g), *params(64))),
+        Case("tiny values (~1e-3) with eps = 1e-2", (1e-3 * torch.randn(3, 16, generator=g), *params(16)),
+             {"eps": 1e-2}),
+    ]
+
+
+# ------------------------------------------------------------------------------ 3.1 LayerNorm
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """LayerNorm over the last dimension, as F.layer_norm(x, (N,), weight, bias, eps).
+
+    x: (..., N) float tensor; weight, bias: (N,). For each position, with mean and *biased* variance
+    (divide by N) over the N features: (x - mean) / sqrt(var + eps) * weight + bias.
+    Returns a tensor shaped like x; inputs are not modified.
+    """
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def _ln_unbiased(x, weight, bias, eps=1e-5):
+    mean = x.mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(x.var(dim=-1, keepdim=True) + eps) * weight + bias
+
+
+def _ln_eps_outside(x, weight, bias, eps=1e-5):
+    mean = x.mean(dim=-1, keepdim=True)
+    std = ((x - mean) ** 2).mean(dim=-1, keepdim=True).sqrt()
+    return (x - mean) / (std + eps) * weight + bias
+
+
+def _ln_wrong_axis(x, weight, bias, eps=1e-5):
+    mean = x.mean(dim=0, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=0, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+# -------------------------------------------------------------------------------- 3.2 RMSNorm
+
+def rms_norm(x, weight, eps=1e-6):
+    """RMSNorm over the last dimension, as F.rms_norm(x, (N,), weight, eps).
+
+    x: (..., N); weight: (N,). x / sqrt(mean(x^2) + eps) * weight, with the mean over the N
+    features. No centring, no bias. Returns a tensor shaped like x; inputs are not modified.
+    """
+    return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + eps) * weight
+
+
+def _rms_centred(x, weight, eps=1e-6):
+    xc = x - x.mean(dim=-1, keepdim=True)
+    return xc * torch.rsqrt((xc * xc).mean(dim=-1, keepdim=True) + eps) * weight
+
+
+def _rms_eps_outside(x, weight, eps=1e-6):
+    return x / ((x * x).mean(dim=-1, keepdim=True).sqrt() + eps) * weight
+
+
+def _rms_l2(x, weight, eps=1e-6):
+    return x / ((x * x).sum(dim=-1, keepdim=True) + eps).sqrt() * weight
+
+
+# ------------------------------------------------------------------ 3.3 Triton RMSNorm forward
+
+@triton.jit
+def rmsnorm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
+                       BLOCK: tl.constexpr):
+    """RMSNorm of one row per program; BLOCK >= n_cols, so one block holds the whole row.
+
+    Program i reads x[i, :n_cols] (row start x_ptr + i * x_row_stride) and weight[:n_cols], stores
+    rstd[i] = 1 / sqrt(mean(x^2) + eps) (mean over n_cols values, in float32) and
+    y[i, :] = x * rstd * weight. Lanes at or beyond n_cols are neither read nor written.
+    """
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
+    tl.store(rstd_ptr + row, rstd)
+    tl.store(y_ptr + row * y_row_stride + cols, x * rstd * w, mask=mask)
+
+
+@triton.jit
+def _kernel_mean_over_block(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
+                            BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / BLOCK + eps)
+    tl.store(rstd_ptr + row, rstd)
+    tl.store(y_ptr + row * y_row_stride + cols, x * rstd * w, mask=mask)
+
+
+@triton.jit
+def _kernel_eps_outside(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
+                        BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / (tl.sqrt(tl.sum(x * x, axis=0) / n_cols) + eps)
+    tl.store(rstd_ptr + row, rstd)
+    tl.store(y_ptr + row * y_row_stride + cols, x * rstd * w, mask=mask)
+
+
+def _launch_rmsnorm(kernel, x, weight, eps):
+    from course_utils.kernels.rmsnorm import launch_rmsnorm_fwd
+
+    return launch_rmsnorm_fwd(kernel, x, weight, eps)
+
+
+def _kernel_cases():
+    g = torch.Generator().manual_seed(33)
+    return [
+        Case("5x123 (row not a power of two)", (torch.randn(5, 123, generator=g), torch.randn(123, generator=g), 1e-6)),
+        Case("4x64", (torch.randn(4, 64, generator=g), torch.randn(64, generator=g), 1e-6)),
+        Case("tiny values, eps 1e-2", (1e-3 * torch.randn(3, 40, generator=g), torch.ones(40), 1e-2)),
+        Case("1x1", (torch.randn(1, 1, generator=g), torch.randn(1, generator=g), 1e-6)),
+        Case("strided rows", (torch.randn(8, 30, generator=g)[::2], torch.randn(30, generator=g), 1e-6)),
+    ]
+
+
+# ------------------------------------------------------------------------ 3.5 logit soft-capping
+
+def soft_cap(logits, cap):
+    """Gemma-2's logit soft-capping: cap * tanh(logits / cap).
+
+    logits: any float tensor; cap > 0. About the identity for |logits| << cap, and always
+    strictly inside (-cap, cap). Returns a new tensor shaped like logits.
+    """
+    return cap * torch.tanh(logits / cap)
+
+
+def _cap_cases():
+    g = torch.Generator().manual_seed(34)
+    return [
+        Case("small logits, cap 30", (torch.randn(4, 10, generator=g), 30.0)),
+        Case("large logits, cap 30", (100 * torch.randn(4, 10, generator=g), 30.0)),
+        Case("cap 1", (3 * torch.randn(16, generator=g), 1.0)),
+        Case("huge and infinite logits, cap 50", (torch.tensor([1e30, -1e30, math.inf, -math.inf, 0.0]), 50.0)),
+    ]
+
+
+# ----------------------------------------------------------------------------------- 3.4 QK-norm
+
+def qk_norm_scores(q, k, eps=1e-6):
+    """Attention logits with QK-norm: RMS-normalise each query and key vector, then scale dot products.
+
+    q: (..., Tq, d), k: (..., Tk, d). q_hat = q / sqrt(mean(q^2, over d) + eps), likewise k_hat
+    (no learnable gain here). Returns q_hat @ k_hat^T / sqrt(d), shape (..., Tq, Tk): every logit then
+    lies in [-sqrt(d), sqrt(d)] whatever the scale of q and k.
+    """
+    d = q.shape[-1]
+    q_hat = q * torch.rsqrt((q * q).mean(dim=-1, keepdim=True) + eps)
+    k_hat = k * torch.rsqrt((k * k).mean(dim=-1, keepdim=True) + eps)
+    return q_hat @ k_hat.transpose(-2, -1) / math.sqrt(d)
+
+
+def _qk_cases():
+    g = torch.Generator().manual_seed(35)
+    return [
+        Case("(5, 8) x (7, 8)", (torch.randn(5, 8, generator=g), torch.randn(7, 8, generator=g))),
+        Case("heads (2, 3, 4, 16)", (torch.randn(2, 3, 4, 16, generator=g), torch.randn(2, 3, 6, 16, generator=g))),
+        Case("huge activations (x1000)", (1000 * torch.randn(4, 32, generator=g), 1000 * torch.randn(4, 32, generator=g))),
+        Case("d = 1", (torch.randn(3, 1, generator=g), torch.randn(2, 1, generator=g))),
+    ]
+
+
+def _qk_cosine(q, k, eps=1e-6):
+    q_hat = q / (q.norm(dim=-1, keepdim=True) + eps)
+    k_hat = k / (k.norm(dim=-1, keepdim=True) + eps)
+    return q_hat @ k_hat.transpose(-2, -1) / math.sqrt(q.shape[-1])
+
+
+def _qk_wrong_axis(q, k, eps=1e-6):
+    q_hat = q * torch.rsqrt((q * q).mean(dim=-2, keepdim=True) + eps)
+    k_hat = k * torch.rsqrt((k * k).mean(dim=-2, keepdim=True) + eps)
+    return q_hat @ k_hat.transpose(-2, -1) / math.sqrt(q.shape[-1])
+
+
+def _qk_no_scale(q, k, eps=1e-6):
+    q_hat = q * torch.rsqrt((q * q).mean(dim=-1, keepdim=True) + eps)
+    k_hat = k * torch.rsqrt((k * k).mean(dim=-1, keepdim=True) + eps)
+    return q_hat @ k_hat.transpose(-2, -1)
+
+
+EXERCISES = [
+    Exercise(
+        id="3.1", title="LayerNorm from scratch", reference=layer_norm, cases=lambda: _norm_cases(True),
+        mistakes=(
+            Mistake("unbiased variance", _ln_unbiased,
+                    "LayerNorm uses the biased variance (divide by N, not N - 1): x.var(dim=-1, unbiased=False) "
+                    "or ((x - mean)**2).mean(dim=-1)."),
+            Mistake("eps outside the root", _ln_eps_outside,
+                    "eps goes inside the square root: (x - mean) / sqrt(var + eps)."),
+            Mistake("wrong axis", _ln_wrong_axis,
+                    "Normalise each position over its features (dim=-1); dim=0 is what BatchNorm does."),
+        ),
+    ),
+    Exercise(
+        id="3.2", title="RMSNorm from scratch", reference=rms_norm, cases=lambda: _norm_cases(False),
+        mistakes=(
+            Mistake("centred", _rms_centred, "RMSNorm does not subtract the mean: x / sqrt(mean(x²) + eps)."),
+            Mistake("eps outside the root", _rms_eps_outside,
+                    "eps goes inside the square root: x / sqrt(mean(x²) + eps)."),
+            Mistake("L2 norm", _rms_l2,
+                    "That divides by the L2 norm (a sum); RMS uses the *mean* of x², so the output has RMS 1, not norm 1."),
+        ),
+    ),
+    Exercise(
+        id="3.3", title="Triton RMSNorm forward kernel", reference=rmsnorm_fwd_kernel, cases=_kernel_cases,
+        call=_launch_rmsnorm, needs_triton=True, timeout_s=120.0,
+        mistakes=(
+            Mistake("mean over the padded block", _kernel_mean_over_block,
+                    "Divide the sum of squares by n_cols, not BLOCK: the padded lanes are not part of the row."),
+            Mistake("eps outside the root", _kernel_eps_outside,
+                    "rstd = 1 / sqrt(mean(x²) + eps): eps inside the root."),
+        ),
+    ),
+    Exercise(
+        id="3.4", title="QK-norm attention logits", reference=qk_norm_scores, cases=_qk_cases,
+        tolerances={torch.float32: (1e-5, 1e-5)},  # rsqrt vs sqrt-then-divide round differently
+        mistakes=(
+            Mistake("cosine (L2) normalisation", _qk_cosine,
+                    "Normalise to RMS 1 (divide by sqrt(mean(q²))), not to norm 1: with unit *norm* vectors the "
+                    "logits are cosines / sqrt(d), d times too small."),
+            Mistake("wrong axis", _qk_wrong_axis,
+                    "Normalise each query/key vector over its d features (dim=-1), not over positions."),
+            Mistake("no 1/sqrt(d)", _qk_no_scale, "Keep the 1/sqrt(d) scaling of dot-product attention."),
+        ),
+    ),
+    Exercise(
+        id="3.5", title="logit soft-capping", reference=soft_cap, cases=_cap_cases,
+        mistakes=(
+            Mistake("no division by cap", lambda logits, cap: cap * torch.tanh(logits),
+                    "Divide before the tanh: cap * tanh(logits / cap) has slope 1 at 0, so small logits pass unchanged."),
+            Mistake("hard clamp", lambda logits, cap: logits.clamp(-cap, cap),
+                    "A clamp has zero gradient beyond the cap; soft-capping uses tanh, smooth everywhere."),
+        ),
+    ),
+]
