@@ -99,6 +99,11 @@ class ExerciseNotPassed(AssertionError):
     """Raised by ``check`` in strict mode (``COURSE_STRICT=1``) when an exercise does not pass."""
 
 
+class ContractError(Exception):
+    """Raised by an exercise's ``call`` adapter when the learner's result breaks the stated contract
+    (wrong shape, a parameter missing from the groups, ...): shown as is, not as a crash."""
+
+
 class ExerciseTimeout(BaseException):
     """Raised inside learner code that runs past its time limit (BaseException: a bare
     ``except Exception`` in learner code must not swallow it)."""
@@ -239,6 +244,7 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
     except Exception as exc:  # a broken case builder is the course's bug, said as such
         return failed(f"the course could not build the test cases ({exc!r}); please report this")
 
+    seen: list[tuple[Case, Any]] = []  # (case, the learner's output) for the cases passed so far
     for case in cases:
         try:
             expected = ex.run(ex.reference, case)
@@ -254,16 +260,19 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
         except ExerciseTimeout:
             return failed(f"case '{case.name}': still running after {ex.timeout_s:.0f} s "
                           "(an endless loop?). Stopped it.", case)
+        except ContractError as exc:
+            return failed(f"case '{case.name}': {exc}", case)
         except Exception as exc:
             return failed(f"case '{case.name}': your code raised {type(exc).__name__}: {exc}"
-                          f"{_where(exc)}", case, _matching_mistake(ex, case, None, exc))
+                          f"{_where(exc)}", case, _matching_mistake(ex, seen, case, exc))
         changed = _changed_argument(args_before, (case.args, case.kwargs), _parameter_names(ex.reference))
         if changed:
             return failed(f"case '{case.name}': your code modified its input {changed} in place "
                           "(e.g. `x -= ...` or `x.exp_()`); compute on a new tensor instead.", case)
         mismatch = describe_mismatch(expected, got, ex.tolerances)
         if mismatch:
-            return failed(f"case '{case.name}': {mismatch}", case, _matching_mistake(ex, case, got))
+            return failed(f"case '{case.name}': {mismatch}", case, _matching_mistake(ex, seen, case, got))
+        seen.append((case, got))
     return CheckResult(ex.id, "passed", f"✅ {label}: passed all {len(cases)} cases.")
 
 
@@ -298,28 +307,35 @@ def _parameter_names(fn: Callable) -> list[str]:
         return []
 
 
-def _matching_mistake(ex: Exercise, case: Case, got: Any, error: Exception | None = None):
-    """The first known mistake whose output on ``case`` equals the learner's (or that raises alike)."""
+def _matching_mistake(ex: Exercise, seen: list[tuple[Case, Any]], failing: Case, got: Any):
+    """The first known mistake that reproduces the learner's behaviour on every case run so far:
+    the same outputs on the cases that passed, and on the failing case the same output (or the same
+    exception type, when ``got`` is an exception)."""
     for mistake in ex.mistakes:
         try:
             with _time_limit(ex.timeout_s):
-                wrong = ex.run(mistake.fn, case)
-        except Exception as exc:
-            if error is not None and type(exc) is type(error):
-                return mistake
+                agrees = all(describe_mismatch(ex.run(mistake.fn, case), out, ex.tolerances) is None
+                             for case, out in seen)
+                if not agrees:
+                    continue
+                try:
+                    wrong = ex.run(mistake.fn, failing)
+                except Exception as exc:
+                    if isinstance(got, Exception) and type(exc) is type(got):
+                        return mistake
+                    continue
+        except (Exception, ExerciseTimeout):
             continue
-        except ExerciseTimeout:
-            continue
-        if error is None and describe_mismatch(wrong, got, ex.tolerances) is None:
+        if not isinstance(got, Exception) and describe_mismatch(wrong, got, ex.tolerances) is None:
             return mistake
     return None
 
 
 def _where(exc: BaseException) -> str:
     """' (line N of your code: `...`)' for the deepest frame outside the course and libraries."""
-    package_dir = str(Path(__file__).resolve().parent)
+    course_dirs = (str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "solutions"))
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith(package_dir) and "site-packages" not in f.filename
+              if not f.filename.startswith(course_dirs) and "site-packages" not in f.filename
               and "/lib/python" not in f.filename]
     if not frames:
         return ""
@@ -408,14 +424,25 @@ def _clone(tree: Any) -> Any:
 
 
 def _changed_argument(before: Any, after: Any, names: list[str]) -> str | None:
-    """The name of the first tensor argument that differs between two ``(args, kwargs)`` snapshots."""
+    """The name of the first argument whose tensors (also inside lists, tuples and dicts) differ
+    between two ``(args, kwargs)`` snapshots."""
     (args_b, kwargs_b), (args_a, kwargs_a) = before, after
     pairs = [(names[i] if i < len(names) else f"#{i + 1}", b, a) for i, (b, a) in enumerate(zip(args_b, args_a))]
     pairs += [(k, kwargs_b[k], kwargs_a[k]) for k in kwargs_b]
     for name, b, a in pairs:
-        if isinstance(b, torch.Tensor) and not _same_tensor(b, a):
+        if not _same_tree(b, a):
             return f"`{name}`"
     return None
+
+
+def _same_tree(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and _same_tensor(a, b)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same_tree, a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_tree(a[k], b[k]) for k in a)
+    return True
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -19,6 +19,8 @@ def clip_grad_norm(grads: list[torch.Tensor], max_norm: float):
     min(1, max_norm / (total_norm + 1e-6)), and the norm before clipping as a 0-d float32 tensor,
     total_norm = sqrt(sum over all tensors of sum(g**2)). Same rule as torch.nn.utils.clip_grad_norm_.
     """
+    if not grads:
+        return [], torch.tensor(0.0)
     total_norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
     scale = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
     return [g * scale.to(g.dtype) for g in grads], total_norm

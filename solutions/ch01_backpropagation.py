@@ -241,6 +241,9 @@ EXERCISES = [
     ),
     Exercise(
         id="1.2", title="safe softmax", reference=safe_softmax, cases=_softmax_cases,
+        # exp(x - logsumexp(x)) is just as stable, but at |x| ~ 1e4 float32 rounding of the
+        # logsumexp shifts the result by ~4e-4 relative: accept that, reject NaN/0 and wrong axes
+        tolerances={torch.float32: (1e-3, 1e-6)},
         mistakes=(
             Mistake("naive softmax", naive_softmax,
                     "exp of a large logit overflows to inf (inf/inf = NaN), of a very negative one underflows "

@@ -157,6 +157,12 @@ def _slider_cells(path: Path) -> int:
     return sum("slider_plot(" in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
 
 
+def _menu(page, menu: str, item: str) -> None:
+    """Open a menu of Lab's menu bar and click one of its items."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=menu).first.click()
+    page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
+
+
 def _run_all(page, panel) -> None:
     """Run > Run All Cells, then wait until every code cell has an execution number.
 
@@ -164,17 +170,24 @@ def _run_all(page, panel) -> None:
     so a Run All that has not started a single cell within 20 s is clicked again (3 tries).
     """
     prompts: list[str] = []
-    # stored outputs carry execution numbers 1..N, exactly what a fresh run produces: clear them first
-    page.locator(".lm-MenuBar-itemLabel", has_text="Edit").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Clear Outputs of All Cells").first.click()
-    deadline = time.time() + 30
-    while any(p.strip() != "[ ]:" for p in panel.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()):
-        if time.time() > deadline:
-            pytest.fail("Clear Outputs of All Cells did not clear the execution numbers")
-        time.sleep(0.2)
+    # stored outputs carry execution numbers 1..N, exactly what a fresh run produces: clear them first.
+    # The menu command does nothing until the notebook has focus and has settled, so click and retry.
+    for _attempt in range(5):
+        panel.locator(".jp-Cell").first.click()
+        _menu(page, "Edit", "Clear Outputs of All Cells")
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            prompts = [p.strip() for p in panel.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()]
+            if all(p == "[ ]:" for p in prompts):
+                break
+            time.sleep(0.2)
+        else:
+            continue
+        break
+    else:
+        pytest.fail(f"Clear Outputs of All Cells did not clear the execution numbers: {prompts}")
     for _attempt in range(3):
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        _menu(page, "Run", "Run All Cells")
         started = time.time()
         deadline = started + RUN_ALL_TIMEOUT_S
         while time.time() < deadline:

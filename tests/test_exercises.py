@@ -159,3 +159,34 @@ def test_describe_mismatch_on_nested_and_numbers():
     inf = float("inf")
     assert describe_mismatch(torch.tensor([inf, -inf]), torch.tensor([inf, -inf])) is None
     assert describe_mismatch(torch.tensor([inf]), torch.tensor([-inf])) is not None
+
+
+def test_mutating_a_tensor_inside_a_list_argument_is_caught():
+    def clip_in_place(grads, max_norm):
+        total = torch.sqrt(sum((g ** 2).sum() for g in grads))
+        for g in grads:
+            g.mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+        return grads, total
+
+    _fails_with(clip_in_place, "modified its input `grads` in place", exercise="1.6")
+
+
+def test_contract_errors_from_the_checker_are_not_blamed_on_the_learner():
+    result = _fails_with(lambda fan_out, fan_in, gain=1.0: torch.zeros(fan_in, fan_out), "expected shape",
+                         exercise="2.1")
+    assert "your code raised" not in result.message
+
+
+def test_hint_needs_the_mistake_to_agree_on_every_case_seen():
+    import math
+
+    def gain_inside_the_root(fan_out, fan_in, gain=1.0):  # right at gain 1, wrong otherwise
+        bound = math.sqrt(gain * 6 / (fan_in + fan_out))
+        return torch.empty(fan_out, fan_in).uniform_(-bound, bound)
+
+    result = _fails_with(gain_inside_the_root, "case '512 <- 128 with gain 5/3 (tanh)'", exercise="2.1")
+    assert result.mistake != "fan_in only"  # a listed mistake that disagrees on earlier cases is not named
+
+
+def test_logsumexp_softmax_is_accepted():
+    assert check("1.2", lambda x: torch.exp(x - torch.logsumexp(x, -1, keepdim=True)), display=False).passed

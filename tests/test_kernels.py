@@ -179,3 +179,10 @@ def test_rmsnorm_exercise_kernel_matches_torch():
     for shape in [(5, 123), (1, 1), (8, 256)]:
         x, w = torch.randn(shape, device=DEVICE), torch.randn(shape[-1], device=DEVICE)
         torch.testing.assert_close(launch_rmsnorm_fwd(rmsnorm_fwd_kernel, x, w, 1e-6), F.rms_norm(x, (shape[-1],), w, 1e-6))
+
+
+def test_softmax_zero_dim_and_empty_rows():
+    from course_utils.kernels.softmax import softmax_triton
+
+    torch.testing.assert_close(softmax_triton(torch.tensor(3.0, device=DEVICE)), torch.softmax(torch.tensor(3.0, device=DEVICE), -1))
+    assert softmax_triton(torch.empty(2, 3, 0, device=DEVICE)).shape == (2, 3, 0)

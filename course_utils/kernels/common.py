@@ -1,14 +1,19 @@
 """Launcher helpers shared by the row-wise kernels (softmax, layernorm, rmsnorm)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 
 
 def as_rows(t: torch.Tensor) -> torch.Tensor:
-    """View ``t`` as (rows, n_cols) with unit column stride, copying only when it must."""
-    t2 = t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+    """View ``t`` as (rows, n_cols) with unit column stride, copying only when it must.
+    A 0-d tensor is one row of one column; an empty last dimension gives zero columns."""
+    if t.dim() == 0:
+        return t.reshape(1, 1)
+    t2 = t.reshape(math.prod(t.shape[:-1]), t.shape[-1]) if t.dim() != 2 else t
+    return t2 if t2.stride(-1) == 1 or t2.numel() == 0 else t2.contiguous()
 
 
 def block_and_warps(n_cols: int, max_block: int) -> tuple[int, int]:

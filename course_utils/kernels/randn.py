@@ -23,8 +23,11 @@ def _normal_init_kernel(out_ptr, n, seed, std, BLOCK: tl.constexpr):
 
 def normal_init_triton(shape: tuple, std: float, seed: int, *, dtype=torch.float32, device=None,
                        block: int = 1024) -> torch.Tensor:
-    """A new tensor of ``shape`` with N(0, std^2) entries, determined by ``seed`` alone."""
-    out = torch.empty(shape, dtype=dtype, device=device)
+    """A new tensor of ``shape`` with N(0, std^2) entries, determined by ``seed`` alone
+    (on the course's device, the GPU when there is one, unless ``device`` says otherwise)."""
+    from course_utils.runtime import device as default_device
+
+    out = torch.empty(shape, dtype=dtype, device=device or default_device())
     n = out.numel()
     if n:
         _normal_init_kernel[(triton.cdiv(n, block),)](out, n, seed, std, BLOCK=block)

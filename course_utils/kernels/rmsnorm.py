@@ -116,10 +116,12 @@ def launch_rmsnorm_fwd(kernel, x: torch.Tensor, weight: torch.Tensor, eps: float
     if not is_triton_kernel(kernel):
         raise TypeError(f"expected a @triton.jit kernel, got {type(kernel).__name__} "
                         "(is the @triton.jit decorator missing?)")
+    from course_utils.runtime import device
+
     _check(x, weight)
-    x2 = as_rows(x)
+    x2, weight = as_rows(x.to(device())), weight.to(device())  # compiled Triton needs GPU tensors
     y = torch.empty_like(x2)
-    rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+    rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
     kernel[(x2.shape[0],)](x2, weight, y, rstd, x2.stride(0), y.stride(0), x2.shape[1], eps,
                            BLOCK=triton.next_power_of_2(x2.shape[1]))
     return y.view(x.shape)
