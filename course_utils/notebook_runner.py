@@ -64,5 +64,7 @@ def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeo
         client.execute()
         seconds = time.perf_counter() - start
     if write:
+        for cell in nb.cells:  # run timestamps would make every re-run a diff of every cell
+            cell.get("metadata", {}).pop("execution", None)
         nbformat.write(nb, path)
     return nb, seconds
