@@ -74,6 +74,12 @@ def _layernorm_triton():
     return layernorm_triton
 
 
+def _cross_entropy_triton():
+    from course_utils.kernels.cross_entropy import cross_entropy_triton
+
+    return cross_entropy_triton
+
+
 def _row_params(shape, dtype, dev, n):
     return tuple(torch.randn(shape[-1], dtype=dtype, device=dev) for _ in range(n))
 
@@ -111,6 +117,15 @@ KERNELS = [
         triton=_layernorm_triton,
         bytes_formula="fwd: read x + write y = 2·N·b; fwd+bwd: + read x, dy + write dx = 5·N·b (weight vectors ignored)",
         bytes=lambda shape, dtype, p: (2 if p == "fwd" else 5) * _numel(shape) * _elt(dtype),
+    ),
+    KernelBench(
+        name="cross_entropy",
+        make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev),),
+        eager=lambda z: F.cross_entropy(z.float(), torch.arange(z.shape[0], device=z.device) % z.shape[1]),
+        triton=lambda: (lambda z: _cross_entropy_triton()(z, torch.arange(z.shape[0], device=z.device) % z.shape[1])),
+        bytes_formula="fwd: read logits = N·b; fwd+bwd: read logits + write their gradient = 2·N·b (the minimum; "
+                      "the fused kernel does both in its forward)",
+        bytes=lambda shape, dtype, p: (1 if p == "fwd" else 2) * _numel(shape) * _elt(dtype),
     ),
 ]
 

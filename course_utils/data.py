@@ -5,7 +5,16 @@ is the chain's entropy rate, so a training curve has a floor the learner can see
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+CORPUS_PATH = Path(__file__).resolve().parent / "data_files" / "corpus.txt"
+
+
+def load_corpus() -> str:
+    """The course's small English text (about 2.7 KB, written for the course, shipped in the package)."""
+    return CORPUS_PATH.read_text(encoding="utf-8")
 
 
 class MarkovChain:

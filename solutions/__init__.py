@@ -10,4 +10,5 @@ CHAPTERS = [
     "ch01_backpropagation",
     "ch02_initialization",
     "ch03_normalization",
+    "ch04_loss_functions",
 ]

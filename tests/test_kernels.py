@@ -186,3 +186,55 @@ def test_softmax_zero_dim_and_empty_rows():
 
     torch.testing.assert_close(softmax_triton(torch.tensor(3.0, device=DEVICE)), torch.softmax(torch.tensor(3.0, device=DEVICE), -1))
     assert softmax_triton(torch.empty(2, 3, 0, device=DEVICE)).shape == (2, 3, 0)
+
+
+# ------------------------------------------------------------------------------ fused cross-entropy
+
+@pytest.mark.parametrize("eps", [0.0, 0.1], ids=["plain", "smoothed"])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 123), (37, 781), (3, 5000), (4, 10000)], ids=str)
+def test_cross_entropy_loss_and_gradient(shape, eps):
+    from course_utils.kernels.cross_entropy import cross_entropy_triton
+
+    torch.manual_seed(3)
+    n, v = shape
+    z = 3 * torch.randn(shape, device=DEVICE)
+    y = torch.randint(0, v, (n,), device=DEVICE)
+    if n > 2:
+        y[1] = -100
+    a, b = z.clone().requires_grad_(), z.clone().requires_grad_()
+    loss, loss_ref = cross_entropy_triton(a, y, label_smoothing=eps), F.cross_entropy(b, y, label_smoothing=eps)
+    torch.testing.assert_close(loss, loss_ref)
+    (2 * loss).backward()  # an upstream gradient other than 1
+    (2 * loss_ref).backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_cross_entropy_extreme_logits_ignored_rows_and_in_place():
+    from course_utils.kernels.cross_entropy import cross_entropy_triton
+
+    z = torch.tensor([[1e4, 0.0, -1e4], [0.0, 0.0, 0.0], [-math.inf, 1.0, 2.0]], device=DEVICE)
+    y = torch.tensor([2, -100, 1], device=DEVICE)
+    torch.testing.assert_close(cross_entropy_triton(z, y), F.cross_entropy(z, y))
+    assert cross_entropy_triton(z, torch.full((3,), -100, device=DEVICE)).isnan()
+    first_block_masked = torch.randn(2, 5000, device=DEVICE)
+    first_block_masked[:, :4096] = -math.inf  # the whole first chunk of the vocabulary is -inf
+    y2 = torch.tensor([4500, 4999], device=DEVICE)
+    torch.testing.assert_close(cross_entropy_triton(first_block_masked, y2), F.cross_entropy(first_block_masked, y2))
+    w = torch.randn(8, 16, device=DEVICE, requires_grad=True)
+    h = torch.randn(4, 8, device=DEVICE)
+    target = torch.tensor([1, 5, -100, 15], device=DEVICE)
+    cross_entropy_triton(h @ w, target, inplace_grad=True).backward()
+    w_ref = w.detach().clone().requires_grad_()
+    F.cross_entropy(h @ w_ref, target).backward()
+    torch.testing.assert_close(w.grad, w_ref.grad)
+    with pytest.raises(ValueError, match="target values must be in"):
+        cross_entropy_triton(z, torch.tensor([0, 3, 1], device=DEVICE))
+
+
+def test_cross_entropy_row_kernel_answer_matches_torch():
+    from course_utils.kernels.cross_entropy import launch_ce_row_kernel
+    from solutions.ch04_loss_functions import cross_entropy_row_kernel
+
+    z, y = 5 * torch.randn(6, 123, device=DEVICE), torch.tensor([0, 5, -100, 122, 7, -100], device=DEVICE)
+    expected = F.cross_entropy(z, y, reduction="none")
+    torch.testing.assert_close(launch_ce_row_kernel(cross_entropy_row_kernel, z, y), expected)

@@ -1,0 +1,301 @@
+"""Notebook 04: loss functions."""
+import math
+
+import torch
+
+from course_utils.exercises import Case, Exercise, Mistake
+from course_utils.runtime import import_triton
+
+triton, tl = import_triton()
+
+CHAPTER = "4. Loss functions (손실 함수)"
+
+__all__ = ["cross_entropy", "label_smoothed_cross_entropy", "masked_mean_cross_entropy",
+           "assistant_only_labels", "cross_entropy_row_kernel"]
+
+
+def _ce_cases(smoothing: bool = False):
+    g = torch.Generator().manual_seed(40)
+    extra = (0.1,) if smoothing else ()
+    return [
+        Case("8 rows, vocabulary 5", (torch.randn(8, 5, generator=g), torch.randint(0, 5, (8,), generator=g), *extra)),
+        Case("one row", (torch.randn(1, 7, generator=g), torch.tensor([6]), *extra)),
+        Case("huge logits (~1e4)", (1e4 * torch.randn(4, 6, generator=g), torch.randint(0, 6, (4,), generator=g), *extra)),
+        Case("vocabulary 1000", (3 * torch.randn(5, 1000, generator=g), torch.randint(0, 1000, (5,), generator=g), *extra)),
+        Case("confident and right", (torch.tensor([[20.0, 0.0, 0.0]]), torch.tensor([0]), *extra)),
+    ]
+
+
+# --------------------------------------------------------------------------- 4.1 cross-entropy
+
+def cross_entropy(logits, target):
+    """Mean cross-entropy of logits (N, V) against integer targets (N,), as F.cross_entropy.
+
+    For each row: -log softmax(logits)[target] = logsumexp(logits) - logits[target], computed from the
+    logits with log-sum-exp so that huge logits neither overflow nor give log(0). Returns a 0-d tensor,
+    the mean over the N rows. Inputs are not modified.
+    """
+    picked = logits.gather(1, target[:, None])[:, 0]
+    return (torch.logsumexp(logits, dim=1) - picked).mean()
+
+
+def _ce_naive(logits, target):
+    return -torch.log(torch.softmax(logits, dim=1).gather(1, target[:, None])).mean()
+
+
+def _ce_sum(logits, target):
+    return (torch.logsumexp(logits, dim=1) - logits.gather(1, target[:, None])[:, 0]).sum()
+
+
+def _ce_unnormalised(logits, target):
+    return -logits.gather(1, target[:, None]).mean()
+
+
+# ---------------------------------------------------------------------------- 4.2 label smoothing
+
+def label_smoothed_cross_entropy(logits, target, eps):
+    """Cross-entropy against PyTorch's smoothed target, as F.cross_entropy(..., label_smoothing=eps).
+
+    The target distribution puts (1 - eps) on the right class and spreads eps uniformly over *all* V
+    classes (the right one included): q = (1 - eps) * onehot + eps / V. Loss per row:
+    -sum_j q_j log p_j = (1 - eps) * CE(logits, target) + eps * mean_j(-log p_j). Returns the mean over rows.
+    """
+    log_p = torch.log_softmax(logits, dim=1)
+    nll = -log_p.gather(1, target[:, None])[:, 0]
+    uniform = -log_p.mean(dim=1)
+    return ((1 - eps) * nll + eps * uniform).mean()
+
+
+def _ls_v_minus_one(logits, target, eps):  # the study note's [eps/(V-1), ..., 1-eps, ...]
+    log_p = torch.log_softmax(logits, dim=1)
+    V = logits.shape[1]
+    q = torch.full_like(log_p, eps / max(V - 1, 1)).scatter(1, target[:, None], 1 - eps)
+    return -(q * log_p).sum(dim=1).mean()
+
+
+def _ls_entropy_of_uniform(logits, target, eps):  # the note's "(1-eps) CE + eps H(uniform)", read literally
+    log_p = torch.log_softmax(logits, dim=1)
+    nll = -log_p.gather(1, target[:, None])[:, 0]
+    return ((1 - eps) * nll + eps * math.log(logits.shape[1])).mean()
+
+
+def _ls_swapped(logits, target, eps):
+    log_p = torch.log_softmax(logits, dim=1)
+    nll = -log_p.gather(1, target[:, None])[:, 0]
+    return (eps * nll + (1 - eps) * -log_p.mean(dim=1)).mean()
+
+
+# --------------------------------------------------------------------- 4.4 mean over counted tokens
+
+def masked_mean_cross_entropy(logits, labels):
+    """Mean cross-entropy over the positions whose label is not -100, as F.cross_entropy(logits, labels).
+
+    logits: (N, V); labels: (N,) with class indices or -100 (ignored). Ignored positions add nothing
+    and do not count in the denominator. If every label is -100 the result is NaN (0 / 0), as in PyTorch.
+    """
+    keep = labels != -100
+    safe = torch.where(keep, labels, torch.zeros_like(labels))
+    per_token = torch.logsumexp(logits, dim=1) - logits.gather(1, safe[:, None])[:, 0]
+    return (per_token * keep).sum() / keep.sum()
+
+
+def _masked_mean_over_all(logits, labels):
+    keep = labels != -100
+    safe = torch.where(keep, labels, torch.zeros_like(labels))
+    per_token = torch.logsumexp(logits, dim=1) - logits.gather(1, safe[:, None])[:, 0]
+    return (per_token * keep).mean()
+
+
+def _masked_as_token_zero(logits, labels):
+    safe = torch.where(labels != -100, labels, torch.zeros_like(labels))
+    return (torch.logsumexp(logits, dim=1) - logits.gather(1, safe[:, None])[:, 0]).mean()
+
+
+def _masked_cases():
+    g = torch.Generator().manual_seed(43)
+
+    def labels(n, v, ignored):
+        y = torch.randint(0, v, (n,), generator=g)
+        y[ignored] = -100
+        return y
+
+    return [
+        Case("half of 8 ignored", (torch.randn(8, 5, generator=g), labels(8, 5, slice(0, 4)))),
+        Case("none ignored", (torch.randn(6, 4, generator=g), labels(6, 4, slice(0, 0)))),
+        Case("one counted among 10", (torch.randn(10, 7, generator=g), labels(10, 7, slice(1, 10)))),
+        Case("all ignored", (torch.randn(3, 4, generator=g), labels(3, 4, slice(0, 3)))),
+    ]
+
+
+# ----------------------------------------------------------------------------- 4.3 loss masking
+
+def assistant_only_labels(ids, roles):
+    """Labels for instruction tuning: the token id where the token belongs to the assistant, else -100.
+
+    ids: (T,) int64 token ids; roles: list of T strings ("system", "user", "assistant" or "template"
+    for the role headers). Returns a new (T,) int64 tensor. Shifting for next-token prediction is done
+    later, by the loss (logits[:-1] against labels[1:]).
+    """
+    keep = torch.tensor([role == "assistant" for role in roles], dtype=torch.bool)
+    return torch.where(keep, ids, torch.full_like(ids, -100))
+
+
+def _mask_cases():
+    from course_utils.losses import render_chat
+
+    chats = [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+         {"role": "assistant", "content": "4"}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+         {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye."}],
+        [{"role": "user", "content": "Only a question"}],
+        [{"role": "assistant", "content": "Only an answer"}],
+    ]
+    names = ["system, user, assistant", "two turns", "no assistant", "assistant only"]
+    return [Case(name, render_chat(chat)) for name, chat in zip(names, chats)]
+
+
+def _labels_inverted(ids, roles):
+    keep = torch.tensor([role != "assistant" for role in roles], dtype=torch.bool)
+    return torch.where(keep, ids, torch.full_like(ids, -100))
+
+
+def _labels_keep_system(ids, roles):
+    keep = torch.tensor([role in ("assistant", "system") for role in roles], dtype=torch.bool)
+    return torch.where(keep, ids, torch.full_like(ids, -100))
+
+
+def _labels_with_headers(ids, roles):
+    keep = torch.tensor([role in ("assistant", "template") for role in roles], dtype=torch.bool)
+    return torch.where(keep, ids, torch.full_like(ids, -100))
+
+
+# -------------------------------------------------------------------- 4.5 Triton loss per row
+
+@triton.jit
+def cross_entropy_row_kernel(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
+                             BLOCK: tl.constexpr):
+    """Cross-entropy of one row per program; BLOCK >= n_vocab, so one block holds the whole row.
+
+    Program i reads logits[i, :n_vocab] (row start logits_ptr + i * row_stride) and target[i]; it
+    stores loss[i] = logsumexp(row) - row[target] (float32), or 0.0 when target[i] == ignore_index
+    (then row[target] must not be read). Lanes at or beyond n_vocab must not change the result.
+    """
+    row = tl.program_id(0)
+    target = tl.load(target_ptr + row)
+    if target == ignore_index:
+        tl.store(loss_ptr + row, 0.0)
+    else:
+        cols = tl.arange(0, BLOCK)
+        z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_vocab, other=-float("inf")).to(tl.float32)
+        m = tl.max(z, axis=0)
+        lse = m + tl.log(tl.sum(tl.exp(z - m), axis=0))
+        z_target = tl.load(logits_ptr + row * row_stride + target).to(tl.float32)
+        tl.store(loss_ptr + row, lse - z_target)
+
+
+@triton.jit
+def _ce_kernel_pads_with_zero(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
+                              BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    target = tl.load(target_ptr + row)
+    if target == ignore_index:
+        tl.store(loss_ptr + row, 0.0)
+    else:
+        cols = tl.arange(0, BLOCK)
+        z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_vocab, other=0.0).to(tl.float32)
+        m = tl.max(z, axis=0)
+        lse = m + tl.log(tl.sum(tl.exp(z - m), axis=0))
+        z_target = tl.load(logits_ptr + row * row_stride + target).to(tl.float32)
+        tl.store(loss_ptr + row, lse - z_target)
+
+
+@triton.jit
+def _ce_kernel_no_max(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    target = tl.load(target_ptr + row)
+    if target == ignore_index:
+        tl.store(loss_ptr + row, 0.0)
+    else:
+        cols = tl.arange(0, BLOCK)
+        z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_vocab, other=-float("inf")).to(tl.float32)
+        lse = tl.log(tl.sum(tl.exp(z), axis=0))
+        z_target = tl.load(logits_ptr + row * row_stride + target).to(tl.float32)
+        tl.store(loss_ptr + row, lse - z_target)
+
+
+def _launch_ce(kernel, logits, target):
+    from course_utils.kernels.cross_entropy import launch_ce_row_kernel
+
+    return launch_ce_row_kernel(kernel, logits, target)
+
+
+def _kernel_cases():
+    g = torch.Generator().manual_seed(45)
+    with_ignored = torch.randint(0, 100, (6,), generator=g)
+    with_ignored[::2] = -100
+    return [
+        Case("5 rows, vocabulary 123", (torch.randn(5, 123, generator=g), torch.randint(0, 123, (5,), generator=g))),
+        Case("all-negative logits, vocabulary 50", (-5 - torch.rand(3, 50, generator=g), torch.randint(0, 50, (3,), generator=g))),
+        Case("huge logits (x300)", (300 * torch.randn(4, 37, generator=g), torch.randint(0, 37, (4,), generator=g))),
+        Case("every other row ignored", (torch.randn(6, 100, generator=g), with_ignored)),
+        Case("vocabulary 1", (torch.randn(2, 1, generator=g), torch.zeros(2, dtype=torch.long))),
+    ]
+
+
+EXERCISES = [
+    Exercise(
+        id="4.1", title="cross-entropy from logits", reference=cross_entropy, cases=_ce_cases,
+        mistakes=(
+            Mistake("log of softmax", _ce_naive,
+                    "log(softmax(z)) underflows to log(0) = -inf when one logit dominates: use "
+                    "logsumexp(z) - z[target] (or log_softmax)."),
+            Mistake("sum instead of mean", _ce_sum, "Average over the rows (.mean()), as F.cross_entropy does."),
+            Mistake("no normaliser", _ce_unnormalised,
+                    "-z[target] alone ignores every other logit: subtract it from logsumexp(z)."),
+        ),
+    ),
+    Exercise(
+        id="4.2", title="label smoothing like PyTorch", reference=label_smoothed_cross_entropy,
+        cases=lambda: _ce_cases(smoothing=True),
+        mistakes=(
+            Mistake("eps / (V - 1) off the target", _ls_v_minus_one,
+                    "That is the study note's target [eps/(V-1), ..., 1-eps, ...]; PyTorch spreads eps over all V "
+                    "classes, the target included: q = (1 - eps) onehot + eps / V."),
+            Mistake("entropy of the uniform", _ls_entropy_of_uniform,
+                    "eps * H(uniform) = eps * ln V is a constant with no gradient: the smoothing term is the "
+                    "cross-entropy against the uniform, eps * mean_j(-log p_j)."),
+            Mistake("weights swapped", _ls_swapped, "The target's term gets (1 - eps), the uniform term eps."),
+        ),
+    ),
+    Exercise(
+        id="4.3", title="assistant-only labels", reference=assistant_only_labels, cases=_mask_cases,
+        mistakes=(
+            Mistake("inverted", _labels_inverted,
+                    "It is the assistant's tokens that the model learns to write: keep those, mask the rest."),
+            Mistake("system kept", _labels_keep_system, "Mask the system prompt too: only the assistant's tokens count."),
+            Mistake("headers kept", _labels_with_headers,
+                    "Role headers are template, not something the model should learn to produce: mask them."),
+        ),
+    ),
+    Exercise(
+        id="4.4", title="mean over the counted tokens", reference=masked_mean_cross_entropy, cases=_masked_cases,
+        mistakes=(
+            Mistake("mean over all positions", _masked_mean_over_all,
+                    "Divide by the number of counted tokens, not by all positions: ignored ones must not dilute the mean."),
+            Mistake("ignored as token 0", _masked_as_token_zero,
+                    "Positions labelled -100 must drop out of the loss, not be scored as token 0."),
+        ),
+    ),
+    Exercise(
+        id="4.5", title="Triton loss kernel", reference=cross_entropy_row_kernel, cases=_kernel_cases,
+        call=_launch_ce, needs_triton=True, timeout_s=120.0,
+        tolerances={torch.float32: (1e-5, 1e-5)},  # logsumexp of 1000-ish values summed in another order
+        mistakes=(
+            Mistake("padding loaded as 0", _ce_kernel_pads_with_zero,
+                    "Masked lanes must load -inf: with 0.0 they enter the max and add exp(0 - max) to the sum."),
+            Mistake("no max subtraction", _ce_kernel_no_max,
+                    "Subtract the row max before tl.exp (and add it back to the log): large logits overflow otherwise."),
+        ),
+    ),
+]

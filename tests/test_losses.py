@@ -1,0 +1,64 @@
+"""Chapter 4: answers against F.cross_entropy, and the measurements behind the notebook."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_utils import losses
+from course_utils.data import load_corpus
+from solutions.ch04_loss_functions import (assistant_only_labels, cross_entropy, label_smoothed_cross_entropy,
+                                           masked_mean_cross_entropy)
+
+
+def test_cross_entropy_and_masked_mean_match_torch():
+    torch.manual_seed(0)
+    z, y = 4 * torch.randn(9, 30), torch.randint(0, 30, (9,))
+    torch.testing.assert_close(cross_entropy(z, y), F.cross_entropy(z, y))
+    y[::2] = -100
+    torch.testing.assert_close(masked_mean_cross_entropy(z, y), F.cross_entropy(z, y))
+    assert masked_mean_cross_entropy(z, torch.full((9,), -100)).isnan()
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.05, 0.3, 1.0])
+def test_label_smoothing_matches_torch(eps):
+    torch.manual_seed(1)
+    z, y = 2 * torch.randn(7, 11), torch.randint(0, 11, (7,))
+    torch.testing.assert_close(label_smoothed_cross_entropy(z, y, eps), F.cross_entropy(z, y, label_smoothing=eps))
+
+
+def test_smoothed_optimum_is_the_target_distribution():
+    eps, v = 0.2, 6
+    gap = losses.optimal_logit_gap(v, eps)
+    z = torch.zeros(1, v)
+    z[0, 2] = gap
+    q = losses.smoothed_target(v, 2, eps)
+    torch.testing.assert_close(torch.softmax(z, 1)[0], q)
+    z.requires_grad_()
+    F.cross_entropy(z, torch.tensor([2]), label_smoothing=eps).backward()
+    assert z.grad.abs().max() < 1e-6  # a stationary point
+    assert losses.optimal_logit_gap(v, 0.0) == math.inf
+
+
+def test_render_chat_and_assistant_labels():
+    ids, roles = losses.render_chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    assert ids.tolist() == [257, ord("h"), ord("i"), 259, 258, ord("y"), ord("o"), 259]
+    assert roles == ["template", "user", "user", "user", "template", "assistant", "assistant", "assistant"]
+    assert assistant_only_labels(ids, roles).tolist() == [-100] * 5 + [ord("y"), ord("o"), 259]
+    with pytest.raises(ValueError, match="unknown role"):
+        losses.render_chat([{"role": "tool", "content": "x"}])
+    html = losses.labels_html(ids, assistant_only_labels(ids, roles))
+    assert html.count("line-through") == 5 and "&lt;|user|&gt;" in html
+
+
+def test_perplexities_are_ordered_and_uniform_is_256():
+    text = load_corpus()
+    ppl = losses.byte_perplexities(text[:2000], text[2000:])
+    assert ppl["uniform over 256 bytes"] == 256.0
+    assert ppl["bigram (previous byte)"] < ppl["unigram (byte frequencies)"] < 40
+
+
+def test_saved_for_backward_bytes_counts_the_log_softmax():
+    z, y = torch.randn(16, 100).requires_grad_(), torch.randint(0, 100, (16,))
+    assert losses.saved_for_backward_bytes(lambda z, y: F.cross_entropy(z, y), z * 1.0, y) >= 16 * 100 * 4
+    assert losses.saved_for_backward_bytes(lambda z, y: (z * 2).sum(), z * 1.0, y) == 0
