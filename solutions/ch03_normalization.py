@@ -156,8 +156,9 @@ def _kernel_cases():
 def soft_cap(logits, cap):
     """Gemma-2's logit soft-capping: cap * tanh(logits / cap).
 
-    logits: any float tensor; cap > 0. About the identity for |logits| << cap, and always
-    strictly inside (-cap, cap). Returns a new tensor shaped like logits.
+    logits: any float tensor; cap > 0. About the identity for |logits| << cap, and never beyond
+    ±cap (strictly inside in exact arithmetic; tanh rounds to ±1 in float32 for huge inputs).
+    Returns a new tensor shaped like logits.
     """
     return cap * torch.tanh(logits / cap)
 
@@ -165,8 +166,8 @@ def soft_cap(logits, cap):
 def _cap_cases():
     g = torch.Generator().manual_seed(34)
     return [
-        Case("small logits, cap 30", (torch.randn(4, 10, generator=g), 30.0)),
         Case("large logits, cap 30", (100 * torch.randn(4, 10, generator=g), 30.0)),
+        Case("small logits, cap 30", (torch.randn(4, 10, generator=g), 30.0)),
         Case("cap 1", (3 * torch.randn(16, generator=g), 1.0)),
         Case("huge and infinite logits, cap 50", (torch.tensor([1e30, -1e30, math.inf, -math.inf, 0.0]), 50.0)),
     ]
@@ -194,6 +195,8 @@ def _qk_cases():
         Case("heads (2, 3, 4, 16)", (torch.randn(2, 3, 4, 16, generator=g), torch.randn(2, 3, 6, 16, generator=g))),
         Case("huge activations (x1000)", (1000 * torch.randn(4, 32, generator=g), 1000 * torch.randn(4, 32, generator=g))),
         Case("d = 1", (torch.randn(3, 1, generator=g), torch.randn(2, 1, generator=g))),
+        Case("tiny vectors (~1e-3) with eps = 1e-2", (1e-3 * torch.randn(4, 8, generator=g), 1e-3 * torch.randn(5, 8, generator=g)),
+             {"eps": 1e-2}),
     ]
 
 
@@ -253,8 +256,9 @@ EXERCISES = [
         tolerances={torch.float32: (1e-5, 1e-5)},  # rsqrt vs sqrt-then-divide round differently
         mistakes=(
             Mistake("cosine (L2) normalisation", _qk_cosine,
-                    "Normalise to RMS 1 (divide by sqrt(mean(q²))), not to norm 1: with unit *norm* vectors the "
-                    "logits are cosines / sqrt(d), d times too small."),
+                    "This exercise's contract is RMS normalisation (divide by sqrt(mean(q²)), as RMSNorm does in "
+                    "OLMo 2 or Gemma 3). L2 normalisation (Henry et al.) needs a learned scale in place of 1/sqrt(d); "
+                    "without it the logits are cosines / sqrt(d), d times too small."),
             Mistake("wrong axis", _qk_wrong_axis,
                     "Normalise each query/key vector over its d features (dim=-1), not over positions."),
             Mistake("no 1/sqrt(d)", _qk_no_scale, "Keep the 1/sqrt(d) scaling of dot-product attention."),
@@ -267,6 +271,10 @@ EXERCISES = [
                     "Divide before the tanh: cap * tanh(logits / cap) has slope 1 at 0, so small logits pass unchanged."),
             Mistake("hard clamp", lambda logits, cap: logits.clamp(-cap, cap),
                     "A clamp has zero gradient beyond the cap; soft-capping uses tanh, smooth everywhere."),
+            Mistake("identity below the cap", lambda logits, cap: torch.where(logits.abs() < cap, logits,
+                                                                              cap * torch.tanh(logits / cap)),
+                    "cap * tanh(z / cap) bends every logit, not only those beyond the cap (30 -> 22.8 with cap 30): "
+                    "apply it everywhere, which also keeps the function smooth at ±cap."),
         ),
     ),
 ]

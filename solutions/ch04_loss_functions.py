@@ -15,14 +15,20 @@ __all__ = ["cross_entropy", "label_smoothed_cross_entropy", "masked_mean_cross_e
 
 
 def _ce_cases(smoothing: bool = False):
+    """Cases for 4.1, and for 4.2 with a different eps in each case (so that eps cannot be ignored)."""
     g = torch.Generator().manual_seed(40)
-    extra = (0.1,) if smoothing else ()
+    eps = iter([0.1, 0.0, 0.3, 1.0, 0.05, 0.2])
+
+    def extra():
+        return (next(eps),) if smoothing else ()
+
     return [
-        Case("8 rows, vocabulary 5", (torch.randn(8, 5, generator=g), torch.randint(0, 5, (8,), generator=g), *extra)),
-        Case("one row", (torch.randn(1, 7, generator=g), torch.tensor([6]), *extra)),
-        Case("huge logits (~1e4)", (1e4 * torch.randn(4, 6, generator=g), torch.randint(0, 6, (4,), generator=g), *extra)),
-        Case("vocabulary 1000", (3 * torch.randn(5, 1000, generator=g), torch.randint(0, 1000, (5,), generator=g), *extra)),
-        Case("confident and right", (torch.tensor([[20.0, 0.0, 0.0]]), torch.tensor([0]), *extra)),
+        Case("8 rows, vocabulary 5", (torch.randn(8, 5, generator=g), torch.randint(0, 5, (8,), generator=g), *extra())),
+        Case("one row", (torch.randn(1, 7, generator=g), torch.tensor([6]), *extra())),
+        Case("large logits (~100)", (100 + torch.randn(4, 6, generator=g), torch.randint(0, 6, (4,), generator=g), *extra())),
+        Case("huge logits (~1e4)", (1e4 * torch.randn(4, 6, generator=g), torch.randint(0, 6, (4,), generator=g), *extra())),
+        Case("vocabulary 1000", (3 * torch.randn(5, 1000, generator=g), torch.randint(0, 1000, (5,), generator=g), *extra())),
+        Case("confident and right", (torch.tensor([[20.0, 0.0, 0.0]]), torch.tensor([0]), *extra())),
     ]
 
 
@@ -41,6 +47,11 @@ def cross_entropy(logits, target):
 
 def _ce_naive(logits, target):
     return -torch.log(torch.softmax(logits, dim=1).gather(1, target[:, None])).mean()
+
+
+def _ce_no_max(logits, target):
+    picked = logits.gather(1, target[:, None])[:, 0]
+    return (torch.log(torch.exp(logits).sum(dim=1)) - picked).mean()
 
 
 def _ce_sum(logits, target):
@@ -247,6 +258,9 @@ EXERCISES = [
     Exercise(
         id="4.1", title="cross-entropy from logits", reference=cross_entropy, cases=_ce_cases,
         mistakes=(
+            Mistake("exp without the max", _ce_no_max,
+                    "log(sum(exp(z))) overflows once a logit passes 88.7 (float32): subtract the row max first "
+                    "and add it back, or use torch.logsumexp."),
             Mistake("log of softmax", _ce_naive,
                     "log(softmax(z)) underflows to log(0) = -inf when one logit dominates: use "
                     "logsumexp(z) - z[target] (or log_softmax)."),

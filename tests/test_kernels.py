@@ -238,3 +238,19 @@ def test_cross_entropy_row_kernel_answer_matches_torch():
     z, y = 5 * torch.randn(6, 123, device=DEVICE), torch.tensor([0, 5, -100, 122, 7, -100], device=DEVICE)
     expected = F.cross_entropy(z, y, reduction="none")
     torch.testing.assert_close(launch_ce_row_kernel(cross_entropy_row_kernel, z, y), expected)
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e5])
+def test_cross_entropy_large_near_tied_logits_do_not_cancel(offset):
+    from course_utils.kernels.cross_entropy import cross_entropy_triton
+
+    torch.manual_seed(4)
+    z = offset + torch.randn(8, 50, device=DEVICE)  # large and close together: log d is not negligible
+    y = torch.randint(0, 50, (8,), device=DEVICE)
+    for eps in (0.0, 0.1):
+        a, b = z.clone().requires_grad_(), z.double().requires_grad_()
+        loss, loss_ref = cross_entropy_triton(a, y, label_smoothing=eps), F.cross_entropy(b, y, label_smoothing=eps)
+        loss.backward()
+        loss_ref.backward()
+        torch.testing.assert_close(loss, loss_ref.float())  # against float64: exact up to float32 rounding
+        torch.testing.assert_close(a.grad, b.grad.float())

@@ -2,11 +2,14 @@
 ``ignore_index`` and label smoothing, mean over the non-ignored rows, any vocabulary size.
 
 Per row i (one program each), reading the V logits in blocks of BLOCK:
-  pass 1: online log-sum-exp (running max m and sum d, as in softmax.py), the target's logit z_y and
-          the sum of all logits (for label smoothing)
-          loss_i = lse - (1 - eps) * z_y - (eps / V) * sum_j z_j
+  pass 1: online log-sum-exp: running max m and sum d = sum_j exp(z_j - m) (as in softmax.py)
   pass 2: the gradient d loss_i / d z_j = softmax_j - (1 - eps) * [j == y] - eps / V, times
-          1 / n_valid for the mean, written over the logits (in place) or into a new tensor.
+          1 / n_valid for the mean, written over the logits (in place) or into a new tensor, and
+          the sum of (z_j - m) for label smoothing; then
+          loss_i = lse - (1 - eps) z_y - (eps/V) sum_j z_j, written as
+                   log d + (1 - eps)(m - z_y) - (eps/V) sum_j (z_j - m)
+          so that nothing cancels when the logits are large and close together (m + log d would
+          round away log d at |m| ~ 1e5 in float32).
 Ignored rows (target == ignore_index) get loss 0 and gradient 0. With the gradient computed in the
 forward pass, autograd keeps no (N, V) softmax for backward; written in place it also needs no new
 (N, V) buffer at all (the logits are dead after the loss in an LM head).
@@ -38,7 +41,6 @@ def _cross_entropy_kernel(logits_ptr, grad_ptr, target_ptr, loss_ptr, logits_row
     else:
         m = -float("inf")
         d = 0.0
-        z_sum = 0.0
         for start in range(0, n_vocab, BLOCK):
             mask = start + offsets < n_vocab
             z = tl.load(z_row + start + offsets, mask=mask, other=-float("inf")).to(tl.float32)
@@ -46,19 +48,21 @@ def _cross_entropy_kernel(logits_ptr, grad_ptr, target_ptr, loss_ptr, logits_row
             m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # a block of -inf logits: no NaN
             d = d * tl.exp(m - m_safe) + tl.sum(tl.exp(z - m_safe), axis=0)
             m = m_new
-            z_sum += tl.sum(tl.where(mask, z, 0.0), axis=0)
-        lse = m + tl.log(d)
-        z_target = tl.load(z_row + target).to(tl.float32)
-        # without smoothing, skip the sum term: a -inf logit would make it 0 * -inf = NaN
-        smooth = tl.where(label_smoothing > 0, label_smoothing / n_vocab * z_sum, 0.0)
-        loss = lse - (1.0 - label_smoothing) * z_target - smooth
-        tl.store(loss_ptr + row, loss)
+        log_d = tl.log(d)  # lse = m + log_d, never formed: m + log_d rounds when |m| >> log_d
+        shifted_sum = 0.0  # sum over the row of (z - m), for label smoothing
         for start in range(0, n_vocab, BLOCK):
             cols = start + offsets
             mask = cols < n_vocab
             z = tl.load(z_row + cols, mask=mask, other=-float("inf")).to(tl.float32)
-            grad = tl.exp(z - lse) - label_smoothing / n_vocab - tl.where(cols == target, 1.0 - label_smoothing, 0.0)
+            shifted = z - m
+            shifted_sum += tl.sum(tl.where(mask, shifted, 0.0), axis=0)
+            grad = tl.exp(shifted - log_d) - label_smoothing / n_vocab - tl.where(cols == target, 1.0 - label_smoothing, 0.0)
             tl.store(g_row + cols, (grad * inv_n_valid).to(grad_ptr.dtype.element_ty), mask=mask)
+        z_target = tl.load(z_row + target).to(tl.float32)
+        # lse - (1-eps) z_t - (eps/V) sum z  ==  log_d + (1-eps)(m - z_t) - (eps/V) sum (z - m);
+        # without smoothing the last term is skipped (a -inf logit would make it 0 * -inf = NaN)
+        smooth = tl.where(label_smoothing > 0, label_smoothing / n_vocab * shifted_sum, 0.0)
+        tl.store(loss_ptr + row, log_d + (1.0 - label_smoothing) * (m - z_target) - smooth)
 
 
 def cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
