@@ -14,6 +14,16 @@ from course_utils.plotting import COLORS, log_scale, subplots
 from course_utils.stability import attention_score_max
 
 
+def _batch_norm_over_bt(t: torch.Tensor) -> torch.Tensor:
+    """BatchNorm in training mode on (B, T, C): statistics per channel over batch and time."""
+    return F.batch_norm(t.transpose(1, 2), None, None, training=True).transpose(1, 2)  # wants (B, C, T)
+
+
+def _layer_norm_over_c(t: torch.Tensor) -> torch.Tensor:
+    """LayerNorm on (B, T, C): statistics per position over its C features."""
+    return F.layer_norm(t, t.shape[-1:])
+
+
 def batchnorm_future_leak(seed: int = 0) -> dict[str, float]:
     """Change the *last* token of one sequence and measure how much the normalised output at the
     *first* position moves, for BatchNorm (statistics over batch and time) and LayerNorm (over
@@ -23,13 +33,7 @@ def batchnorm_future_leak(seed: int = 0) -> dict[str, float]:
     changed = x.clone()
     changed[0, -1] = 10 * torch.randn(32, generator=g)
 
-    def bn(t):  # BatchNorm1d in training mode wants (B, C, T)
-        return F.batch_norm(t.transpose(1, 2), None, None, training=True).transpose(1, 2)
-
-    def ln(t):
-        return F.layer_norm(t, (32,))
-
-    return {name: float((f(changed)[0, 0] - f(x)[0, 0]).abs().max()) for name, f in (("batchnorm", bn), ("layernorm", ln))}
+    return {name: float((f(changed)[0, 0] - f(x)[0, 0]).abs().max()) for name, f in (("batchnorm", _batch_norm_over_bt), ("layernorm", _layer_norm_over_c))}
 
 
 def padding_changes_output(seed: int = 0) -> dict[str, float]:
@@ -40,13 +44,7 @@ def padding_changes_output(seed: int = 0) -> dict[str, float]:
     other = torch.randn(1, 30, 32, generator=g)
     padded = torch.cat([torch.cat([seq, torch.zeros(1, 20, 32)], dim=1), other])  # (2, 30, 32)
 
-    def bn(t):
-        return F.batch_norm(t.transpose(1, 2), None, None, training=True).transpose(1, 2)
-
-    def ln(t):
-        return F.layer_norm(t, (32,))
-
-    return {name: float((f(padded)[0, :10] - f(seq)[0]).abs().max()) for name, f in (("batchnorm", bn), ("layernorm", ln))}
+    return {name: float((f(padded)[0, :10] - f(seq)[0]).abs().max()) for name, f in (("batchnorm", _batch_norm_over_bt), ("layernorm", _layer_norm_over_c))}
 
 
 def time_eager(fn, *args, reps: int = 30) -> float:

@@ -110,16 +110,18 @@ def masked_mean_cross_entropy(logits, labels):
     return (per_token * keep).sum() / keep.sum()
 
 
+def _per_token_with_ignored_as_zero(logits, labels):
+    """Per-token losses, scoring ignored positions as if their label were token 0 (for the mistakes)."""
+    safe = torch.where(labels != -100, labels, torch.zeros_like(labels))
+    return torch.logsumexp(logits, dim=1) - logits.gather(1, safe[:, None])[:, 0]
+
+
 def _masked_mean_over_all(logits, labels):
-    keep = labels != -100
-    safe = torch.where(keep, labels, torch.zeros_like(labels))
-    per_token = torch.logsumexp(logits, dim=1) - logits.gather(1, safe[:, None])[:, 0]
-    return (per_token * keep).mean()
+    return (_per_token_with_ignored_as_zero(logits, labels) * (labels != -100)).mean()
 
 
 def _masked_as_token_zero(logits, labels):
-    safe = torch.where(labels != -100, labels, torch.zeros_like(labels))
-    return (torch.logsumexp(logits, dim=1) - logits.gather(1, safe[:, None])[:, 0]).mean()
+    return _per_token_with_ignored_as_zero(logits, labels).mean()
 
 
 def _masked_cases():

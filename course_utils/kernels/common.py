@@ -32,3 +32,27 @@ def reduction_programs(n_rows: int) -> int:
         sms = torch.cuda.get_device_properties(0).multi_processor_count
         return max(1, min(n_rows, 4 * sms))
     return max(1, min(n_rows, 8))
+
+
+def is_triton_kernel(obj) -> bool:
+    """True for a ``@triton.jit`` function, compiled or interpreted."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    return isinstance(obj, (JITFunction, InterpretedFunction))
+
+
+def require_triton_kernel(obj) -> None:
+    """Raise a clear TypeError when a learner passes something other than a ``@triton.jit`` kernel."""
+    if not is_triton_kernel(obj):
+        raise TypeError(f"expected a @triton.jit kernel, got {type(obj).__name__} "
+                        "(is the @triton.jit decorator missing?)")
+
+
+def check_row_params(x: torch.Tensor, max_cols: int, **params: torch.Tensor) -> None:
+    """Each named parameter must be a vector of x's last-dimension size; rows at most ``max_cols``."""
+    for name, t in params.items():
+        if t.dim() != 1 or t.shape[0] != x.shape[-1]:
+            raise ValueError(f"{name} must have shape ({x.shape[-1]},), got {tuple(t.shape)}")
+    if x.shape[-1] > max_cols:
+        raise ValueError(f"rows longer than {max_cols} are not supported by this one-block kernel")

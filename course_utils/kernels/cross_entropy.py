@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from course_utils.kernels.common import as_rows
+from course_utils.kernels.common import as_rows, require_triton_kernel
 
 BLOCK_V = 4096  # vocabulary entries per loop iteration: large vocabularies are read in chunks
 
@@ -123,12 +123,9 @@ def launch_ce_row_kernel(kernel, logits: torch.Tensor, target: torch.Tensor, ign
 
     Signature: ``(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK)``.
     """
-    from course_utils.kernels.softmax import is_triton_kernel
     from course_utils.runtime import device
 
-    if not is_triton_kernel(kernel):
-        raise TypeError(f"expected a @triton.jit kernel, got {type(kernel).__name__} "
-                        "(is the @triton.jit decorator missing?)")
+    require_triton_kernel(kernel)
     z = as_rows(logits.to(device()))  # compiled Triton needs GPU tensors; exercise cases are built on the CPU
     target = target.to(z.device).contiguous()
     losses = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from course_utils.kernels.common import as_rows, block_and_warps, reduction_programs
+from course_utils.kernels.common import as_rows, block_and_warps, check_row_params, reduction_programs
 
 MAX_COLS = 65536
 
@@ -62,17 +62,9 @@ def _layernorm_bwd_kernel(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_p
     tl.store(db_partial_ptr + pid * n_cols + cols, db, mask=mask)
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t.dim() != 1 or t.shape[0] != x.shape[-1]:
-            raise ValueError(f"{name} must have shape ({x.shape[-1]},), got {tuple(t.shape)}")
-    if x.shape[-1] > MAX_COLS:
-        raise ValueError(f"rows longer than {MAX_COLS} are not supported by this one-block kernel")
-
-
 def layernorm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5):
     """``(y, mean, rstd)``: y like x; mean and rstd (rows,) float32."""
-    _check(x, weight, bias)
+    check_row_params(x, MAX_COLS, weight=weight, bias=bias)
     x2 = as_rows(x)
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     mean = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)

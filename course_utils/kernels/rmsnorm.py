@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from course_utils.kernels.common import as_rows, block_and_warps, reduction_programs
+from course_utils.kernels.common import (as_rows, block_and_warps, check_row_params, reduction_programs,
+                                         require_triton_kernel)
 
 MAX_COLS = 65536
 
@@ -56,16 +57,9 @@ def _rmsnorm_bwd_kernel(x_ptr, w_ptr, dy_ptr, rstd_ptr, dx_ptr, dw_partial_ptr,
     tl.store(dw_partial_ptr + pid * n_cols + cols, dw, mask=mask)
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
-    if weight.dim() != 1 or weight.shape[0] != x.shape[-1]:
-        raise ValueError(f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
-    if x.shape[-1] > MAX_COLS:
-        raise ValueError(f"rows longer than {MAX_COLS} are not supported by this one-block kernel")
-
-
 def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6):
     """``(y, rstd)``: y like x, rstd (rows,) float32, normalising over the last dimension."""
-    _check(x, weight)
+    check_row_params(x, MAX_COLS, weight=weight)
     x2 = as_rows(x)
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
@@ -111,14 +105,11 @@ def rmsnorm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> 
 
 def launch_rmsnorm_fwd(kernel, x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Launch a learner's forward kernel with ``_rmsnorm_fwd_kernel``'s signature; returns y."""
-    from course_utils.kernels.softmax import is_triton_kernel
 
-    if not is_triton_kernel(kernel):
-        raise TypeError(f"expected a @triton.jit kernel, got {type(kernel).__name__} "
-                        "(is the @triton.jit decorator missing?)")
+    require_triton_kernel(kernel)
     from course_utils.runtime import device
 
-    _check(x, weight)
+    check_row_params(x, MAX_COLS, weight=weight)
     x2, weight = as_rows(x.to(device())), weight.to(device())  # compiled Triton needs GPU tensors
     y = torch.empty_like(x2)
     rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from course_utils.kernels.common import as_rows, block_and_warps
+from course_utils.kernels.common import as_rows, block_and_warps, require_triton_kernel
 
 MAX_BLOCK = 4096  # columns per loop iteration; longer rows loop
 
@@ -106,14 +106,6 @@ def softmax_triton(x: torch.Tensor) -> torch.Tensor:
     return SoftmaxFunction.apply(x)
 
 
-def is_triton_kernel(obj) -> bool:
-    """True for a ``@triton.jit`` function, compiled or interpreted."""
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-
-    return isinstance(obj, (JITFunction, InterpretedFunction))
-
-
 def launch_row_kernel(kernel, x: torch.Tensor) -> torch.Tensor:
     """Launch a learner's single-block row-softmax kernel on 2-D ``x`` (one program per row).
 
@@ -122,9 +114,7 @@ def launch_row_kernel(kernel, x: torch.Tensor) -> torch.Tensor:
     """
     if x.dim() != 2:
         raise ValueError(f"expected a 2-D tensor (rows, n_cols), got shape {tuple(x.shape)}")
-    if not is_triton_kernel(kernel):
-        raise TypeError(f"expected a @triton.jit kernel, got {type(kernel).__name__} "
-                        "(is the @triton.jit decorator missing?)")
+    require_triton_kernel(kernel)
     from course_utils.runtime import device
 
     x2 = as_rows(x.to(device()))  # compiled Triton needs GPU tensors; exercise cases are built on the CPU
