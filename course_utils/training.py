@@ -1,10 +1,12 @@
-"""Small training utilities shared by the chapters: global-norm clipping, warmup, a CPU train loop."""
+"""Small training utilities shared by the chapters: global-norm clipping, warmup, gradient
+accumulation, a CPU train loop."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from course_utils.data import MarkovChain
@@ -31,6 +33,23 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return 1.0
     return min(1.0, (step + 1) / warmup_steps)
+
+
+def accumulate_gradients(model, micro_batches):
+    """Gradient accumulation that equals one big batch, whatever each micro-batch counts.
+
+    model(inputs) returns (logits (B, T, V), anything); micro_batches: list of (inputs (B, T),
+    labels (B, T)) with label -100 where a position is not counted (padding, prompt). Afterwards
+    every parameter's .grad is the gradient of the mean cross-entropy over *all counted tokens of
+    all micro-batches*, with one backward per micro-batch. Whatever .grad held before must not
+    count. Each micro-batch's summed loss is divided by the total count, not by len(micro_batches).
+    """
+    model.zero_grad(set_to_none=True)
+    total = sum(int((labels != -100).sum()) for _, labels in micro_batches)
+    for inputs, labels in micro_batches:
+        logits, _ = model(inputs)
+        loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        (loss_sum / total).backward()
 
 
 @dataclass

@@ -11,4 +11,5 @@ CHAPTERS = [
     "ch02_initialization",
     "ch03_normalization",
     "ch04_loss_functions",
+    "ch05_optimization",
 ]

@@ -1,0 +1,192 @@
+"""Optimizers from scratch (chapter 5): Adam/AdamW, weight-decay groups, Adafactor, state sizes.
+
+Each update is a pure function on tensors (new tensors out, inputs untouched), written in the same
+order of operations as ``torch.optim`` so that many steps stay within float32 rounding of it. The
+chapter's tests run them against ``torch.optim.Adam``, ``AdamW`` and ``Adafactor`` step for step.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+def adamw_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    """One AdamW step on one tensor, as torch.optim.AdamW; returns new ``(p, m, v)``.
+
+    p, g, m, v: tensors of one shape (parameter, gradient, first and second moment; m = v = 0
+    before step 1). step: the step number, 1 for the first update (bias correction uses it).
+    Decoupled decay: p is multiplied by (1 - lr * weight_decay) *before* the Adam update, so the
+    decay never passes through m or v. With weight_decay = 0 this is Adam. Inputs are not modified.
+
+        m = beta1 m + (1 - beta1) g             v = beta2 v + (1 - beta2) g^2
+        m_hat = m / (1 - beta1^step)            v_hat = v / (1 - beta2^step)
+        p = p (1 - lr wd) - lr m_hat / (sqrt(v_hat) + eps)
+    """
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    denom = v.sqrt() / math.sqrt(bias_correction2) + eps
+    p = p * (1 - lr * weight_decay) - (lr / bias_correction1) * m / denom
+    return p, m, v
+
+
+def adam_l2_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    """One step of Adam with L2 regularisation, as torch.optim.Adam(weight_decay=...): the decay
+    term weight_decay * p is added to the *gradient*, so it is rescaled by 1/sqrt(v) like the rest."""
+    return adamw_update(p, g + weight_decay * p, m, v, step, lr, beta1, beta2, eps, 0.0)
+
+
+def run_from_scratch(update, params: list[torch.Tensor], grads_per_step: list[list[torch.Tensor]], **hyper):
+    """Apply ``update`` for each step's gradients; returns the parameters after every step.
+
+    params: initial tensors; grads_per_step[t][i]: gradient of parameter i at step t + 1.
+    """
+    p = [t.detach().clone() for t in params]
+    m = [torch.zeros_like(t) for t in p]
+    v = [torch.zeros_like(t) for t in p]
+    history = []
+    for step, grads in enumerate(grads_per_step, start=1):
+        for i, g in enumerate(grads):
+            p[i], m[i], v[i] = update(p[i], g, m[i], v[i], step, **hyper)
+        history.append([t.clone() for t in p])
+    return history
+
+
+def run_torch(optimizer_class, params: list[torch.Tensor], grads_per_step: list[list[torch.Tensor]], **kwargs):
+    """The same as :func:`run_from_scratch` with a ``torch.optim`` optimizer."""
+    p = [t.detach().clone().requires_grad_() for t in params]
+    opt = optimizer_class(p, **kwargs)
+    history = []
+    for grads in grads_per_step:
+        for t, g in zip(p, grads):
+            t.grad = g.clone()
+        opt.step()
+        history.append([t.detach().clone() for t in p])
+    return history
+
+
+# ------------------------------------------------------------------------- Adam + L2 vs AdamW
+
+def decay_comparison(lr: float, weight_decay: float, *, steps: int = 400, size: int = 256,
+                     grad_scales: tuple[float, float] = (10.0, 1e-3), seed: int = 0) -> dict:
+    """RMS of two parameter sets over time under Adam + L2 and under AdamW (torch's own optimizers).
+
+    Both sets start at 1 and receive pure-noise gradients (zero mean: the loss does not care where
+    they sit), with standard deviation ``grad_scales`` = (large, small). Only the decay moves them on
+    average, so the curves show how strongly each optimizer decays a parameter with large or small
+    gradients. Returns {"Adam + L2": (large_rms, small_rms), "AdamW": (...)}, each a list per step.
+    """
+    g = torch.Generator().manual_seed(seed)
+    noise = [[torch.randn(size, generator=g) * s for s in grad_scales] for _ in range(steps)]
+    start = [torch.ones(size) for _ in grad_scales]
+    out = {}
+    for name, cls in (("Adam + L2", torch.optim.Adam), ("AdamW", torch.optim.AdamW)):
+        history = run_torch(cls, start, noise, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+        out[name] = tuple([float(step[i].pow(2).mean().sqrt()) for step in history] for i in range(len(grad_scales)))
+    return out
+
+
+# ------------------------------------------------------------------------------ decay groups
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two parameter groups for torch.optim.AdamW: decay the weights of Linear layers, nothing else.
+
+    Returns [{"params": [...], "weight_decay": weight_decay}, {"params": [...], "weight_decay": 0.0}].
+    The first holds the ``weight`` of every nn.Linear; the second everything else: biases, norm
+    weights (LayerNorm/RMSNorm), embeddings. Every parameter appears exactly once, also when two
+    modules share one tensor (a tied LM head is the embedding: it follows the embedding's rule,
+    because the module that registered it first is the embedding).
+    """
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def describe_groups(model: nn.Module, groups: list[dict]) -> tuple[str, ...]:
+    """One line per parameter, ``"name: weight_decay w"``, sorted by name (for checking and printing).
+
+    Raises ValueError when a parameter is missing, appears twice, or is not the model's.
+    """
+    names = {}
+    for name, param in model.named_parameters():  # tied tensors: the first name only
+        names.setdefault(id(param), name)
+    lines, seen = [], set()
+    for i, group in enumerate(groups):
+        if not isinstance(group, dict) or "params" not in group:
+            raise ValueError(f"group {i} is not a dict with a 'params' list")
+        for param in group["params"]:
+            if id(param) not in names:
+                raise ValueError(f"group {i} holds a tensor that is not one of the model's parameters")
+            if id(param) in seen:
+                raise ValueError(f"parameter {names[id(param)]} is in more than one group "
+                                 "(torch.optim refuses that; a tied weight is one tensor)")
+            seen.add(id(param))
+            lines.append(f"{names[id(param)]}: weight_decay {float(group.get('weight_decay', 0.0)):g}")
+    missing = [n for k, n in names.items() if k not in seen]
+    if missing:
+        raise ValueError(f"parameter {missing[0]} is in no group ({len(missing)} missing): it would never be trained")
+    return tuple(sorted(lines))
+
+
+# --------------------------------------------------------------------------------- Adafactor
+
+def factored_second_moment(grad, row_var, col_var, beta2_t, eps1):
+    """Adafactor's second moment for a matrix gradient, as torch.optim.Adafactor keeps it.
+
+    grad: (n, m); row_var: (n,) running mean over columns of g^2; col_var: (m,) running mean over
+    rows of g^2; beta2_t: this step's decay (torch: 1 - step^-0.8; step 1 gives 0, i.e. no memory).
+    Returns new ``(row_var, col_var, v_hat)``:
+
+        row_var = beta2_t row_var + (1 - beta2_t) mean_j g_ij^2
+        col_var = beta2_t col_var + (1 - beta2_t) mean_i g_ij^2
+        v_hat   = outer(row_var, col_var) / max(mean(row_var), eps1)       (n, m)
+
+    The rank-1 estimate keeps n + m numbers instead of n * m. Inputs are not modified.
+    """
+    sq = grad * grad
+    row_var = torch.lerp(row_var, sq.mean(dim=1), 1 - beta2_t)
+    col_var = torch.lerp(col_var, sq.mean(dim=0), 1 - beta2_t)
+    v_hat = torch.outer(row_var, col_var) / row_var.mean().clamp(min=eps1)
+    return row_var, col_var, v_hat
+
+
+def adafactor_update(p, g, state: dict, step: int, *, lr: float = 1e-2, beta2_decay: float = -0.8,
+                     eps1: float | None = None, eps2: float = 1e-3, d: float = 1.0, weight_decay: float = 0.0,
+                     second_moment=factored_second_moment):
+    """One step of torch.optim.Adafactor on one tensor (no first moment); returns ``(p, state)``.
+
+    state: {} before step 1, then {"row_var", "col_var"} for a matrix or {"variance"} for a vector.
+    Relative step size: alpha = max(eps2, RMS(p)) * min(lr, 1/sqrt(step)); the update
+    g / sqrt(v_hat) is clipped to RMS <= d; decoupled decay multiplies p by (1 - lr * weight_decay).
+    """
+    eps1 = torch.finfo(p.dtype).eps if eps1 is None else eps1
+    beta2_t = 1 - step ** beta2_decay
+    alpha = max(eps2, p.norm().item() / math.sqrt(p.numel())) * min(lr, 1 / math.sqrt(step))
+    p = p * (1 - lr * weight_decay)
+    if g.dim() == 2:
+        row = state.get("row_var", torch.zeros(g.shape[0], dtype=g.dtype))
+        col = state.get("col_var", torch.zeros(g.shape[1], dtype=g.dtype))
+        row, col, v_hat = second_moment(g, row, col, beta2_t, eps1)
+        state = {"row_var": row, "col_var": col}
+    elif g.dim() <= 1:
+        v_hat = torch.lerp(state.get("variance", torch.zeros_like(g)), g * g, 1 - beta2_t)
+        state = {"variance": v_hat}
+    else:
+        raise ValueError("this from-scratch Adafactor handles vectors and matrices only")
+    update = g * v_hat.clamp(min=eps1 * eps1).rsqrt()
+    clip = max(1.0, update.norm().item() / (math.sqrt(update.numel()) * d))
+    return p - (alpha / clip) * update, state
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held in ``optimizer.state`` (every tensor, step counters included), after a step."""
+    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+               if isinstance(t, torch.Tensor))
