@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import statistics
 import sys
 import time
@@ -217,6 +218,42 @@ def run(shapes: list[tuple], dtypes: list[torch.dtype], *, use_compile: bool, re
     return rows
 
 
+ADAMW_BYTES_FORMULA = "read p, g, m, v + write p, m, v = 7·N·4 bytes (float32)"
+
+
+def run_adamw(sizes: list[int], *, reps: int) -> list[dict]:
+    """Time one AdamW step on a flat float32 parameter of each size: torch's single-tensor, foreach and
+    (on a GPU) fused implementations, and the fused Triton kernel (GPU only)."""
+    dev = device()
+    gpu = dev.type == "cuda" and triton_status().mode == "compiled"
+    peak = copy_bandwidth(dev, 256 * 2**20 if dev.type == "cuda" else 64 * 2**20)
+    print(f"\nadamw step: bytes = {ADAMW_BYTES_FORMULA}")
+    impls = {"single": dict(foreach=False), "foreach": dict(foreach=True)}
+    if dev.type == "cuda":
+        impls["fused"] = dict(fused=True)
+    if gpu:
+        impls["triton"] = None
+    rows = []
+    for n in sizes:
+        for impl, kwargs in impls.items():
+            p = torch.nn.Parameter(torch.randn(n, device=dev))
+            p.grad = torch.randn(n, device=dev)
+            if kwargs is None:
+                from course_utils.kernels.adamw import TritonAdamW
+
+                opt = TritonAdamW([p], lr=1e-3)
+            else:
+                opt = torch.optim.AdamW([p], lr=1e-3, **kwargs)
+            seconds = measure(opt.step, dev, reps=reps)
+            n_bytes = 7 * n * 4
+            row = dict(kernel="adamw", impl=impl, shape=str(n), dtype="float32", pass_="step", ms=seconds * 1e3,
+                       gb_per_s=n_bytes / seconds / 1e9, frac_of_copy=n_bytes / seconds / peak, bytes=n_bytes)
+            rows.append(row)
+            print(f"  {impl:<8} {row['shape']:>15} {'float32':<8} {'step':<8} "
+                  f"{row['ms']:9.3f} ms {row['gb_per_s']:8.1f} GB/s {100 * row['frac_of_copy']:5.1f}% of copy")
+    return rows
+
+
 def write_csv(rows: list[dict], path: str) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["kernel"])
@@ -237,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes, reps = (GPU_SHAPES if dev.type == "cuda" else CPU_SHAPES), 20
     dtypes = [torch.float32] + ([torch.float16, torch.bfloat16] if dev.type == "cuda" and not args.quick else [])
     rows = run(shapes, dtypes, use_compile=not args.no_compile, reps=reps)
+    rows += run_adamw([math.prod(shape) for shape in shapes], reps=reps)
     write_csv(rows, args.csv)
     print(f"\n{len(rows)} rows written to {args.csv}")
     return 0

@@ -68,9 +68,8 @@ def _wait(procs: list[subprocess.Popen], logs: list, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         codes = [p.poll() for p in procs]
-        for rank, code in enumerate(codes):
-            if code not in (None, 0):
-                raise DistributedError(f"rank {rank} exited with code {code}. Its last output:\n{_tail(logs[rank])}")
+        if any(code not in (None, 0) for code in codes):
+            _raise_first_failure(procs, logs)
         if all(code == 0 for code in codes):
             return
         if time.monotonic() > deadline:
@@ -78,6 +77,21 @@ def _wait(procs: list[subprocess.Popen], logs: list, timeout_s: float) -> None:
             raise DistributedError(f"timed out after {timeout_s:.0f} s waiting for rank(s) {waiting}; stopped them. "
                                    f"Last output of rank {waiting[0]}:\n{_tail(logs[waiting[0]])}")
         time.sleep(0.05)
+
+
+def _raise_first_failure(procs: list[subprocess.Popen], logs: list) -> None:
+    """Report the rank that failed on its own, not one that only lost its peer because of it."""
+    grace = time.monotonic() + 3.0  # let the others notice and exit, so their logs are complete
+    while time.monotonic() < grace and any(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    failed = [rank for rank, p in enumerate(procs) if p.poll() not in (None, 0)]
+    tails = {rank: _tail(logs[rank]) for rank in failed}
+    secondary = ("Connection closed by peer", "remote worker crashing", "Connection reset by peer")
+    failed.sort(key=lambda rank: any(s in tails[rank] for s in secondary))
+    first = failed[0]
+    others = f" (also failed after it: rank(s) {failed[1:]})" if len(failed) > 1 else ""
+    raise DistributedError(f"rank {first} exited with code {procs[first].poll()}{others}. "
+                           f"Its last output:\n{tails[first]}")
 
 
 # ------------------------------------------------------------------------------------ workers
@@ -163,11 +177,15 @@ def _main(argv: list[str]) -> None:
     kwargs = torch.load(folder / "kwargs.pt", weights_only=False)
     dist.init_process_group("gloo", init_method=f"file://{folder / 'store'}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=120))
-    try:
-        result = WORKERS[worker](rank, world_size, **kwargs)
-        torch.save(result, folder / f"result_{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    result = WORKERS[worker](rank, world_size, **kwargs)
+    torch.save(result, folder / f"result_{rank}.pt")
+    dist.barrier()  # nobody tears down while a peer still talks to it
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip the interpreter's teardown: gloo's background threads can abort ("terminate called
+    # without an active exception") when a peer process is already gone.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def decay_comparison(lr: float, weight_decay: float, *, steps: int = 400, size: 
 
 # ------------------------------------------------------------------------------ decay groups
 
-def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def weight_decay_groups(model, weight_decay):
     """Two parameter groups for torch.optim.AdamW: decay the weights of Linear layers, nothing else.
 
     Returns [{"params": [...], "weight_decay": weight_decay}, {"params": [...], "weight_decay": 0.0}].
@@ -106,7 +106,7 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             if id(param) in seen:
                 continue
             seen.add(id(param))
-            (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(param)
+            (decay if isinstance(module, torch.nn.Linear) and name == "weight" else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -190,3 +190,20 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held in ``optimizer.state`` (every tensor, step counters included), after a step."""
     return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                if isinstance(t, torch.Tensor))
+
+
+def figure_decay_comparison(lr: float = 1e-2, weight_decay: float = 0.1, steps: int = 400):
+    """Two panels, Adam + L2 and AdamW: RMS of the large- and small-gradient parameters per step."""
+    from course_utils.plotting import COLORS, subplots
+
+    runs = decay_comparison(lr, weight_decay, steps=steps)
+    fig, axes = subplots(2, width=10, sharey=True)
+    for ax, (name, (large, small)) in zip(axes, runs.items()):
+        ax.plot(large, color=COLORS["post"], label="large gradients (std 10)")
+        ax.plot(small, color=COLORS["pre"], label="small gradients (std 1e-3)")
+        ax.plot([(1 - lr * weight_decay) ** t for t in range(1, steps + 1)], "--", color=COLORS["reference"],
+                lw=1, label="(1 − lr·wd)^t")
+        ax.set(xlabel="step", title=f"{name}: lr {lr:.2g}, wd {weight_decay:.2g}", ylim=(0, 1.1))
+    axes[0].set_ylabel("parameter RMS (starts at 1)")
+    axes[1].legend(loc="lower left")
+    return fig

@@ -11,7 +11,8 @@ from solutions import ch00_start_here, ch01_backpropagation
 def test_ids_in_course_order():
     ids = exercise_ids()
     assert ids == ["0.1", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "2.1", "2.2", "2.3", "2.4", "2.5",
-                   "3.1", "3.2", "3.3", "3.4", "3.5", "4.1", "4.2", "4.3", "4.4", "4.5"]
+                   "3.1", "3.2", "3.3", "3.4", "3.5", "4.1", "4.2", "4.3", "4.4", "4.5",
+                   "5.1", "5.2", "5.3", "5.4", "5.5"]
 
 
 def test_reference_is_the_solution():
