@@ -11,7 +11,7 @@ from typing import Callable
 
 import ipywidgets as w
 import matplotlib.pyplot as plt
-from IPython.display import Code, display
+from IPython.display import HTML, Code, display
 
 
 def int_slider(description: str, value: int, low: int, high: int, step: int = 1) -> w.IntSlider:
@@ -46,6 +46,20 @@ def slider_plot(draw: Callable[..., None], **controls: w.Widget) -> w.interactiv
     def update(**values):
         draw(**values)
         plt.show()
+
+    widget = w.interactive(update, **controls)
+    display(widget)
+    return widget
+
+
+def slider_html(render: Callable[..., str], **controls: w.Widget) -> w.interactive:
+    """Like :func:`slider_plot` for a view drawn as HTML (``render(**values)`` returns a string).
+
+    No image to encode and send: on the course CPU a redraw costs the computation plus a few ms,
+    where a matplotlib figure costs 60 ms or more.
+    """
+    def update(**values):
+        display(HTML(render(**values)))
 
     widget = w.interactive(update, **controls)
     display(widget)

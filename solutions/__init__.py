@@ -12,4 +12,5 @@ CHAPTERS = [
     "ch03_normalization",
     "ch04_loss_functions",
     "ch05_optimization",
+    "ch06_token_prediction",
 ]

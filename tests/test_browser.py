@@ -154,7 +154,8 @@ def test_server_listens_on_loopback_only(lab):
 
 def _slider_cells(path: Path) -> int:
     nb = json.loads(path.read_text())
-    return sum("slider_plot(" in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    return sum(any(f in "".join(c["source"]) for f in ("slider_plot(", "slider_html("))
+               for c in nb["cells"] if c["cell_type"] == "code")
 
 
 def _menu(page, menu: str, item: str) -> None:
@@ -202,21 +203,27 @@ def _run_all(page, panel) -> None:
     pytest.fail(f"Run All did not finish in {RUN_ALL_TIMEOUT_S} s; prompts: {prompts}")
 
 
-def _plot_source(widget) -> str:
+def _view(widget) -> str:
+    """What the widget shows now: its plot image's data, or the HTML of an HTML view ("" while redrawing)."""
     img = widget.locator(".jp-OutputArea-output img").first
-    img.wait_for(timeout=30_000)
-    return img.get_attribute("src") or ""
+    if img.count():
+        return img.get_attribute("src") or ""
+    view = widget.locator(".jp-OutputArea-output .course-view").first
+    return view.inner_html() if view.count() else ""
 
 
 def _move_and_time(page, widget, control, act) -> float:
-    """Do ``act(control)`` and return seconds until the widget's plot image changes."""
-    before = _plot_source(widget)
+    """Do ``act(control)`` and return seconds until the widget's plot (or HTML view) changes."""
+    deadline = time.perf_counter() + 30
+    while not (before := _view(widget)):
+        if time.perf_counter() > deadline:
+            pytest.fail("the widget shows no plot or view")
+        page.wait_for_timeout(50)
     start = time.perf_counter()
     act(control)
     deadline = start + 60
     while time.perf_counter() < deadline:
-        img = widget.locator(".jp-OutputArea-output img").first
-        if img.count() and (img.get_attribute("src") or "") not in ("", before):
+        if _view(widget) not in ("", before):
             return time.perf_counter() - start
         page.wait_for_timeout(10)
     pytest.fail("moving a control did not change its plot within 60 s")

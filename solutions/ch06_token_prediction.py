@@ -1,0 +1,340 @@
+"""Notebook 06: token prediction. The filters and beam search are building blocks: they live in
+course_utils.sampling and are re-exported here."""
+import math
+
+import torch
+
+from course_utils.exercises import Case, Exercise, Mistake
+from course_utils.runtime import import_triton
+from course_utils.sampling import apply_repetition_penalty, beam_search, min_p_filter, top_k_filter, top_p_filter
+
+triton, tl = import_triton()
+
+CHAPTER = "6. Token prediction (토큰 예측의 이해)"
+
+__all__ = ["top_k_filter", "top_p_filter", "min_p_filter", "apply_repetition_penalty", "beam_search",
+           "gumbel_max_kernel"]
+
+NEG = float("-inf")
+
+
+def _log(probs):
+    """Logits whose softmax is exactly ``probs`` (dyadic probabilities keep every sum exact)."""
+    return torch.tensor(probs, dtype=torch.float32).log()
+
+
+# ------------------------------------------------------------------------------------- 6.1 top-k
+
+def _top_k_by_index(logits, k):  # exactly k tokens: a tie at the boundary is cut arbitrarily
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, torch.topk(logits, min(k, logits.shape[-1]), dim=-1).indices, True)
+    return logits.masked_fill(~keep, NEG)
+
+
+def _top_k_probabilities_zeroed(logits, k):  # returns probabilities with zeros, not logits
+    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return torch.softmax(logits, dim=-1).masked_fill(logits < kth, 0.0)
+
+
+def _top_k_smallest(logits, k):  # keeps the k least likely
+    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1, largest=False).values[..., -1:]
+    return logits.masked_fill(logits > kth, NEG)
+
+
+def _top_k_cases():
+    g = torch.Generator().manual_seed(61)
+    return [
+        Case("k = 3 of 10", (torch.randn(10, generator=g), 3)),
+        Case("batch of 4 rows, k = 5", (torch.randn(4, 50, generator=g), 5)),
+        Case("tie at the boundary: [3, 2, 2, 1], k = 2", (torch.tensor([3.0, 2.0, 2.0, 1.0]), 2)),
+        Case("k larger than the vocabulary", (torch.randn(6, generator=g), 10)),
+        Case("k = 1", (torch.randn(2, 7, generator=g), 1)),
+    ]
+
+
+# ------------------------------------------------------------------------------------- 6.2 top-p
+
+def _top_p_drops_crossing_token(logits, p):  # keeps only tokens whose cumulative mass is <= p
+    probs = torch.softmax(logits.float(), dim=-1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    keep_sorted = torch.cumsum(sorted_probs, dim=-1) <= p
+    keep_sorted[..., 0] = True
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, NEG)
+
+
+def _top_p_unsorted(logits, p):  # cumulative mass in token-id order
+    probs = torch.softmax(logits.float(), dim=-1)
+    keep = (torch.cumsum(probs, dim=-1) - probs) < p
+    return logits.masked_fill(~keep, NEG)
+
+
+def _top_p_on_logits(logits, p):  # cumulative sum of raw logits instead of probabilities
+    sorted_z, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+    keep_sorted = (torch.cumsum(sorted_z, dim=-1) - sorted_z) < p
+    keep_sorted[..., 0] = True
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, NEG)
+
+
+def _top_p_cases():
+    g = torch.Generator().manual_seed(62)
+    return [
+        Case("p = 0.75 exactly on a boundary: [1/8, 1/2, 1/8, 1/4]", (_log([0.125, 0.5, 0.125, 0.25]), 0.75)),
+        Case("p = 0.7 between boundaries", (_log([0.125, 0.5, 0.125, 0.25]), 0.7)),
+        Case("one dominant token (0.97)", (_log([0.01, 0.97, 0.01, 0.01]), 0.9)),
+        Case("uniform ties, p = 0.5: lower ids first", (_log([0.25, 0.25, 0.25, 0.25]), 0.5)),
+        Case("batch of 3 random rows, p = 0.9", (2 * torch.randn(3, 20, generator=g), 0.9)),
+        Case("p = 1 keeps everything", (torch.randn(8, generator=g), 1.0)),
+    ]
+
+
+# ------------------------------------------------------------------------------------- 6.3 min-p
+
+def _min_p_absolute(logits, min_p):  # threshold on the probability itself
+    probs = torch.softmax(logits, dim=-1)
+    return logits.masked_fill(probs < min_p, NEG)
+
+
+def _min_p_scaled_logits(logits, min_p):  # threshold min_p * max logit
+    return logits.masked_fill(logits < min_p * logits.max(dim=-1, keepdim=True).values, NEG)
+
+
+def _min_p_cases():
+    g = torch.Generator().manual_seed(63)
+    return [
+        Case("min_p = 0.25 on [1/2, 1/4, 1/8, 1/8] (1/8 is exactly below)", (_log([0.5, 0.25, 0.125, 0.125]), 0.25)),
+        Case("min_p = 0.1, a flat-ish batch", (0.3 * torch.randn(3, 30, generator=g), 0.1)),
+        Case("min_p = 0.05, a peaked row", (4 * torch.randn(40, generator=g), 0.05)),
+        Case("min_p = 0 keeps everything", (torch.randn(5, generator=g), 0.0)),
+        Case("negative logits, min_p = 0.5", (-5 - torch.rand(2, 6, generator=g), 0.5)),
+    ]
+
+
+# -------------------------------------------------------------------------- 6.4 repetition penalty
+
+def _penalty_always_divides(logits, previous, penalty):
+    seen = torch.unique(previous)
+    out = logits.clone()
+    out[seen] = logits[seen] / penalty
+    return out
+
+
+def _penalty_per_occurrence(logits, previous, penalty):
+    out = logits.clone()
+    for t in previous.tolist():
+        out[t] = out[t] / penalty if out[t] > 0 else out[t] * penalty
+    return out
+
+
+def _penalty_subtracted(logits, previous, penalty):
+    seen = torch.unique(previous)
+    out = logits.clone()
+    out[seen] = logits[seen] - penalty
+    return out
+
+
+def _penalty_cases():
+    g = torch.Generator().manual_seed(64)
+    return [
+        Case("positive and negative logits, penalty 1.3", (torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0]), torch.tensor([0, 1]), 1.3)),
+        Case("a token repeated three times", (torch.randn(8, generator=g), torch.tensor([2, 2, 2, 5]), 1.5)),
+        Case("penalty 1 changes nothing", (torch.randn(6, generator=g), torch.tensor([0, 3]), 1.0)),
+        Case("a negative logit repeated", (torch.tensor([1.0, -2.0, 0.3]), torch.tensor([1, 1, 2]), 2.0)),
+    ]
+
+
+# ---------------------------------------------------------------------------------- 6.5 beam search
+
+def _markov_scorer(table):
+    """next_log_probs for a first-order table: row = last token of each sequence (log-probs)."""
+    def next_log_probs(sequences):
+        return torch.stack([table[s[-1]] for s in sequences])
+    return next_log_probs
+
+
+def _beam_greedy_per_beam(next_log_probs, prompt, beam_width, steps, eos_id=None, length_penalty=1.0):
+    """Keeps each beam's own top continuations (beam_width per beam, then the first beam_width overall)."""
+    alive, finished = [([], 0.0)], []
+    for _ in range(steps):
+        if not alive:
+            break
+        log_probs = next_log_probs([list(prompt) + c for c, _ in alive])
+        candidates = []
+        for (c, s), row in zip(alive, log_probs):
+            top = torch.topk(row.double(), beam_width)
+            candidates += [(c + [int(t)], s + float(v)) for v, t in zip(top.values, top.indices)]
+        alive = []
+        for c, s in candidates[:beam_width]:
+            (finished if eos_id is not None and c[-1] == eos_id else alive).append((c, s))
+    best = max(finished + alive, key=lambda cs: cs[1] / len(cs[0]) ** length_penalty)
+    return best[0], best[1] / len(best[0]) ** length_penalty
+
+
+def _beam_no_length_penalty(next_log_probs, prompt, beam_width, steps, eos_id=None, length_penalty=1.0):
+    return beam_search(next_log_probs, prompt, beam_width, steps, eos_id, 0.0)
+
+
+def _beam_finished_keep_growing(next_log_probs, prompt, beam_width, steps, eos_id=None, length_penalty=1.0):
+    return beam_search(next_log_probs, prompt, beam_width, steps, None, length_penalty)
+
+
+def _beam_cases():
+    g = torch.Generator().manual_seed(65)
+
+    def table(v, sharp=2.0):
+        return torch.log_softmax(sharp * torch.randn(v, v, generator=g), dim=-1)
+
+    # greedy takes token 1 (0.6) but then meets a flat row; token 2 (0.4) leads to a certain next token
+    trap = torch.full((4, 4), math.log(0.25))
+    trap[0] = torch.tensor([0.0, 0.6, 0.4, 0.0]).clamp(min=1e-9).log()
+    trap[2] = torch.tensor([0.0, 0.0, 0.0, 1.0]).clamp(min=1e-9).log()
+    return [
+        Case("greedy trap (beam 2, 2 steps)", (_markov_scorer(trap), [0], 2, 2)),
+        Case("6 tokens, eos = 5, beam 3, 6 steps, length penalty 1", (_markov_scorer(table(6)), [0], 3, 6, 5, 1.0)),
+        Case("8 tokens, no eos, beam 4, 5 steps", (_markov_scorer(table(8)), [1, 2], 4, 5)),
+        Case("5 tokens, eos = 0, beam 2, 8 steps, length penalty 0.6", (_markov_scorer(table(5, 1.0)), [3], 2, 8, 0, 0.6)),
+        Case("beam 1 is greedy", (_markov_scorer(table(6)), [0], 1, 4)),
+    ]
+
+
+# ------------------------------------------------------------------------ 6.6 Triton Gumbel-max
+
+@triton.jit
+def gumbel_max_kernel(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
+    """One draw from softmax(logits / T) per row, by the Gumbel-max trick; BLOCK >= n_cols.
+
+    Program `row` reads logits[row, :n_cols] (start logits_ptr + row * row_stride), draws
+    u = tl.rand(seed, row * n_cols + col) for each column, adds Gumbel noise g = -log(-log(u)) to
+    z * inv_temperature and stores the argmax (int64) at out_ptr + row. Lanes at or beyond n_cols
+    must never win.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    valid = cols < n_cols
+    z = tl.load(logits_ptr + row * row_stride + cols, mask=valid, other=0.0).to(tl.float32)
+    u = tl.rand(seed, row * n_cols + cols)
+    score = tl.where(valid, z * inv_temperature - tl.log(-tl.log(u)), -float("inf"))
+    tl.store(out_ptr + row, tl.argmax(score, axis=0))
+
+
+@triton.jit
+def _gumbel_no_temperature(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    valid = cols < n_cols
+    z = tl.load(logits_ptr + row * row_stride + cols, mask=valid, other=0.0).to(tl.float32)
+    u = tl.rand(seed, row * n_cols + cols)
+    score = tl.where(valid, z - tl.log(-tl.log(u)), -float("inf"))
+    tl.store(out_ptr + row, tl.argmax(score, axis=0))
+
+
+@triton.jit
+def _gumbel_log_u(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    valid = cols < n_cols
+    z = tl.load(logits_ptr + row * row_stride + cols, mask=valid, other=0.0).to(tl.float32)
+    u = tl.rand(seed, row * n_cols + cols)
+    score = tl.where(valid, z * inv_temperature + tl.log(u), -float("inf"))
+    tl.store(out_ptr + row, tl.argmax(score, axis=0))
+
+
+@triton.jit
+def _gumbel_padding_wins(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+    u = tl.rand(seed, row * n_cols + cols)
+    tl.store(out_ptr + row, tl.argmax(z * inv_temperature - tl.log(-tl.log(u)), axis=0))
+
+
+def _launch_gumbel(kernel, logits, temperature, seed):
+    from course_utils.kernels.sampling import launch_gumbel_kernel
+
+    return launch_gumbel_kernel(kernel, logits, temperature, seed)
+
+
+def _gumbel_cases():
+    g = torch.Generator().manual_seed(66)
+    return [
+        Case("8 rows, vocabulary 10, T = 1", (torch.randn(8, 10, generator=g), 1.0, 0)),
+        Case("6 rows, vocabulary 37, T = 0.3", (2 * torch.randn(6, 37, generator=g), 0.3, 1)),
+        Case("very negative logits, vocabulary 5 (padding is 0)", (-50 - torch.rand(16, 5, generator=g), 1.0, 2)),
+        Case("high temperature T = 20", (torch.randn(8, 16, generator=g), 20.0, 3)),
+    ]
+
+
+EXERCISES = [
+    Exercise(
+        id="6.1", title="top-k filter", reference=top_k_filter, cases=_top_k_cases,
+        mistakes=(
+            Mistake("exactly k by index", _top_k_by_index,
+                    "torch.topk's indices pick k tokens and cut a tie at the boundary arbitrarily: keep every logit "
+                    ">= the k-th largest value instead (ties with it included)."),
+            Mistake("probabilities instead of logits", _top_k_probabilities_zeroed,
+                    "Return logits with the removed tokens at -inf (so that temperature and softmax can follow), "
+                    "not probabilities with zeros."),
+            Mistake("the k smallest", _top_k_smallest, "Keep the k *largest* logits (torch.topk's default, largest=True)."),
+        ),
+    ),
+    Exercise(
+        id="6.2", title="top-p (nucleus) filter", reference=top_p_filter, cases=_top_p_cases,
+        mistakes=(
+            Mistake("the crossing token dropped", _top_p_drops_crossing_token,
+                    "Keeping tokens while the cumulative sum is <= p leaves a set with mass < p. Keep a token when the "
+                    "mass *before* it is < p: the token that crosses p belongs to the nucleus."),
+            Mistake("cumulative sum in id order", _top_p_unsorted,
+                    "Sort the probabilities in descending order before the cumulative sum (stable, so ties keep "
+                    "lower ids first), then map the decision back to the original positions."),
+            Mistake("cumulative sum of logits", _top_p_on_logits,
+                    "Accumulate probabilities (softmax of the logits), not raw logits."),
+        ),
+    ),
+    Exercise(
+        id="6.3", title="min-p filter", reference=min_p_filter, cases=_min_p_cases,
+        mistakes=(
+            Mistake("absolute threshold", _min_p_absolute,
+                    "min-p is relative: keep p_i >= min_p * p_max, not p_i >= min_p."),
+            Mistake("threshold on logits times min_p", _min_p_scaled_logits,
+                    "Scaling a logit is not scaling a probability: p_i >= min_p * p_max means "
+                    "z_i >= z_max + ln(min_p)."),
+        ),
+    ),
+    Exercise(
+        id="6.4", title="repetition penalty", reference=apply_repetition_penalty, cases=_penalty_cases,
+        mistakes=(
+            Mistake("always divides", _penalty_always_divides,
+                    "Dividing a negative logit by penalty > 1 moves it towards 0 and makes the token *more* likely: "
+                    "multiply negative logits by the penalty, divide positive ones."),
+            Mistake("once per occurrence", _penalty_per_occurrence,
+                    "Apply the penalty once per distinct token (torch.unique), not once per occurrence."),
+            Mistake("subtracted", _penalty_subtracted,
+                    "CTRL's penalty is multiplicative: z / penalty for z > 0, z * penalty for z <= 0."),
+        ),
+    ),
+    Exercise(
+        id="6.5", title="beam search with length normalisation", reference=beam_search, cases=_beam_cases,
+        mistakes=(
+            Mistake("top-k per beam", _beam_greedy_per_beam,
+                    "Choose the beam_width best candidates over *all* beams together (flatten beams × vocabulary), "
+                    "not each beam's own best."),
+            Mistake("no length normalisation", _beam_no_length_penalty,
+                    "Score each continuation by its total log-prob divided by len**length_penalty: a raw sum favours "
+                    "short sequences."),
+            Mistake("finished beams keep growing", _beam_finished_keep_growing,
+                    "A candidate that ends in eos_id is finished: move it out of the beam; it grows no more."),
+        ),
+    ),
+    Exercise(
+        id="6.6", title="Triton Gumbel-max sampling kernel", reference=gumbel_max_kernel, cases=_gumbel_cases,
+        call=_launch_gumbel, needs_triton=True, timeout_s=120.0,
+        mistakes=(
+            Mistake("temperature ignored", _gumbel_no_temperature, "Scale the logits by inv_temperature before adding the noise."),
+            Mistake("log(u) instead of Gumbel noise", _gumbel_log_u,
+                    "Gumbel noise is -log(-log(u)); log(u) alone does not give draws from the softmax."),
+            Mistake("padding lanes can win", _gumbel_padding_wins,
+                    "Lanes at or beyond n_cols must score -inf (tl.where(cols < n_cols, score, -inf)), or the "
+                    "argmax can land on a column that does not exist."),
+        ),
+    ),
+]

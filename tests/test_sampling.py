@@ -1,0 +1,224 @@
+"""Chapter 6: decoding filters, beam search and the byte model, against independent definitions."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from course_utils import charlm, sampling
+from course_utils.runtime import triton_status
+
+
+def _probs(logits):
+    return torch.softmax(logits, dim=-1)
+
+
+def test_temperature_limits_are_greedy_and_uniform():
+    z = torch.tensor([2.0, 1.0, 0.5, -1.0])
+    torch.testing.assert_close(sampling.softmax_with_temperature(z, 1e-3), torch.tensor([1.0, 0, 0, 0]))
+    torch.testing.assert_close(sampling.softmax_with_temperature(z, 1e6), torch.full((4,), 0.25), atol=1e-5, rtol=0)
+    torch.testing.assert_close(sampling.softmax_with_temperature(torch.tensor([1.0, 3.0, 3.0]), 0), torch.tensor([0, 0.5, 0.5]))
+    temps = [0.1, 0.5, 1.0, 2.0, 10.0]
+    ent = [float(sampling.entropy(sampling.softmax_with_temperature(z, t))) for t in temps]
+    assert ent == sorted(ent) and ent[-1] < math.log(4)
+    with pytest.raises(ValueError, match="temperature"):
+        sampling.softmax_with_temperature(z, -1.0)
+
+
+def _nucleus_brute_force(probs, p):
+    """The smallest prefix of the tokens sorted by (probability desc, id asc) with mass >= p."""
+    order = sorted(range(len(probs)), key=lambda i: (-probs[i], i))
+    kept, mass = set(), 0.0
+    for i in order:
+        kept.add(i)
+        mass += probs[i]
+        if mass >= p - 1e-12:
+            break
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_top_p_matches_the_definition(seed):
+    g = torch.Generator().manual_seed(seed)
+    z = 2 * torch.randn(12, generator=g, dtype=torch.float64)
+    for p in (0.1, 0.5, 0.9, 0.99):
+        kept = set(torch.isfinite(sampling.top_p_filter(z, p)).nonzero().flatten().tolist())
+        assert kept == _nucleus_brute_force(_probs(z).tolist(), p)
+
+
+def test_filters_on_hand_made_distributions():
+    z = torch.tensor([0.125, 0.5, 0.125, 0.25]).log()
+    finite = lambda t: torch.isfinite(t).tolist()
+    assert finite(sampling.top_p_filter(z, 0.75)) == [False, True, False, True]  # exactly on the boundary
+    assert finite(sampling.top_p_filter(z, 0.76)) == [True, True, False, True]  # tie: lower id first
+    assert finite(sampling.top_p_filter(z, 0.01)) == [False, True, False, False]  # top token always kept
+    assert finite(sampling.top_k_filter(z, 3)) == [True, True, True, True]  # tie with the 3rd kept
+    assert finite(sampling.min_p_filter(z, 0.25)) == [True, True, True, True]  # 1/8 = 0.25 * 1/2
+    assert finite(sampling.min_p_filter(z, 0.26)) == [False, True, False, True]
+    dominant = torch.tensor([0.97, 0.01, 0.01, 0.01]).log()
+    assert finite(sampling.top_p_filter(dominant, 0.9)) == [True, False, False, False]
+    with pytest.raises(ValueError):
+        sampling.top_k_filter(z, 0)
+
+
+def test_filtered_sampling_frequencies_match_the_renormalised_distribution():
+    z = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05]).log()
+    filtered = sampling.process_logits(z, temperature=1.0, top_p=0.8)  # keeps 0.4, 0.3, 0.15
+    target = torch.tensor([0.4, 0.3, 0.15, 0, 0]) / 0.85
+    draws = torch.multinomial(_probs(filtered), 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5) / 20000
+    assert freq[3] == freq[4] == 0
+    torch.testing.assert_close(freq, target, atol=0.015, rtol=0)  # > 4 standard errors at n = 20000
+
+
+def test_repetition_penalty_matches_the_ctrl_rule():
+    z = torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0])
+    out = sampling.apply_repetition_penalty(z, torch.tensor([0, 1, 1, 3]), 2.0)
+    assert out.tolist() == [1.0, -2.0, 0.5, -6.0, 1.0]
+    p_before, p_after = _probs(z), _probs(out)
+    assert all(p_after[i] < p_before[i] for i in (0, 1, 3))  # every penalised token becomes less likely
+
+
+def _table_scorer(table):
+    return lambda seqs: torch.stack([table[s[-1]] for s in seqs])
+
+
+def _exhaustive(table, prompt, steps, eos_id, length_penalty):
+    best, best_score = None, -math.inf
+    for length in range(1, steps + 1):
+        for seq in itertools.product(range(table.shape[0]), repeat=length):
+            if eos_id is not None and eos_id in seq[:-1]:
+                continue  # a sequence stops at its first eos
+            if eos_id is not None and length < steps and seq[-1] != eos_id:
+                continue  # unfinished sequences only exist at the last step
+            logp, last = 0.0, prompt[-1]
+            for t in seq:
+                logp += float(table[last, t])
+                last = t
+            score = logp / length ** length_penalty
+            if score > best_score:
+                best, best_score = list(seq), score
+    return best, best_score
+
+
+@pytest.mark.parametrize("eos_id,length_penalty", [(None, 1.0), (3, 1.0), (3, 0.0), (0, 0.6)])
+def test_beam_search_with_a_beam_wide_enough_is_exhaustive_search(eos_id, length_penalty):
+    g = torch.Generator().manual_seed(1)
+    table = torch.log_softmax(2 * torch.randn(4, 4, generator=g, dtype=torch.float64), dim=-1)
+    steps = 4
+    got = sampling.beam_search(_table_scorer(table), [1], 4 ** steps, steps, eos_id, length_penalty)
+    best, score = _exhaustive(table, [1], steps, eos_id, length_penalty)
+    assert got[0] == best and got[1] == pytest.approx(score)
+
+
+def test_beam_search_beats_greedy_on_the_trap_and_beam_one_is_greedy():
+    trap = torch.full((4, 4), math.log(0.25))
+    trap[0] = torch.tensor([1e-9, 0.6, 0.4, 1e-9]).log()
+    trap[2] = torch.tensor([1e-9, 1e-9, 1e-9, 1.0]).log()
+    scorer = _table_scorer(trap)
+    greedy = sampling.generate(scorer, [0], 2, temperature=0)
+    assert greedy[0] == 1
+    assert sampling.beam_search(scorer, [0], 1, 2, length_penalty=0.0)[0] == greedy
+    assert sampling.beam_search(scorer, [0], 2, 2)[0] == [2, 3]
+
+
+def test_generate_is_seeded_and_greedy_at_temperature_zero():
+    model = charlm.load()
+    scorer = sampling.model_scorer(model)
+    prompt = charlm.encode("The ").tolist()
+    assert sampling.generate(scorer, prompt, 8, seed=3) == sampling.generate(scorer, prompt, 8, seed=3)
+    seq = list(prompt)
+    for _ in range(8):
+        seq.append(int(model(torch.tensor([seq]))[0][0, -1].argmax()))
+    assert sampling.generate(scorer, prompt, 8, temperature=0) == seq[len(prompt):]
+
+
+def test_best_of_n_picks_the_highest_mean_likelihood():
+    scorer = sampling.model_scorer(charlm.load())
+    prompt = charlm.encode("A list ").tolist()
+    best, scores = sampling.best_of_n(scorer, prompt, 10, 4, temperature=1.2)
+    assert len(scores) == 4
+    assert sampling.sequence_log_likelihood(scorer, prompt, best) / 10 == pytest.approx(max(scores))
+
+
+def test_distinct_ngrams():
+    assert sampling.distinct_ngram_fraction([1, 2, 3, 4, 5], 2) == 1.0
+    assert sampling.distinct_ngram_fraction([1, 2] * 10, 2) == 2 / 19
+
+
+# ------------------------------------------------------------------------------------ the byte model
+
+def test_codec_round_trip():
+    text = "héllo, wörld\n"
+    assert charlm.decode(charlm.encode(text)) == text
+    assert charlm.encode("A").tolist() == [65]
+
+
+def test_committed_checkpoint_loads_and_beats_simple_baselines():
+    model = charlm.load()
+    info = charlm.checkpoint_info()
+    assert info["val_loss"] < 1.9, info  # nats/byte; uniform over bytes is ln 256 = 5.55
+    _, val = charlm.split(charlm.encode(charlm.training_text()))
+    assert charlm.evaluate(model, val, batches=2) < 2.0
+
+
+def test_training_briefly_lowers_the_loss():
+    model, losses = charlm.train(12, lr=3e-3, batch_size=8, progress=False)
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.5  # from ~5.5 (uniform) downwards
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m course_utils.charlm"):
+        charlm.load(tmp_path / "none.pt")
+
+
+# ------------------------------------------------------------------------------------ Triton sampler
+
+needs_triton = pytest.mark.skipif(not triton_status().available, reason=triton_status().reason)
+
+
+def _chi_square(counts, probs):
+    expected = probs * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+@needs_triton
+def test_triton_sampler_matches_the_distribution_and_torch_multinomial():
+    from course_utils.kernels.sampling import sample_triton
+
+    probs = torch.tensor([0.35, 0.25, 0.15, 0.1, 0.08, 0.07])
+    n = 1200
+    ours = torch.bincount(sample_triton(probs.log().repeat(n, 1), seed=0).cpu(), minlength=6).double()
+    theirs = torch.bincount(torch.multinomial(probs, n, replacement=True, generator=torch.Generator().manual_seed(0)),
+                            minlength=6).double()
+    assert _chi_square(ours, probs.double()) < 20.5  # chi-square, 5 degrees of freedom, p = 0.001
+    # the two samples are alike: chi-square test of homogeneity on the 2 x 6 table, 5 degrees of freedom
+    pooled = (ours + theirs) / (2 * n)
+    assert _chi_square(ours, pooled) + _chi_square(theirs, pooled) < 20.5
+
+
+@needs_triton
+def test_triton_sampler_temperature_min_p_greedy_and_long_rows():
+    from course_utils.kernels.sampling import sample_triton
+
+    z = torch.tensor([[2.0, 1.9, -3.0, 0.0]]).repeat(300, 1)
+    draws = sample_triton(z, min_p=0.5, seed=1).cpu()
+    assert set(draws.tolist()) == {0, 1}  # e^-0.1 > 0.5 > e^-2: only tokens 0 and 1 pass
+    cold = sample_triton(z[:50], temperature=0.02, seed=2).cpu()
+    assert (cold == 0).all()  # gap 0.1 / T = 5: token 1 wins with probability e^-5 per draw
+    assert sample_triton(z[:3], temperature=0).tolist() == [0, 0, 0]
+    long = torch.randn(3, 10_000)
+    long[:, 7777] = 60.0  # beyond the first 4096-column chunk
+    assert sample_triton(long, seed=0).tolist() == [7777] * 3
+    with pytest.raises(ValueError):
+        sample_triton(z, min_p=1.5)
+
+
+@needs_triton
+def test_gumbel_exercise_kernel_samples_the_softmax():
+    from course_utils.kernels.sampling import launch_gumbel_kernel
+    from solutions.ch06_token_prediction import gumbel_max_kernel
+
+    probs = torch.tensor([0.5, 0.3, 0.2])
+    draws = launch_gumbel_kernel(gumbel_max_kernel, probs.log().repeat(900, 1), 1.0, 5)
+    assert _chi_square(torch.bincount(draws, minlength=3).double(), probs.double()) < 13.8  # 2 dof, p = 0.001
