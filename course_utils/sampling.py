@@ -230,3 +230,32 @@ def temperature_view(next_log_probs: Scorer, prompt: list[int], temperature: flo
              f"<pre style='margin-top:6px;white-space:pre-wrap'><span style='color:#888'>"
              f"{html.escape(decode(prompt))}</span>{html.escape(text)}</pre>")
     return distribution_html(probs, top=top, title=f"next byte at T = {temperature:.2f}", extra=extra)
+
+
+def filters_view(next_log_probs: Scorer, prompt: list[int], *, top_k: int, top_p: float, min_p: float,
+                 repetition_penalty: float, n_new: int = 32, seed: int = 0, top: int = 10) -> str:
+    """HTML for the filter sliders: the next-byte distribution after the repetition penalty (on the
+    prompt's bytes) and top-k, top-p, min-p at T = 1, renormalised, and a continuation decoded with them."""
+    from course_utils.charlm import decode
+
+    z = apply_repetition_penalty(next_log_probs([prompt])[0], torch.tensor(prompt), repetition_penalty)
+    kept = process_logits(z, top_k=top_k, top_p=top_p, min_p=min_p)
+    probs = torch.softmax(kept, dim=-1)
+    text = decode(generate(next_log_probs, prompt, n_new, top_k=top_k, top_p=top_p, min_p=min_p,
+                           repetition_penalty=repetition_penalty, seed=seed))
+    extra = (f"<div style='margin-top:6px'>{int(torch.isfinite(kept).sum())} of {len(kept)} bytes kept</div>"
+             f"<pre style='margin-top:6px;white-space:pre-wrap'><span style='color:#888'>"
+             f"{html.escape(decode(prompt))}</span>{html.escape(text)}</pre>")
+    return distribution_html(probs, top=top, title=f"top-k {top_k}, top-p {top_p:.2f}, min-p {min_p:.2f}, "
+                             f"repetition penalty {repetition_penalty:.2f}", extra=extra)
+
+
+@torch.inference_mode()
+def next_token_distributions(model, data: torch.Tensor, windows: int = 4, seed: int = 1) -> torch.Tensor:
+    """(windows * block_size, V) next-token probabilities of the model at every position of
+    ``windows`` fixed random windows of ``data`` (for statistics over many contexts)."""
+    from course_utils.charlm import batch
+
+    x = batch(data, windows, torch.Generator().manual_seed(seed))
+    logits, _ = model(x[:, :-1])
+    return torch.softmax(logits.flatten(0, 1).float(), dim=-1)
