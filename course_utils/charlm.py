@@ -3,7 +3,8 @@
 Text: the help topics of Python's own documentation (``pydoc_data.topics``, about 465 KB of English
 prose and code examples, part of every CPython install), so nothing is downloaded. Tokens: bytes
 (ids 0-255), the same byte-level tokenizer chapter 4's chat template uses. Model: the course's
-``TinyTransformer``. The checkpoint ``data_files/charlm.pt`` (float16 weights, about 1 MB) was made by
+``TinyTransformer`` with rotary positions (chapter 7 evaluates it beyond its 96-byte training
+context). The checkpoint ``data_files/charlm.pt`` (float16 weights, about 1 MB) was made by
 
     python -m course_utils.charlm --steps 2000
 
@@ -25,7 +26,7 @@ from course_utils.models import TinyTransformer, TransformerConfig
 
 CHECKPOINT = Path(__file__).resolve().parent / "data_files" / "charlm.pt"
 CONFIG = TransformerConfig(vocab_size=256, block_size=96, n_layer=4, n_head=4, d_model=96,
-                           depth_scaled_init=True)
+                           depth_scaled_init=True, position="rope")  # rotary: chapter 7 stretches it
 
 
 def encode(text: str) -> torch.Tensor:

@@ -7,7 +7,7 @@ that call a *named* worker of this module, rendezvous through a file store in a 
 deadline, and on a failure or timeout kills the rest and raises :class:`DistributedError` with the
 failing rank's last lines of output.
 
-Workers (``WORKERS``): ``ddp_accumulation`` (chapter 5), plus ``raise_error`` and ``sleep`` which
+Workers (``WORKERS``): ``ddp_accumulation`` (chapter 5), ``ring_attention`` (chapter 7), plus ``raise_error`` and ``sleep`` which
 exist to test the failure paths.
 """
 from __future__ import annotations
@@ -150,6 +150,45 @@ def _ddp_config():
     return TransformerConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, d_model=32)
 
 
+def ring_attention(rank: int, world_size: int, *, batch: int = 1, heads: int = 2, seq: int = 64, head_dim: int = 16,
+                   causal: bool = True, seed: int = 0) -> dict:
+    """Ring attention: rank r holds block r of the sequence (queries, keys, values); at each of
+    world_size steps it attends its queries to the K/V block it holds, merges the partial result with
+    log-sum-exp, then passes that K/V block to rank r + 1 and receives one from rank r - 1.
+
+    Every rank makes the same seeded (batch, heads, seq, head_dim) q, k, v (see :func:`ring_inputs`) and
+    keeps only its block. Returns its output block, its LSE and the bytes it sent.
+    """
+    import torch.distributed as dist
+
+    from course_utils.attention import attention_with_lse, merge_partial_attention
+
+    q, k, v = (t.chunk(world_size, dim=2)[rank] for t in ring_inputs(batch, heads, seq, head_dim, seed))
+    o = torch.zeros_like(q)
+    lse = torch.full(q.shape[:-1], float("-inf"))
+    kv = torch.stack([k, v]).contiguous()  # the block that travels: (2, batch, heads, seq / P, head_dim)
+    sent, computed = 0, 0
+    for step in range(world_size):
+        src = (rank - step) % world_size  # whose block this rank holds now
+        if not (causal and src > rank):  # causal: blocks after this rank's own are fully masked
+            o, lse = merge_partial_attention(o, lse, *attention_with_lse(q, kv[0], kv[1], causal=causal and src == rank))
+            computed += 1
+        if step < world_size - 1:
+            incoming = torch.empty_like(kv)
+            requests = [dist.isend(kv, (rank + 1) % world_size), dist.irecv(incoming, (rank - 1) % world_size)]
+            for request in requests:
+                request.wait()
+            sent += kv.numel() * kv.element_size()
+            kv = incoming
+    return {"o": o, "lse": lse, "bytes_sent": sent, "blocks_computed": computed}
+
+
+def ring_inputs(batch: int, heads: int, seq: int, head_dim: int, seed: int = 0):
+    """The q, k, v every rank of :func:`ring_attention` generates, (batch, heads, seq, head_dim) each."""
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(batch, heads, seq, head_dim, generator=gen) for _ in range(3))
+
+
 def raise_error(rank: int, world_size: int, *, message: str = "deliberate failure", on_rank: int = 1):
     """Test helper: rank ``on_rank`` raises, the others wait at a barrier (and must be stopped)."""
     import torch.distributed as dist
@@ -166,7 +205,8 @@ def sleep(rank: int, world_size: int, *, seconds: float = 3600.0):
     return rank
 
 
-WORKERS = {"ddp_accumulation": ddp_accumulation, "raise_error": raise_error, "sleep": sleep}
+WORKERS = {"ddp_accumulation": ddp_accumulation, "ring_attention": ring_attention, "raise_error": raise_error,
+           "sleep": sleep}
 DDP_CONFIG = _ddp_config()
 
 

@@ -13,11 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from course_utils.rope import rope_inv_freq, rope_rotate, scaled_inv_freq
+
 
 @dataclass
 class TransformerConfig:
     vocab_size: int = 64  # number of token ids
-    block_size: int = 64  # longest sequence the position embedding covers
+    block_size: int = 64  # training context: longest sequence a learned position embedding covers
     n_layer: int = 4  # number of Transformer blocks
     n_head: int = 4  # attention heads; d_model must be divisible by it
     d_model: int = 64  # width of the residual stream
@@ -30,6 +32,8 @@ class TransformerConfig:
     depth_scaled_init: bool = False  # residual output projections get init_std / sqrt(2 * n_layer)
     final_norm: bool = True  # a norm before the LM head (Pre-LN models need it)
     bias: bool = False  # biases in Linear layers and LayerNorm
+    position: str = "learned"  # "learned" (GPT-2's position embedding) or "rope" (rotary, chapter 7)
+    rope_base: float = 10000.0  # RoPE's base: inverse frequencies base^(-2i/head_dim)
 
     def __post_init__(self):
         if self.norm_position not in ("pre", "post", "none"):
@@ -40,6 +44,8 @@ class TransformerConfig:
             raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         if self.mlp not in ("gelu", "swiglu"):
             raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.position not in ("learned", "rope"):
+            raise ValueError(f"position must be 'learned' or 'rope', got {self.position!r}")
 
     @property
     def hidden(self) -> int:
@@ -59,12 +65,17 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)  # writes to the residual stream
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+        """x: (B, T, C); rope: (inverse frequencies (hs/2,), factor on q and k) for rotary positions."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:
+            inv_freq, factor = rope
+            positions = torch.arange(T, device=x.device)
+            q, k = rope_rotate(q, positions, inv_freq) * factor, rope_rotate(k, positions, inv_freq) * factor
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.proj(y)
@@ -103,7 +114,7 @@ class Block(nn.Module):
         self.ln1, self.ln2 = make_norm(config), make_norm(config)
         self.attn, self.mlp = CausalSelfAttention(config), MLP(config)
 
-    def _sublayer(self, x: torch.Tensor, f: nn.Module, norm: nn.Module) -> torch.Tensor:
+    def _sublayer(self, x: torch.Tensor, f, norm: nn.Module) -> torch.Tensor:
         skip = x if self.config.residual else 0.0
         position = self.config.norm_position
         if position == "pre":
@@ -112,8 +123,8 @@ class Block(nn.Module):
             return norm(skip + f(x))
         return skip + f(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._sublayer(x, self.attn, self.ln1)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+        x = self._sublayer(x, lambda h: self.attn(h, rope), self.ln1)
         return self._sublayer(x, self.mlp, self.ln2)
 
 
@@ -144,25 +155,41 @@ class TinyTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.block_size, config.d_model)
+        if config.position == "learned":
+            self.pos_emb = nn.Embedding(config.block_size, config.d_model)
+        else:
+            self.register_buffer("rope_inv_freq", rope_inv_freq(config.d_model // config.n_head, config.rope_base),
+                                 persistent=False)
+            self.rope_factor = 1.0
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = make_norm(config) if config.final_norm else nn.Identity()
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         gpt_init_(self, std=config.init_std, depth_scaled=config.depth_scaled_init)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> residual stream (B, T, d_model)."""
+        """Token ids (B, T) -> residual stream (B, T, d_model). Rotary models add no position here."""
+        if self.config.position == "rope":
+            return self.tok_emb(idx)
         T = idx.shape[1]
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
         return self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, C)
 
+    def set_rope_scaling(self, method: str = "none", factor: float = 1.0) -> None:
+        """Stretch a rotary model's positions past its training context (``rope.METHODS``), in place."""
+        if self.config.position != "rope":
+            raise ValueError("only a model with position='rope' has rotary frequencies to scale")
+        base = rope_inv_freq(self.config.d_model // self.config.n_head, self.config.rope_base)
+        inv_freq, self.rope_factor = scaled_inv_freq(base, method, factor, self.config.block_size)
+        self.rope_inv_freq = inv_freq.to(self.rope_inv_freq.device)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Returns ``(logits (B, T, vocab), loss or None)``."""
         x = self.embed(idx)
+        rope = (self.rope_inv_freq, self.rope_factor) if self.config.position == "rope" else None
         for block in self.blocks:
-            x = block(x)
+            x = block(x, rope)
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:

@@ -13,4 +13,5 @@ CHAPTERS = [
     "ch04_loss_functions",
     "ch05_optimization",
     "ch06_token_prediction",
+    "ch07_long_sequences",
 ]

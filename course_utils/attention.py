@@ -1,0 +1,74 @@
+"""Attention pieces for chapter 7: partial attention with its log-sum-exp, merging partials, ring attention.
+
+Softmax attention over a set of keys can be computed in parts: each part gives an output O_j
+(normalised over its own keys) and the log-sum-exp L_j of its scores. Two parts merge exactly:
+
+    L = logaddexp(L_1, L_2);  O = exp(L_1 - L) O_1 + exp(L_2 - L) O_2
+
+FlashAttention does this across key blocks inside one kernel; ring attention does it across
+processes, each holding one block of the sequence while the K/V blocks travel around a ring.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def attention_with_lse(q, k, v, *, causal: bool = False, scale: float | None = None):
+    """softmax(q k^T * scale) v and the row log-sum-exp of the scores, for q (..., Nq, D), k, v (..., Nk, D).
+
+    causal: query i sees keys j <= i (Nq == Nk, same positions). A row that sees no key gets O = 0 and
+    LSE = -inf, so that merging it with another part leaves the other part unchanged.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = (q.float() @ k.float().transpose(-2, -1)) * scale
+    if causal:
+        n_q, n_k = s.shape[-2:]
+        s = s.masked_fill(torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))[..., None])
+    return (p @ v.float()).to(q.dtype), lse
+
+
+def merge_partial_attention(o1, lse1, o2, lse2):
+    """Merge two partial attention results over disjoint key sets into the result over their union.
+
+    o1, o2: (..., N, D) outputs, each normalised over its own keys; lse1, lse2: (..., N) log-sum-exp of
+    each part's scores (-inf where a part saw no key). Returns (o, lse) with lse = logaddexp(lse1, lse2)
+    and o = exp(lse1 - lse) * o1 + exp(lse2 - lse) * o2; rows where both are -inf give o = 0, lse = -inf.
+    """
+    lse = torch.logaddexp(lse1, lse2)
+    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    w1 = torch.exp(lse1 - safe)[..., None]
+    w2 = torch.exp(lse2 - safe)[..., None]
+    return w1 * o1 + w2 * o2, lse
+
+
+def ring_attention_simulated(q, k, v, world_size: int, *, causal: bool = True):
+    """Ring attention in one process, for checking the multi-process version: split the sequence into
+    ``world_size`` blocks; rank r merges its queries' attention over the K/V block it holds at each
+    step (block (r - step) mod P), skipping blocks after its own when causal. Returns (o, lse)."""
+    qs, ks, vs = (t.chunk(world_size, dim=-2) for t in (q, k, v))
+    outs, lses = [], []
+    for rank in range(world_size):
+        o = torch.zeros_like(qs[rank])
+        lse = torch.full(qs[rank].shape[:-1], float("-inf"))
+        for step in range(world_size):
+            src = (rank - step) % world_size
+            if causal and src > rank:
+                continue
+            part = attention_with_lse(qs[rank], ks[src], vs[src], causal=causal and src == rank)
+            o, lse = merge_partial_attention(o, lse, *part)
+        outs.append(o)
+        lses.append(lse)
+    return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
+
+
+def naive_attention(q, k, v, *, causal: bool = False):
+    """The textbook version: materialise the (N, N) scores and probabilities, then multiply by V."""
+    s = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if causal:
+        n = q.shape[-2]
+        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return torch.softmax(s, dim=-1) @ v

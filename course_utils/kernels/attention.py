@@ -1,0 +1,146 @@
+"""FlashAttention forward in Triton: tiles of Q stay on chip while K and V stream past (chapter 7).
+
+For one (batch, head) and one block of BLOCK_M queries, the kernel loops over blocks of BLOCK_N keys,
+computes the scores S = Q K^T * scale for that tile only, and folds them into running row statistics
+with the online-softmax update of chapter 1:
+
+    m_new = max(m, rowmax(S));  alpha = exp(m - m_new);  P = exp(S - m_new)
+    l = alpha * l + rowsum(P);  acc = alpha * acc + P V;  m = m_new
+
+and finally O = acc / l and LSE = m + log l (saved for the backward pass and for merging partial
+results, as ring attention does). The N x N score matrix never exists in memory. Causal masking skips
+the key blocks after the query block entirely and masks the diagonal block.
+
+With ``count_bytes=True`` the kernel adds the bytes of every load and store it performs to a counter
+(atomic adds), so the traffic printed in the notebook is what the kernel really did, not a formula.
+The backward pass recomputes P from the saved LSE (FlashAttention's recomputation) in PyTorch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from course_utils.kernels.common import require_triton_kernel
+
+
+@triton.jit
+def _flash_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, count_ptr, n_ctx, head_dim, scale,
+                      CAUSAL: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    head = tl.program_id(1).to(tl.int64)  # index over batch * heads; q, k, v, o are (B*H, N, D) contiguous
+    base = head * n_ctx * head_dim
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < n_ctx
+    d_ok = offs_d < head_dim
+    q = tl.load(q_ptr + base + offs_m[:, None] * head_dim + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    elt = q.dtype.primitive_bitwidth // 8
+    if COUNT:
+        tl.atomic_add(count_ptr, tl.sum(row_ok.to(tl.int64)) * head_dim * elt)
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    end = tl.minimum(n_ctx, start_m + BLOCK_M) if CAUSAL else n_ctx
+    for start_n in range(0, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < n_ctx
+        kv_mask = col_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_ptr + base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + base + offs_n[:, None] * head_dim + offs_d[None, :], mask=kv_mask, other=0.0)
+        if COUNT:
+            tl.atomic_add(count_ptr, 2 * tl.sum(col_ok.to(tl.int64)) * head_dim * elt)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (BLOCK_M, BLOCK_N) scores of this tile
+        keep = col_ok[None, :]
+        if CAUSAL:
+            keep = keep & (offs_m[:, None] >= offs_n[None, :])
+        s = tl.where(keep, s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # rows with nothing visible yet (padding)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(o_ptr + base + offs_m[:, None] * head_dim + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(lse_ptr + head * n_ctx + offs_m, m_i + tl.log(l_safe), mask=row_ok)
+    if COUNT:
+        tl.atomic_add(count_ptr, tl.sum(row_ok.to(tl.int64)) * (head_dim * elt + 4))
+
+
+def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                            scale: float | None = None, block_m: int = 32, block_n: int = 32,
+                            count_bytes: bool = False):
+    """Attention of q, k, v (B, H, N, D) (same N: self-attention); returns (o (B, H, N, D), lse (B, H, N) float32,
+    bytes moved or None). scale defaults to 1/sqrt(D)."""
+    from course_utils.runtime import device
+
+    if not (q.shape == k.shape == v.shape) or q.dim() != 4:
+        raise ValueError(f"q, k, v must share one (B, H, N, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    B, H, N, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    q, k, v = (t.to(device()).contiguous() for t in (q, k, v))
+    o = torch.empty_like(q)
+    lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
+    counter = torch.zeros(1, dtype=torch.int64, device=q.device)
+    if q.numel():
+        precision = "ieee" if q.dtype == torch.float32 else "tf32"
+        _flash_fwd_kernel[(triton.cdiv(N, block_m), B * H)](
+            q, k, v, o, lse, counter, N, D, scale, CAUSAL=causal, COUNT=count_bytes, BLOCK_M=block_m,
+            BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(D)), PRECISION=precision)
+    return o, lse, (int(counter.item()) if count_bytes else None)
+
+
+def attention_backward_from_lse(q, k, v, o, lse, do, causal: bool, scale: float):
+    """dq, dk, dv of softmax(q k^T * scale) v, recomputing P = exp(S - LSE) from the saved row LSE."""
+    s = (q.float() @ k.float().transpose(-2, -1)) * scale
+    if causal:
+        n = q.shape[-2]
+        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    p = torch.exp(s - lse[..., None])
+    dv = p.transpose(-2, -1) @ do.float()
+    dp = do.float() @ v.float().transpose(-2, -1)
+    delta = (do.float() * o.float()).sum(-1, keepdim=True)  # rowsum(dO * O) = rowsum(P * dP)
+    ds = p * (dp - delta) * scale
+    return (ds @ k.float()).to(q.dtype), (ds.transpose(-2, -1) @ q.float()).to(k.dtype), dv.to(v.dtype)
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale):
+        o, lse, _ = flash_attention_forward(q, k, v, causal=causal, scale=scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal, ctx.scale = causal, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = attention_backward_from_lse(q, k, v, o, lse, do, ctx.causal, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def flash_attention_triton(q, k, v, causal: bool = False, scale: float | None = None) -> torch.Tensor:
+    """Drop-in for F.scaled_dot_product_attention(q, k, v, is_causal=causal) on (B, H, N, D)."""
+    return FlashAttentionFunction.apply(q, k, v, causal, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+
+
+def launch_attention_kernel(kernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = 16) -> torch.Tensor:
+    """Launch a learner's non-causal kernel with the signature of the exercise's ``attention_kernel`` on
+    one head: q, k, v (N, D) with D a power of two >= 16; returns o (N, D) on the CPU."""
+    from course_utils.runtime import device
+
+    require_triton_kernel(kernel)
+    if q.dim() != 2 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"expected q, k, v of one (N, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    n, d = q.shape
+    q, k, v = (t.to(device(), torch.float32).contiguous() for t in (q, k, v))
+    o = torch.full_like(q, float("nan"))
+    kernel[(triton.cdiv(n, block),)](q, k, v, o, n, 1.0 / math.sqrt(d), BLOCK_M=block, BLOCK_N=block, HEAD_DIM=d)
+    return o.cpu()

@@ -1,0 +1,88 @@
+"""Rotary position embeddings (RoPE) and the ways to stretch them past the training context (chapter 7).
+
+Convention: "rotate half" (GPT-NeoX, Llama): feature i of a head is paired with feature i + d/2 and the
+pair is rotated by the angle position * inv_freq[i], with inv_freq[i] = base^(-2i/d), i < d/2.
+Each scaling method returns new inverse frequencies (and, for YaRN, a factor on the attention
+logits); it changes nothing else in the model, which is why it can be applied to a trained one.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+METHODS = ("none", "pi", "ntk", "yarn", "llama3")
+
+
+def rope_inv_freq(head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """(head_dim // 2,) float32 inverse frequencies base^(-2i/head_dim); head_dim must be even."""
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+    return base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim).float()
+
+
+def rope_rotate(x, positions, inv_freq):
+    """Rotate each feature pair of x by its position's angle (RoPE, "rotate half" pairing).
+
+    x: (..., T, d) with d even; positions: (T,) float or int; inv_freq: (d/2,). Feature i is paired
+    with feature i + d/2 and the pair (a, b) becomes (a cos t - b sin t, a sin t + b cos t) with
+    t = positions[p] * inv_freq[i]. Returns a new tensor of x's shape and dtype.
+    """
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, d/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    a, b = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
+def ntk_scaled_inv_freq(inv_freq, factor):
+    """NTK-aware scaling: raise the base to base * factor^(d / (d - 2)), d = 2 * len(inv_freq).
+
+    The highest frequency (i = 0) is unchanged, the lowest (i = d/2 - 1) is divided by exactly
+    ``factor``, and the ones between by factor^(2i / (d - 2)). Returns a new (d/2,) tensor.
+    """
+    d = 2 * inv_freq.shape[-1]
+    i = torch.arange(inv_freq.shape[-1], dtype=torch.float64)
+    return (inv_freq.double() * factor ** (-2 * i / (d - 2))).to(inv_freq.dtype)
+
+
+def llama3_scaled_inv_freq(inv_freq, factor, original_context, low_freq_factor=1.0, high_freq_factor=4.0):
+    """Llama 3.1's RoPE scaling, per frequency, by its wavelength 2*pi / inv_freq.
+
+    wavelength < original_context / high_freq_factor: unchanged (many turns inside the context);
+    wavelength > original_context / low_freq_factor: divided by ``factor`` (as position interpolation);
+    in between: a linear blend with weight s = (original_context / wavelength - low_freq_factor) /
+    (high_freq_factor - low_freq_factor): (1 - s) * inv_freq / factor + s * inv_freq. No attention
+    scaling. Returns a new tensor.
+    """
+    wavelength = 2 * math.pi / inv_freq
+    smooth = ((original_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+def yarn_scaled_inv_freq(inv_freq, factor, original_context, alpha=1.0, beta=32.0):
+    """YaRN's "NTK-by-parts" frequencies and its attention factor (Peng et al., 2023).
+
+    r = original_context / wavelength counts the turns a frequency makes inside the training context.
+    gamma = clamp((r - alpha) / (beta - alpha), 0, 1); new = (1 - gamma) * inv_freq / factor + gamma * inv_freq:
+    frequencies with many turns (r > beta) are kept, those with less than alpha turns are interpolated.
+    Returns (new inv_freq, attention factor 0.1 ln(factor) + 1), the factor multiplying q and k
+    (so the logits by its square) to keep the attention's entropy.
+    """
+    r = original_context * inv_freq / (2 * math.pi)
+    gamma = ((r - alpha) / (beta - alpha)).clamp(0, 1)
+    return (1 - gamma) * inv_freq / factor + gamma * inv_freq, 0.1 * math.log(factor) + 1.0
+
+
+def scaled_inv_freq(inv_freq: torch.Tensor, method: str, factor: float, original_context: int) -> tuple[torch.Tensor, float]:
+    """(inverse frequencies, attention factor on q and k) for a scaling method of ``METHODS``."""
+    if method == "none" or factor == 1.0:
+        return inv_freq, 1.0
+    if method == "pi":
+        return inv_freq / factor, 1.0
+    if method == "ntk":
+        return ntk_scaled_inv_freq(inv_freq, factor), 1.0
+    if method == "llama3":
+        return llama3_scaled_inv_freq(inv_freq, factor, original_context), 1.0
+    if method == "yarn":
+        return yarn_scaled_inv_freq(inv_freq, factor, original_context)
+    raise ValueError(f"unknown RoPE scaling {method!r}; choose one of {METHODS}")

@@ -1,0 +1,322 @@
+"""Notebook 07: long sequences. RoPE, its scalings and the partial-attention merge are building blocks:
+they live in course_utils (rope.py, attention.py) and are re-exported here."""
+import math
+
+import torch
+
+from course_utils.attention import merge_partial_attention
+from course_utils.exercises import Case, Exercise, Mistake
+from course_utils.rope import llama3_scaled_inv_freq, ntk_scaled_inv_freq, rope_inv_freq, rope_rotate
+from course_utils.runtime import import_triton
+
+triton, tl = import_triton()
+
+CHAPTER = "7. Long sequences (긴 시퀀스 학습)"
+
+__all__ = ["rope_rotate", "ntk_scaled_inv_freq", "llama3_scaled_inv_freq", "merge_partial_attention", "attention_kernel"]
+
+
+# ------------------------------------------------------------------------------------- 7.1 RoPE
+
+def _rope_interleaved(x, positions, inv_freq):  # pairs (2i, 2i+1), GPT-J style: another convention
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    cos, sin = angles.cos(), angles.sin()
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+
+
+def _rope_backwards(x, positions, inv_freq):  # rotates by -angle
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    cos, sin = angles.cos(), angles.sin()
+    a, b = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat([a * cos + b * sin, -a * sin + b * cos], dim=-1)
+
+
+def _rope_no_position(x, positions, inv_freq):  # the same angle at every position
+    cos, sin = inv_freq.cos(), inv_freq.sin()
+    a, b = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
+def _rope_cases():
+    g = torch.Generator().manual_seed(71)
+    return [
+        Case("one head, 5 positions, d = 8", (torch.randn(5, 8, generator=g), torch.arange(5), rope_inv_freq(8))),
+        Case("(2, 3, 7, 16): batch and heads", (torch.randn(2, 3, 7, 16, generator=g), torch.arange(7), rope_inv_freq(16))),
+        Case("positions 1000-1003", (torch.randn(4, 8, generator=g), torch.arange(1000, 1004), rope_inv_freq(8))),
+        Case("interpolated positions 0, 0.5, 1", (torch.randn(3, 4, generator=g), torch.tensor([0.0, 0.5, 1.0]), rope_inv_freq(4))),
+    ]
+
+
+# -------------------------------------------------------------------------------- 7.2 NTK-aware
+
+def _ntk_base_times_factor(inv_freq, factor):  # base * factor, without the d / (d - 2) exponent
+    d = 2 * inv_freq.shape[-1]
+    i = torch.arange(inv_freq.shape[-1], dtype=torch.float64)
+    return (inv_freq.double() * factor ** (-2 * i / d)).to(inv_freq.dtype)
+
+
+def _ntk_like_pi(inv_freq, factor):
+    return inv_freq / factor
+
+
+def _ntk_cases():
+    return [
+        Case("d = 8, factor 4", (rope_inv_freq(8), 4.0)),
+        Case("d = 128, factor 8", (rope_inv_freq(128), 8.0)),
+        Case("d = 64, base 500000, factor 2", (rope_inv_freq(64, 500000.0), 2.0)),
+        Case("factor 1 changes nothing", (rope_inv_freq(16), 1.0)),
+    ]
+
+
+# -------------------------------------------------------------------------------- 7.3 Llama 3.1
+
+def _llama3_no_2pi(inv_freq, factor, original_context, low_freq_factor=1.0, high_freq_factor=4.0):
+    wavelength = 1 / inv_freq
+    smooth = ((original_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+def _llama3_blend_reversed(inv_freq, factor, original_context, low_freq_factor=1.0, high_freq_factor=4.0):
+    wavelength = 2 * math.pi / inv_freq
+    smooth = ((original_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)
+    return smooth * inv_freq / factor + (1 - smooth) * inv_freq
+
+
+def _llama3_all_interpolated(inv_freq, factor, original_context, low_freq_factor=1.0, high_freq_factor=4.0):
+    return inv_freq / factor
+
+
+def _llama3_cases():
+    return [
+        Case("Llama 3.1: d = 128, base 500000, factor 8, context 8192", (rope_inv_freq(128, 500000.0), 8.0, 8192)),
+        Case("d = 24, base 10000, factor 4, context 96", (rope_inv_freq(24), 4.0, 96)),
+        Case("factors 2 and 8 (low, high), context 2048", (rope_inv_freq(64), 16.0, 2048, 2.0, 8.0)),
+        Case("factor 1 changes nothing", (rope_inv_freq(32), 1.0, 512)),
+    ]
+
+
+# -------------------------------------------------------------------- 7.4 merging partial attention
+
+def _merge_plain_average(o1, lse1, o2, lse2):
+    return (o1 + o2) / 2, torch.logaddexp(lse1, lse2)
+
+
+def _merge_lse_max(o1, lse1, o2, lse2):  # keeps the larger part's LSE
+    lse = torch.maximum(lse1, lse2)
+    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    return torch.exp(lse1 - safe)[..., None] * o1 + torch.exp(lse2 - safe)[..., None] * o2, lse
+
+
+def _merge_unguarded(o1, lse1, o2, lse2):  # NaN where both parts are empty
+    lse = torch.logaddexp(lse1, lse2)
+    return torch.exp(lse1 - lse)[..., None] * o1 + torch.exp(lse2 - lse)[..., None] * o2, lse
+
+
+def _merge_cases():
+    from course_utils.attention import attention_with_lse
+
+    g = torch.Generator().manual_seed(74)
+
+    def parts(n_q, n_k1, n_k2, d, scale=1.0):
+        q = scale * torch.randn(n_q, d, generator=g)
+        k, v = torch.randn(n_k1 + n_k2, d, generator=g), torch.randn(n_k1 + n_k2, d, generator=g)
+        return (*attention_with_lse(q, k[:n_k1], v[:n_k1]), *attention_with_lse(q, k[n_k1:], v[n_k1:]))
+
+    empty_o, empty_lse = torch.zeros(3, 4), torch.full((3,), float("-inf"))
+    o, lse, _, _ = parts(3, 5, 1, 4)
+    return [
+        Case("4 queries, keys split 6 + 10", parts(4, 6, 10, 8)),
+        Case("(2, 3) heads, keys split 1 + 1", tuple(t for t in parts(6, 1, 1, 4))),
+        Case("sharp scores (queries x 30)", parts(5, 7, 3, 8, scale=30.0)),
+        Case("second part saw no key", (o, lse, empty_o, empty_lse)),
+        Case("both parts empty", (empty_o, empty_lse, empty_o.clone(), empty_lse.clone())),
+    ]
+
+
+# ----------------------------------------------------------------- 7.5 Triton attention forward
+
+@triton.jit
+def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     HEAD_DIM: tl.constexpr):
+    """Non-causal attention for one head, FlashAttention style: O = softmax(Q K^T * scale) V.
+
+    q, k, v, o: (n_ctx, HEAD_DIM) float32, contiguous; HEAD_DIM a power of two >= 16. Program i
+    handles queries [i * BLOCK_M, (i + 1) * BLOCK_M): it keeps its Q tile, loops over key blocks of
+    BLOCK_N and folds each score tile S into running max m, sum l and accumulator acc (online
+    softmax), then stores acc / l. Keys at or beyond n_ctx must get no weight; rows beyond n_ctx
+    must not be stored.
+    """
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_m[:, None] < n_ctx, other=0.0)
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start_n in range(0, n_ctx, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = tl.load(k_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        v = tl.load(v_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        s = tl.where(offs_n[None, :] < n_ctx, s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        m_i = m_new
+    tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc / l_i[:, None], mask=offs_m[:, None] < n_ctx)
+
+
+@triton.jit
+def _attention_no_rescale(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          HEAD_DIM: tl.constexpr):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_m[:, None] < n_ctx, other=0.0)
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start_n in range(0, n_ctx, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = tl.load(k_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        v = tl.load(v_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        s = tl.where(offs_n[None, :] < n_ctx, s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc + tl.dot(p, v, input_precision="ieee")  # forgets to rescale the old accumulator
+        m_i = m_new
+    tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc / l_i[:, None], mask=offs_m[:, None] < n_ctx)
+
+
+@triton.jit
+def _attention_padding_scores_zero(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr,
+                                   BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_m[:, None] < n_ctx, other=0.0)
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start_n in range(0, n_ctx, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = tl.load(k_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        v = tl.load(v_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # padding keys keep score 0
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        m_i = m_new
+    tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc / l_i[:, None], mask=offs_m[:, None] < n_ctx)
+
+
+@triton.jit
+def _attention_unnormalised(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            HEAD_DIM: tl.constexpr):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_m[:, None] < n_ctx, other=0.0)
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start_n in range(0, n_ctx, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = tl.load(k_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        v = tl.load(v_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        s = tl.where(offs_n[None, :] < n_ctx, s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp(s - m_new[:, None])
+        acc = acc * tl.exp(m_i - m_new)[:, None] + tl.dot(p, v, input_precision="ieee")
+        m_i = m_new
+    tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=offs_m[:, None] < n_ctx)
+
+
+def _launch_attention(kernel, q, k, v):
+    from course_utils.kernels.attention import launch_attention_kernel
+
+    return launch_attention_kernel(kernel, q, k, v)
+
+
+def _attention_cases():
+    g = torch.Generator().manual_seed(75)
+
+    def qkv(n, d, scale=1.0):
+        return tuple(s * torch.randn(n, d, generator=g) for s in (scale, 1.0, 1.0))
+
+    return [
+        Case("N = 37, D = 16 (3 blocks, the last partial)", qkv(37, 16)),
+        Case("N = 16, D = 32 (one full block)", qkv(16, 32)),
+        Case("sharp scores (q x 20), N = 40", qkv(40, 16, 20.0)),
+        Case("N = 5 (one partial block)", qkv(5, 16)),
+    ]
+
+
+EXERCISES = [
+    Exercise(
+        id="7.1", title="rotary position embedding", reference=rope_rotate, cases=_rope_cases,
+        mistakes=(
+            Mistake("interleaved pairs", _rope_interleaved,
+                    "This course (like Llama and GPT-NeoX) pairs feature i with feature i + d/2 (\"rotate half\"), "
+                    "not (2i, 2i+1); both work, but weights trained with one need the same one."),
+            Mistake("rotated backwards", _rope_backwards,
+                    "The rotation by t maps (a, b) to (a cos t - b sin t, a sin t + b cos t)."),
+            Mistake("angle without the position", _rope_no_position,
+                    "The angle is position * inv_freq[i]: every position gets its own rotation."),
+        ),
+    ),
+    Exercise(
+        id="7.2", title="NTK-aware RoPE scaling", reference=ntk_scaled_inv_freq, cases=_ntk_cases,
+        mistakes=(
+            Mistake("base times factor", _ntk_base_times_factor,
+                    "The new base is base * factor^(d / (d - 2)), chosen so that the *lowest* frequency is divided "
+                    "by exactly factor; base * factor divides it by a little less."),
+            Mistake("every frequency divided", _ntk_like_pi,
+                    "Dividing every frequency by factor is position interpolation; NTK-aware scaling leaves the "
+                    "highest frequency alone and stretches the low ones most."),
+        ),
+    ),
+    Exercise(
+        id="7.3", title="Llama 3.1 RoPE scaling", reference=llama3_scaled_inv_freq, cases=_llama3_cases,
+        mistakes=(
+            Mistake("wavelength without 2 pi", _llama3_no_2pi,
+                    "A frequency's wavelength (positions per full turn) is 2 * pi / inv_freq."),
+            Mistake("blend reversed", _llama3_blend_reversed,
+                    "s grows with the number of turns in the context: s = 1 keeps the frequency, s = 0 divides it "
+                    "by factor: (1 - s) * inv_freq / factor + s * inv_freq."),
+            Mistake("every frequency divided", _llama3_all_interpolated,
+                    "High frequencies (wavelength below original_context / high_freq_factor) stay unchanged."),
+        ),
+    ),
+    Exercise(
+        id="7.4", title="merging partial attention with log-sum-exp", reference=merge_partial_attention,
+        cases=_merge_cases,
+        mistakes=(
+            Mistake("plain average", _merge_plain_average,
+                    "Each part is normalised over its own keys: weight it by its share of the total mass, "
+                    "exp(lse_part - lse), not 1/2."),
+            Mistake("max instead of logaddexp", _merge_lse_max,
+                    "The merged LSE is log(e^lse1 + e^lse2) = torch.logaddexp(lse1, lse2), not their max."),
+            Mistake("no guard for empty parts", _merge_unguarded,
+                    "Where both parts saw no key, lse is -inf and exp(-inf - -inf) is NaN: subtract 0 there instead."),
+        ),
+    ),
+    Exercise(
+        id="7.5", title="Triton FlashAttention forward", reference=attention_kernel, cases=_attention_cases,
+        call=_launch_attention, needs_triton=True, timeout_s=120.0,
+        tolerances={torch.float32: (1e-5, 1e-5)},  # blockwise sums in another order than the reference
+        mistakes=(
+            Mistake("accumulator not rescaled", _attention_no_rescale,
+                    "When the running max rises, the old accumulator was computed with the old max: multiply it by "
+                    "alpha = exp(m_old - m_new) before adding P V, as l is."),
+            Mistake("padding keys scored 0", _attention_padding_scores_zero,
+                    "Keys at or beyond n_ctx must score -inf (tl.where(offs_n < n_ctx, s, -inf)); with score 0 they "
+                    "take softmax weight."),
+            Mistake("not divided by l", _attention_unnormalised, "Divide the accumulator by the running sum l at the end."),
+        ),
+    ),
+]
