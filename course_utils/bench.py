@@ -134,6 +134,9 @@ KERNELS = [
 GPU_SHAPES = [(4096, 4096), (8192, 32768), (16384, 11008)]
 CPU_SHAPES = [(1024, 4096), (256, 32768)]  # 16 MiB and 32 MiB in float32: beyond most caches
 QUICK_SHAPES = [(64, 256)]
+ATTENTION_GPU = [(4, 16, 2048, 64), (2, 16, 8192, 64), (2, 8, 4096, 128)]  # (B, H, N, D)
+ATTENTION_CPU = [(1, 4, 1024, 64)]
+ATTENTION_QUICK = [(1, 2, 128, 32)]
 
 
 def measure(fn: Callable[[], object], dev: torch.device, reps: int = 20, warmup: int = 3) -> float:
@@ -254,9 +257,45 @@ def run_adamw(sizes: list[int], *, reps: int) -> list[dict]:
     return rows
 
 
+# Dense fp16/bf16 tensor-core peaks (no sparsity) from the vendors' data sheets, for the attention figures.
+PEAK_TFLOPS_16BIT = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+
+
+def run_attention(shapes: list[tuple], *, reps: int) -> list[dict]:
+    """Time causal attention forward (B, H, N, D): F.scaled_dot_product_attention and, on a GPU, the
+    Triton kernel. FLOPs = 2 matmuls x 2 B H N^2 D, halved by the causal mask."""
+    dev = device()
+    gpu = dev.type == "cuda" and triton_status().mode == "compiled"
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "CPU"
+    peak = next((v for k, v in PEAK_TFLOPS_16BIT.items() if k in name), None) if dev.type == "cuda" else None
+    print(f"\nattention forward, causal, {str(dtype)[6:]}: FLOPs = 2 B H N^2 D (causal half of 4 B H N^2 D)"
+          + (f"; peak {peak:g} TFLOP/s ({name})" if peak else ""))
+    impls = {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
+    if gpu:
+        from course_utils.kernels.attention import flash_attention_forward
+
+        impls["triton"] = lambda q, k, v: flash_attention_forward(q, k, v, causal=True, block_m=64, block_n=64)[0]
+    rows = []
+    for shape in shapes:
+        B, H, N, D = shape
+        q, k, v = (torch.randn(shape, dtype=dtype, device=dev) for _ in range(3))
+        flops = 2 * B * H * N * N * D
+        for impl, fn in impls.items():
+            seconds = measure(lambda: fn(q, k, v), dev, reps=reps)
+            tflops = flops / seconds / 1e12
+            row = dict(kernel="attention", impl=impl, shape="x".join(map(str, shape)), dtype=str(dtype)[6:],
+                       pass_="fwd", ms=seconds * 1e3, tflops=tflops, frac_of_peak=(tflops / peak if peak else None))
+            rows.append(row)
+            print(f"  {impl:<8} {row['shape']:>15} {row['dtype']:<8} fwd      {row['ms']:9.3f} ms "
+                  f"{tflops:8.2f} TFLOP/s" + (f" {100 * tflops / peak:5.1f}% of peak" if peak else ""))
+    return rows
+
+
 def write_csv(rows: list[dict], path: str) -> None:
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["kernel"])
+        fields = list(dict.fromkeys(key for row in rows for key in row)) or ["kernel"]
+        writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -275,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = [torch.float32] + ([torch.float16, torch.bfloat16] if dev.type == "cuda" and not args.quick else [])
     rows = run(shapes, dtypes, use_compile=not args.no_compile, reps=reps)
     rows += run_adamw([math.prod(shape) for shape in shapes], reps=reps)
+    rows += run_attention(ATTENTION_QUICK if args.quick else (ATTENTION_GPU if dev.type == "cuda" else ATTENTION_CPU), reps=reps)
     write_csv(rows, args.csv)
     print(f"\n{len(rows)} rows written to {args.csv}")
     return 0

@@ -133,3 +133,16 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@torch.no_grad()
+def loss_by_position(model: TinyTransformer, data: torch.Tensor, length: int, windows: int = 8,
+                     seed: int = 1) -> torch.Tensor:
+    """(length,) mean loss at each position of ``windows`` fixed random windows of ``length`` + 1 bytes
+    (the model reads ``length`` bytes, which may exceed its training context)."""
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(data) - length - 1, (windows,), generator=gen).tolist()
+    x = torch.stack([data[s: s + length + 1] for s in starts])
+    logits, _ = model.eval()(x[:, :-1])
+    losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none")
+    return losses.view(windows, length).mean(dim=0)

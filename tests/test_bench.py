@@ -24,11 +24,13 @@ def test_quick_run_on_cpu_times_pytorch_only_and_writes_csv(tmp_path, capsys):
     assert "Timing the PyTorch paths only" in out
     assert "bytes = fwd: read x + write y = 2·N·b" in out
     rows = list(csv.DictReader(path.open()))
-    kernel_rows = [r for r in rows if r["kernel"] != "adamw"]
+    kernel_rows = [r for r in rows if r["kernel"] not in ("adamw", "attention")]
+    attention_rows = [r for r in rows if r["kernel"] == "attention"]
+    assert {r["impl"] for r in attention_rows} == {"sdpa"} and all(float(r["tflops"]) > 0 for r in attention_rows)
     assert len(kernel_rows) == len(bench.KERNELS) * len(bench.QUICK_SHAPES) * 2  # fwd and fwd+bwd, eager only
     assert {r["impl"] for r in kernel_rows} == {"eager"}
     adamw_rows = [r for r in rows if r["kernel"] == "adamw"]
     assert {r["impl"] for r in adamw_rows} == {"single", "foreach"}  # no fused or Triton without a GPU
     assert all(int(r["bytes"]) == 28 * int(r["shape"]) for r in adamw_rows)
     assert "read p, g, m, v + write p, m, v" in out
-    assert all(float(r["ms"]) > 0 and float(r["gb_per_s"]) > 0 for r in rows)
+    assert all(float(r["ms"]) > 0 and float(r["gb_per_s"]) > 0 for r in kernel_rows + adamw_rows)
