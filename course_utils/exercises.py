@@ -186,7 +186,7 @@ def check(exercise_id: str, candidate: Any, *, display: bool = True, record: boo
         _passed_candidates.pop(exercise_id, None)
     if record and result.status in ("passed", "failed", "todo"):
         try:
-            progress.record(exercise_id, result.status)
+            progress.record(exercise_id, result.status, _source_or_none(candidate) if result.passed else None)
         except OSError as exc:
             result.message += f"\n(could not save progress: {exc})"
     if display:
@@ -207,6 +207,50 @@ def use(exercise_id: str, candidate: Any) -> Any:
         _passed_candidates[exercise_id] = candidate
     print(f"→ {exercise_id}: using your `{_name(candidate)}`")
     return candidate
+
+
+def from_progress(exercise_id: str) -> Any:
+    """The learner's passing code for ``exercise_id`` from an earlier notebook (kept in the progress
+    file), re-checked here; else the reference. Said aloud either way. Triton kernels need their
+    source file and are not reloaded: they get the reference."""
+    ref = reference(exercise_id)
+    source = progress.passed_source(exercise_id)
+    candidate = None
+    if source and not _is_triton(ref):
+        namespace = _exercise_namespace()
+        try:
+            exec(compile(source, f"<your {exercise_id} from the progress file>", "exec"), namespace)
+            candidate = namespace.get(_name(ref))
+        except Exception:  # a broken record: fall back to the reference below
+            candidate = None
+    if candidate is not None and _check(exercise_id, candidate).passed:
+        print(f"→ {exercise_id}: using your `{_name(candidate)}` (passed earlier, re-checked now)")
+        return candidate
+    print(f"→ {exercise_id}: using the reference `{_name(ref)}` from solutions"
+          + (" (yours from the progress file did not pass again)" if candidate is not None else
+             " (no passing version of yours recorded)"))
+    return ref
+
+
+def _source_or_none(candidate: Any) -> str | None:
+    try:
+        return textwrap.dedent(inspect.getsource(_python_function(candidate)))
+    except (OSError, TypeError):
+        return None
+
+
+def _is_triton(obj: Any) -> bool:
+    return _python_function(obj) is not obj
+
+
+def _exercise_namespace() -> dict:
+    """What a notebook's exercise cells can count on having imported."""
+    import torch.nn.functional as F
+
+    from course_utils.runtime import import_triton
+
+    triton, tl = import_triton()
+    return {"math": math, "torch": torch, "F": F, "triton": triton, "tl": tl, "__name__": "course_exercise"}
 
 
 def _name(obj: Any) -> str:
@@ -264,16 +308,21 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
             return failed(f"case '{case.name}': {exc}", case)
         except Exception as exc:
             return failed(f"case '{case.name}': your code raised {type(exc).__name__}: {exc}"
-                          f"{_where(exc)}", case, _matching_mistake(ex, seen, case, exc))
+                          f"{_where(exc)}", case, _matching_mistake(ex, seen, case, exc, candidate, _after(cases, case)))
         changed = _changed_argument(args_before, (case.args, case.kwargs), _parameter_names(ex.reference))
         if changed:
             return failed(f"case '{case.name}': your code modified its input {changed} in place "
                           "(e.g. `x -= ...` or `x.exp_()`); compute on a new tensor instead.", case)
         mismatch = describe_mismatch(expected, got, ex.tolerances)
         if mismatch:
-            return failed(f"case '{case.name}': {mismatch}", case, _matching_mistake(ex, seen, case, got))
+            return failed(f"case '{case.name}': {mismatch}", case,
+                          _matching_mistake(ex, seen, case, got, candidate, _after(cases, case)))
         seen.append((case, got))
     return CheckResult(ex.id, "passed", f"✅ {label}: passed all {len(cases)} cases.")
+
+
+def _after(cases: list[Case], case: Case) -> list[Case]:
+    return cases[cases.index(case) + 1:]
 
 
 _TODO = ("⏳ {label}: not implemented yet - replace `raise NotImplementedError` with your code "
@@ -307,28 +356,36 @@ def _parameter_names(fn: Callable) -> list[str]:
         return []
 
 
-def _matching_mistake(ex: Exercise, seen: list[tuple[Case, Any]], failing: Case, got: Any):
-    """The first known mistake that reproduces the learner's behaviour on every case run so far:
-    the same outputs on the cases that passed, and on the failing case the same output (or the same
-    exception type, when ``got`` is an exception)."""
+def _matching_mistake(ex: Exercise, seen: list[tuple[Case, Any]], failing: Case, got: Any, candidate: Any = None,
+                      remaining: list[Case] = ()):
+    """The first known mistake that reproduces the learner's behaviour on every case: the same outputs
+    on the cases that passed, on the failing case the same output (or the same exception type, when
+    ``got`` is an exception), and the same on the cases after it, which are run for this purpose only."""
+    observed = list(seen) + [(failing, got)]
+    if candidate is not None:
+        for case in remaining:
+            try:
+                with _time_limit(ex.timeout_s):
+                    observed.append((case, ex.run(candidate, case)))
+            except (Exception, ExerciseTimeout) as exc:
+                observed.append((case, exc))
     for mistake in ex.mistakes:
         try:
-            with _time_limit(ex.timeout_s):
-                agrees = all(describe_mismatch(ex.run(mistake.fn, case), out, ex.tolerances) is None
-                             for case, out in seen)
-                if not agrees:
-                    continue
-                try:
-                    wrong = ex.run(mistake.fn, failing)
-                except Exception as exc:
-                    if isinstance(got, Exception) and type(exc) is type(got):
-                        return mistake
-                    continue
+            if all(_same_behaviour(ex, mistake.fn, case, out) for case, out in observed):
+                return mistake
         except (Exception, ExerciseTimeout):
             continue
-        if not isinstance(got, Exception) and describe_mismatch(wrong, got, ex.tolerances) is None:
-            return mistake
     return None
+
+
+def _same_behaviour(ex: Exercise, fn: Callable, case: Case, out: Any) -> bool:
+    """Does ``fn`` on ``case`` give ``out`` (within tolerance), or raise the same exception type?"""
+    with _time_limit(ex.timeout_s):
+        try:
+            wrong = ex.run(fn, case)
+        except Exception as exc:
+            return isinstance(out, BaseException) and type(exc) is type(out)
+    return not isinstance(out, BaseException) and describe_mismatch(wrong, out, ex.tolerances) is None
 
 
 def _where(exc: BaseException) -> str:

@@ -113,7 +113,8 @@ def weight_decay_groups(model, weight_decay):
 def describe_groups(model: nn.Module, groups: list[dict]) -> tuple[str, ...]:
     """One line per parameter, ``"name: weight_decay w"``, sorted by name (for checking and printing).
 
-    Raises ValueError when a parameter is missing, appears twice, or is not the model's.
+    Raises ValueError when a parameter is missing, appears twice, or is not the model's, or a group
+    does not state its weight_decay.
     """
     names = {}
     for name, param in model.named_parameters():  # tied tensors: the first name only
@@ -122,6 +123,9 @@ def describe_groups(model: nn.Module, groups: list[dict]) -> tuple[str, ...]:
     for i, group in enumerate(groups):
         if not isinstance(group, dict) or "params" not in group:
             raise ValueError(f"group {i} is not a dict with a 'params' list")
+        if "weight_decay" not in group:
+            raise ValueError(f"group {i} has no 'weight_decay': torch.optim.AdamW would give it its default, "
+                             "0.01; say 0.0 (or the value) explicitly")
         for param in group["params"]:
             if id(param) not in names:
                 raise ValueError(f"group {i} holds a tensor that is not one of the model's parameters")
@@ -129,7 +133,7 @@ def describe_groups(model: nn.Module, groups: list[dict]) -> tuple[str, ...]:
                 raise ValueError(f"parameter {names[id(param)]} is in more than one group "
                                  "(torch.optim refuses that; a tied weight is one tensor)")
             seen.add(id(param))
-            lines.append(f"{names[id(param)]}: weight_decay {float(group.get('weight_decay', 0.0)):g}")
+            lines.append(f"{names[id(param)]}: weight_decay {float(group['weight_decay']):g}")
     missing = [n for k, n in names.items() if k not in seen]
     if missing:
         raise ValueError(f"parameter {missing[0]} is in no group ({len(missing)} missing): it would never be trained")

@@ -4,8 +4,9 @@ A git-ignored JSON file at the repository root (``COURSE_PROGRESS=/path/file.jso
 elsewhere). Writes are atomic (temporary file + ``os.replace``); a file that cannot be read is set
 aside as ``<name>.corrupt-<time>`` with a warning and progress starts afresh.
 
-Format: ``{"version": 1, "exercises": {"1.1": {"status": "passed", "attempts": 3, "updated": "..."}}}``
-where status is one of ``passed``, ``failed``, ``todo`` (stub not implemented yet).
+Format: ``{"version": 1, "exercises": {"1.1": {"status": "passed", "attempts": 3, "updated": "...",
+"source": "def ..."}}}`` where status is one of ``passed``, ``failed``, ``todo`` (stub not implemented
+yet) and ``source`` is the code that passed (so a later notebook can use it: ``exercises.from_progress``).
 """
 from __future__ import annotations
 
@@ -72,8 +73,9 @@ def save(data: dict) -> None:
         raise
 
 
-def record(exercise_id: str, status: str) -> None:
-    """Record one check: ``status`` is ``passed``, ``failed`` or ``todo``. A pass is never lost."""
+def record(exercise_id: str, status: str, source: str | None = None) -> None:
+    """Record one check: ``status`` is ``passed``, ``failed`` or ``todo``. A pass is never lost;
+    ``source`` (the passing code, when known) is kept with it."""
     if status not in ("passed", "failed", "todo"):
         raise ValueError(f"unknown status {status!r}")
     data = load()
@@ -82,6 +84,8 @@ def record(exercise_id: str, status: str) -> None:
         entry["attempts"] = int(entry.get("attempts", 0)) + 1
     if entry.get("status") != "passed" or status == "passed":
         entry["status"] = status
+    if status == "passed" and source:
+        entry["source"] = source
     entry["updated"] = _dt.datetime.now().isoformat(timespec="seconds")
     save(data)
 
@@ -98,6 +102,13 @@ def reset(exercise_id: str | None = None) -> None:
 
 def status_of(exercise_id: str) -> str | None:
     return load()["exercises"].get(exercise_id, {}).get("status")
+
+
+def passed_source(exercise_id: str) -> str | None:
+    """The source of the learner's code that passed ``exercise_id``, if it was recorded."""
+    entry = load()["exercises"].get(exercise_id, {})
+    source = entry.get("source")
+    return source if entry.get("status") == "passed" and isinstance(source, str) else None
 
 
 def table() -> str:

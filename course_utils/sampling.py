@@ -2,8 +2,9 @@
 
 Filters take logits (..., V) and return new logits with the removed tokens at -inf, so they chain
 (temperature, then filters, then softmax and a draw), as in Hugging Face's logits processors.
-``generate`` and ``beam_search`` work with any ``next_log_probs(sequences) -> (len(sequences), V)``;
-:func:`model_scorer` builds one from a course model.
+``generate`` works with any ``next_logits(sequences) -> (len(sequences), V)`` (raw logits: the
+repetition penalty and temperature act on them) and ``beam_search`` with its log-softmax
+(:func:`log_probs_of`); :func:`model_logits` builds ``next_logits`` from a course model.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def softmax_with_temperature(logits: torch.Tensor, temperature: float) -> torch.
     if temperature == 0:
         top = logits == logits.max(dim=-1, keepdim=True).values
         return top.float() / top.sum(dim=-1, keepdim=True)
-    return torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,9 @@ def top_p_filter(logits, p):
     id first) and keep a token if the mass of the tokens *before* it is < p; so the token that crosses
     p is kept, and the most likely token always is. Others become -inf. 0 < p <= 1. Returns a new tensor.
     """
-    probs = torch.softmax(logits.float(), dim=-1)
+    if p >= 1:
+        return logits.clone()  # everything: a float cumulative sum can reach 1 before the last token
+    probs = torch.softmax(logits.double(), dim=-1)  # float64 sums: rounding cannot move the boundary
     sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
     keep_sorted = mass_before < p
@@ -77,12 +80,14 @@ def min_p_filter(logits, min_p):
 
 
 def apply_repetition_penalty(logits, previous, penalty):
-    """CTRL's repetition penalty (as Hugging Face applies it); returns new logits.
+    """CTRL's repetition penalty (as Hugging Face's transformers applies it), on raw logits; returns new logits.
 
     logits: (V,); previous: (N,) int64 ids already in the text. For every *distinct* id in previous:
     a positive logit is divided by penalty, a negative one multiplied by it, so that with penalty > 1
     the token always becomes less likely (dividing a negative logit would raise it). penalty = 1 changes nothing.
     """
+    if logits.dim() != 1:
+        raise ValueError(f"expected logits of one position (V,), got shape {tuple(logits.shape)}")
     seen = torch.unique(previous)
     z = logits[seen]
     out = logits.clone()
@@ -93,6 +98,12 @@ def apply_repetition_penalty(logits, previous, penalty):
 def process_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
                    top_p: float | None = None, min_p: float | None = None) -> torch.Tensor:
     """Temperature, then top-k, top-p and min-p (each when given), as in Hugging Face's default order."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if min_p is not None and not 0 <= min_p <= 1:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
     z = logits.float() / temperature if temperature > 0 else logits.float()
     if top_k is not None:
         z = top_k_filter(z, top_k)
@@ -105,32 +116,40 @@ def process_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int
 
 # ------------------------------------------------------------------------------------ decoding
 
-Scorer = Callable[[list[list[int]]], torch.Tensor]  # sequences (equal lengths) -> (len, V) log-probs
+Scorer = Callable[[list[list[int]]], torch.Tensor]  # sequences (equal lengths) -> (len, V) scores
 
 
-def model_scorer(model) -> Scorer:
-    """next_log_probs for a course model: the log-softmax of its last position, context cut to block_size."""
+def model_logits(model) -> Scorer:
+    """next_logits for a course model: the raw logits at its last position, context cut to block_size."""
     block = model.config.block_size
 
     @torch.inference_mode()
-    def next_log_probs(sequences: list[list[int]]) -> torch.Tensor:
+    def next_logits(sequences: list[list[int]]) -> torch.Tensor:
         ids = torch.tensor([s[-block:] for s in sequences], dtype=torch.long)
         logits, _ = model(ids)
-        return torch.log_softmax(logits[:, -1].float(), dim=-1)
+        return logits[:, -1].float()
 
-    return next_log_probs
+    return next_logits
 
 
-def generate(next_log_probs: Scorer, prompt: list[int], n_new: int, *, temperature: float = 1.0,
+def log_probs_of(next_logits: Scorer) -> Scorer:
+    """The log-softmax of a logits scorer (what beam search and likelihoods need)."""
+    return lambda sequences: torch.log_softmax(next_logits(sequences), dim=-1)
+
+
+def generate(next_logits: Scorer, prompt: list[int], n_new: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              repetition_penalty: float = 1.0, seed: int = 0) -> list[int]:
-    """``n_new`` tokens after ``prompt``; temperature 0 is greedy (first of tied maxima). Seeded."""
+    """``n_new`` tokens after ``prompt``; temperature 0 is greedy (first of tied maxima). Seeded.
+    The repetition penalty (on the prompt and everything generated) acts on the raw logits."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
     gen = torch.Generator().manual_seed(seed)
     seq = list(prompt)
     for _ in range(n_new):
-        z = next_log_probs([seq])[0]
-        if repetition_penalty != 1.0:
-            z = apply_repetition_penalty(z, torch.tensor(seq), repetition_penalty)
+        z = next_logits([seq])[0]
+        if repetition_penalty != 1.0 and seq:
+            z = apply_repetition_penalty(z, torch.tensor(seq, dtype=torch.long), repetition_penalty)
         if temperature == 0:
             seq.append(int(z.argmax()))
             continue
@@ -150,6 +169,8 @@ def beam_search(next_log_probs, prompt, beam_width, steps, eos_id=None, length_p
     alive. Score of a continuation c (finished or alive at the end): sum of its log-probs / len(c)**length_penalty;
     return the best one.
     """
+    if beam_width < 1 or steps < 1:
+        raise ValueError(f"beam_width and steps must be at least 1, got {beam_width}, {steps}")
     alive = [([], 0.0)]  # (continuation, total log-prob)
     finished = []
     for _ in range(steps):
@@ -167,22 +188,24 @@ def beam_search(next_log_probs, prompt, beam_width, steps, eos_id=None, length_p
     return best[0], best[1] / len(best[0]) ** length_penalty
 
 
-def sequence_log_likelihood(next_log_probs: Scorer, prompt: list[int], continuation: list[int]) -> float:
-    """Sum of log p(continuation[i] | prompt + continuation[:i]) under the scorer."""
+def sequence_log_likelihood(next_logits: Scorer, prompt: list[int], continuation: list[int]) -> float:
+    """Sum of log p(continuation[i] | prompt + continuation[:i]) under the model."""
     total, seq = 0.0, list(prompt)
     for token in continuation:
-        total += float(next_log_probs([seq])[0, token])
+        total += float(torch.log_softmax(next_logits([seq])[0], dim=-1)[token])
         seq.append(token)
     return total
 
 
-def best_of_n(next_log_probs: Scorer, prompt: list[int], n_new: int, n: int, *, temperature: float = 1.0,
+def best_of_n(next_logits: Scorer, prompt: list[int], n_new: int, n: int, *, temperature: float = 1.0,
               seed: int = 0, **filters) -> tuple[list[int], list[float]]:
     """Draw ``n`` samples (seeds seed..seed+n-1) and return (the one with the highest mean log-likelihood
     under the model itself, every sample's mean log-likelihood)."""
-    samples = [generate(next_log_probs, prompt, n_new, temperature=temperature, seed=seed + i, **filters)
+    if n < 1 or n_new < 1:
+        raise ValueError(f"n and n_new must be at least 1, got {n}, {n_new}")
+    samples = [generate(next_logits, prompt, n_new, temperature=temperature, seed=seed + i, **filters)
                for i in range(n)]
-    scores = [sequence_log_likelihood(next_log_probs, prompt, s) / n_new for s in samples]
+    scores = [sequence_log_likelihood(next_logits, prompt, s) / n_new for s in samples]
     return samples[max(range(n), key=scores.__getitem__)], scores
 
 
@@ -215,16 +238,16 @@ def distribution_html(probs: torch.Tensor, *, top: int = 12, title: str = "", ex
             f"<table style='border-collapse:collapse'>{''.join(rows)}</table>{extra}</div>")
 
 
-def temperature_view(next_log_probs: Scorer, prompt: list[int], temperature: float, *, n_new: int = 32,
+def temperature_view(next_logits: Scorer, prompt: list[int], temperature: float, *, n_new: int = 32,
                      seed: int = 0, top: int = 10) -> str:
     """HTML for the temperature slider: the next-token distribution after ``prompt`` at this temperature,
     its entropy against the two limits (greedy: 0, uniform: ln V), and a seeded continuation."""
     from course_utils.charlm import decode
 
-    logits = next_log_probs([prompt])[0]
+    logits = next_logits([prompt])[0]
     probs = softmax_with_temperature(logits, temperature)
     h = float(entropy(probs))
-    text = decode(generate(next_log_probs, prompt, n_new, temperature=temperature, seed=seed))
+    text = decode(generate(next_logits, prompt, n_new, temperature=temperature, seed=seed))
     extra = (f"<div style='margin-top:6px'>entropy {h:.2f} nats &nbsp;(greedy, T&rarr;0: 0; uniform, "
              f"T&rarr;&infin;: ln {len(probs)} = {math.log(len(probs)):.2f})</div>"
              f"<pre style='margin-top:6px;white-space:pre-wrap'><span style='color:#888'>"
@@ -232,16 +255,16 @@ def temperature_view(next_log_probs: Scorer, prompt: list[int], temperature: flo
     return distribution_html(probs, top=top, title=f"next byte at T = {temperature:.2f}", extra=extra)
 
 
-def filters_view(next_log_probs: Scorer, prompt: list[int], *, top_k: int, top_p: float, min_p: float,
+def filters_view(next_logits: Scorer, prompt: list[int], *, top_k: int, top_p: float, min_p: float,
                  repetition_penalty: float, n_new: int = 32, seed: int = 0, top: int = 10) -> str:
     """HTML for the filter sliders: the next-byte distribution after the repetition penalty (on the
     prompt's bytes) and top-k, top-p, min-p at T = 1, renormalised, and a continuation decoded with them."""
     from course_utils.charlm import decode
 
-    z = apply_repetition_penalty(next_log_probs([prompt])[0], torch.tensor(prompt), repetition_penalty)
+    z = apply_repetition_penalty(next_logits([prompt])[0], torch.tensor(prompt, dtype=torch.long), repetition_penalty)
     kept = process_logits(z, top_k=top_k, top_p=top_p, min_p=min_p)
     probs = torch.softmax(kept, dim=-1)
-    text = decode(generate(next_log_probs, prompt, n_new, top_k=top_k, top_p=top_p, min_p=min_p,
+    text = decode(generate(next_logits, prompt, n_new, top_k=top_k, top_p=top_p, min_p=min_p,
                            repetition_penalty=repetition_penalty, seed=seed))
     extra = (f"<div style='margin-top:6px'>{int(torch.isfinite(kept).sum())} of {len(kept)} bytes kept</div>"
              f"<pre style='margin-top:6px;white-space:pre-wrap'><span style='color:#888'>"

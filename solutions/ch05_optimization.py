@@ -83,6 +83,13 @@ def _groups_by_bias_name(model, weight_decay):  # only names ending in "bias" ar
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _groups_tied_head_decayed(model, weight_decay):  # by identity of Linear weights: a tied head decays
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    params = list({id(p): p for p in model.parameters()}.values())
+    return [{"params": [p for p in params if id(p) in linear], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in linear], "weight_decay": 0.0}]
+
+
 def _group_models():
     def build(tie=False, **kw):
         torch.manual_seed(0)
@@ -137,11 +144,20 @@ ACCUMULATION_CONFIG = TransformerConfig(vocab_size=16, block_size=8, n_layer=1, 
 
 
 def _call_accumulate(fn, micro_batches):
-    """Build the model, leave stale gradients in it, run the learner's function; return every .grad."""
+    """Build the model, leave stale gradients in it, run the learner's function; return every .grad.
+    The model refuses inputs larger than one micro-batch: accumulation exists to avoid the big batch."""
     torch.manual_seed(0)
     model = TinyTransformer(ACCUMULATION_CONFIG)
     for p in model.parameters():
         p.grad = torch.ones_like(p)  # stale values from an earlier step: they must not count
+    largest = max(inputs.shape[0] for inputs, _ in micro_batches)
+
+    def one_micro_batch_at_a_time(module, args):
+        if args[0].shape[0] > largest:
+            raise ContractError(f"the model got a batch of {args[0].shape[0]} sequences, more than one micro-batch "
+                                f"({largest}): run the micro-batches one at a time, one backward each")
+
+    model.register_forward_pre_hook(one_micro_batch_at_a_time)
     fn(model, micro_batches)
     return tuple(torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in model.parameters())
 
@@ -302,6 +318,10 @@ EXERCISES = [
             Mistake("every 2-D tensor decays", _groups_by_dim,
                     "Selecting by p.dim() >= 2 (nanoGPT's rule) also decays the token and position embeddings; "
                     "this exercise keeps them out: decay only nn.Linear weights."),
+            Mistake("tied head decayed", _groups_tied_head_decayed,
+                    "With weight tying, lm_head.weight *is* tok_emb.weight: one tensor, one group. This exercise "
+                    "lets the embedding decide (it registered the tensor first): no decay. Decaying it would also "
+                    "decay the embedding."),
             Mistake("only biases spared", _groups_by_bias_name,
                     "Norm weights (LayerNorm/RMSNorm gains) and embeddings must not decay either: pulling a gain "
                     "towards 0 shrinks the whole normalised activation."),

@@ -62,6 +62,24 @@ def _top_p_drops_crossing_token(logits, p):  # keeps only tokens whose cumulativ
     return logits.masked_fill(~keep, NEG)
 
 
+def _top_p_float32_sum(logits, p):  # the float32 cumulative sum reaches 1 before the last token
+    probs = torch.softmax(logits.float(), dim=-1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    keep_sorted = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) < p
+    keep_sorted[..., 0] = True
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, NEG)
+
+
+def _top_p_ties_to_higher_ids(logits, p):  # Hugging Face's form: ascending sort, drop mass <= 1 - p
+    probs = torch.softmax(logits.double(), dim=-1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=False, stable=True)
+    remove_sorted = torch.cumsum(sorted_probs, dim=-1) <= 1 - p
+    remove_sorted[..., -1] = False
+    remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, NEG)
+
+
 def _top_p_unsorted(logits, p):  # cumulative mass in token-id order
     probs = torch.softmax(logits.float(), dim=-1)
     keep = (torch.cumsum(probs, dim=-1) - probs) < p
@@ -85,6 +103,7 @@ def _top_p_cases():
         Case("uniform ties, p = 0.5: lower ids first", (_log([0.25, 0.25, 0.25, 0.25]), 0.5)),
         Case("batch of 3 random rows, p = 0.9", (2 * torch.randn(3, 20, generator=g), 0.9)),
         Case("p = 1 keeps everything", (torch.randn(8, generator=g), 1.0)),
+        Case("p = 1 over 50,000 tokens", (3 * torch.randn(50_000, generator=g), 1.0)),
     ]
 
 
@@ -102,7 +121,7 @@ def _min_p_scaled_logits(logits, min_p):  # threshold min_p * max logit
 def _min_p_cases():
     g = torch.Generator().manual_seed(63)
     return [
-        Case("min_p = 0.25 on [1/2, 1/4, 1/8, 1/8] (1/8 is exactly below)", (_log([0.5, 0.25, 0.125, 0.125]), 0.25)),
+        Case("min_p = 0.25 on [1/2, 1/4, 1/8, 1/8] (1/8 is exactly on the threshold: kept)", (_log([0.5, 0.25, 0.125, 0.125]), 0.25)),
         Case("min_p = 0.1, a flat-ish batch", (0.3 * torch.randn(3, 30, generator=g), 0.1)),
         Case("min_p = 0.05, a peaked row", (4 * torch.randn(40, generator=g), 0.05)),
         Case("min_p = 0 keeps everything", (torch.randn(5, generator=g), 0.0)),
@@ -283,6 +302,13 @@ EXERCISES = [
             Mistake("the crossing token dropped", _top_p_drops_crossing_token,
                     "Keeping tokens while the cumulative sum is <= p leaves a set with mass < p. Keep a token when the "
                     "mass *before* it is < p: the token that crosses p belongs to the nucleus."),
+            Mistake("ties kept from the higher ids", _top_p_ties_to_higher_ids,
+                    "Ties at the boundary: this contract keeps the lower token ids first (a stable descending sort). "
+                    "Hugging Face's ascending form keeps the higher ones; both are valid, one rule makes results "
+                    "reproducible."),
+            Mistake("float32 sum at p = 1", _top_p_float32_sum,
+                    "A float32 cumulative sum over many tokens reaches 1.0 before the last token, so p = 1 cut the "
+                    "tail: keep everything when p >= 1 (and sum in float64)."),
             Mistake("cumulative sum in id order", _top_p_unsorted,
                     "Sort the probabilities in descending order before the cumulative sum (stable, so ties keep "
                     "lower ids first), then map the decision back to the original positions."),

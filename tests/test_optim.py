@@ -79,11 +79,13 @@ def test_describe_groups_reports_duplicates_missing_and_foreign_tensors():
     model = _model()
     params = list(model.parameters())
     with pytest.raises(ValueError, match="more than one group"):
-        optim.describe_groups(model, [{"params": params}, {"params": params[:1]}])
+        optim.describe_groups(model, [{"params": params, "weight_decay": 0.1}, {"params": params[:1], "weight_decay": 0.0}])
     with pytest.raises(ValueError, match="in no group"):
-        optim.describe_groups(model, [{"params": params[1:]}])
+        optim.describe_groups(model, [{"params": params[1:], "weight_decay": 0.1}])
     with pytest.raises(ValueError, match="not one of the model's"):
-        optim.describe_groups(model, [{"params": params + [torch.zeros(1)]}])
+        optim.describe_groups(model, [{"params": params + [torch.zeros(1)], "weight_decay": 0.1}])
+    with pytest.raises(ValueError, match="no 'weight_decay'"):
+        optim.describe_groups(model, [{"params": params}])
 
 
 def test_tied_weight_listed_twice_is_rejected_by_the_checker():
@@ -209,3 +211,34 @@ def test_a_hanging_rank_times_out_with_a_clear_message():
 def test_unknown_worker_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown worker"):
         run_workers("nope")
+
+
+def test_checker_refuses_one_big_batch_and_groups_without_their_decay():
+    from course_utils import check
+
+    def one_big_batch(model, micro_batches):
+        model.zero_grad()
+        logits, _ = model(torch.cat([b[0] for b in micro_batches]))
+        F.cross_entropy(logits.flatten(0, 1), torch.cat([b[1] for b in micro_batches]).flatten()).backward()
+
+    result = check("5.3", one_big_batch, display=False)
+    assert result.status == "failed" and "one at a time" in result.message
+
+    def decay_left_to_default(model, weight_decay):
+        groups = optim.weight_decay_groups(model, weight_decay)
+        del groups[1]["weight_decay"]
+        return groups
+
+    result = check("5.2", decay_left_to_default, display=False)
+    assert result.status == "failed" and "default, 0.01" in result.message
+
+
+def test_a_hint_needs_agreement_on_the_cases_after_the_failure_too():
+    from course_utils import check
+
+    def strict_slip(logits, min_p):  # <= instead of <: wrong only on the exact threshold
+        probs = torch.softmax(logits, -1)
+        return logits.masked_fill(probs <= min_p * probs.max(-1, keepdim=True).values, float("-inf"))
+
+    result = check("6.3", strict_slip, display=False)
+    assert result.status == "failed" and result.mistake is None  # no unrelated hint

@@ -3,7 +3,7 @@
 Gumbel-max trick: if g_i are independent Gumbel(0, 1) samples, argmax_i (z_i / T + g_i) is a draw
 from softmax(z / T). A Gumbel sample is -log(-log u) for u uniform in (0, 1), and ``tl.rand(seed,
 offset)`` gives u as a pure function of (seed, offset) (Philox, counter-based): no generator state,
-the same draw whatever the grid, and a row can be re-drawn from its seed alone.
+the same draw whatever the grid: with offset = row * V + column, a row is re-drawn from (seed, row, V).
 
 min-p in logits: p_i >= min_p * p_max  <=>  z_i / T >= max_j z_j / T + ln(min_p). So the kernel needs
 the row max (pass 1) and one more pass with the noise (pass 2); the vocabulary is read in chunks of
@@ -63,6 +63,8 @@ def sample_triton(logits: torch.Tensor, *, temperature: float = 1.0, min_p: floa
         raise ValueError(f"need temperature >= 0 and 0 <= min_p <= 1, got {temperature}, {min_p}")
     if logits.shape[-1] == 0:
         raise ValueError("cannot sample from an empty vocabulary")
+    if torch.isnan(logits).any() or not torch.isfinite(logits).any(dim=-1).all():
+        raise ValueError("every row needs at least one finite logit and no NaN")
     if temperature == 0:
         return logits.argmax(dim=-1)
     rows = as_rows(logits.to(device()))
