@@ -19,14 +19,20 @@ NEG_INF = -math.inf
 
 # ----------------------------------------------------------------------------------- temperature
 
-def softmax_with_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(logits / T) over the last dim; T = 0 is the limit: equal mass on the tied maxima."""
+def softmax_with_temperature(logits, temperature):
+    """Probabilities softmax(logits / T) over the last dim, stable for any T >= 0; returns a new tensor.
+
+    logits: (..., V) float (float32 or float64; the result has the same dtype). Tiny T must not
+    overflow (no exp of huge numbers). T = 0 is the limit T -> 0: the probability is split equally
+    between the tied maxima of each row (one-hot when the maximum is unique). T < 0 raises ValueError.
+    """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
     if temperature == 0:
         top = logits == logits.max(dim=-1, keepdim=True).values
-        return top.float() / top.sum(dim=-1, keepdim=True)
-    return torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
+        return top.to(dtype) / top.sum(dim=-1, keepdim=True)
+    return torch.softmax(logits.to(dtype) / temperature, dim=-1)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:

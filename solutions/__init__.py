@@ -14,4 +14,5 @@ CHAPTERS = [
     "ch05_optimization",
     "ch06_token_prediction",
     "ch07_long_sequences",
+    "ch08_further_questions",
 ]

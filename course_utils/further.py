@@ -1,0 +1,202 @@
+"""Chapter 8: the study note's four further questions as experiments, and the capstone training run.
+
+The capstone trains the course's TinyTransformer on the byte data of chapter 6 with the pieces built
+in earlier chapters: GPT-2 initialisation (2.3), weight-decay groups (5.2), gradient accumulation
+(5.3), AdamW (5.1), global-norm clipping (1.6) and a warmup + cosine schedule (8.1). Each piece is
+passed in, so the notebook can hand over the learner's own versions where they passed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from course_utils.models import TinyTransformer, TransformerConfig
+
+
+# ------------------------------------------------------------------------------- Q1: depth
+
+def depth_effects(depth: int, variant: str, *, init_std: float = 0.1, seed: int = 0) -> dict:
+    """For a Pre-LN TinyTransformer at init (``normalization.PRE_LN_VARIANTS``): the std of the logits,
+    the largest softmax probability (saturation), the loss and the global gradient norm on random tokens."""
+    from course_utils.normalization import PRE_LN_VARIANTS
+
+    torch.manual_seed(seed)
+    model = TinyTransformer(TransformerConfig(vocab_size=64, block_size=16, n_layer=depth, d_model=64, n_head=4,
+                                              init_std=init_std, **PRE_LN_VARIANTS[variant]))
+    tokens = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(seed))
+    logits, loss = model(tokens[:, :-1], tokens[:, 1:])
+    loss.backward()
+    grad_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
+    logits = logits.detach()
+    return {"logit_std": float(logits.std()), "max_prob": float(torch.softmax(logits, -1).max(-1).values.mean()),
+            "loss": float(loss.detach()), "grad_norm": float(grad_norm)}
+
+
+# ------------------------------------------------------------------- 8.1 the schedule
+
+def warmup_cosine_lr(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    """Learning rate at ``step`` (0-based) for linear warmup then cosine decay.
+
+    Steps 0 .. warmup_steps - 1: max_lr * (step + 1) / warmup_steps (never 0, reaches max_lr at the
+    last warmup step). Then, with progress = (step - warmup_steps) / (total_steps - warmup_steps):
+    min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2, so max_lr right after warmup and
+    min_lr at step total_steps. Steps beyond total_steps stay at min_lr. Returns a float.
+    """
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------- 8.4 spike detector
+
+def grad_norm_spikes(norms, window, factor):
+    """Steps whose gradient norm jumps: the indices i >= window with norms[i] > factor * median of the
+    ``window`` norms before it (norms[i - window : i], not including step i). The median, unlike the
+    mean, is not dragged up by an earlier spike in the window. Returns a list of ints, ascending.
+    """
+    flagged = []
+    for i in range(window, len(norms)):
+        recent = sorted(norms[i - window: i])
+        mid = len(recent) // 2
+        median = recent[mid] if len(recent) % 2 else 0.5 * (recent[mid - 1] + recent[mid])
+        if norms[i] > factor * median:
+            flagged.append(i)
+    return flagged
+
+
+# ------------------------------------------------------------------- 8.2 decay over a run
+
+def remaining_after_decay(lrs, weight_decay):
+    """What fraction of a weight that gets no gradient survives AdamW's decoupled decay over a run.
+
+    lrs: the learning rate of each step (a list of floats); each step multiplies the weight by
+    (1 - lr * weight_decay). Returns the product over all steps (a float; 1.0 for no steps).
+    """
+    remaining = 1.0
+    for lr in lrs:
+        remaining *= 1 - lr * weight_decay
+    return remaining
+
+
+# ---------------------------------------------------------------------------- capstone
+
+CAPSTONE_CONFIG = TransformerConfig(vocab_size=256, block_size=64, n_layer=2, n_head=4, d_model=64,
+                                    norm="rmsnorm", mlp="swiglu", position="rope")
+
+
+@dataclass
+class Pieces:
+    """The building blocks a capstone run uses; the notebook fills them with ``use``/``from_progress``."""
+    init: Callable  # 2.3: gpt_init_(model, std, depth_scaled)
+    groups: Callable  # 5.2: weight_decay_groups(model, weight_decay) -> param groups
+    accumulate: Callable  # 5.3: accumulate_gradients(model, micro_batches)
+    adamw: Callable  # 5.1: adamw_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay) -> (p, m, v)
+    clip: Callable  # 1.6: clip_grad_norm(grads, max_norm) -> (clipped, total_norm)
+    schedule: Callable  # 8.1: warmup_cosine_lr(step, max_lr, warmup_steps, total_steps, min_lr)
+
+
+def reference_pieces() -> Pieces:
+    from course_utils.exercises import reference
+
+    return Pieces(init=reference("2.3"), groups=reference("5.2"), accumulate=reference("5.3"),
+                  adamw=reference("5.1"), clip=reference("1.6"), schedule=reference("8.1"))
+
+
+@dataclass
+class CapstoneResult:
+    losses: list[float] = field(default_factory=list)  # training loss per step (mean over micro-batches)
+    grad_norms: list[float] = field(default_factory=list)  # global gradient norm before clipping
+    lrs: list[float] = field(default_factory=list)
+    diverged: bool = False
+    model: TinyTransformer | None = None
+
+
+def capstone_run(pieces: Pieces, *, config: TransformerConfig = CAPSTONE_CONFIG, steps: int = 150,
+                 micro_batches: int = 2, micro_batch_size: int = 8, max_lr: float = 3e-3, warmup_steps: int = 15,
+                 weight_decay: float = 0.1, clip: float | None = 1.0, bad_batch_step: int | None = None,
+                 seed: int = 0, progress: bool = True, on_step: Callable | None = None) -> CapstoneResult:
+    """Train a TinyTransformer on the byte data with the given pieces; deterministic for a seed.
+
+    Each step accumulates ``micro_batches`` micro-batches, clips the global norm to ``clip`` (None:
+    no clipping), and applies AdamW with the scheduled lr to two groups (decay / no decay).
+    ``bad_batch_step``: at that step the inputs are replaced by one byte repeated (a corrupt batch).
+    ``on_step(step, result)`` is called after every step (for a live plot).
+    """
+    from course_utils import charlm
+
+    torch.manual_seed(seed)
+    model = TinyTransformer(config)
+    pieces.init(model, 0.02, True)
+    groups = [dict(g) for g in pieces.groups(model, weight_decay)]
+    state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for g in groups for p in g["params"]}
+    train_data, _ = charlm.split(charlm.encode(charlm.training_text()))
+    gen = torch.Generator().manual_seed(seed + 1)
+    result = CapstoneResult(model=model)
+    for step in tqdm(range(steps), disable=not progress, desc=f"{config.norm_position}-LN, warmup {warmup_steps}"):
+        batches = []
+        for _ in range(micro_batches):
+            x = charlm.batch(train_data, micro_batch_size, gen, config.block_size)
+            if step == bad_batch_step:
+                x = torch.full_like(x, 0x41)  # "AAAA...": a corrupt batch
+            batches.append((x[:, :-1], x[:, 1:]))
+        pieces.accumulate(model, batches)
+        with torch.no_grad():
+            loss = sum(float(F.cross_entropy(model(i)[0].flatten(0, 1), t.flatten())) for i, t in batches) / len(batches)
+        params = [p for g in groups for p in g["params"]]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        clipped, total = pieces.clip(grads, clip if clip else math.inf)
+        if not (math.isfinite(loss) and math.isfinite(float(total))):
+            result.diverged = True
+            break
+        lr = pieces.schedule(step, max_lr, warmup_steps, steps, max_lr / 10)
+        new_grads = iter(clipped)
+        with torch.no_grad():
+            for group in groups:
+                for p in group["params"]:
+                    m, v = state[id(p)]
+                    new_p, m, v = pieces.adamw(p.detach(), next(new_grads), m, v, step + 1, lr, 0.9, 0.95, 1e-8,
+                                               group["weight_decay"])
+                    p.copy_(new_p)
+                    state[id(p)] = (m, v)
+        result.losses.append(loss)
+        result.grad_norms.append(float(total))
+        result.lrs.append(lr)
+        if on_step is not None:
+            on_step(step, result)
+    return result
+
+
+def kernel_step_check(model: TinyTransformer, tokens: torch.Tensor) -> dict:
+    """One forward and backward of ``model`` on tokens (B, T + 1) with PyTorch's RMSNorm and cross-entropy,
+    and again with the course's Triton kernels swapped in; returns the loss difference and the largest
+    gradient difference (the model must use norm='rmsnorm')."""
+    from course_utils.kernels.cross_entropy import cross_entropy_triton
+    from course_utils.kernels.rmsnorm import rmsnorm_triton
+
+    def loss_and_grads(triton_kernels: bool):
+        model.zero_grad()
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.RMSNorm)]
+        try:
+            if triton_kernels:
+                for m in norms:
+                    eps = m.eps if m.eps is not None else torch.finfo(torch.float32).eps
+                    m.forward = lambda x, m=m, eps=eps: rmsnorm_triton(x, m.weight, eps)
+            logits, _ = model(tokens[:, :-1])
+            flat, target = logits.flatten(0, 1), tokens[:, 1:].flatten()
+            loss = cross_entropy_triton(flat, target) if triton_kernels else F.cross_entropy(flat, target)
+            loss.backward()
+        finally:
+            for m in norms:
+                m.__dict__.pop("forward", None)
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters()]
+
+    loss_torch, grads_torch = loss_and_grads(False)
+    loss_triton, grads_triton = loss_and_grads(True)
+    return {"loss_torch": loss_torch, "loss_diff": abs(loss_torch - loss_triton),
+            "max_grad_diff": max(float((a - b).abs().max()) for a, b in zip(grads_torch, grads_triton))}

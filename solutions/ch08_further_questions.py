@@ -1,0 +1,183 @@
+"""Notebook 08: further questions and the capstone. The answers live in course_utils (further.py,
+sampling.py) because the capstone and the widgets use them."""
+import math
+
+import torch
+
+from course_utils.exercises import Case, Exercise, Mistake
+from course_utils.further import grad_norm_spikes, remaining_after_decay, warmup_cosine_lr
+from course_utils.sampling import softmax_with_temperature
+
+CHAPTER = "8. Further questions (Further Questions)"
+
+__all__ = ["warmup_cosine_lr", "softmax_with_temperature", "grad_norm_spikes", "remaining_after_decay"]
+
+
+# ------------------------------------------------------------------------------ 8.1 schedule
+
+def _schedule_starts_at_zero(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    return warmup_cosine_lr(step, max_lr, warmup_steps, total_steps, min_lr)
+
+
+def _schedule_cosine_from_zero(step, max_lr, warmup_steps, total_steps, min_lr=0.0):  # cosine clock ignores warmup
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    progress = min(1.0, step / total_steps)
+    return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _schedule_no_floor(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    return warmup_cosine_lr(step, max_lr, warmup_steps, total_steps, 0.0)
+
+
+def _schedule_cases():
+    return [Case(f"step {s} of 100, warmup 10, min_lr 1e-4", (s, 1e-3, 10, 100, 1e-4)) for s in (0, 9, 10, 55, 100, 150)] + [
+        Case("no warmup, step 0", (0, 3e-4, 0, 50, 0.0)),
+    ]
+
+
+# ------------------------------------------------------------------------ 8.3 temperature
+
+def _tempered_naive(logits, temperature):
+    e = torch.exp(logits / temperature)
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def _tempered_argmax_at_zero(logits, temperature):
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+def _tempered_times_t(logits, temperature):
+    return torch.softmax(logits * temperature, dim=-1) if temperature > 0 else softmax_with_temperature(logits, 0)
+
+
+def _temperature_cases():
+    g = torch.Generator().manual_seed(82)
+    return [
+        Case("T = 1, batch of 3", (torch.randn(3, 10, generator=g), 1.0)),
+        Case("T = 0.5", (2 * torch.randn(12, generator=g), 0.5)),
+        Case("T = 0.01, logits around 5 (exp overflows naively)", (5 + torch.randn(2, 8, generator=g), 0.01)),
+        Case("T = 0, a tie at the top", (torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 0.0, 1.0, 1.0]]), 0.0)),
+        Case("T = 50, float64", (torch.randn(6, generator=g, dtype=torch.float64), 50.0)),
+    ]
+
+
+# --------------------------------------------------------------------- 8.4 spike detector
+
+def _spikes_window_includes_current(norms, window, factor):
+    out = []
+    for i in range(window, len(norms)):
+        recent = sorted(norms[i - window + 1: i + 1])
+        mid = len(recent) // 2
+        median = recent[mid] if len(recent) % 2 else 0.5 * (recent[mid - 1] + recent[mid])
+        if norms[i] > factor * median:
+            out.append(i)
+    return out
+
+
+def _spikes_mean(norms, window, factor):
+    return [i for i in range(window, len(norms)) if norms[i] > factor * sum(norms[i - window: i]) / window]
+
+
+def _spikes_from_start(norms, window, factor):
+    out = []
+    for i in range(1, len(norms)):
+        recent = sorted(norms[max(0, i - window): i])
+        mid = len(recent) // 2
+        median = recent[mid] if len(recent) % 2 else 0.5 * (recent[mid - 1] + recent[mid])
+        if norms[i] > factor * median:
+            out.append(i)
+    return out
+
+
+def _spike_cases():
+    flat = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 9.0, 1.0, 1.1]
+    two = [1.0] * 6 + [12.0, 1.0, 1.2, 11.0, 1.0, 0.9]
+    early = [1.0, 20.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    return [
+        Case("one spike at step 7, window 4, factor 3", (flat, 4, 3.0)),
+        Case("window 2, factor 3: a 5x spike", ([1.0, 1.0, 1.0, 5.0, 1.0], 2, 3.0)),
+        Case("two spikes 3 steps apart, window 5, factor 4", (two, 5, 4.0)),
+        Case("a spike before a full window", (early, 3, 3.0)),
+        Case("a steady decline, window 2, factor 1.5", ([4.0, 3.0, 2.5, 2.0, 1.8, 1.7], 2, 1.5)),
+        Case("rising trend, window 3, factor 1.2", ([1.0, 1.1, 1.3, 1.6, 2.0, 2.6, 3.4], 3, 1.2)),
+    ]
+
+
+# ----------------------------------------------------------------- 8.2 decay over a run
+
+def _decay_summed(lrs, weight_decay):
+    return 1 - sum(lr * weight_decay for lr in lrs)
+
+
+def _decay_at_peak_lr(lrs, weight_decay):
+    return (1 - max(lrs, default=0.0) * weight_decay) ** len(lrs)
+
+
+def _decay_without_lr(lrs, weight_decay):
+    return (1 - weight_decay) ** len(lrs)
+
+
+def _decay_cases():
+    cosine = [warmup_cosine_lr(s, 3e-4, 100, 2000, 3e-5) for s in range(2000)]
+    return [
+        Case("constant lr 1e-3, 500 steps, wd 0.1", ([1e-3] * 500, 0.1)),
+        Case("warmup + cosine, 2000 steps, wd 0.1", (cosine, 0.1)),
+        Case("three steps", ([0.5, 0.25, 0.1], 0.2)),
+        Case("no steps", ([], 0.1)),
+        Case("large lr x wd", ([0.5] * 10, 1.0)),
+    ]
+
+
+EXERCISES = [
+    Exercise(
+        id="8.1", title="warmup + cosine learning-rate schedule", reference=warmup_cosine_lr, cases=_schedule_cases,
+        mistakes=(
+            Mistake("warmup starts at 0", _schedule_starts_at_zero,
+                    "Step 0 should already train: use (step + 1) / warmup_steps, so the warmup ends at max_lr."),
+            Mistake("cosine counted from step 0", _schedule_cosine_from_zero,
+                    "The cosine starts after the warmup: progress = (step - warmup_steps) / (total_steps - warmup_steps)."),
+            Mistake("no floor", _schedule_no_floor, "The cosine goes from max_lr down to min_lr, not to 0."),
+        ),
+    ),
+    Exercise(
+        id="8.2", title="what decoupled decay leaves of an unused weight", reference=remaining_after_decay,
+        cases=_decay_cases,
+        mistakes=(
+            Mistake("summed instead of multiplied", _decay_summed,
+                    "Each step multiplies by (1 - lr * wd): take the product, not 1 - the sum."),
+            Mistake("peak lr at every step", _decay_at_peak_lr,
+                    "Use each step's own learning rate: the schedule changes how much decay the run applies."),
+            Mistake("decay without the lr", _decay_without_lr,
+                    "PyTorch's AdamW multiplies by (1 - lr * weight_decay): the decay per step scales with the lr."),
+        ),
+    ),
+    Exercise(
+        id="8.3", title="softmax with temperature, down to T = 0", reference=softmax_with_temperature,
+        cases=_temperature_cases,
+        mistakes=(
+            Mistake("exp without the max", _tempered_naive,
+                    "exp(z / T) overflows for small T (z / T > 88.7 in float32): subtract the row max first, or use "
+                    "torch.softmax(z / T, dim=-1)."),
+            Mistake("argmax at T = 0", _tempered_argmax_at_zero,
+                    "The limit T -> 0 of softmax(z / T) splits the mass equally between tied maxima; argmax picks one."),
+            Mistake("multiplied by T", _tempered_times_t, "Divide the logits by T: small T sharpens, large T flattens."),
+        ),
+    ),
+    Exercise(
+        id="8.4", title="gradient-norm spike detector", reference=grad_norm_spikes, cases=_spike_cases,
+        mistakes=(
+            Mistake("window includes the current step", _spikes_window_includes_current,
+                    "Compare step i with the window *before* it, norms[i - window : i]; a spike in its own window "
+                    "raises the median it is compared with."),
+            Mistake("mean instead of median", _spikes_mean,
+                    "Use the median: one earlier spike inside the window drags the mean up and hides the next spike."),
+            Mistake("flags before a full window", _spikes_from_start,
+                    "Start at i = window: with fewer steps behind it there is no full window to compare with."),
+        ),
+    ),
+]

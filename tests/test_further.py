@@ -1,0 +1,102 @@
+"""Chapter 8: the schedule, decay arithmetic, spike detector, capstone, and reusing passed code."""
+import math
+import statistics
+
+import pytest
+import torch
+
+from course_utils import further, progress
+from course_utils.exercises import from_progress, reference
+from course_utils.runtime import triton_status
+
+
+def test_warmup_cosine_hand_values():
+    lr = lambda s: further.warmup_cosine_lr(s, 1.0, 10, 110, 0.1)
+    assert lr(0) == pytest.approx(0.1) and lr(9) == pytest.approx(1.0) and lr(10) == pytest.approx(1.0)
+    assert lr(60) == pytest.approx(0.55) and lr(110) == pytest.approx(0.1) and lr(500) == pytest.approx(0.1)
+    values = [lr(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay after warmup
+
+
+def test_remaining_after_decay_matches_torch_adamw_on_an_unused_weight():
+    lrs = [further.warmup_cosine_lr(s, 3e-2, 20, 300, 3e-3) for s in range(300)]
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = torch.optim.AdamW([p], lr=lrs[0], weight_decay=0.5)
+    for lr in lrs:
+        opt.param_groups[0]["lr"] = lr
+        p.grad = torch.zeros(4)  # no gradient: Adam's step is 0/(0 + eps) = 0, only the decay acts
+        opt.step()
+    assert further.remaining_after_decay(lrs, 0.5) == pytest.approx(p[0].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_spike_detector_matches_a_direct_median(seed):
+    g = torch.Generator().manual_seed(seed)
+    norms = (1 + 0.2 * torch.rand(60, generator=g)).tolist()
+    for i in (15, 17, 40):
+        norms[i] *= 10
+    expected = [i for i in range(5, 60) if norms[i] > 3.0 * statistics.median(norms[i - 5: i])]
+    assert further.grad_norm_spikes(norms, 5, 3.0) == expected
+    assert {15, 40} <= set(expected)
+
+
+def test_capstone_learns_and_flags_a_bad_batch():
+    run = further.capstone_run(further.reference_pieces(), steps=40, micro_batches=1, bad_batch_step=30, progress=False)
+    assert not run.diverged and len(run.losses) == 40
+    assert sum(run.losses[25:30]) / 5 < run.losses[0] - 1.5  # from ~5.5 (uniform over bytes) downwards
+    assert 30 in further.grad_norm_spikes(run.grad_norms, 10, 3.0)
+    assert run.lrs[0] == pytest.approx(3e-3 / 15)
+
+
+def test_capstone_pieces_are_really_used():
+    calls = []
+    pieces = further.reference_pieces()
+    adamw = pieces.adamw
+
+    def counting_adamw(*args):
+        calls.append(args[4])  # the step number
+        return adamw(*args)
+
+    pieces.adamw = counting_adamw
+    further.capstone_run(pieces, steps=2, micro_batches=1, progress=False)
+    n_params = len(list(further.TinyTransformer(further.CAPSTONE_CONFIG).parameters()))
+    assert calls.count(1) == calls.count(2) == n_params
+
+
+@pytest.mark.skipif(not triton_status().available, reason=triton_status().reason)
+def test_kernel_step_check_agrees():
+    torch.manual_seed(0)
+    model = further.TinyTransformer(further.CAPSTONE_CONFIG)
+    tokens = torch.randint(0, 256, (2, 17))
+    result = further.kernel_step_check(model, tokens)
+    assert result["loss_diff"] < 1e-5 and result["max_grad_diff"] < 1e-5
+
+
+def test_depth_effects_final_norm_keeps_logits_flat():
+    deep = further.depth_effects(32, "Pre-LN, no final norm")
+    normed = further.depth_effects(32, "+ final norm")
+    assert deep["logit_std"] > 3 * normed["logit_std"] and deep["grad_norm"] > normed["grad_norm"]
+
+
+def test_from_progress_reloads_passed_code_and_falls_back(progress_file, capsys):
+    source = (
+        "def clip_grad_norm(grads, max_norm):\n"
+        "    total = torch.sqrt(sum((g.float() ** 2).sum() for g in grads)) if grads else torch.tensor(0.0)\n"
+        "    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)\n"
+        "    return [g * scale.to(g.dtype) for g in grads], total\n")
+    progress.record("1.6", "passed", source)
+    fn = from_progress("1.6")
+    assert fn is not reference("1.6") and "using your `clip_grad_norm`" in capsys.readouterr().out
+    progress.record("5.1", "passed", "def adamw_update(*args):\n    return None\n")  # no longer passes
+    assert from_progress("5.1") is reference("5.1")
+    assert "did not pass again" in capsys.readouterr().out
+    progress.record("5.3", "passed", "this is not python")
+    assert from_progress("5.3") is reference("5.3")
+    assert from_progress("5.5") is reference("5.5")  # a Triton kernel: not reloaded
+
+
+def test_check_records_the_passing_source(progress_file):
+    from course_utils import check
+
+    check("8.2", further.remaining_after_decay, display=False)
+    assert "def remaining_after_decay" in progress.passed_source("8.2")
