@@ -163,6 +163,8 @@ def ring_attention(rank: int, world_size: int, *, batch: int = 1, heads: int = 2
 
     from course_utils.attention import attention_with_lse, merge_partial_attention
 
+    if seq % world_size:
+        raise ValueError(f"seq = {seq} must be divisible by world_size = {world_size}: every rank holds an equal block")
     q, k, v = (t.chunk(world_size, dim=2)[rank] for t in ring_inputs(batch, heads, seq, head_dim, seed))
     o = torch.zeros_like(q)
     lse = torch.full(q.shape[:-1], float("-inf"))

@@ -179,6 +179,15 @@ def check(exercise_id: str, candidate: Any, *, display: bool = True, record: boo
     Records the result in the progress file. Raises only in strict mode (``COURSE_STRICT=1``, or
     ``strict=True``); ``strict=False`` is for cells that show a failure on purpose.
     """
+    if exercise_id in registry() and candidate is reference(exercise_id) and not _reference_allowed:
+        ex = _get(exercise_id)
+        result = CheckResult(exercise_id, "reference",
+                             f"↩ {ex.id} {ex.title}: this is the course's reference answer (use() put it in place "
+                             "because yours had not passed), not your code: nothing recorded. Run your exercise "
+                             "cell again, then this cell.")
+        if display:
+            print(result.message)
+        return result
     result = _check(exercise_id, candidate)
     if result.passed:
         _passed_candidates[exercise_id] = candidate
@@ -196,8 +205,25 @@ def check(exercise_id: str, candidate: Any, *, display: bool = True, record: boo
     return result
 
 
+_reference_allowed = False  # tests switch this on to check the references themselves
+
+
+@contextlib.contextmanager
+def checking_references():
+    """Within this block ``check`` accepts the reference answers themselves (for the course's tests)."""
+    global _reference_allowed
+    _reference_allowed = True
+    try:
+        yield
+    finally:
+        _reference_allowed = False
+
+
 def use(exercise_id: str, candidate: Any) -> Any:
     """The learner's ``candidate`` if it passes ``exercise_id``, else the reference, said aloud."""
+    if candidate is reference(exercise_id):
+        print(f"→ {exercise_id}: using the reference `{_name(candidate)}` from solutions")
+        return candidate
     if _passed_candidates.get(exercise_id) is not candidate:
         if not _check(exercise_id, candidate).passed:
             ref = reference(exercise_id)
@@ -211,25 +237,45 @@ def use(exercise_id: str, candidate: Any) -> Any:
 
 def from_progress(exercise_id: str) -> Any:
     """The learner's passing code for ``exercise_id`` from an earlier notebook (kept in the progress
-    file), re-checked here; else the reference. Said aloud either way. Triton kernels need their
-    source file and are not reloaded: they get the reference."""
+    file), re-checked here; else the reference. Said aloud either way.
+
+    The progress file holds runnable code: only a source that is exactly one function definition with
+    the reference's name is run (under the exercise's time limit). Triton kernels need their source
+    file and are not reloaded: they get the reference.
+    """
     ref = reference(exercise_id)
     source = progress.passed_source(exercise_id)
-    candidate = None
+    why = "no passing version of yours recorded"
     if source and not _is_triton(ref):
-        namespace = _exercise_namespace()
-        try:
-            exec(compile(source, f"<your {exercise_id} from the progress file>", "exec"), namespace)
-            candidate = namespace.get(_name(ref))
-        except Exception:  # a broken record: fall back to the reference below
-            candidate = None
-    if candidate is not None and _check(exercise_id, candidate).passed:
-        print(f"→ {exercise_id}: using your `{_name(candidate)}` (passed earlier, re-checked now)")
-        return candidate
-    print(f"→ {exercise_id}: using the reference `{_name(ref)}` from solutions"
-          + (" (yours from the progress file did not pass again)" if candidate is not None else
-             " (no passing version of yours recorded)"))
+        candidate, why = _load_function(exercise_id, source, _name(ref))
+        if candidate is not None:
+            result = _check(exercise_id, candidate)
+            if result.passed:
+                print(f"→ {exercise_id}: using your `{_name(candidate)}` (passed earlier, re-checked now)")
+                return candidate
+            why = "yours from the progress file did not pass again:\n" + result.message
+    print(f"→ {exercise_id}: using the reference `{_name(ref)}` from solutions ({why})")
     return ref
+
+
+def _load_function(exercise_id: str, source: str, name: str) -> tuple[Any, str]:
+    """(the function defined by ``source``, "") or (None, why not)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None, "the recorded source does not parse"
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef) or tree.body[0].name != name \
+            or tree.body[0].decorator_list:
+        return None, f"the recorded source is not a single function `{name}`"
+    namespace = _exercise_namespace()
+    try:
+        with _time_limit(_get(exercise_id).timeout_s):
+            exec(compile(tree, f"<your {exercise_id} from the progress file>", "exec"), namespace)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit, a timeout, anything: fall back to the reference
+        return None, f"the recorded source failed to load ({type(exc).__name__})"
+    return namespace[name], ""
 
 
 def _source_or_none(candidate: Any) -> str | None:
@@ -250,7 +296,8 @@ def _exercise_namespace() -> dict:
     from course_utils.runtime import import_triton
 
     triton, tl = import_triton()
-    return {"math": math, "torch": torch, "F": F, "triton": triton, "tl": tl, "__name__": "course_exercise"}
+    return {"math": math, "torch": torch, "nn": torch.nn, "F": F, "triton": triton, "tl": tl,
+            "__name__": "course_exercise"}
 
 
 def _name(obj: Any) -> str:
@@ -306,6 +353,9 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
                           "(an endless loop?). Stopped it.", case)
         except ContractError as exc:
             return failed(f"case '{case.name}': {exc}", case)
+        except SystemExit:
+            return failed(f"case '{case.name}': your code raised SystemExit (exit() or sys.exit()): return a value "
+                          "instead.", case)
         except Exception as exc:
             return failed(f"case '{case.name}': your code raised {type(exc).__name__}: {exc}"
                           f"{_where(exc)}", case, _matching_mistake(ex, seen, case, exc, candidate, _after(cases, case)))

@@ -71,21 +71,24 @@ def run_torch(optimizer_class, params: list[torch.Tensor], grads_per_step: list[
 # ------------------------------------------------------------------------- Adam + L2 vs AdamW
 
 def decay_comparison(lr: float, weight_decay: float, *, steps: int = 400, size: int = 256,
-                     grad_scales: tuple[float, float] = (10.0, 1e-3), seed: int = 0) -> dict:
-    """RMS of two parameter sets over time under Adam + L2 and under AdamW (torch's own optimizers).
+                     grad_scales: tuple[float, float] = (10.0, 1e-3), seed: int = 0, statistic: str = "rms") -> dict:
+    """RMS (or mean) of two parameter sets over time under Adam + L2 and under AdamW (torch's own optimizers).
 
     Both sets start at 1 and receive pure-noise gradients (zero mean: the loss does not care where
     they sit), with standard deviation ``grad_scales`` = (large, small). Only the decay moves them on
     average, so the curves show how strongly each optimizer decays a parameter with large or small
-    gradients. Returns {"Adam + L2": (large_rms, small_rms), "AdamW": (...)}, each a list per step.
+    gradients. Returns {"Adam + L2": (large, small), "AdamW": (...)}, each a list per step of the
+    parameters' RMS (``statistic="rms"``, which includes the random walk of the noisy steps) or
+    mean (``"mean"``: the walk averages out, what is left is the decay).
     """
+    reduce = {"rms": lambda t: float(t.pow(2).mean().sqrt()), "mean": lambda t: float(t.mean())}[statistic]
     g = torch.Generator().manual_seed(seed)
     noise = [[torch.randn(size, generator=g) * s for s in grad_scales] for _ in range(steps)]
     start = [torch.ones(size) for _ in grad_scales]
     out = {}
     for name, cls in (("Adam + L2", torch.optim.Adam), ("AdamW", torch.optim.AdamW)):
         history = run_torch(cls, start, noise, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
-        out[name] = tuple([float(step[i].pow(2).mean().sqrt()) for step in history] for i in range(len(grad_scales)))
+        out[name] = tuple([reduce(step[i]) for step in history] for i in range(len(grad_scales)))
     return out
 
 

@@ -7,6 +7,7 @@ aside as ``<name>.corrupt-<time>`` with a warning and progress starts afresh.
 Format: ``{"version": 1, "exercises": {"1.1": {"status": "passed", "attempts": 3, "updated": "...",
 "source": "def ..."}}}`` where status is one of ``passed``, ``failed``, ``todo`` (stub not implemented
 yet) and ``source`` is the code that passed (so a later notebook can use it: ``exercises.from_progress``).
+The file therefore holds runnable code: treat a progress file from someone else like a script.
 """
 from __future__ import annotations
 
@@ -30,10 +31,15 @@ def _empty() -> dict:
     return {"version": FORMAT_VERSION, "exercises": {}}
 
 
+def _valid_entry(entry) -> bool:
+    return (isinstance(entry, dict) and entry.get("status") in ("passed", "failed", "todo", None)
+            and isinstance(entry.get("attempts", 0), int) and isinstance(entry.get("source", ""), str))
+
+
 def _valid(data) -> bool:
     return (isinstance(data, dict) and data.get("version") == FORMAT_VERSION
             and isinstance(data.get("exercises"), dict)
-            and all(isinstance(v, dict) for v in data["exercises"].values()))
+            and all(_valid_entry(v) for v in data["exercises"].values()))
 
 
 def load() -> dict:

@@ -265,13 +265,9 @@ def _adamw_kernel_moments_not_stored(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr,
 
 
 def _launch_adamw(kernel, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
-    """Run a learner's kernel on copies (on the course's device); return the new (p, m, v) on the CPU."""
-    from course_utils.kernels.adamw import adamw_step_
-    from course_utils.runtime import device
+    from course_utils.kernels.adamw import launch_adamw_kernel
 
-    p, g, m, v = (t.detach().to(device(), torch.float32).contiguous().clone() for t in (p, g, m, v))
-    adamw_step_(p, g, m, v, step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, kernel=kernel)
-    return p.cpu(), m.cpu(), v.cpu()
+    return launch_adamw_kernel(kernel, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
 
 
 def _kernel_cases():

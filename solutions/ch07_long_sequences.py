@@ -127,7 +127,8 @@ def _merge_cases():
     o, lse, _, _ = parts(3, 5, 1, 4)
     return [
         Case("4 queries, keys split 6 + 10", parts(4, 6, 10, 8)),
-        Case("(2, 3) heads, keys split 1 + 1", tuple(t for t in parts(6, 1, 1, 4))),
+        Case("(batch 2, 3 heads, 1 query), keys split 1 + 1",
+             tuple(t.reshape(2, 3, 1, *t.shape[1:]) for t in parts(6, 1, 1, 4))),
         Case("sharp scores (queries x 30)", parts(5, 7, 3, 8, scale=30.0)),
         Case("second part saw no key", (o, lse, empty_o, empty_lse)),
         Case("both parts empty", (empty_o, empty_lse, empty_o.clone(), empty_lse.clone())),

@@ -33,7 +33,7 @@ def _schedule_no_floor(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
 
 
 def _schedule_cases():
-    return [Case(f"step {s} of 100, warmup 10, min_lr 1e-4", (s, 1e-3, 10, 100, 1e-4)) for s in (0, 9, 10, 55, 100, 150)] + [
+    return [Case(f"step {s} of 100, warmup 10, min_lr 1e-4", (s, 1e-3, 10, 100, 1e-4)) for s in (0, 9, 10, 32, 55, 100, 150)] + [
         Case("no warmup, step 0", (0, 3e-4, 0, 50, 0.0)),
     ]
 
@@ -105,6 +105,9 @@ def _spike_cases():
         Case("a spike before a full window", (early, 3, 3.0)),
         Case("a steady decline, window 2, factor 1.5", ([4.0, 3.0, 2.5, 2.0, 1.8, 1.7], 2, 1.5)),
         Case("rising trend, window 3, factor 1.2", ([1.0, 1.1, 1.3, 1.6, 2.0, 2.6, 3.4], 3, 1.2)),
+        Case("the level drops, then a 4x jump: only the window knows", ([10.0] * 6 + [1.0] * 6 + [4.0], 4, 3.0)),
+        Case("exactly factor x median is not a spike", ([1.0, 1.0, 1.0, 3.0, 3.1], 3, 3.0)),
+        Case("one small and one large value in the window", ([1.0, 1.0, 1.0, 6.0, 1.0, 2.5, 1.0], 3, 2.0)),
     ]
 
 

@@ -2,7 +2,7 @@
 import pytest
 
 from course_utils import check
-from course_utils.exercises import registry
+from course_utils.exercises import checking_references, registry
 
 EXERCISES = list(registry().values())
 MISTAKES = [(ex, m) for ex in EXERCISES for m in ex.mistakes]
@@ -10,7 +10,8 @@ MISTAKES = [(ex, m) for ex in EXERCISES for m in ex.mistakes]
 
 @pytest.mark.parametrize("ex", EXERCISES, ids=[e.id for e in EXERCISES])
 def test_reference_passes(ex):
-    result = check(ex.id, ex.reference, display=False)
+    with checking_references():
+        result = check(ex.id, ex.reference, display=False)
     assert result.passed, result.message
 
 

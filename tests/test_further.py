@@ -95,8 +95,46 @@ def test_from_progress_reloads_passed_code_and_falls_back(progress_file, capsys)
     assert from_progress("5.5") is reference("5.5")  # a Triton kernel: not reloaded
 
 
-def test_check_records_the_passing_source(progress_file):
+def test_check_records_the_passing_source_and_refuses_the_reference(progress_file):
     from course_utils import check
 
-    check("8.2", further.remaining_after_decay, display=False)
-    assert "def remaining_after_decay" in progress.passed_source("8.2")
+    def remaining_after_decay(lrs, weight_decay):
+        return math.prod(1 - lr * weight_decay for lr in lrs)
+
+    assert check("8.2", remaining_after_decay, display=False).passed
+    assert "math.prod" in progress.passed_source("8.2")
+    progress.reset()
+    result = check("8.2", reference("8.2"), display=False)  # what use() leaves after a failed attempt
+    assert result.status == "reference" and "not your code" in result.message
+    assert progress.passed_source("8.2") is None and progress.status_of("8.2") is None
+
+
+def test_every_non_triton_answer_survives_the_round_trip_through_the_progress_file(progress_file, capsys):
+    from course_utils.exercises import _is_triton, exercise_ids, solution_source
+
+    for exercise_id in exercise_ids():
+        if _is_triton(reference(exercise_id)):
+            continue
+        progress.record(exercise_id, "passed", solution_source(exercise_id))
+        loaded = from_progress(exercise_id)
+        assert loaded is not reference(exercise_id), (exercise_id, capsys.readouterr().out[-800:])
+
+
+def test_from_progress_runs_only_a_single_function_definition(progress_file, tmp_path):
+    marker = tmp_path / "ran"
+    progress.record("1.6", "passed", f"open({str(marker)!r}, 'w').close()\ndef clip_grad_norm(grads, max_norm):\n"
+                                     "    return grads, torch.tensor(0.0)\n")
+    assert from_progress("1.6") is reference("1.6") and not marker.exists()
+    progress.record("1.6", "passed", "def clip_grad_norm(grads, max_norm):\n    raise SystemExit\n")
+    assert from_progress("1.6") is reference("1.6")  # raises inside check: not a pass, no exit
+
+
+def test_a_progress_file_with_bad_fields_is_set_aside(progress_file):
+    import json
+    import warnings
+
+    progress_file.write_text(json.dumps({"version": 1, "exercises": {"1.1": {"status": "passed", "attempts": None}}}))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert progress.load()["exercises"] == {}
+    progress.record("1.1", "failed")  # works on the fresh file

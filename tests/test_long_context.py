@@ -191,6 +191,35 @@ def test_flash_byte_counter_matches_the_tiling():
     assert causal == qo + B * H * sum(i + 1 for i in range(blocks)) * block * 2 * D * 4
 
 
+def test_ring_attention_refuses_a_length_that_does_not_split():
+    from course_utils.distributed import DistributedError
+
+    with pytest.raises(DistributedError, match="divisible by world_size"):
+        run_workers("ring_attention", 3, seq=50, timeout_s=60)
+
+
+@needs_triton
+def test_attention_exercise_launcher_reports_an_unmasked_store():
+    import triton.language as tl
+
+    from course_utils.exercises import ContractError
+    from course_utils.kernels.attention import launch_attention_kernel
+    from course_utils.runtime import import_triton
+
+    triton, tl = import_triton()
+
+    @triton.jit
+    def mean_of_v_without_store_mask(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr,
+                                     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], tl.zeros([BLOCK_M, HEAD_DIM], tl.float32))
+
+    q = torch.randn(5, 16)
+    with pytest.raises(ContractError, match="beyond n_ctx"):
+        launch_attention_kernel(mean_of_v_without_store_mask, q, q, q)
+
+
 @needs_triton
 def test_flash_forward_rejects_mismatched_shapes():
     from course_utils.kernels.attention import flash_attention_forward

@@ -66,6 +66,31 @@ def adamw_step_(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tens
                                          1 - beta1 ** step, 1 - beta2 ** step, BLOCK=BLOCK)
 
 
+def launch_adamw_kernel(kernel, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    """Run a learner's kernel (``adamw_kernel``'s signature) on copies padded to whole blocks, so a
+    missing mask stays inside the buffers; returns the new (p, m, v) on the CPU. Writing to the
+    padding is reported: lanes at or beyond n_elements must not be touched."""
+    from course_utils.exercises import ContractError
+    from course_utils.runtime import device
+
+    require_triton_kernel(kernel)
+    n = p.numel()
+    padded = triton.cdiv(n, BLOCK) * BLOCK
+    sentinel = 12345.0
+
+    def pad(t):
+        out = torch.full((padded,), sentinel, dtype=torch.float32, device=device())
+        out[:n] = t.detach().reshape(-1)
+        return out
+
+    bufs = [pad(t) for t in (p, g, m, v)]
+    kernel[(triton.cdiv(n, BLOCK),)](*bufs, n, lr, beta1, beta2, eps, weight_decay, 1 - beta1 ** step,
+                                     1 - beta2 ** step, BLOCK=BLOCK)
+    if any(not (b[n:] == sentinel).all() for b in (bufs[0], bufs[2], bufs[3])):
+        raise ContractError(f"your kernel wrote beyond n_elements = {n}: mask the stores with offsets < n_elements")
+    return tuple(b[:n].view(p.shape).cpu() for b in (bufs[0], bufs[2], bufs[3]))
+
+
 class TritonAdamW(torch.optim.Optimizer):
     """AdamW with the fused Triton step, for float32 parameters; same defaults as torch.optim.AdamW."""
 

@@ -11,8 +11,9 @@ and finally O = acc / l and LSE = m + log l (saved for the backward pass and for
 results, as ring attention does). The N x N score matrix never exists in memory. Causal masking skips
 the key blocks after the query block entirely and masks the diagonal block.
 
-With ``count_bytes=True`` the kernel adds the bytes of every load and store it performs to a counter
-(atomic adds), so the traffic printed in the notebook is what the kernel really did, not a formula.
+With ``count_bytes=True`` the kernel adds the bytes every load and store requests to a counter
+(atomic adds), counted as it runs. On a GPU, caches may serve some repeated K/V reads, so the traffic
+that reaches HBM can be lower than this count.
 The backward pass recomputes P from the saved LSE (FlashAttention's recomputation) in PyTorch.
 """
 from __future__ import annotations
@@ -133,14 +134,29 @@ def flash_attention_triton(q, k, v, causal: bool = False, scale: float | None = 
 
 def launch_attention_kernel(kernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = 16) -> torch.Tensor:
     """Launch a learner's non-causal kernel with the signature of the exercise's ``attention_kernel`` on
-    one head: q, k, v (N, D) with D a power of two >= 16; returns o (N, D) on the CPU."""
+    one head: q, k, v (N, D) with D a power of two >= 16; returns o (N, D) on the CPU.
+
+    The buffers are padded to whole blocks (inputs with zeros, the output with NaN), so a missing
+    mask reads and writes inside them instead of crashing the process; a write to a padding row
+    of the output is then reported.
+    """
+    from course_utils.exercises import ContractError
     from course_utils.runtime import device
 
     require_triton_kernel(kernel)
     if q.dim() != 2 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"expected q, k, v of one (N, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     n, d = q.shape
-    q, k, v = (t.to(device(), torch.float32).contiguous() for t in (q, k, v))
-    o = torch.full_like(q, float("nan"))
+    padded = triton.cdiv(n, block) * block
+
+    def pad(t, fill):
+        out = torch.full((padded, d), fill, dtype=torch.float32, device=device())
+        out[:n] = t
+        return out
+
+    q, k, v = (pad(t, 0.0) for t in (q, k, v))
+    o = pad(torch.full((n, d), float("nan")), float("nan"))
     kernel[(triton.cdiv(n, block),)](q, k, v, o, n, 1.0 / math.sqrt(d), BLOCK_M=block, BLOCK_N=block, HEAD_DIM=d)
-    return o.cpu()
+    if not torch.isnan(o[n:]).all():
+        raise ContractError(f"your kernel wrote rows at or beyond n_ctx = {n}: mask the store with offs_m < n_ctx")
+    return o[:n].cpu()

@@ -84,8 +84,11 @@ def launch_gumbel_kernel(kernel, logits: torch.Tensor, temperature: float, seed:
     require_triton_kernel(kernel)
     if logits.dim() != 2 or logits.shape[1] > MAX_BLOCK:
         raise ValueError(f"expected logits (rows, V) with V <= {MAX_BLOCK}, got {tuple(logits.shape)}")
-    rows = as_rows(logits.to(device()))
-    out = torch.full((rows.shape[0],), -1, dtype=torch.int64, device=rows.device)
-    kernel[(rows.shape[0],)](rows, out, rows.stride(0), rows.shape[1], 1.0 / temperature, seed,
-                             BLOCK=triton.next_power_of_2(rows.shape[1]))
+    n_rows, n_cols = logits.shape
+    block = triton.next_power_of_2(n_cols)
+    # rows padded to BLOCK (with -inf): a load without a mask stays inside the buffer
+    rows = torch.full((n_rows, block), float("-inf"), dtype=torch.float32, device=device())
+    rows[:, :n_cols] = logits
+    out = torch.full((n_rows,), -1, dtype=torch.int64, device=rows.device)
+    kernel[(n_rows,)](rows, out, rows.stride(0), n_cols, 1.0 / temperature, seed, BLOCK=block)
     return out.cpu()
