@@ -222,46 +222,49 @@ from course_utils.kernels.adamw import adamw_kernel  # noqa: E402  (the answer i
 
 
 @triton.jit
-def _adamw_kernel_l2(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
-                     bias_correction1, bias_correction2, BLOCK: tl.constexpr):
+def _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                   bias_correction2, BLOCK: tl.constexpr, DECOUPLED: tl.constexpr, CORRECT_BIAS: tl.constexpr,
+                   STORE_MOMENTS: tl.constexpr):
+    """adamw_kernel with one step done wrong: the common body of the mistakes below."""
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n_elements
     p = tl.load(p_ptr + offsets, mask=mask)
-    g = tl.load(g_ptr + offsets, mask=mask) + weight_decay * p
+    g = tl.load(g_ptr + offsets, mask=mask)
+    if DECOUPLED:
+        p = p * (1 - lr * weight_decay)
+    else:
+        g = g + weight_decay * p  # L2: the decay goes through the moments
     m = beta1 * tl.load(m_ptr + offsets, mask=mask) + (1 - beta1) * g
     v = beta2 * tl.load(v_ptr + offsets, mask=mask) + (1 - beta2) * g * g
-    p = p - (lr / bias_correction1) * m / (tl.sqrt(v) / tl.sqrt(bias_correction2) + eps)
+    if CORRECT_BIAS:
+        p = p - (lr / bias_correction1) * m / (tl.sqrt(v) / tl.sqrt(bias_correction2) + eps)
+    else:
+        p = p - lr * m / (tl.sqrt(v) + eps)
     tl.store(p_ptr + offsets, p, mask=mask)
-    tl.store(m_ptr + offsets, m, mask=mask)
-    tl.store(v_ptr + offsets, v, mask=mask)
+    if STORE_MOMENTS:
+        tl.store(m_ptr + offsets, m, mask=mask)
+        tl.store(v_ptr + offsets, v, mask=mask)
+
+
+@triton.jit
+def _adamw_kernel_l2(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
+                     bias_correction1, bias_correction2, BLOCK: tl.constexpr):
+    _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                   bias_correction2, BLOCK, False, True, True)
 
 
 @triton.jit
 def _adamw_kernel_no_bias_correction(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                                      bias_correction1, bias_correction2, BLOCK: tl.constexpr):
-    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n_elements
-    p = tl.load(p_ptr + offsets, mask=mask) * (1 - lr * weight_decay)
-    g = tl.load(g_ptr + offsets, mask=mask)
-    m = beta1 * tl.load(m_ptr + offsets, mask=mask) + (1 - beta1) * g
-    v = beta2 * tl.load(v_ptr + offsets, mask=mask) + (1 - beta2) * g * g
-    p = p - lr * m / (tl.sqrt(v) + eps)
-    tl.store(p_ptr + offsets, p, mask=mask)
-    tl.store(m_ptr + offsets, m, mask=mask)
-    tl.store(v_ptr + offsets, v, mask=mask)
+    _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                   bias_correction2, BLOCK, True, False, True)
 
 
 @triton.jit
 def _adamw_kernel_moments_not_stored(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                                      bias_correction1, bias_correction2, BLOCK: tl.constexpr):
-    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n_elements
-    p = tl.load(p_ptr + offsets, mask=mask) * (1 - lr * weight_decay)
-    g = tl.load(g_ptr + offsets, mask=mask)
-    m = beta1 * tl.load(m_ptr + offsets, mask=mask) + (1 - beta1) * g
-    v = beta2 * tl.load(v_ptr + offsets, mask=mask) + (1 - beta2) * g * g
-    p = p - (lr / bias_correction1) * m / (tl.sqrt(v) / tl.sqrt(bias_correction2) + eps)
-    tl.store(p_ptr + offsets, p, mask=mask)
+    _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                   bias_correction2, BLOCK, True, True, False)
 
 
 def _launch_adamw(kernel, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):

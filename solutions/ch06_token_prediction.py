@@ -237,34 +237,38 @@ def gumbel_max_kernel(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, 
 
 
 @triton.jit
-def _gumbel_no_temperature(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
+def _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr,
+                    SCALE: tl.constexpr, GUMBEL: tl.constexpr, MASK_LANES: tl.constexpr):
+    """gumbel_max_kernel with one step done wrong: the common body of the mistakes below."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     valid = cols < n_cols
     z = tl.load(logits_ptr + row * row_stride + cols, mask=valid, other=0.0).to(tl.float32)
+    if SCALE:
+        z = z * inv_temperature
     u = tl.rand(seed, row * n_cols + cols)
-    score = tl.where(valid, z - tl.log(-tl.log(u)), -float("inf"))
+    if GUMBEL:
+        score = z - tl.log(-tl.log(u))
+    else:
+        score = z + tl.log(u)
+    if MASK_LANES:
+        score = tl.where(valid, score, -float("inf"))
     tl.store(out_ptr + row, tl.argmax(score, axis=0))
+
+
+@triton.jit
+def _gumbel_no_temperature(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
+    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, False, True, True)
 
 
 @triton.jit
 def _gumbel_log_u(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    valid = cols < n_cols
-    z = tl.load(logits_ptr + row * row_stride + cols, mask=valid, other=0.0).to(tl.float32)
-    u = tl.rand(seed, row * n_cols + cols)
-    score = tl.where(valid, z * inv_temperature + tl.log(u), -float("inf"))
-    tl.store(out_ptr + row, tl.argmax(score, axis=0))
+    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, True, False, True)
 
 
 @triton.jit
 def _gumbel_padding_wins(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
-    u = tl.rand(seed, row * n_cols + cols)
-    tl.store(out_ptr + row, tl.argmax(z * inv_temperature - tl.log(-tl.log(u)), axis=0))
+    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, True, True, False)
 
 
 def _launch_gumbel(kernel, logits, temperature, seed):
