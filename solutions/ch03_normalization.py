@@ -109,29 +109,30 @@ def rmsnorm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride
 
 
 @triton.jit
-def _kernel_mean_over_block(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
-                            BLOCK: tl.constexpr):
+def _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK: tl.constexpr,
+                     MEAN_OVER_BLOCK: tl.constexpr, EPS_OUTSIDE: tl.constexpr):
+    """rmsnorm_fwd_kernel with one step done wrong: the common body of the mistakes below."""
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
     x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / BLOCK + eps)
+    mean_sq = tl.sum(x * x, axis=0) / (BLOCK if MEAN_OVER_BLOCK else n_cols)
+    rstd = 1.0 / (tl.sqrt(mean_sq) + eps) if EPS_OUTSIDE else 1.0 / tl.sqrt(mean_sq + eps)
     tl.store(rstd_ptr + row, rstd)
     tl.store(y_ptr + row * y_row_stride + cols, x * rstd * w, mask=mask)
 
 
 @triton.jit
+def _kernel_mean_over_block(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
+                            BLOCK: tl.constexpr):
+    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK, True, False)
+
+
+@triton.jit
 def _kernel_eps_outside(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
                         BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    rstd = 1.0 / (tl.sqrt(tl.sum(x * x, axis=0) / n_cols) + eps)
-    tl.store(rstd_ptr + row, rstd)
-    tl.store(y_ptr + row * y_row_stride + cols, x * rstd * w, mask=mask)
+    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK, False, True)
 
 
 def _launch_rmsnorm(kernel, x, weight, eps):

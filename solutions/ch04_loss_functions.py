@@ -208,33 +208,35 @@ def cross_entropy_row_kernel(logits_ptr, target_ptr, loss_ptr, row_stride, n_voc
 
 
 @triton.jit
-def _ce_kernel_pads_with_zero(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
-                              BLOCK: tl.constexpr):
+def _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK: tl.constexpr,
+                PAD_WITH_ZERO: tl.constexpr, SUBTRACT_MAX: tl.constexpr):
+    """cross_entropy_row_kernel with one step done wrong: the common body of the mistakes below."""
     row = tl.program_id(0)
     target = tl.load(target_ptr + row)
     if target == ignore_index:
         tl.store(loss_ptr + row, 0.0)
     else:
         cols = tl.arange(0, BLOCK)
-        z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_vocab, other=0.0).to(tl.float32)
-        m = tl.max(z, axis=0)
-        lse = m + tl.log(tl.sum(tl.exp(z - m), axis=0))
+        pad = 0.0 if PAD_WITH_ZERO else -float("inf")
+        z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_vocab, other=pad).to(tl.float32)
+        if SUBTRACT_MAX:
+            m = tl.max(z, axis=0)
+            lse = m + tl.log(tl.sum(tl.exp(z - m), axis=0))
+        else:
+            lse = tl.log(tl.sum(tl.exp(z), axis=0))
         z_target = tl.load(logits_ptr + row * row_stride + target).to(tl.float32)
         tl.store(loss_ptr + row, lse - z_target)
 
 
 @triton.jit
+def _ce_kernel_pads_with_zero(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
+                              BLOCK: tl.constexpr):
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, True, True)
+
+
+@triton.jit
 def _ce_kernel_no_max(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    target = tl.load(target_ptr + row)
-    if target == ignore_index:
-        tl.store(loss_ptr + row, 0.0)
-    else:
-        cols = tl.arange(0, BLOCK)
-        z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_vocab, other=-float("inf")).to(tl.float32)
-        lse = tl.log(tl.sum(tl.exp(z), axis=0))
-        z_target = tl.load(logits_ptr + row * row_stride + target).to(tl.float32)
-        tl.store(loss_ptr + row, lse - z_target)
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, False)
 
 
 def _launch_ce(kernel, logits, target):
