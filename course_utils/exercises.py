@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import importlib
 import inspect
 import math
@@ -56,11 +57,36 @@ class Mistake:
     hint: str
 
 
+@dataclass(frozen=True)
+class KernelReference:
+    """A Triton exercise's answer that is a production kernel of ``course_utils.kernels``, named, not
+    imported: importing ``solutions`` must not import Triton or a kernel module (a machine without
+    Triton loses only the Triton cells). :meth:`Exercise.answer` imports it on first use."""
+    module: str  # e.g. "course_utils.kernels.adamw"
+    name: str  # e.g. "adamw_kernel"
+
+
+@functools.lru_cache(maxsize=None)  # one object per kernel: check() compares answers by identity
+def _resolve_kernel(module: str, name: str) -> Callable:
+    from course_utils.runtime import triton_status
+
+    status = triton_status()
+    if status.available:
+        return getattr(importlib.import_module(module), name)
+
+    def unavailable(*_args, **_kwargs):
+        raise RuntimeError(f"{name} is a Triton kernel and {status.reason}")
+
+    unavailable.__name__ = unavailable.__qualname__ = name
+    unavailable.triton_unavailable = status.reason
+    return unavailable
+
+
 @dataclass
 class Exercise:
     id: str  # "1.3": chapter.number
     title: str  # one line, shown in the progress table
-    reference: Callable  # the answer, from solutions (may be a Triton kernel)
+    reference: Callable | KernelReference  # the answer, from solutions (may be a Triton kernel); see answer()
     cases: Callable[[], list[Case]]  # builds fresh, seeded inputs
     mistakes: tuple[Mistake, ...] = ()
     # How a candidate runs on a case: call(candidate, *args, **kwargs). A Triton exercise passes
@@ -70,6 +96,13 @@ class Exercise:
     needs_triton: bool = False
     timeout_s: float = 30.0
     chapter: str = ""  # filled in by the registry: the chapter title
+
+    def answer(self) -> Callable:
+        """The reference answer itself (a :class:`KernelReference` imported now; where Triton cannot run,
+        a stand-in that says so when called)."""
+        if isinstance(self.reference, KernelReference):
+            return _resolve_kernel(self.reference.module, self.reference.name)
+        return self.reference
 
     def run(self, candidate: Callable, case: Case) -> Any:
         """Run a known answer (reference or mistake) on fresh copies of the case's tensors, quietly:
@@ -131,7 +164,7 @@ def exercise_ids() -> list[str]:
 
 def reference(exercise_id: str) -> Callable:
     """The reference answer for ``exercise_id``."""
-    return _get(exercise_id).reference
+    return _get(exercise_id).answer()
 
 
 def _get(exercise_id: str) -> Exercise:
@@ -338,7 +371,7 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
     seen: list[tuple[Case, Any]] = []  # (case, the learner's output) for the cases passed so far
     for case in cases:
         try:
-            expected = ex.run(ex.reference, case)
+            expected = ex.run(ex.answer(), case)
         except Exception as exc:
             return failed(f"the reference answer failed on case '{case.name}' ({exc!r}); please report this")
         args_before = _clone((case.args, case.kwargs))
@@ -359,7 +392,7 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
         except Exception as exc:
             return failed(f"case '{case.name}': your code raised {type(exc).__name__}: {exc}"
                           f"{_where(exc)}", case, _matching_mistake(ex, seen, case, exc, candidate, _after(cases, case)))
-        changed = _changed_argument(args_before, (case.args, case.kwargs), _parameter_names(ex.reference))
+        changed = _changed_argument(args_before, (case.args, case.kwargs), _parameter_names(ex.answer()))
         if changed:
             return failed(f"case '{case.name}': your code modified its input {changed} in place "
                           "(e.g. `x -= ...` or `x.exp_()`); compute on a new tensor instead.", case)

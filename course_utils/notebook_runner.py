@@ -43,10 +43,13 @@ def solved(nb):
     return nb
 
 
-def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeout: int = 600):
+def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeout: int = 600,
+            env: dict[str, str] | None = None, extra_cells: list[str] = ()):
     """Run every cell of the notebook at ``path``; returns ``(notebook, seconds)``.
 
     Progress goes to a throwaway file, so stored outputs never depend on a learner's progress.
+    ``env`` adds environment variables for the kernel (e.g. a ``PYTHONPATH`` that blocks Triton);
+    ``extra_cells`` are code cells appended to the run (never written back).
     Raises ``nbclient.exceptions.CellExecutionError`` on the first failing cell.
     """
     from nbclient import NotebookClient
@@ -55,9 +58,13 @@ def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeo
     nb = nbformat.read(path, as_version=4)
     if solved_mode:
         nb = solved(nb)
+    if extra_cells:
+        if write:
+            raise ValueError("extra_cells are for test runs: they are never written to the notebook")
+        nb.cells.extend(nbformat.v4.new_code_cell(source) for source in extra_cells)
     with tempfile.TemporaryDirectory() as tmp, _environment(
             COURSE_PROGRESS=str(Path(tmp) / "progress.json"), COURSE_STRICT="1" if solved_mode else "0",
-            PYTHONHASHSEED="0"):
+            PYTHONHASHSEED="0", **(env or {})):
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()

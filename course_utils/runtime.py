@@ -39,13 +39,22 @@ class TritonStatus:
 
 def triton_status() -> TritonStatus:
     """Whether Triton kernels can run here, and how."""
-    if importlib.util.find_spec("triton") is None:
+    try:
+        found = importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a finder that refuses triton, or a half-removed install
+        found = False
+    if not found:
         why = (
-            f"Triton is not installed (PyPI has no Triton for {platform.system()}); "
+            "Triton is not installed (PyPI has Triton wheels for Linux only); "
             "Triton cells are skipped and the PyTorch path carries on."
         )
         return TritonStatus(False, "unavailable", None, why)
-    import triton
+    try:
+        import triton
+    except Exception as exc:  # installed but broken: report it, do not crash the notebook
+        return TritonStatus(False, "unavailable", None,
+                            f"Triton is installed but does not import ({type(exc).__name__}: {exc}); "
+                            "Triton cells are skipped and the PyTorch path carries on.")
 
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     if interpreting:

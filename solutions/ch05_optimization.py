@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from course_utils.exercises import Case, ContractError, Exercise, Mistake
+from course_utils.exercises import Case, ContractError, Exercise, KernelReference, Mistake
 from course_utils.models import TinyTransformer, TransformerConfig
 from course_utils.optim import adam_l2_update, adamw_update, describe_groups, factored_second_moment, weight_decay_groups
 from course_utils.runtime import import_triton
@@ -218,7 +218,16 @@ def _factored_cases():
 
 # ----------------------------------------------------------------------- 5.5 Triton AdamW
 
-from course_utils.kernels.adamw import adamw_kernel  # noqa: E402  (the answer is the course's kernel)
+# The answer is the course's own kernel, course_utils.kernels.adamw.adamw_kernel: named here and imported
+# when first used, so that this module imports without Triton (macOS, Windows).
+ADAMW_KERNEL = KernelReference("course_utils.kernels.adamw", "adamw_kernel")
+
+
+def __getattr__(name):  # `from solutions.ch05_optimization import adamw_kernel` still works (PEP 562)
+    if name == "adamw_kernel":
+        return next(ex for ex in EXERCISES if ex.reference is ADAMW_KERNEL).answer()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 
 @triton.jit
@@ -353,7 +362,7 @@ EXERCISES = [
         ),
     ),
     Exercise(
-        id="5.5", title="fused Triton AdamW kernel", reference=adamw_kernel, cases=_kernel_cases,
+        id="5.5", title="fused Triton AdamW kernel", reference=ADAMW_KERNEL, cases=_kernel_cases,
         call=_launch_adamw, needs_triton=True, timeout_s=120.0,
         mistakes=(
             Mistake("L2 instead of decoupled decay", _adamw_kernel_l2,

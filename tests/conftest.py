@@ -16,8 +16,13 @@ os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
 import course_utils  # noqa: E402,F401  (switches on the Triton interpreter before triton is imported)
 
+from course_utils.runtime import triton_status  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+TRITON = triton_status().available
+# for tests that need Triton itself; tests/test_no_triton.py runs the rest where `import triton` fails
+requires_triton = pytest.mark.skipif(not TRITON, reason="Triton cannot run here")
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """Every checker accepts its answer and rejects each realistic mistake with that mistake's hint."""
 import pytest
 
+from conftest import TRITON
 from course_utils import check
 from course_utils.exercises import checking_references, registry
 
@@ -11,7 +12,10 @@ MISTAKES = [(ex, m) for ex in EXERCISES for m in ex.mistakes]
 @pytest.mark.parametrize("ex", EXERCISES, ids=[e.id for e in EXERCISES])
 def test_reference_passes(ex):
     with checking_references():
-        result = check(ex.id, ex.reference, display=False)
+        result = check(ex.id, ex.answer(), display=False)
+    if ex.needs_triton and not TRITON:  # the no-Triton tier runs this file too
+        assert result.status == "skipped" and "Triton" in result.message, result.message
+        return
     assert result.passed, result.message
 
 
@@ -24,6 +28,9 @@ def test_every_exercise_has_mistakes_and_cases(ex):
 @pytest.mark.parametrize("ex,mistake", MISTAKES, ids=[f"{e.id}-{m.name}" for e, m in MISTAKES])
 def test_mistake_is_rejected_with_its_hint(ex, mistake):
     result = check(ex.id, mistake.fn, display=False)
+    if ex.needs_triton and not TRITON:
+        assert result.status == "skipped", result.message
+        return
     assert result.status == "failed", f"{ex.id} accepted the mistake '{mistake.name}'"
     assert result.mistake == mistake.name, result.message
     assert mistake.hint in result.message

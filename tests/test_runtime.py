@@ -5,10 +5,12 @@ import sys
 import pytest
 import torch
 
+from conftest import requires_triton
 from course_utils import runtime
 from course_utils.runtime import import_triton, triton_status
 
 
+@requires_triton
 def test_interpreter_is_on_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: kernels compile")
@@ -16,6 +18,7 @@ def test_interpreter_is_on_without_a_gpu():
     assert triton_status().mode == "interpreter"
 
 
+@requires_triton
 def test_interpreter_is_switched_on_before_triton_is_imported():
     code = ("import sys, os; import course_utils; "
             "assert 'triton' not in sys.modules or os.environ.get('TRITON_INTERPRET') == '1'; "
