@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import ctypes
 import functools
 import importlib
 import inspect
@@ -140,6 +141,8 @@ class ContractError(Exception):
 class ExerciseTimeout(BaseException):
     """Raised inside learner code that runs past its time limit (BaseException: a bare
     ``except Exception`` in learner code must not swallow it)."""
+
+    abandoned = False  # True when the code could not be stopped and runs on in a background thread
 
 
 # ---------------------------------------------------------------------------------------- registry
@@ -302,8 +305,8 @@ def _load_function(exercise_id: str, source: str, name: str) -> tuple[Any, str]:
         return None, f"the recorded source is not a single function `{name}`"
     namespace = _exercise_namespace()
     try:
-        with _time_limit(_get(exercise_id).timeout_s):
-            exec(compile(tree, f"<your {exercise_id} from the progress file>", "exec"), namespace)
+        code = compile(tree, f"<your {exercise_id} from the progress file>", "exec")
+        _run_with_time_limit(_get(exercise_id).timeout_s, lambda: exec(code, namespace))
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit, a timeout, anything: fall back to the reference
@@ -376,12 +379,16 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
             return failed(f"the reference answer failed on case '{case.name}' ({exc!r}); please report this")
         args_before = _clone((case.args, case.kwargs))
         try:
-            with _time_limit(ex.timeout_s):
-                # the case's own tensors, not copies: afterwards they show whether the code mutated them
-                got = (ex.call or _plain_call)(candidate, *case.args, **case.kwargs)
+            # the case's own tensors, not copies: afterwards they show whether the code mutated them
+            got = _run_with_time_limit(ex.timeout_s,
+                                       lambda: (ex.call or _plain_call)(candidate, *case.args, **case.kwargs))
         except NotImplementedError:
             return CheckResult(ex.id, "todo", _TODO.format(label=label))
-        except ExerciseTimeout:
+        except ExerciseTimeout as timeout:
+            if timeout.abandoned:
+                return failed(f"case '{case.name}': still running after {ex.timeout_s:.0f} s (an endless loop?). "
+                              "It could not be stopped and goes on in the background: if the notebook slows down, "
+                              "Kernel > Restart Kernel, then run from the top.", case)
             return failed(f"case '{case.name}': still running after {ex.timeout_s:.0f} s "
                           "(an endless loop?). Stopped it.", case)
         except ContractError as exc:
@@ -448,8 +455,7 @@ def _matching_mistake(ex: Exercise, seen: list[tuple[Case, Any]], failing: Case,
     if candidate is not None:
         for case in remaining:
             try:
-                with _time_limit(ex.timeout_s):
-                    observed.append((case, ex.run(candidate, case)))
+                observed.append((case, _run_with_time_limit(ex.timeout_s, lambda: ex.run(candidate, case))))
             except (Exception, ExerciseTimeout) as exc:
                 observed.append((case, exc))
     for mistake in ex.mistakes:
@@ -463,11 +469,10 @@ def _matching_mistake(ex: Exercise, seen: list[tuple[Case, Any]], failing: Case,
 
 def _same_behaviour(ex: Exercise, fn: Callable, case: Case, out: Any) -> bool:
     """Does ``fn`` on ``case`` give ``out`` (within tolerance), or raise the same exception type?"""
-    with _time_limit(ex.timeout_s):
-        try:
-            wrong = ex.run(fn, case)
-        except Exception as exc:
-            return isinstance(out, BaseException) and type(exc) is type(out)
+    try:
+        wrong = _run_with_time_limit(ex.timeout_s, lambda: ex.run(fn, case))
+    except Exception as exc:
+        return isinstance(out, BaseException) and type(exc) is type(out)
     return not isinstance(out, BaseException) and describe_mismatch(wrong, out, ex.tolerances) is None
 
 
@@ -593,21 +598,49 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
         b.detach().nan_to_num(0.0) if b.is_floating_point() else b.detach())
 
 
-@contextlib.contextmanager
-def _time_limit(seconds: float):
-    """Raise :class:`ExerciseTimeout` in the block after ``seconds`` (main thread, Unix only)."""
-    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if not usable:
-        yield
-        return
+def _signal_timer_usable() -> bool:
+    """SIGALRM stops runaway code most reliably, but Windows has none and only the main thread may use it."""
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
 
-    def _raise(signum, frame):
-        raise ExerciseTimeout()
 
-    previous = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+def _run_with_time_limit(seconds: float, fn: Callable[[], Any]) -> Any:
+    """``fn()``, or :class:`ExerciseTimeout` once it has run ``seconds``; ``fn``'s exceptions pass through.
+
+    With SIGALRM (Unix, main thread) the alarm raises inside ``fn``. Without it, ``fn`` runs in a worker
+    thread; past the limit the timeout is raised in that thread too (at its next Python bytecode, which
+    stops a Python loop), and if it is stuck in C code it is left to finish in the background
+    (``ExerciseTimeout.abandoned``): the learner gets the message either way, never a hang.
+    """
+    if _signal_timer_usable():
+        def _raise(signum, frame):
+            raise ExerciseTimeout()
+
+        previous = signal.signal(signal.SIGALRM, _raise)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            return fn()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    outcome: dict[str, Any] = {}
+    grad_enabled = torch.is_grad_enabled()  # grad mode is per thread: carry the caller's over
+
+    def worker():
+        try:
+            with torch.set_grad_enabled(grad_enabled):
+                outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller, SystemExit and timeouts included
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=worker, name="course-exercise", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(ExerciseTimeout))
+        thread.join(1.0)
+        timeout = ExerciseTimeout()
+        timeout.abandoned = thread.is_alive()
+        raise timeout
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

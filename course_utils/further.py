@@ -7,6 +7,7 @@ passed in, so the notebook can hand over the learner's own versions where they p
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -170,6 +171,20 @@ def capstone_run(pieces: Pieces, *, config: TransformerConfig = CAPSTONE_CONFIG,
         if on_step is not None:
             on_step(step, result)
     return result
+
+
+def norm_warmup_comparison(pieces: Pieces, *, n_layer: int = 4, steps: int = 100, warmup_steps: int = 20,
+                           max_lr: float = 1e-2) -> dict[tuple[str, int], CapstoneResult]:
+    """Chapter 1's question on the capstone model: Pre-LN and Post-LN with ``n_layer`` blocks, each trained
+    ``steps`` steps (one micro-batch per step) with no warmup and with ``warmup_steps``. Keys: (norm position,
+    warmup steps)."""
+    results = {}
+    for norm_position in ("pre", "post"):
+        for warmup in (0, warmup_steps):
+            config = dataclasses.replace(CAPSTONE_CONFIG, norm_position=norm_position, n_layer=n_layer)
+            results[(norm_position, warmup)] = capstone_run(pieces, config=config, steps=steps, warmup_steps=warmup,
+                                                            max_lr=max_lr, micro_batches=1, progress=False)
+    return results
 
 
 def kernel_step_check(model: TinyTransformer, tokens: torch.Tensor) -> dict:

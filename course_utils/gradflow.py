@@ -81,6 +81,23 @@ def depth_sweep(arch: str, depths: list[int], *, seed: int = 0, **config_overrid
     return out
 
 
+def warmup_comparison(*, depth: int = 6, steps: int = 120, lr: float = 1e-2, warmup_steps: int = 40,
+                      seed: int = 0) -> tuple[dict[str, "TrainResult"], MarkovChain]:  # noqa: F821
+    """Chapter 1's warmup experiment: Post-LN and Pre-LN stacks of ``depth`` blocks, each trained with and
+    without a linear warmup of ``warmup_steps`` on the same Markov chain. Returns (runs by label, chain);
+    labels are "post-LN, no warmup", "post-LN, warmup 40", "pre-LN, ...". Deterministic for a seed."""
+    from course_utils.training import train_markov_lm
+
+    chain = MarkovChain(vocab_size=32)
+    runs = {}
+    for arch in ("post", "pre"):
+        for warmup in (0, warmup_steps):
+            label = f"{arch}-LN, " + (f"warmup {warmup}" if warmup else "no warmup")
+            config = stack_config(arch, depth=depth, block_size=16)
+            runs[label] = train_markov_lm(config, steps=steps, lr=lr, warmup_steps=warmup, chain=chain, seed=seed)
+    return runs, chain
+
+
 def loglog_slope(xs: list[float], ys: list[float]) -> float:
     """Least-squares slope of log(y) against log(x): the exponent p in y ∝ x^p."""
     lx, ly = torch.log(torch.tensor(xs, dtype=torch.float64)), torch.log(torch.tensor(ys, dtype=torch.float64))

@@ -88,6 +88,69 @@ def test_hanging_code_is_stopped(monkeypatch):
     _fails_with(mse, "still running after", "Stopped it")
 
 
+@pytest.fixture
+def no_sigalrm(monkeypatch):
+    """The time limit as on Windows (or off the main thread): no SIGALRM, a worker thread instead."""
+    from course_utils import exercises
+
+    monkeypatch.setattr(exercises, "_signal_timer_usable", lambda: False)
+
+
+def test_without_sigalrm_a_hanging_python_loop_is_stopped(monkeypatch, no_sigalrm):
+    import threading
+    import time
+
+    ex = ch00_start_here.EXERCISES[0]
+    monkeypatch.setattr(ex, "timeout_s", 0.5)
+
+    def mse(p, t):
+        while True:
+            pass
+
+    start = time.perf_counter()
+    _fails_with(mse, "still running after", "Stopped it")
+    assert time.perf_counter() - start < 5
+    assert not [t for t in threading.enumerate() if t.name == "course-exercise"], "the runaway thread is gone"
+
+
+def test_without_sigalrm_code_stuck_in_c_is_abandoned_with_a_message(monkeypatch, no_sigalrm):
+    import time
+
+    ex = ch00_start_here.EXERCISES[0]
+    monkeypatch.setattr(ex, "timeout_s", 0.3)
+
+    def mse(p, t):
+        time.sleep(3)  # one C call: an asynchronous exception waits for it to return
+        return ((p - t) ** 2).mean()
+
+    start = time.perf_counter()
+    _fails_with(mse, "still running after", "could not be stopped", "Restart Kernel")
+    assert time.perf_counter() - start < 2.5
+
+
+def test_without_sigalrm_answers_and_errors_behave_as_before(no_sigalrm):
+    assert check("0.1", lambda p, t: ((p - t) ** 2).mean(), display=False).passed
+    _fails_with(lambda p, t: p.nonexistent(), "raised AttributeError")
+    _fails_with(lambda p, t: exit(), "SystemExit")
+
+
+def test_check_off_the_main_thread_still_has_a_time_limit(monkeypatch):
+    import threading
+
+    ex = ch00_start_here.EXERCISES[0]
+    monkeypatch.setattr(ex, "timeout_s", 0.5)
+
+    def mse(p, t):
+        while True:
+            pass
+
+    results = []
+    thread = threading.Thread(target=lambda: results.append(check("0.1", mse, display=False)))
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive() and results[0].status == "failed" and "Stopped it" in results[0].message
+
+
 def test_not_a_function():
     _fails_with(torch.zeros(3), "expected your function")
     _fails_with(None, "expected your function")
