@@ -1,8 +1,12 @@
 """The learner's progress file: which exercises passed, when, after how many attempts.
 
 A git-ignored JSON file at the repository root (``COURSE_PROGRESS=/path/file.json`` points it
-elsewhere). Writes are atomic (temporary file + ``os.replace``); a file that cannot be read is set
-aside as ``<name>.corrupt-<time>`` with a warning and progress starts afresh.
+elsewhere). Writes are atomic (temporary file + ``os.replace``), so a reader never sees half a file;
+a file that cannot be read is set aside as ``<name>.corrupt-<time>`` with a warning and progress starts
+afresh. Every read-modify-write (record, reset, setting a corrupt file aside) holds an exclusive lock on
+``<name>.lock`` (``filelock``: ``fcntl`` on Linux and macOS, ``msvcrt`` on Windows), so two notebooks
+checking at once lose nothing. The operating system releases the lock when its process dies, so a killed
+kernel leaves no stale lock; a lock held longer than ``LOCK_TIMEOUT_S`` ends in :class:`ProgressLocked`.
 
 Format: ``{"version": 1, "exercises": {"1.1": {"status": "passed", "attempts": 3, "updated": "...",
 "source": "def ..."}}}`` where status is one of ``passed``, ``failed``, ``todo`` (stub not implemented
@@ -11,20 +15,53 @@ The file therefore holds runnable code: treat a progress file from someone else 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
+import filelock
+
 FORMAT_VERSION = 1
+LOCK_TIMEOUT_S = 10.0  # a record takes milliseconds: a lock held this long is another process stuck
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATUS_SYMBOL = {"passed": "✅", "failed": "❌", "todo": "⏳", None: "·"}
 
 
 def progress_path() -> Path:
     return Path(os.environ.get("COURSE_PROGRESS") or REPO_ROOT / ".course_progress.json")
+
+
+class ProgressLocked(OSError):
+    """The progress file's lock was held by another process for longer than ``LOCK_TIMEOUT_S``."""
+
+
+_locks: dict[str, filelock.FileLock] = {}  # one lock object per file: re-entrant within this process
+_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def locked():
+    """Hold the progress file's exclusive lock (re-entrant) for a read-modify-write."""
+    path = progress_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = str(path.with_name(path.name + ".lock"))
+    with _locks_guard:
+        lock = _locks.setdefault(lock_path, filelock.FileLock(lock_path))
+    try:
+        lock.acquire(timeout=LOCK_TIMEOUT_S)
+    except filelock.Timeout:
+        raise ProgressLocked(f"the progress file {path} has been locked by another process for over "
+                             f"{LOCK_TIMEOUT_S:.0f} s (another notebook or terminal busy with it?); "
+                             "nothing was saved, try again") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _empty() -> dict:
@@ -44,16 +81,32 @@ def _valid(data) -> bool:
 
 def load() -> dict:
     """The progress data; a missing file is empty progress, a corrupt one is set aside."""
+    data, problem = _read()
+    if problem is None:
+        return data
+    with locked():  # setting the file aside is a write: look again under the lock, another process may have fixed it
+        data, problem = _read()
+        if problem is None:
+            return data
+        return _set_aside(problem)
+
+
+def _read() -> tuple[dict | None, str | None]:
+    """(data, None), or (None, what is wrong with the file)."""
     path = progress_path()
     if not path.exists():
-        return _empty()
+        return _empty(), None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if _valid(data):
-            return data
-        problem = "it is not a progress file of this course"
+            return data, None
+        return None, "it is not a progress file of this course"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problem = f"it could not be read ({exc.__class__.__name__})"
+        return None, f"it could not be read ({exc.__class__.__name__})"
+
+
+def _set_aside(problem: str) -> dict:
+    path = progress_path()
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     try:
@@ -61,14 +114,19 @@ def load() -> dict:
         where = f"moved it to {aside}"
     except OSError:
         where = "could not move it aside"
-    warnings.warn(f"Progress file {path}: {problem}; {where} and started afresh.", stacklevel=2)
+    warnings.warn(f"Progress file {path}: {problem}; {where} and started afresh.", stacklevel=3)
     return _empty()
 
 
 def save(data: dict) -> None:
-    """Write atomically: a crash mid-write leaves the previous file intact."""
+    """Write atomically: a crash mid-write leaves the previous file intact. Callers that read first hold
+    :func:`locked` around both; a lone save takes the lock itself."""
+    with locked():
+        _write(data)
+
+
+def _write(data: dict) -> None:
     path = progress_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -84,26 +142,28 @@ def record(exercise_id: str, status: str, source: str | None = None) -> None:
     ``source`` (the passing code, when known) is kept with it."""
     if status not in ("passed", "failed", "todo"):
         raise ValueError(f"unknown status {status!r}")
-    data = load()
-    entry = data["exercises"].setdefault(exercise_id, {"status": None, "attempts": 0})
-    if status != "todo":
-        entry["attempts"] = int(entry.get("attempts", 0)) + 1
-    if entry.get("status") != "passed" or status == "passed":
-        entry["status"] = status
-    if status == "passed" and source:
-        entry["source"] = source
-    entry["updated"] = _dt.datetime.now().isoformat(timespec="seconds")
-    save(data)
+    with locked():
+        data = load()
+        entry = data["exercises"].setdefault(exercise_id, {"status": None, "attempts": 0})
+        if status != "todo":
+            entry["attempts"] = int(entry.get("attempts", 0)) + 1
+        if entry.get("status") != "passed" or status == "passed":
+            entry["status"] = status
+        if status == "passed" and source:
+            entry["source"] = source
+        entry["updated"] = _dt.datetime.now().isoformat(timespec="seconds")
+        _write(data)
 
 
 def reset(exercise_id: str | None = None) -> None:
     """Forget one exercise's record, or every record when ``exercise_id`` is None."""
-    data = load()
-    if exercise_id is None:
-        data["exercises"].clear()
-    else:
-        data["exercises"].pop(exercise_id, None)
-    save(data)
+    with locked():
+        data = load()
+        if exercise_id is None:
+            data["exercises"].clear()
+        else:
+            data["exercises"].pop(exercise_id, None)
+        _write(data)
 
 
 def status_of(exercise_id: str) -> str | None:

@@ -77,15 +77,16 @@ def test_mutating_an_input_is_caught():
     _fails_with(mse, "modified its input `prediction` in place")
 
 
+def _endless_mse(p, t):
+    while True:
+        pass
+
+
 def test_hanging_code_is_stopped(monkeypatch):
     ex = ch00_start_here.EXERCISES[0]
     monkeypatch.setattr(ex, "timeout_s", 0.5)
 
-    def mse(p, t):
-        while True:
-            pass
-
-    _fails_with(mse, "still running after", "Stopped it")
+    _fails_with(_endless_mse, "still running after", "Stopped it")
 
 
 @pytest.fixture
@@ -103,12 +104,8 @@ def test_without_sigalrm_a_hanging_python_loop_is_stopped(monkeypatch, no_sigalr
     ex = ch00_start_here.EXERCISES[0]
     monkeypatch.setattr(ex, "timeout_s", 0.5)
 
-    def mse(p, t):
-        while True:
-            pass
-
     start = time.perf_counter()
-    _fails_with(mse, "still running after", "Stopped it")
+    _fails_with(_endless_mse, "still running after", "Stopped it")
     assert time.perf_counter() - start < 5
     assert not [t for t in threading.enumerate() if t.name == "course-exercise"], "the runaway thread is gone"
 
@@ -140,12 +137,8 @@ def test_check_off_the_main_thread_still_has_a_time_limit(monkeypatch):
     ex = ch00_start_here.EXERCISES[0]
     monkeypatch.setattr(ex, "timeout_s", 0.5)
 
-    def mse(p, t):
-        while True:
-            pass
-
     results = []
-    thread = threading.Thread(target=lambda: results.append(check("0.1", mse, display=False)))
+    thread = threading.Thread(target=lambda: results.append(check("0.1", _endless_mse, display=False)))
     thread.start()
     thread.join(10)
     assert not thread.is_alive() and results[0].status == "failed" and "Stopped it" in results[0].message
