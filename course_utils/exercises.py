@@ -44,10 +44,17 @@ DEFAULT_TOLERANCES = {
 
 @dataclass(frozen=True)
 class Case:
-    """One input to an exercise: a name the learner sees when it fails, and the arguments."""
+    """One input to an exercise: a name the learner sees when it fails, and the arguments.
+
+    ``raises``: the contract says the answer must raise this exception type on these arguments.
+    ``tolerances``: dtype -> (rtol, atol) for this case only (a regime where two correct answers differ
+    by more than the exercise's tolerance, e.g. float32 rows of mean 1000).
+    """
     name: str
     args: tuple
     kwargs: dict = field(default_factory=dict)
+    raises: type[BaseException] | None = None
+    tolerances: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class Exercise:
     tolerances: dict = field(default_factory=dict)  # dtype -> (rtol, atol), overriding the defaults
     needs_triton: bool = False
     timeout_s: float = 30.0
+    output_names: tuple[str, ...] = ()  # names of the outputs of a tuple-returning answer, for messages
     chapter: str = ""  # filled in by the registry: the chapter title
 
     def answer(self) -> Callable:
@@ -372,9 +380,16 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
         return failed(f"the course could not build the test cases ({exc!r}); please report this")
 
     seen: list[tuple[Case, Any]] = []  # (case, the learner's output) for the cases passed so far
+    names = _parameter_names(ex.answer())
     for case in cases:
+        tolerances = {**ex.tolerances, **case.tolerances}
+        expected = None
         try:
-            expected = ex.run(ex.answer(), case)
+            if case.raises is None:
+                expected = ex.run(ex.answer(), case)
+            elif not _raises(ex, ex.answer(), case):
+                return failed(f"the reference answer does not raise {case.raises.__name__} on case '{case.name}'; "
+                              "please report this")
         except Exception as exc:
             return failed(f"the reference answer failed on case '{case.name}' ({exc!r}); please report this")
         args_before = _clone((case.args, case.kwargs))
@@ -392,18 +407,35 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
             return failed(f"case '{case.name}': still running after {ex.timeout_s:.0f} s "
                           "(an endless loop?). Stopped it.", case)
         except ContractError as exc:
-            return failed(f"case '{case.name}': {exc}", case)
+            return failed(f"case '{case.name}': {exc}", case,
+                          _matching_mistake(ex, seen, case, exc, candidate, _after(cases, case)))
         except SystemExit:
             return failed(f"case '{case.name}': your code raised SystemExit (exit() or sys.exit()): return a value "
                           "instead.", case)
         except Exception as exc:
+            if case.raises is not None and isinstance(exc, case.raises):
+                seen.append((case, exc))
+                continue
             return failed(f"case '{case.name}': your code raised {type(exc).__name__}: {exc}"
                           f"{_where(exc)}", case, _matching_mistake(ex, seen, case, exc, candidate, _after(cases, case)))
-        changed = _changed_argument(args_before, (case.args, case.kwargs), _parameter_names(ex.answer()))
+        if case.raises is not None:
+            return failed(f"case '{case.name}': the contract says your code must raise {case.raises.__name__} here; "
+                          f"it returned {type(got).__name__} instead.", case,
+                          _matching_mistake(ex, seen, case, got, candidate, _after(cases, case)))
+        changed = _changed_argument(args_before, (case.args, case.kwargs), names)
         if changed:
             return failed(f"case '{case.name}': your code modified its input {changed} in place "
                           "(e.g. `x -= ...` or `x.exp_()`); compute on a new tensor instead.", case)
-        mismatch = describe_mismatch(expected, got, ex.tolerances)
+        aliased = _returned_input(got, case, names)
+        if aliased:
+            return failed(f"case '{case.name}': what your code returned shares memory with its input {aliased} (it is "
+                          "that tensor, or a view of it). The contract asks for new tensors: a caller that changes "
+                          "one would change the other (return `t.clone()` where nothing needs to change).", case)
+        mismatch = describe_mismatch(expected, got, tolerances, names=ex.output_names)
+        if mismatch and ex.needs_triton and "NaN" in mismatch:
+            from course_utils.guards import GUARD_NOTE
+
+            mismatch += "\n" + GUARD_NOTE
         if mismatch:
             return failed(f"case '{case.name}': {mismatch}", case,
                           _matching_mistake(ex, seen, case, got, candidate, _after(cases, case)))
@@ -473,7 +505,17 @@ def _same_behaviour(ex: Exercise, fn: Callable, case: Case, out: Any) -> bool:
         wrong = _run_with_time_limit(ex.timeout_s, lambda: ex.run(fn, case))
     except Exception as exc:
         return isinstance(out, BaseException) and type(exc) is type(out)
-    return not isinstance(out, BaseException) and describe_mismatch(wrong, out, ex.tolerances) is None
+    return (not isinstance(out, BaseException)
+            and describe_mismatch(wrong, out, {**ex.tolerances, **case.tolerances}) is None)
+
+
+def _raises(ex: Exercise, fn: Callable, case: Case) -> bool:
+    """Does ``fn`` raise ``case.raises`` on ``case``?"""
+    try:
+        _run_with_time_limit(ex.timeout_s, lambda: ex.run(fn, case))
+    except case.raises:
+        return True
+    return False
 
 
 def _where(exc: BaseException) -> str:
@@ -490,8 +532,10 @@ def _where(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------------------------- comparisons
 
-def describe_mismatch(expected: Any, got: Any, tolerances: dict | None = None, where: str = "") -> str | None:
-    """None when ``got`` matches ``expected``; else one sentence saying how it differs."""
+def describe_mismatch(expected: Any, got: Any, tolerances: dict | None = None, where: str = "",
+                      names: tuple[str, ...] = ()) -> str | None:
+    """None when ``got`` matches ``expected``; else one sentence saying how it differs. ``names``: what to
+    call the elements of a tuple of outputs (default ``output[i]``)."""
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     what = f"{where}: " if where else ""
     if isinstance(expected, torch.Tensor):
@@ -531,7 +575,8 @@ def describe_mismatch(expected: Any, got: Any, tolerances: dict | None = None, w
         if len(got) != len(expected):
             return f"{what}expected {len(expected)} values, got {len(got)}"
         for i, (e, g) in enumerate(zip(expected, got)):
-            problem = describe_mismatch(e, g, tolerances, f"{where}[{i}]" if where else f"output[{i}]")
+            label = f"{where}[{i}]" if where else (names[i] if i < len(names) else f"output[{i}]")
+            problem = describe_mismatch(e, g, tolerances, label)
             if problem:
                 return problem
         return None
@@ -558,14 +603,50 @@ def divmod_index(flat: int, shape: torch.Size) -> tuple[int, ...]:
 
 
 def _clone(tree: Any) -> Any:
-    """A deep copy of tensors in nested tuples/lists/dicts; other leaves are shared."""
+    """A deep copy of tensors in nested tuples/lists/dicts, strides kept (a strided case must reach the
+    reference and the mistakes strided too); other leaves are shared."""
     if isinstance(tree, torch.Tensor):
-        return tree.detach().clone().requires_grad_(tree.requires_grad) if tree.is_leaf else tree.clone()
+        if not tree.is_leaf:
+            return tree.clone()
+        return _strided_copy(tree.detach()).requires_grad_(tree.requires_grad)
     if isinstance(tree, (tuple, list)):
         return type(tree)(_clone(t) for t in tree)
     if isinstance(tree, dict):
         return {k: _clone(v) for k, v in tree.items()}
     return tree
+
+
+def _strided_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` in fresh memory with the same sizes and strides."""
+    if t.is_contiguous() or t.numel() == 0 or 0 in t.stride():
+        return t.clone()
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    out = torch.empty(extent, dtype=t.dtype, device=t.device).as_strided(t.shape, t.stride())
+    out.copy_(t)
+    return out
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, (tuple, list)):
+        return [t for item in tree for t in _tensors(item)]
+    if isinstance(tree, dict):
+        return [t for item in tree.values() for t in _tensors(item)]
+    return []
+
+
+def _returned_input(got: Any, case: Case, names: list[str]) -> str | None:
+    """The name of an argument whose memory an output tensor shares (the output is the input, or a view)."""
+    def storage(t: torch.Tensor) -> int:
+        return t.untyped_storage().data_ptr() if t.numel() else 0
+
+    outputs = {storage(t) for t in _tensors(got)} - {0}
+    named = [(names[i] if i < len(names) else f"#{i + 1}", a) for i, a in enumerate(case.args)]
+    for name, arg in named + list(case.kwargs.items()):
+        if outputs & {storage(t) for t in _tensors(arg)}:
+            return f"`{name}`"
+    return None
 
 
 def _changed_argument(before: Any, after: Any, names: list[str]) -> str | None:

@@ -119,23 +119,47 @@ def softmax_row_kernel(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: 
 
 
 @triton.jit
-def _kernel_pads_with_zero(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
+def _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr,
+                     PAD_WITH_ZERO: tl.constexpr, SUBTRACT_MAX: tl.constexpr, MASK_LOAD: tl.constexpr,
+                     MASK_STORE: tl.constexpr):
+    """softmax_row_kernel with one step done wrong: the common body of the mistakes below."""
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
-    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0)
-    e = tl.exp(x - tl.max(x, axis=0))
-    tl.store(y_ptr + row * y_row_stride + cols, e / tl.sum(e, axis=0), mask=mask)
+    if not MASK_LOAD:
+        x = tl.load(x_ptr + row * x_row_stride + cols)
+    elif PAD_WITH_ZERO:
+        x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0)
+    else:
+        x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=-float("inf"))
+    if SUBTRACT_MAX:
+        e = tl.exp(x - tl.max(x, axis=0))
+    else:
+        e = tl.exp(x)
+    if MASK_STORE:
+        tl.store(y_ptr + row * y_row_stride + cols, e / tl.sum(e, axis=0), mask=mask)
+    else:
+        tl.store(y_ptr + row * y_row_stride + cols, e / tl.sum(e, axis=0))
+
+
+@triton.jit
+def _kernel_pads_with_zero(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
+    _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK, True, True, True, True)
 
 
 @triton.jit
 def _kernel_no_max(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=-float("inf"))
-    e = tl.exp(x)
-    tl.store(y_ptr + row * y_row_stride + cols, e / tl.sum(e, axis=0), mask=mask)
+    _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK, False, False, True, True)
+
+
+@triton.jit
+def _kernel_unmasked_load(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
+    _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK, False, True, False, True)
+
+
+@triton.jit
+def _kernel_unmasked_store(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
+    _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK, False, True, True, False)
 
 
 def _launch_row_kernel(kernel, x):
@@ -279,6 +303,12 @@ EXERCISES = [
                     "Load them as -inf so they vanish."),
             Mistake("no max subtraction", _kernel_no_max,
                     "Subtract the row max (tl.max(x, axis=0)) before tl.exp, or large logits overflow."),
+            Mistake("load without a mask", _kernel_unmasked_load,
+                    "Lanes at or beyond n_cols lie outside the row: load with mask=cols < n_cols and "
+                    "other=-float('inf'), so they neither win the max nor add to the sum."),
+            Mistake("store without a mask", _kernel_unmasked_store,
+                    "Lanes at or beyond n_cols would write past the end of the row (into the next row, or out of "
+                    "the tensor): store with mask=cols < n_cols."),
         ),
     ),
     Exercise(

@@ -110,7 +110,8 @@ def rmsnorm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride
 
 @triton.jit
 def _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK: tl.constexpr,
-                     MEAN_OVER_BLOCK: tl.constexpr, EPS_OUTSIDE: tl.constexpr):
+                     MEAN_OVER_BLOCK: tl.constexpr, EPS_OUTSIDE: tl.constexpr, STORE_RMS: tl.constexpr,
+                     MASK_STORE: tl.constexpr):
     """rmsnorm_fwd_kernel with one step done wrong: the common body of the mistakes below."""
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
@@ -119,20 +120,41 @@ def _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, 
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     mean_sq = tl.sum(x * x, axis=0) / (BLOCK if MEAN_OVER_BLOCK else n_cols)
     rstd = 1.0 / (tl.sqrt(mean_sq) + eps) if EPS_OUTSIDE else 1.0 / tl.sqrt(mean_sq + eps)
-    tl.store(rstd_ptr + row, rstd)
-    tl.store(y_ptr + row * y_row_stride + cols, x * rstd * w, mask=mask)
+    if STORE_RMS:
+        tl.store(rstd_ptr + row, 1.0 / rstd)
+    else:
+        tl.store(rstd_ptr + row, rstd)
+    if MASK_STORE:
+        tl.store(y_ptr + row * y_row_stride + cols, x * rstd * w, mask=mask)
+    else:
+        tl.store(y_ptr + row * y_row_stride + cols, x * rstd * w)
 
 
 @triton.jit
 def _kernel_mean_over_block(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
                             BLOCK: tl.constexpr):
-    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK, True, False)
+    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK, True, False,
+                     False, True)
 
 
 @triton.jit
 def _kernel_eps_outside(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
                         BLOCK: tl.constexpr):
-    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK, False, True)
+    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK, False, True,
+                     False, True)
+
+
+@triton.jit
+def _kernel_stores_rms(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK: tl.constexpr):
+    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK, False, False,
+                     True, True)
+
+
+@triton.jit
+def _kernel_unmasked_store(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
+                           BLOCK: tl.constexpr):
+    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK, False, False,
+                     False, False)
 
 
 def _launch_rmsnorm(kernel, x, weight, eps):
@@ -250,7 +272,13 @@ EXERCISES = [
                     "Divide the sum of squares by n_cols, not BLOCK: the padded lanes are not part of the row."),
             Mistake("eps outside the root", _kernel_eps_outside,
                     "rstd = 1 / sqrt(mean(x²) + eps): eps inside the root."),
+            Mistake("rstd holds the RMS", _kernel_stores_rms,
+                    "rstd is the reciprocal: 1 / sqrt(mean(x²) + eps), the factor y = x * rstd * weight uses "
+                    "(the backward pass reads it back)."),
+            Mistake("store without a mask", _kernel_unmasked_store,
+                    "Lanes at or beyond n_cols would write past the end of the row: store y with mask=cols < n_cols."),
         ),
+        output_names=("y", "rstd"),
     ),
     Exercise(
         id="3.4", title="QK-norm attention logits", reference=qk_norm_scores, cases=_qk_cases,

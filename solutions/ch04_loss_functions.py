@@ -209,7 +209,7 @@ def cross_entropy_row_kernel(logits_ptr, target_ptr, loss_ptr, row_stride, n_voc
 
 @triton.jit
 def _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK: tl.constexpr,
-                PAD_WITH_ZERO: tl.constexpr, SUBTRACT_MAX: tl.constexpr):
+                PAD_WITH_ZERO: tl.constexpr, SUBTRACT_MAX: tl.constexpr, MASK_LOAD: tl.constexpr):
     """cross_entropy_row_kernel with one step done wrong: the common body of the mistakes below."""
     row = tl.program_id(0)
     target = tl.load(target_ptr + row)
@@ -218,7 +218,10 @@ def _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_in
     else:
         cols = tl.arange(0, BLOCK)
         pad = 0.0 if PAD_WITH_ZERO else -float("inf")
-        z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_vocab, other=pad).to(tl.float32)
+        if MASK_LOAD:
+            z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_vocab, other=pad).to(tl.float32)
+        else:
+            z = tl.load(logits_ptr + row * row_stride + cols).to(tl.float32)
         if SUBTRACT_MAX:
             m = tl.max(z, axis=0)
             lse = m + tl.log(tl.sum(tl.exp(z - m), axis=0))
@@ -231,12 +234,18 @@ def _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_in
 @triton.jit
 def _ce_kernel_pads_with_zero(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
                               BLOCK: tl.constexpr):
-    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, True, True)
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, True, True, True)
 
 
 @triton.jit
 def _ce_kernel_no_max(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK: tl.constexpr):
-    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, False)
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, False, True)
+
+
+@triton.jit
+def _ce_kernel_unmasked_load(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
+                             BLOCK: tl.constexpr):
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, True, False)
 
 
 def _launch_ce(kernel, logits, target):
@@ -314,6 +323,9 @@ EXERCISES = [
                     "Masked lanes must load -inf: with 0.0 they enter the max and add exp(0 - max) to the sum."),
             Mistake("no max subtraction", _ce_kernel_no_max,
                     "Subtract the row max before tl.exp (and add it back to the log): large logits overflow otherwise."),
+            Mistake("load without a mask", _ce_kernel_unmasked_load,
+                    "Lanes at or beyond n_vocab lie outside the row: load with mask=cols < n_vocab, other=-inf, so "
+                    "they neither win the max nor add to the sum."),
         ),
     ),
 ]

@@ -233,7 +233,7 @@ def __getattr__(name):  # `from solutions.ch05_optimization import adamw_kernel`
 @triton.jit
 def _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
                    bias_correction2, BLOCK: tl.constexpr, DECOUPLED: tl.constexpr, CORRECT_BIAS: tl.constexpr,
-                   STORE_MOMENTS: tl.constexpr):
+                   STORE_MOMENTS: tl.constexpr, MASK_STORE: tl.constexpr):
     """adamw_kernel with one step done wrong: the common body of the mistakes below."""
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n_elements
@@ -249,6 +249,8 @@ def _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps
         p = p - (lr / bias_correction1) * m / (tl.sqrt(v) / tl.sqrt(bias_correction2) + eps)
     else:
         p = p - lr * m / (tl.sqrt(v) + eps)
+    if not MASK_STORE:
+        mask = offsets < n_elements + BLOCK  # every lane of the block: past the end in the last one
     tl.store(p_ptr + offsets, p, mask=mask)
     if STORE_MOMENTS:
         tl.store(m_ptr + offsets, m, mask=mask)
@@ -259,21 +261,28 @@ def _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps
 def _adamw_kernel_l2(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                      bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK, False, True, True)
+                   bias_correction2, BLOCK, False, True, True, True)
 
 
 @triton.jit
 def _adamw_kernel_no_bias_correction(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                                      bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK, True, False, True)
+                   bias_correction2, BLOCK, True, False, True, True)
 
 
 @triton.jit
 def _adamw_kernel_moments_not_stored(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                                      bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK, True, True, False)
+                   bias_correction2, BLOCK, True, True, False, True)
+
+
+@triton.jit
+def _adamw_kernel_unmasked_store(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
+                                 bias_correction1, bias_correction2, BLOCK: tl.constexpr):
+    _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                   bias_correction2, BLOCK, True, True, True, False)
 
 
 def _launch_adamw(kernel, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
@@ -372,6 +381,10 @@ EXERCISES = [
                     "Use the bias corrections passed in: lr / bias_correction1 * m / (sqrt(v / bias_correction2) + eps)."),
             Mistake("moments not stored", _adamw_kernel_moments_not_stored,
                     "Store the new m and v as well: the next step starts from them."),
+            Mistake("store without a mask", _adamw_kernel_unmasked_store,
+                    "The last block runs past n_elements: store p, m and v with mask=offsets < n_elements, or the "
+                    "lanes beyond write into memory that is not the parameter's."),
         ),
+        output_names=("p", "m", "v"),
     ),
 ]

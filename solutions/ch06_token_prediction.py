@@ -238,12 +238,15 @@ def gumbel_max_kernel(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, 
 
 @triton.jit
 def _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr,
-                    SCALE: tl.constexpr, GUMBEL: tl.constexpr, MASK_LANES: tl.constexpr):
+                    SCALE: tl.constexpr, GUMBEL: tl.constexpr, MASK_LANES: tl.constexpr, MASK_LOAD: tl.constexpr):
     """gumbel_max_kernel with one step done wrong: the common body of the mistakes below."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     valid = cols < n_cols
-    z = tl.load(logits_ptr + row * row_stride + cols, mask=valid, other=0.0).to(tl.float32)
+    if MASK_LOAD:
+        z = tl.load(logits_ptr + row * row_stride + cols, mask=valid, other=0.0).to(tl.float32)
+    else:
+        z = tl.load(logits_ptr + row * row_stride + cols).to(tl.float32)
     if SCALE:
         z = z * inv_temperature
     u = tl.rand(seed, row * n_cols + cols)
@@ -258,17 +261,22 @@ def _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, se
 
 @triton.jit
 def _gumbel_no_temperature(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
-    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, False, True, True)
+    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, False, True, True, True)
 
 
 @triton.jit
 def _gumbel_log_u(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
-    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, True, False, True)
+    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, True, False, True, True)
 
 
 @triton.jit
 def _gumbel_padding_wins(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
-    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, True, True, False)
+    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, True, True, False, True)
+
+
+@triton.jit
+def _gumbel_unmasked(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
+    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, True, True, False, False)
 
 
 def _launch_gumbel(kernel, logits, temperature, seed):
@@ -365,6 +373,9 @@ EXERCISES = [
             Mistake("padding lanes can win", _gumbel_padding_wins,
                     "Lanes at or beyond n_cols must score -inf (tl.where(cols < n_cols, score, -inf)), or the "
                     "argmax can land on a column that does not exist."),
+            Mistake("load without a mask, padding not excluded", _gumbel_unmasked,
+                    "Lanes at or beyond n_cols read whatever lies past the row: load with mask=cols < n_cols and give "
+                    "those lanes the score -inf (tl.where(cols < n_cols, score, -inf)) so they never win."),
         ),
     ),
 ]

@@ -171,7 +171,8 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.const
 
 @triton.jit
 def _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, RESCALE: tl.constexpr, MASK_KEYS: tl.constexpr, NORMALISE: tl.constexpr):
+                       HEAD_DIM: tl.constexpr, RESCALE: tl.constexpr, MASK_KEYS: tl.constexpr, NORMALISE: tl.constexpr,
+                       MASK_KV_LOADS: tl.constexpr, MASK_STORE: tl.constexpr):
     """attention_kernel with one step switched off: the common body of the mistakes below."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -181,8 +182,12 @@ def _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.con
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start_n in range(0, n_ctx, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = tl.load(k_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
-        v = tl.load(v_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        if MASK_KV_LOADS:
+            k = tl.load(k_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+            v = tl.load(v_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        else:
+            k = tl.load(k_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :])
+            v = tl.load(v_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :])
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
         if MASK_KEYS:
             s = tl.where(offs_n[None, :] < n_ctx, s, -float("inf"))
@@ -196,25 +201,42 @@ def _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.con
         m_i = m_new
     if NORMALISE:
         acc = acc / l_i[:, None]
-    tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=offs_m[:, None] < n_ctx)
+    if MASK_STORE:
+        tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=offs_m[:, None] < n_ctx)
+    else:
+        tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc)
 
 
 @triton.jit
 def _attention_no_rescale(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           HEAD_DIM: tl.constexpr):
-    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, False, True, True)
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, False, True, True, True, True)
 
 
 @triton.jit
 def _attention_padding_scores_zero(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr,
                                    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
-    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, False, True)
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, False, True, True, True)
 
 
 @triton.jit
 def _attention_unnormalised(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                             HEAD_DIM: tl.constexpr):
-    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, True, False)
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, True, False, True, True)
+
+
+@triton.jit
+def _attention_unmasked_kv(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           HEAD_DIM: tl.constexpr):
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, True, True, False,
+                       True)
+
+
+@triton.jit
+def _attention_unmasked_store(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                              HEAD_DIM: tl.constexpr):
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, True, True, True,
+                       False)
 
 
 def _launch_attention(kernel, q, k, v):
@@ -298,6 +320,11 @@ EXERCISES = [
                     "Keys at or beyond n_ctx must score -inf (tl.where(offs_n < n_ctx, s, -inf)); with score 0 they "
                     "take softmax weight."),
             Mistake("not divided by l", _attention_unnormalised, "Divide the accumulator by the running sum l at the end."),
+            Mistake("K and V loaded without a mask", _attention_unmasked_kv,
+                    "The last key block runs past n_ctx: load K and V with mask=offs_n[:, None] < n_ctx, other=0.0. "
+                    "Scoring those keys -inf is not enough: P @ V still multiplies 0 by whatever lies past the end."),
+            Mistake("store without a mask", _attention_unmasked_store,
+                    "Rows at or beyond n_ctx must not be stored: mask the store with offs_m[:, None] < n_ctx."),
         ),
     ),
 ]

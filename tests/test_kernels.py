@@ -178,7 +178,9 @@ def test_rmsnorm_exercise_kernel_matches_torch():
 
     for shape in [(5, 123), (1, 1), (8, 256)]:
         x, w = torch.randn(shape, device=DEVICE), torch.randn(shape[-1], device=DEVICE)
-        torch.testing.assert_close(launch_rmsnorm_fwd(rmsnorm_fwd_kernel, x, w, 1e-6), F.rms_norm(x, (shape[-1],), w, 1e-6))
+        y, rstd = launch_rmsnorm_fwd(rmsnorm_fwd_kernel, x, w, 1e-6)
+        torch.testing.assert_close(y, F.rms_norm(x, (shape[-1],), w, 1e-6).cpu())
+        torch.testing.assert_close(rstd, torch.rsqrt(x.pow(2).mean(-1) + 1e-6).cpu())
 
 
 def test_softmax_zero_dim_and_empty_rows():

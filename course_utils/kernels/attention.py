@@ -136,27 +136,23 @@ def launch_attention_kernel(kernel, q: torch.Tensor, k: torch.Tensor, v: torch.T
     """Launch a learner's non-causal kernel with the signature of the exercise's ``attention_kernel`` on
     one head: q, k, v (N, D) with D a power of two >= 16; returns o (N, D) on the CPU.
 
-    The buffers are padded to whole blocks (inputs with zeros, the output with NaN), so a missing
-    mask reads and writes inside them instead of crashing the process; a write to a padding row
-    of the output is then reported.
+    q, k, v and o lie in guarded buffers (:mod:`course_utils.guards`) with a margin of a whole block of rows
+    on both sides: NaN around the inputs, so a load without a mask spoils the output, and a sentinel around
+    o, so a row stored at or beyond n_ctx is reported instead of overwriting memory.
     """
-    from course_utils.exercises import ContractError
+    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded
     from course_utils.runtime import device
 
     require_triton_kernel(kernel)
     if q.dim() != 2 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"expected q, k, v of one (N, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     n, d = q.shape
-    padded = triton.cdiv(n, block) * block
-
-    def pad(t, fill):
-        out = torch.full((padded, d), fill, dtype=torch.float32, device=device())
-        out[:n] = t
-        return out
-
-    q, k, v = (pad(t, 0.0) for t in (q, k, v))
-    o = pad(torch.full((n, d), float("nan")), float("nan"))
-    kernel[(triton.cdiv(n, block),)](q, k, v, o, n, 1.0 / math.sqrt(d), BLOCK_M=block, BLOCK_N=block, HEAD_DIM=d)
-    if not torch.isnan(o[n:]).all():
-        raise ContractError(f"your kernel wrote rows at or beyond n_ctx = {n}: mask the store with offs_m < n_ctx")
-    return o[:n].cpu()
+    margin = (block + 1) * d  # a whole block of rows: the farthest an unmasked tile reaches past the end
+    qg, kg, vg = (guarded(t.float().contiguous().view(-1), float("nan"), margin=margin, device=device())
+                  for t in (q, k, v))
+    og = guarded((n * d,), SENTINEL, margin=margin, dtype=torch.float32, device=device())
+    kernel[(triton.cdiv(n, block),)](qg.view, kg.view, vg.view, og.view, n, 1.0 / math.sqrt(d),
+                                     BLOCK_M=block, BLOCK_N=block, HEAD_DIM=d)
+    check_untouched(og, "o", "Rows at or beyond n_ctx must not be stored: mask the store with offs_m[:, None] < n_ctx.")
+    check_written(og, "o", "Every row of o below n_ctx must be stored.")
+    return og.view.view(n, d).cpu().clone()

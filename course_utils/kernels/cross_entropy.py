@@ -119,16 +119,25 @@ def cross_entropy_triton(logits: torch.Tensor, target: torch.Tensor, ignore_inde
 
 
 def launch_ce_row_kernel(kernel, logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Launch a learner's single-block loss kernel: one program per row, BLOCK >= V; returns (N,) losses.
+    """Launch a learner's single-block loss kernel: one program per row, BLOCK >= V; returns (N,) losses
+    on the CPU. Signature: ``(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK)``.
 
-    Signature: ``(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK)``.
+    The logits lie in a NaN-guarded buffer whose margin also covers a read of ``row[ignore_index]``, the
+    losses in a sentinel-filled one that is checked afterwards (:mod:`course_utils.guards`).
     """
+    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded
     from course_utils.runtime import device
 
     require_triton_kernel(kernel)
-    z = as_rows(logits.to(device()))  # compiled Triton needs GPU tensors; exercise cases are built on the CPU
-    target = target.to(z.device).contiguous()
-    losses = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
-    kernel[(z.shape[0],)](z, target, losses, z.stride(0), z.shape[1], ignore_index,
-                          BLOCK=triton.next_power_of_2(z.shape[1]))
-    return losses
+    if logits.dim() != 2 or target.shape != logits.shape[:1]:
+        raise ValueError(f"expected logits (N, V) and target (N,), got {tuple(logits.shape)} and {tuple(target.shape)}")
+    n_rows, n_vocab = logits.shape
+    block = triton.next_power_of_2(n_vocab)
+    margin = max(block, abs(ignore_index)) + 16
+    zg = guarded(logits, float("nan"), margin=margin, row_pad=block - n_vocab + 3, device=device())
+    target = target.to(zg.view.device).contiguous()
+    lg = guarded((n_rows,), SENTINEL, margin=margin, dtype=torch.float32, device=device())
+    kernel[(n_rows,)](zg.view, target, lg.view, zg.view.stride(0), n_vocab, ignore_index, BLOCK=block)
+    check_untouched(lg, "loss", "Store one value per row: tl.store(loss_ptr + row, ...).")
+    check_written(lg, "loss", "Every row stores its loss (0.0 for an ignored row).")
+    return lg.view.cpu().clone()

@@ -103,16 +103,27 @@ def rmsnorm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> 
     return RMSNormFunction.apply(x, weight, eps)
 
 
-def launch_rmsnorm_fwd(kernel, x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Launch a learner's forward kernel with ``_rmsnorm_fwd_kernel``'s signature; returns y."""
-
+def launch_rmsnorm_fwd(kernel, x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6):
+    """Launch a learner's forward kernel with ``_rmsnorm_fwd_kernel``'s signature on 2-D ``x``; returns
+    (y, rstd) on the CPU. The tensors lie in guarded buffers (:mod:`course_utils.guards`): inputs surrounded
+    by NaN, outputs by a sentinel that is checked afterwards."""
     require_triton_kernel(kernel)
+    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded
     from course_utils.runtime import device
 
     check_row_params(x, MAX_COLS, weight=weight)
-    x2, weight = as_rows(x.to(device())), weight.to(device())  # compiled Triton needs GPU tensors
-    y = torch.empty_like(x2)
-    rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
-    kernel[(x2.shape[0],)](x2, weight, y, rstd, x2.stride(0), y.stride(0), x2.shape[1], eps,
-                           BLOCK=triton.next_power_of_2(x2.shape[1]))
-    return y.view(x.shape)
+    shape, x = x.shape, x.reshape(-1, x.shape[-1])  # (rows, n_cols); a 2-D x keeps its row stride
+    n_rows, n_cols = x.shape
+    block = triton.next_power_of_2(n_cols)
+    margin = block + 16
+    xg = guarded(x, float("nan"), margin=margin, row_pad=block - n_cols + 3, device=device())
+    wg = guarded(weight, float("nan"), margin=margin, device=device())
+    yg = guarded((n_rows, n_cols), SENTINEL, margin=margin, row_pad=block - n_cols + 5, dtype=x.dtype, device=device())
+    rg = guarded((n_rows,), SENTINEL, margin=margin, dtype=torch.float32, device=device())
+    kernel[(n_rows,)](xg.view, wg.view, yg.view, rg.view, xg.view.stride(0), yg.view.stride(0), n_cols, eps,
+                      BLOCK=block)
+    check_untouched(yg, "y", "Mask the store: tl.store(..., mask=cols < n_cols), and use y_row_stride for y.")
+    check_untouched(rg, "rstd", "Store one value per row: tl.store(rstd_ptr + row, rstd).")
+    check_written(yg, "y", "Every y[row, :n_cols] must be stored.")
+    check_written(rg, "rstd", "Every row stores its rstd = 1 / sqrt(mean(x²) + eps).")
+    return yg.view.contiguous().cpu().view(shape), rg.view.cpu().clone()

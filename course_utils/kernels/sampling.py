@@ -78,7 +78,14 @@ def sample_triton(logits: torch.Tensor, *, temperature: float = 1.0, min_p: floa
 
 def launch_gumbel_kernel(kernel, logits: torch.Tensor, temperature: float, seed: int) -> torch.Tensor:
     """Launch a learner's one-block kernel with :func:`solutions.ch06_token_prediction.gumbel_max_kernel`'s
-    signature on logits (rows, V); returns (rows,) int64 on the CPU."""
+    signature on logits (rows, V); returns (rows,) int64 on the CPU.
+
+    The rows lie in a guarded buffer (:mod:`course_utils.guards`) whose padding holds +inf, a value that
+    wins every argmax: a lane at or beyond V that is not excluded is drawn, and reported as a token that
+    does not exist.
+    """
+    from course_utils.exercises import ContractError
+    from course_utils.guards import check_untouched, check_written, guarded
     from course_utils.runtime import device
 
     require_triton_kernel(kernel)
@@ -86,9 +93,16 @@ def launch_gumbel_kernel(kernel, logits: torch.Tensor, temperature: float, seed:
         raise ValueError(f"expected logits (rows, V) with V <= {MAX_BLOCK}, got {tuple(logits.shape)}")
     n_rows, n_cols = logits.shape
     block = triton.next_power_of_2(n_cols)
-    # rows padded to BLOCK (with -inf): a load without a mask stays inside the buffer
-    rows = torch.full((n_rows, block), float("-inf"), dtype=torch.float32, device=device())
-    rows[:, :n_cols] = logits
-    out = torch.full((n_rows,), -1, dtype=torch.int64, device=rows.device)
-    kernel[(n_rows,)](rows, out, rows.stride(0), n_cols, 1.0 / temperature, seed, BLOCK=block)
-    return out.cpu()
+    margin = block + 16
+    zg = guarded(logits.float(), float("inf"), margin=margin, row_pad=block - n_cols + 3, device=device())
+    og = guarded((n_rows,), -1, margin=margin, dtype=torch.int64, device=device())
+    kernel[(n_rows,)](zg.view, og.view, zg.view.stride(0), n_cols, 1.0 / temperature, seed, BLOCK=block)
+    check_untouched(og, "out", "Store one token id per row: tl.store(out_ptr + row, ...).")
+    check_written(og, "out", "Every row stores the argmax of its scores.")
+    ids = og.view.cpu().clone()
+    bad = ((ids < 0) | (ids >= n_cols)).nonzero()
+    if len(bad):
+        row = int(bad[0, 0])
+        raise ContractError(f"row {row} drew token id {int(ids[row])}, but the vocabulary has {n_cols} tokens (ids 0 "
+                            f"to {n_cols - 1}): a lane at or beyond n_cols won the argmax.")
+    return ids

@@ -110,15 +110,23 @@ def launch_row_kernel(kernel, x: torch.Tensor) -> torch.Tensor:
     """Launch a learner's single-block row-softmax kernel on 2-D ``x`` (one program per row).
 
     The kernel's signature is ``(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK)`` with
-    ``BLOCK = next_power_of_2(n_cols)``, so one block covers a whole row.
+    ``BLOCK = next_power_of_2(n_cols)``, so one block covers a whole row. x and y lie in guarded buffers
+    (:mod:`course_utils.guards`) with row strides of their own: a missing mask is a message, not a crash.
     """
     if x.dim() != 2:
         raise ValueError(f"expected a 2-D tensor (rows, n_cols), got shape {tuple(x.shape)}")
     require_triton_kernel(kernel)
+    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded
     from course_utils.runtime import device
 
-    x2 = as_rows(x.to(device()))  # compiled Triton needs GPU tensors; exercise cases are built on the CPU
-    y = torch.empty_like(x2)
-    kernel[(x2.shape[0],)](x2, y, x2.stride(0), y.stride(0), x2.shape[1],
-                           BLOCK=triton.next_power_of_2(x2.shape[1]))
-    return y
+    n_rows, n_cols = x.shape
+    block = triton.next_power_of_2(n_cols)
+    margin = block + 16
+    # NaN around the input spoils any unmasked read; x and y get different row strides (a kernel that uses
+    # x_row_stride for y is caught too)
+    xg = guarded(x, float("nan"), margin=margin, row_pad=block - n_cols + 3, device=device())
+    yg = guarded((n_rows, n_cols), SENTINEL, margin=margin, row_pad=block - n_cols + 5, dtype=x.dtype, device=device())
+    kernel[(n_rows,)](xg.view, yg.view, xg.view.stride(0), yg.view.stride(0), n_cols, BLOCK=block)
+    check_untouched(yg, "y", "Mask the store: tl.store(..., mask=cols < n_cols), and use y_row_stride for y.")
+    check_written(yg, "y", "Every y[row, :n_cols] must be stored (one program per row, BLOCK >= n_cols lanes).")
+    return yg.view.contiguous().cpu()
