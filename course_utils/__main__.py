@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("execute", help="run notebooks top to bottom and store their outputs (maintainers)")
     run.add_argument("notebooks", nargs="+")
     run.add_argument("--solved", action="store_true", help="replace exercise cells by the answers; do not write")
+    sync = sub.add_parser("sync-stubs", help="rewrite notebooks' exercise cells from the references (maintainers)")
+    sync.add_argument("notebooks", nargs="*", help="default: every notebook in notebooks/")
     lab = sub.add_parser("lab", help="open JupyterLab on notebooks/ (127.0.0.1, token auth)")
     lab.add_argument("--port", type=int, default=8888)
     args = parser.parse_args(argv)
@@ -98,6 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.notebooks:
             _, seconds = execute(path, solved_mode=args.solved, write=not args.solved)
             print(f"{path}: {seconds:.1f} s ({'solved, not written' if args.solved else 'outputs stored'})")
+        return 0
+    if args.command == "sync-stubs":
+        from pathlib import Path
+
+        from course_utils.notebook_runner import sync_stubs
+
+        paths = args.notebooks or sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+        for path in paths:
+            changed = sync_stubs(Path(path))
+            print(f"{path}: " + (f"rewrote {', '.join(changed)} (re-run it: execute)" if changed else "up to date"))
         return 0
     if args.command == "doctor":
         return doctor()

@@ -504,7 +504,8 @@ def _same_behaviour(ex: Exercise, fn: Callable, case: Case, out: Any) -> bool:
     try:
         wrong = _run_with_time_limit(ex.timeout_s, lambda: ex.run(fn, case))
     except Exception as exc:
-        return isinstance(out, BaseException) and type(exc) is type(out)
+        same_type = isinstance(out, BaseException) and type(exc) is type(out)
+        return same_type and (not isinstance(exc, ContractError) or str(exc) == str(out))
     return (not isinstance(out, BaseException)
             and describe_mismatch(wrong, out, {**ex.tolerances, **case.tolerances}) is None)
 
@@ -543,7 +544,9 @@ def describe_mismatch(expected: Any, got: Any, tolerances: dict | None = None, w
             return f"{what}expected a torch.Tensor, got {type(got).__name__}" + (
                 " (did you forget to `return` it?)" if got is None else "")
         if got.shape != expected.shape:
-            return f"{what}expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
+            swapped = got.dim() >= 2 and got.shape == expected.transpose(-1, -2).shape
+            return (f"{what}expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
+                    + (" (the last two dimensions swapped: a transpose?)" if swapped else ""))
         if got.dtype != expected.dtype:
             return f"{what}expected dtype {expected.dtype}, got {got.dtype}"
         got_c, exp_c = got.detach().cpu(), expected.detach().cpu()
@@ -558,7 +561,7 @@ def describe_mismatch(expected: Any, got: Any, tolerances: dict | None = None, w
         if new_nan.any():
             idx = new_nan.nonzero()[0].tolist()
             return (f"{what}NaN at index {idx} where the answer is {exp_f[tuple(idx)].item():.6g} "
-                    f"({int(new_nan.sum())} NaN values in all)")
+                    f"({int(new_nan.sum())} NaN values in all){_where_wrong(~new_nan)}")
         ok = torch.isclose(got_f, exp_f, rtol=rtol, atol=atol, equal_nan=True)
         if bool(ok.all()):
             return None
@@ -568,7 +571,19 @@ def describe_mismatch(expected: Any, got: Any, tolerances: dict | None = None, w
             return f"{what}expected {exp_f.item():.6g}, got {got_f.item():.6g} {tol}"
         idx = list(divmod_index(int(err.argmax()), exp_f.shape))
         return (f"{what}{int((~ok).sum())} of {ok.numel()} values differ; worst at index {idx}: "
-                f"expected {exp_f[tuple(idx)].item():.6g}, got {got_f[tuple(idx)].item():.6g} {tol}")
+                f"expected {exp_f[tuple(idx)].item():.6g}, got {got_f[tuple(idx)].item():.6g} {tol}"
+                f"{_error_pattern(exp_f, got_f, rtol, atol) or _where_wrong(ok)}")
+    if isinstance(expected, dict):  # named values: the name says where it differs
+        if not isinstance(got, dict):
+            return f"{what}expected a dict, got {type(got).__name__}"
+        if got.keys() != expected.keys():
+            missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+            return f"{what}missing {missing}" + (f", unexpected {extra}" if extra else "")
+        for key, value in expected.items():
+            problem = describe_mismatch(value, got[key], tolerances, f"{where}[{key!r}]" if where else str(key))
+            if problem:
+                return problem
+        return None
     if isinstance(expected, (tuple, list)):
         if not isinstance(got, (tuple, list)):
             return f"{what}expected a tuple of {len(expected)} values, got {type(got).__name__}"
@@ -591,6 +606,55 @@ def describe_mismatch(expected: Any, got: Any, tolerances: dict | None = None, w
     if expected != got:
         return f"{what}expected {expected!r}, got {got!r}"
     return None
+
+
+def _error_pattern(exp: torch.Tensor, got: torch.Tensor, rtol: float, atol: float) -> str:
+    """When a wrong answer is the right one transformed simply, say how (float64 tensors, one shape)."""
+    finite = exp.isfinite() & got.isfinite()
+    if not bool(finite.all()) or exp.numel() < 2:
+        return ""
+
+    def close(a, b):
+        return bool(torch.isclose(a, b, rtol=rtol, atol=atol).all())
+
+    if close(got, -exp):
+        return ". Your output is the answer with its sign flipped."
+    if exp.dim() >= 2 and exp.shape[-1] == exp.shape[-2] and close(got, exp.transpose(-1, -2)):
+        return ". Your output is the answer transposed (last two dimensions swapped)."
+    for dim in range(exp.dim()):
+        n = exp.shape[dim]
+        if n > 2:
+            ahead, behind = exp.narrow(dim, 1, n - 1), exp.narrow(dim, 0, n - 1)
+            if close(got.narrow(dim, 0, n - 1), ahead) or close(got.narrow(dim, 1, n - 1), behind):
+                return f". Your output is the answer shifted by one position along dimension {dim}: an off-by-one?"
+    nonzero = exp.abs() > atol
+    if bool(nonzero.sum() >= 2):
+        ratio = got[nonzero] / exp[nonzero]
+        r = float(ratio.median())
+        if abs(r - 1) > 10 * rtol and close(got, r * exp):
+            return f". Every value is {r:.4g} times the answer: a missing or extra constant factor."
+    offset = float((got - exp).median())
+    if abs(offset) > atol and close(got, exp + offset):
+        return f". Every value is off by {offset:+.4g}: a constant offset."
+    rel = ((got - exp).abs() / exp.abs().clamp_min(atol))[nonzero] if bool(nonzero.any()) else None
+    if rel is not None and rel.numel() > 4 and float(rel.max()) < 1e-2:
+        return (f". The relative error is small everywhere (at most {float(rel.max()):.1e}) and grows with the values: "
+                "a step in lower precision (float16, bfloat16, TF32)?")
+    return ""
+
+
+def _where_wrong(ok: torch.Tensor) -> str:
+    """Say when the wrong values sit in a few rows, or only at the last positions of a row (``ok``: bool)."""
+    if ok.dim() < 2 or bool(ok.all()):
+        return ""
+    rows_bad = (~ok).flatten(0, -2).any(dim=-1)
+    n_rows = rows_bad.numel()
+    if 0 < int(rows_bad.sum()) < n_rows:
+        bad = rows_bad.nonzero()[:, 0].tolist()
+        shown = ", ".join(map(str, bad[:6])) + (", ..." if len(bad) > 6 else "")
+        return (f". Only {len(bad)} of {n_rows} rows are wrong (rows {shown}, counting over all but the last "
+                "dimension): look for what is special about them (a mask, padding, an all-masked or constant row).")
+    return ""
 
 
 def divmod_index(flat: int, shape: torch.Size) -> tuple[int, ...]:

@@ -58,8 +58,9 @@ def warmup_cosine_lr(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
 
 def grad_norm_spikes(norms, window, factor):
     """Steps whose gradient norm jumps: the indices i >= window with norms[i] > factor * median of the
-    ``window`` norms before it (norms[i - window : i], not including step i). The median, unlike the
-    mean, is not dragged up by an earlier spike in the window. Returns a list of ints, ascending.
+    ``window`` norms before it (norms[i - window : i], not including step i). For an even window the median
+    is the mean of the two middle values (as statistics.median; torch.median takes the lower one). The
+    median, unlike the mean, is not dragged up by an earlier spike in the window. Returns a list of ints, ascending.
     """
     flagged = []
     for i in range(window, len(norms)):

@@ -14,7 +14,9 @@ larger buffers instead:
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -105,3 +107,121 @@ def check_written(buf: Guarded, name: str, fix: str) -> None:
         idx = unwritten.nonzero()[0].tolist()
         raise ContractError(f"your kernel left {int(unwritten.sum())} of {unwritten.numel()} elements of {name} "
                             f"unwritten (first at index {idx}). {fix}")
+
+
+# ------------------------------------------------------------------ every access, in the interpreter
+
+@dataclass
+class _Region:
+    name: str
+    base: int  # address of element [0, 0]
+    rows: int
+    cols: int
+    row_stride: int  # in elements
+    itemsize: int
+
+    def contains(self, addresses):
+        """numpy bool array: which addresses are elements of this tensor (not its padding)."""
+        import numpy as np
+
+        offset = addresses.astype(np.int64) - self.base
+        element, rest = np.divmod(offset, self.itemsize)
+        row, col = np.divmod(element, self.row_stride)
+        return (rest == 0) & (element >= 0) & (row < self.rows) & (col < self.cols)
+
+    def distance(self, address: int) -> int:
+        """Bytes from ``address`` to this tensor's span (0 inside it, padding included)."""
+        end = self.base + ((self.rows - 1) * self.row_stride + self.cols) * self.itemsize
+        return max(self.base - address, address - end + self.itemsize, 0)
+
+    def describe(self, address: int) -> str:
+        element = (address - self.base) // self.itemsize
+        if element < 0:
+            return f"{-element} elements before the start of {self.name}"
+        row, col = divmod(element, self.row_stride)
+        if row >= self.rows:
+            return f"{element - (self.rows - 1) * self.row_stride - self.cols + 1} elements past the end of {self.name}"
+        return f"row {row}, column {col} of {self.name}, which has {self.cols} columns"
+
+
+def _region(name: str, t: "Guarded | torch.Tensor") -> _Region:
+    view = t.view if isinstance(t, Guarded) else t
+    rows, cols = (1, view.shape[0]) if view.dim() == 1 else view.shape
+    stride = view.stride(0) if view.dim() == 2 else cols
+    if view.dim() == 1 and view.stride(0) != 1:
+        raise ValueError(f"{name}: a watched vector must be contiguous")
+    return _Region(name, view.data_ptr(), rows, cols, stride, view.element_size())
+
+
+class AccessLog:
+    """What a kernel loaded or stored outside the tensors it was given (filled by :func:`watch_accesses`)."""
+
+    def __init__(self, loads: list[_Region], stores: list[_Region]):
+        self.loads, self.stores = loads, stores
+        self.outside = {"load": 0, "store": 0}
+        self.first: dict[str, str] = {}
+
+    def _record(self, kind: str, regions: list[_Region], addresses, mask) -> None:
+        import numpy as np
+
+        active = np.asarray(addresses)[np.asarray(mask, dtype=bool)]
+        if active.size == 0:
+            return
+        inside = np.zeros(active.shape, dtype=bool)
+        for region in regions:
+            inside |= region.contains(active)
+        if inside.all():
+            return
+        bad = active[~inside]
+        self.outside[kind] += int(bad.size)
+        if kind not in self.first:
+            address = int(bad.reshape(-1)[0])
+            nearest = min(self.loads + self.stores, key=lambda r: r.distance(address))
+            self.first[kind] = nearest.describe(address)
+
+    def check(self) -> None:
+        """Raise ContractError for the first kind of access that went outside."""
+        from course_utils.exercises import ContractError
+
+        if self.outside["load"]:
+            raise ContractError(
+                f"your kernel loaded {self.outside['load']} value(s) from outside the tensors it was given (first: "
+                f"{self.first['load']}). Every lane of a load must be masked to addresses inside its tensor "
+                "(mask=..., other=...); a value loaded there is garbage, and on a GPU the address may not exist.")
+        if self.outside["store"]:
+            names = ", ".join(r.name for r in self.stores)
+            raise ContractError(
+                f"your kernel stored {self.outside['store']} value(s) outside its output(s) {names} (first: "
+                f"{self.first['store']}). Mask every store to the output's own elements.")
+
+
+
+@contextlib.contextmanager
+def watch_accesses(loads: dict[str, "Guarded | torch.Tensor"], stores: dict[str, "Guarded | torch.Tensor"]):
+    """Within the block, record every load and store of Triton's interpreter whose address is not an element
+    of one of ``loads`` (for loads; outputs may be read too) or ``stores``. Yields an :class:`AccessLog`;
+    call its ``check()`` after the launch. With compiled Triton (a GPU) nothing is recorded: the guards
+    around the buffers still keep stray accesses inside the allocation."""
+    store_regions = [_region(n, t) for n, t in stores.items()]
+    load_regions = [_region(n, t) for n, t in loads.items()] + store_regions
+    log = AccessLog(load_regions, store_regions)
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        yield log
+        return
+    from triton.runtime.interpreter import interpreter_builder as builder
+
+    load, store = builder.create_masked_load, builder.create_masked_store
+
+    def checked_load(ptrs, mask, other, cache_policy, is_volatile):
+        log._record("load", load_regions, ptrs.data, mask.data)
+        return load(ptrs, mask, other, cache_policy, is_volatile)
+
+    def checked_store(ptrs, value, mask, cache_policy):
+        log._record("store", store_regions, ptrs.data, mask.data)
+        return store(ptrs, value, mask, cache_policy)
+
+    builder.create_masked_load, builder.create_masked_store = checked_load, checked_store
+    try:
+        yield log
+    finally:
+        del builder.create_masked_load, builder.create_masked_store  # back to the class's methods

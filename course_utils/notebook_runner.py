@@ -33,6 +33,23 @@ def exercise_cells(nb) -> list:
     return [c for c in nb.cells if "exercise" in c.get("metadata", {}).get("tags", [])]
 
 
+def sync_stubs(path: Path) -> list[str]:
+    """Rewrite the notebook's exercise cells from ``stub_source`` (the reference's signature and docstring);
+    returns the ids whose cell changed (the notebook is written only then)."""
+    from course_utils.exercises import stub_source
+
+    nb = nbformat.read(path, as_version=4)
+    changed = []
+    for cell in exercise_cells(nb):
+        stub = stub_source(cell.metadata["exercise"]).rstrip("\n")
+        if cell.source != stub:
+            cell.source = stub
+            changed.append(cell.metadata["exercise"])
+    if changed:
+        nbformat.write(nb, path)
+    return changed
+
+
 def solved(nb):
     """A copy of ``nb`` whose exercise cells hold the reference answers' source."""
     from course_utils.exercises import solution_source

@@ -16,6 +16,10 @@ __all__ = ["xavier_uniform", "kaiming_normal", "gpt_init_", "tie_weights", "mup_
 
 # ------------------------------------------------------------- statistics of a random initialiser
 
+SAMPLE_STATISTICS = ("std * sqrt(fan_in + fan_out) of your weights", "kurtosis of your weights (uniform 1.8, normal 3)",
+                     "mean / std of your weights")
+
+
 def _sample_statistics(fn, *args):
     """Run an initialiser and summarise its sample: (std * sqrt(fan_in + fan_out), kurtosis, mean / std).
 
@@ -29,10 +33,13 @@ def _sample_statistics(fn, *args):
         raise ContractError(f"expected a torch.Tensor, got {type(w).__name__}")
     if tuple(w.shape) != (fan_out, fan_in):
         raise ContractError(f"expected shape (fan_out, fan_in) = {(fan_out, fan_in)}, got {tuple(w.shape)}")
+    if w.dtype != torch.float32:
+        raise ContractError(f"expected a float32 weight (the contract), got {w.dtype}: the next cells build float32 "
+                            "layers with it. torch.empty/randn give float32; avoid .double() and numpy float64.")
     w = w.detach().double()
     std = w.std()
     kurtosis = ((w - w.mean()) ** 4).mean() / std ** 4
-    return torch.stack([std * math.sqrt(fan_in + fan_out), kurtosis, w.mean() / std])
+    return std * math.sqrt(fan_in + fan_out), kurtosis, w.mean() / std
 
 
 STAT_TOLERANCE = {torch.float64: (0.03, 0.03)}  # sampling noise of std/kurtosis/mean at ~10^5 samples
@@ -86,7 +93,8 @@ def _kaiming_cases():
 
 def _init_statistics(fn, n_layer, std, depth_scaled):
     """Scramble a TinyTransformer's Linear and Embedding parameters, apply ``fn``, and summarise each
-    parameter by (50 * std, 16 * mean) in named_parameters order. The factors put both columns on a
+    parameter by "50 * std of <name>" and "16 * mean of <name>" (a dict, so a failure names the
+    parameter). The factors put both statistics on a
     scale where one tolerance fits: 50 * std is about 1 for GPT-sized weights, and the sampling noise of
     16 * mean over 4096 values is below 0.01, so a constant offset (biases not zeroed) stands out while
     two correct answers drawing different random numbers agree."""
@@ -98,8 +106,11 @@ def _init_statistics(fn, n_layer, std, depth_scaled):
                 for p in module.parameters():
                     p.uniform_(-1.0, 1.0)
     fn(model, std, depth_scaled)
-    return torch.stack([torch.stack([50 * p.detach().double().std(), 16 * p.detach().double().mean()])
-                        for p in model.parameters()])
+    stats = {}
+    for name, p in model.named_parameters():
+        stats[f"50 * std of {name}"] = 50 * p.detach().double().std()
+        stats[f"16 * mean of {name}"] = 16 * p.detach().double().mean()
+    return stats
 
 
 def _gpt_cases():
@@ -211,7 +222,7 @@ def _lr_per_parameter(fn, width, base_lr, base_width):
     missing = [name for name, p in model.named_parameters() if id(p) not in lr_of]
     if missing:
         raise ContractError(f"parameters missing from the groups: {missing}")
-    return torch.tensor([lr_of[id(p)] for p in model.parameters()], dtype=torch.float64)
+    return {f"lr of {name}": torch.tensor(lr_of[id(p)], dtype=torch.float64) for name, p in model.named_parameters()}
 
 
 def _mup_cases():
@@ -238,7 +249,7 @@ def _mup_inverted(model, base_lr, base_width):
 EXERCISES = [
     Exercise(
         id="2.1", title="Xavier/Glorot uniform", reference=xavier_uniform, cases=_xavier_cases,
-        call=_sample_statistics, tolerances=STAT_TOLERANCE,
+        call=_sample_statistics, tolerances=STAT_TOLERANCE, output_names=SAMPLE_STATISTICS,
         mistakes=(
             Mistake("normal instead of uniform", lambda o, i, gain=1.0: torch.randn(o, i) * gain * math.sqrt(2 / (i + o)),
                     "Right variance, wrong shape: this asks for a *uniform* U(-a, a); its kurtosis is 1.8, a normal's 3."),
@@ -255,7 +266,7 @@ EXERCISES = [
     ),
     Exercise(
         id="2.2", title="He/Kaiming normal", reference=kaiming_normal, cases=_kaiming_cases,
-        call=_sample_statistics, tolerances=STAT_TOLERANCE,
+        call=_sample_statistics, tolerances=STAT_TOLERANCE, output_names=SAMPLE_STATISTICS,
         mistakes=(
             Mistake("mode ignored", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) * (
                 {"relu": math.sqrt(2), "linear": 1.0, "tanh": 5 / 3}[nonlinearity] / math.sqrt(i)),

@@ -29,6 +29,10 @@ def _norm_cases(with_bias: bool):
         Case("single row", (torch.randn(1, 64, generator=g), *params(64))),
         Case("tiny values (~1e-3) with eps = 1e-2", (1e-3 * torch.randn(3, 16, generator=g), *params(16)),
              {"eps": 1e-2}),
+        # float32 keeps ~7 digits: at mean 1000 two correct answers differ by ~1e-4, while E[x²] - E[x]²
+        # (a difference of two numbers near 10^6) is off by ~0.3
+        Case("rows of mean 1000, std 1 (float32)", (1000 + torch.randn(4, 64, generator=g), *params(64)),
+             tolerances={torch.float32: (1e-3, 3e-3)}),
     ]
 
 
@@ -43,6 +47,12 @@ def layer_norm(x, weight, bias, eps=1e-5):
     """
     mean = x.mean(dim=-1, keepdim=True)
     var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def _ln_moment_variance(x, weight, bias, eps=1e-5):
+    mean = x.mean(dim=-1, keepdim=True)
+    var = (x * x).mean(dim=-1, keepdim=True) - mean ** 2
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
 
 
@@ -252,6 +262,9 @@ EXERCISES = [
                     "eps goes inside the square root: (x - mean) / sqrt(var + eps)."),
             Mistake("wrong axis", _ln_wrong_axis,
                     "Normalise each position over its features (dim=-1); dim=0 is what BatchNorm does."),
+            Mistake("variance as E[x²] - E[x]²", _ln_moment_variance,
+                    "E[x²] - E[x]² subtracts two numbers near mean² (10^6 here): float32 keeps 7 digits, so the "
+                    "variance of 1 comes out wrong. Subtract the mean first: ((x - mean)**2).mean(dim=-1)."),
         ),
     ),
     Exercise(

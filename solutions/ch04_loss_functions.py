@@ -209,11 +209,19 @@ def cross_entropy_row_kernel(logits_ptr, target_ptr, loss_ptr, row_stride, n_voc
 
 @triton.jit
 def _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK: tl.constexpr,
-                PAD_WITH_ZERO: tl.constexpr, SUBTRACT_MAX: tl.constexpr, MASK_LOAD: tl.constexpr):
+                PAD_WITH_ZERO: tl.constexpr, SUBTRACT_MAX: tl.constexpr, MASK_LOAD: tl.constexpr,
+                BRANCH_ON_IGNORED: tl.constexpr):
     """cross_entropy_row_kernel with one step done wrong: the common body of the mistakes below."""
     row = tl.program_id(0)
     target = tl.load(target_ptr + row)
-    if target == ignore_index:
+    if not BRANCH_ON_IGNORED:  # compute every row, then pick 0.0 for ignored ones: reads row[ignore_index]
+        cols = tl.arange(0, BLOCK)
+        z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_vocab, other=-float("inf")).to(tl.float32)
+        m = tl.max(z, axis=0)
+        lse = m + tl.log(tl.sum(tl.exp(z - m), axis=0))
+        z_target = tl.load(logits_ptr + row * row_stride + target).to(tl.float32)
+        tl.store(loss_ptr + row, tl.where(target == ignore_index, 0.0, lse - z_target))
+    elif target == ignore_index:
         tl.store(loss_ptr + row, 0.0)
     else:
         cols = tl.arange(0, BLOCK)
@@ -234,24 +242,30 @@ def _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_in
 @triton.jit
 def _ce_kernel_pads_with_zero(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
                               BLOCK: tl.constexpr):
-    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, True, True, True)
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, True, True, True, True)
 
 
 @triton.jit
 def _ce_kernel_no_max(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK: tl.constexpr):
-    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, False, True)
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, False, True, True)
 
 
 @triton.jit
 def _ce_kernel_unmasked_load(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
                              BLOCK: tl.constexpr):
-    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, True, False)
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, True, False, True)
 
 
-def _launch_ce(kernel, logits, target):
+@triton.jit
+def _ce_kernel_reads_ignored_target(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
+                                    BLOCK: tl.constexpr):
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, True, True, False)
+
+
+def _launch_ce(kernel, logits, target, ignore_index=-100):
     from course_utils.kernels.cross_entropy import launch_ce_row_kernel
 
-    return launch_ce_row_kernel(kernel, logits, target)
+    return launch_ce_row_kernel(kernel, logits, target, ignore_index)
 
 
 def _kernel_cases():
@@ -263,6 +277,8 @@ def _kernel_cases():
         Case("all-negative logits, vocabulary 50", (-5 - torch.rand(3, 50, generator=g), torch.randint(0, 50, (3,), generator=g))),
         Case("huge logits (x300)", (300 * torch.randn(4, 37, generator=g), torch.randint(0, 37, (4,), generator=g))),
         Case("every other row ignored", (torch.randn(6, 100, generator=g), with_ignored)),
+        Case("ignore_index = 3, a class id (rows with target 3 are ignored)",
+             (torch.randn(5, 20, generator=g), torch.tensor([3, 0, 3, 19, 7])), {"ignore_index": 3}),
         Case("vocabulary 1", (torch.randn(2, 1, generator=g), torch.zeros(2, dtype=torch.long))),
     ]
 
@@ -323,6 +339,10 @@ EXERCISES = [
                     "Masked lanes must load -inf: with 0.0 they enter the max and add exp(0 - max) to the sum."),
             Mistake("no max subtraction", _ce_kernel_no_max,
                     "Subtract the row max before tl.exp (and add it back to the log): large logits overflow otherwise."),
+            Mistake("row[target] read for ignored rows", _ce_kernel_reads_ignored_target,
+                    "tl.where picks 0.0 for an ignored row only after row[target] was loaded, and target = "
+                    "ignore_index (-100) points before the row: branch first (if target == ignore_index: store 0.0) "
+                    "and load row[target] only for counted rows."),
             Mistake("load without a mask", _ce_kernel_unmasked_load,
                     "Lanes at or beyond n_vocab lie outside the row: load with mask=cols < n_vocab, other=-inf, so "
                     "they neither win the max nor add to the sum."),

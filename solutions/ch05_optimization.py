@@ -59,6 +59,9 @@ def _adamw_cases():
                                                           m7, v7, 3, 0.5, 0.9, 0.95, 1e-8, 0.5)),
         Case("tiny gradients (eps matters)", (torch.randn(6, generator=gen), 1e-7 * torch.randn(6, generator=gen),
                                               torch.zeros(6), torch.zeros(6), 1, 1.0, 0.9, 0.999, 1e-8, 0.0)),
+        Case("beta1 = 0.5, eps = 1e-3, step 2 (every argument used)",
+             (torch.randn(4, generator=gen), 1e-3 * torch.randn(4, generator=gen), *moments((4,), 1e-3), 2, 0.1, 0.5,
+              0.99, 1e-3, 0.01)),
         Case("step 1000, no decay (Adam)", (torch.randn(3, 4, generator=gen), torch.randn(3, 4, generator=gen),
                                             m3, v3, 1000, 1e-3, 0.9, 0.999, 1e-8, 0.0)),
         Case("zero gradient at step 1", (torch.ones(4), torch.zeros(4), torch.zeros(4), torch.zeros(4),
@@ -213,6 +216,8 @@ def _factored_cases():
         Case("rank-1 gradient (the estimate is exact)", (torch.outer(torch.randn(6, generator=gen), torch.randn(2, generator=gen)),
                                                          torch.zeros(6), torch.zeros(2), 0.0, eps1)),
         Case("zero gradient at step 1", (torch.zeros(3, 3), torch.zeros(3), torch.zeros(3), 0.0, eps1)),
+        Case("tiny gradient, eps1 = 1e-3 (the clamp decides)",
+             (1e-3 * torch.randn(4, 5, generator=gen), torch.zeros(4), torch.zeros(5), 0.0, 1e-3)),
     ]
 
 
@@ -233,18 +238,19 @@ def __getattr__(name):  # `from solutions.ch05_optimization import adamw_kernel`
 @triton.jit
 def _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
                    bias_correction2, BLOCK: tl.constexpr, DECOUPLED: tl.constexpr, CORRECT_BIAS: tl.constexpr,
-                   STORE_MOMENTS: tl.constexpr, MASK_STORE: tl.constexpr):
+                   STORE_MOMENTS: tl.constexpr, MASK_STORE: tl.constexpr, MASK_LOAD: tl.constexpr):
     """adamw_kernel with one step done wrong: the common body of the mistakes below."""
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n_elements
-    p = tl.load(p_ptr + offsets, mask=mask)
-    g = tl.load(g_ptr + offsets, mask=mask)
+    load_mask = mask if MASK_LOAD else offsets < n_elements + BLOCK  # the latter: every lane, past the end too
+    p = tl.load(p_ptr + offsets, mask=load_mask)
+    g = tl.load(g_ptr + offsets, mask=load_mask)
     if DECOUPLED:
         p = p * (1 - lr * weight_decay)
     else:
         g = g + weight_decay * p  # L2: the decay goes through the moments
-    m = beta1 * tl.load(m_ptr + offsets, mask=mask) + (1 - beta1) * g
-    v = beta2 * tl.load(v_ptr + offsets, mask=mask) + (1 - beta2) * g * g
+    m = beta1 * tl.load(m_ptr + offsets, mask=load_mask) + (1 - beta1) * g
+    v = beta2 * tl.load(v_ptr + offsets, mask=load_mask) + (1 - beta2) * g * g
     if CORRECT_BIAS:
         p = p - (lr / bias_correction1) * m / (tl.sqrt(v) / tl.sqrt(bias_correction2) + eps)
     else:
@@ -261,28 +267,35 @@ def _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps
 def _adamw_kernel_l2(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                      bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK, False, True, True, True)
+                   bias_correction2, BLOCK, False, True, True, True, True)
 
 
 @triton.jit
 def _adamw_kernel_no_bias_correction(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                                      bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK, True, False, True, True)
+                   bias_correction2, BLOCK, True, False, True, True, True)
 
 
 @triton.jit
 def _adamw_kernel_moments_not_stored(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                                      bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK, True, True, False, True)
+                   bias_correction2, BLOCK, True, True, False, True, True)
 
 
 @triton.jit
 def _adamw_kernel_unmasked_store(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                                  bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK, True, True, True, False)
+                   bias_correction2, BLOCK, True, True, True, False, True)
+
+
+@triton.jit
+def _adamw_kernel_unmasked_load(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
+                                bias_correction1, bias_correction2, BLOCK: tl.constexpr):
+    _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                   bias_correction2, BLOCK, True, True, True, True, False)
 
 
 def _launch_adamw(kernel, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
@@ -309,7 +322,7 @@ def _kernel_cases():
 
 EXERCISES = [
     Exercise(
-        id="5.1", title="AdamW step from scratch", reference=adamw_update, cases=_adamw_cases,
+        id="5.1", title="AdamW step from scratch", reference=adamw_update, cases=_adamw_cases, output_names=("p", "m", "v"),
         mistakes=(
             Mistake("no bias correction", _adamw_no_bias_correction,
                     "Divide m by (1 - beta1**step) and v by (1 - beta2**step): at step 1 the raw moments are "
@@ -360,6 +373,7 @@ EXERCISES = [
     ),
     Exercise(
         id="5.4", title="Adafactor's factored second moment", reference=factored_second_moment, cases=_factored_cases,
+        output_names=("row_var", "col_var", "v_hat"),
         mistakes=(
             Mistake("no normaliser", _factored_no_normaliser,
                     "outer(row, col) counts the overall scale twice: divide by mean(row_var) (clamped to eps1)."),
@@ -381,6 +395,10 @@ EXERCISES = [
                     "Use the bias corrections passed in: lr / bias_correction1 * m / (sqrt(v / bias_correction2) + eps)."),
             Mistake("moments not stored", _adamw_kernel_moments_not_stored,
                     "Store the new m and v as well: the next step starts from them."),
+            Mistake("load without a mask", _adamw_kernel_unmasked_load,
+                    "The last block runs past n_elements: load p, g, m and v with mask=offsets < n_elements too. "
+                    "Discarding those lanes at the store is not enough: the loads themselves read memory that is "
+                    "not the tensor's (on a GPU, possibly an address that does not exist)."),
             Mistake("store without a mask", _adamw_kernel_unmasked_store,
                     "The last block runs past n_elements: store p, m and v with mask=offsets < n_elements, or the "
                     "lanes beyond write into memory that is not the parameter's."),

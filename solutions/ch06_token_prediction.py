@@ -94,10 +94,48 @@ def _top_p_on_logits(logits, p):  # cumulative sum of raw logits instead of prob
     return logits.masked_fill(~keep, NEG)
 
 
+# A token whose probability lies within rounding of a filter's threshold is decided by the arithmetic, not by
+# the rule: float32 and float64, logits and probabilities round differently. Such decisions (distance to the
+# threshold not exactly 0, at most NEAR_THRESHOLD) are accepted either way; exact ties are not.
+NEAR_THRESHOLD = 1e-6
+
+
+def _top_p_distance(logits, p):
+    """(..., V) float64: for each token, the probability mass before it (descending, ties by id) minus p."""
+    if p >= 1:
+        return torch.zeros_like(logits, dtype=torch.float64)
+    probs = torch.softmax(logits.double(), dim=-1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    return torch.zeros_like(before).scatter(-1, order, before - p)
+
+
+def _min_p_distance(logits, min_p):
+    """(..., V) float64: z_i - z_max - ln(min_p), the log-probability ratio's distance to the threshold."""
+    if min_p <= 0:
+        return torch.zeros_like(logits, dtype=torch.float64)
+    z = logits.double()
+    return z - z.max(dim=-1, keepdim=True).values - math.log(min_p)
+
+
+def _settle_near_threshold(reference, distance):
+    """A call adapter: the candidate's output, with the decisions on tokens within rounding of the threshold
+    taken from the reference (either is right there)."""
+    def call(fn, logits, threshold):
+        out = fn(logits, threshold)
+        if isinstance(out, torch.Tensor) and out.shape == logits.shape and out.dtype == logits.dtype:
+            d = distance(logits, threshold).to(out.device)
+            near = (d != 0) & (d.abs() <= NEAR_THRESHOLD)
+            if bool(near.any()):
+                out = torch.where(near, reference(logits, threshold).to(out.device), out)
+        return out
+    return call
+
+
 def _top_p_cases():
     g = torch.Generator().manual_seed(62)
     return [
-        Case("p = 0.75 exactly on a boundary: [1/8, 1/2, 1/8, 1/4]", (_log([0.125, 0.5, 0.125, 0.25]), 0.75)),
+        Case("p = 0.75 on a boundary up to rounding: [1/8, 1/2, 1/8, 1/4]", (_log([0.125, 0.5, 0.125, 0.25]), 0.75)),
         Case("p = 0.7 between boundaries", (_log([0.125, 0.5, 0.125, 0.25]), 0.7)),
         Case("one dominant token (0.97)", (_log([0.01, 0.97, 0.01, 0.01]), 0.9)),
         Case("uniform ties, p = 0.5: lower ids first", (_log([0.25, 0.25, 0.25, 0.25]), 0.5)),
@@ -118,10 +156,18 @@ def _min_p_scaled_logits(logits, min_p):  # threshold min_p * max logit
     return logits.masked_fill(logits < min_p * logits.max(dim=-1, keepdim=True).values, NEG)
 
 
+def _min_p_strict(logits, min_p):  # > instead of >=: drops a token exactly at min_p * p_max
+    if min_p <= 0:
+        return logits.clone()
+    return logits.masked_fill(logits <= logits.max(dim=-1, keepdim=True).values + math.log(min_p), NEG)
+
+
 def _min_p_cases():
     g = torch.Generator().manual_seed(63)
     return [
-        Case("min_p = 0.25 on [1/2, 1/4, 1/8, 1/8] (1/8 is exactly on the threshold: kept)", (_log([0.5, 0.25, 0.125, 0.125]), 0.25)),
+        Case("min_p = 0.25 on [1/2, 1/4, 1/8, 1/8] (1/8 is on the threshold up to rounding: either is accepted)",
+             (_log([0.5, 0.25, 0.125, 0.125]), 0.25)),
+        Case("min_p = 1 keeps exactly the tied maxima", (torch.tensor([[2.0, 5.0, 5.0, 1.0], [0.0, -1.0, 0.0, 0.0]]), 1.0)),
         Case("min_p = 0.1, a flat-ish batch", (0.3 * torch.randn(3, 30, generator=g), 0.1)),
         Case("min_p = 0.05, a peaked row", (4 * torch.randn(40, generator=g), 0.05)),
         Case("min_p = 0 keeps everything", (torch.randn(5, generator=g), 0.0)),
@@ -310,6 +356,7 @@ EXERCISES = [
     ),
     Exercise(
         id="6.2", title="top-p (nucleus) filter", reference=top_p_filter, cases=_top_p_cases,
+        call=_settle_near_threshold(top_p_filter, _top_p_distance),
         mistakes=(
             Mistake("the crossing token dropped", _top_p_drops_crossing_token,
                     "Keeping tokens while the cumulative sum is <= p leaves a set with mass < p. Keep a token when the "
@@ -330,12 +377,16 @@ EXERCISES = [
     ),
     Exercise(
         id="6.3", title="min-p filter", reference=min_p_filter, cases=_min_p_cases,
+        call=_settle_near_threshold(min_p_filter, _min_p_distance),
         mistakes=(
             Mistake("absolute threshold", _min_p_absolute,
                     "min-p is relative: keep p_i >= min_p * p_max, not p_i >= min_p."),
             Mistake("threshold on logits times min_p", _min_p_scaled_logits,
                     "Scaling a logit is not scaling a probability: p_i >= min_p * p_max means "
                     "z_i >= z_max + ln(min_p)."),
+            Mistake("strict inequality", _min_p_strict,
+                    "\"At least min_p times the top token's\" includes equality: with min_p = 1 the tied maxima stay "
+                    "(>=, not >)."),
         ),
     ),
     Exercise(

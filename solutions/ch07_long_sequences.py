@@ -45,6 +45,10 @@ def _rope_cases():
         Case("(2, 3, 7, 16): batch and heads", (torch.randn(2, 3, 7, 16, generator=g), torch.arange(7), rope_inv_freq(16))),
         Case("positions 1000-1003", (torch.randn(4, 8, generator=g), torch.arange(1000, 1004), rope_inv_freq(8))),
         Case("interpolated positions 0, 0.5, 1", (torch.randn(3, 4, generator=g), torch.tensor([0.0, 0.5, 1.0]), rope_inv_freq(4))),
+        Case("base 500000 (Llama 3), d = 16, positions 0-99",
+             (torch.randn(100, 16, generator=g), torch.arange(100), rope_inv_freq(16, base=500000.0))),
+        Case("scaled frequencies (every one divided by 4, as PI does)",
+             (torch.randn(6, 8, generator=g), torch.arange(6), rope_inv_freq(8) / 4)),
     ]
 
 
@@ -239,10 +243,10 @@ def _attention_unmasked_store(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M:
                        False)
 
 
-def _launch_attention(kernel, q, k, v):
+def _launch_attention(kernel, q, k, v, scale=None):
     from course_utils.kernels.attention import launch_attention_kernel
 
-    return launch_attention_kernel(kernel, q, k, v)
+    return launch_attention_kernel(kernel, q, k, v, scale=scale)
 
 
 def _attention_cases():
@@ -256,6 +260,7 @@ def _attention_cases():
         Case("N = 16, D = 32 (one full block)", qkv(16, 32)),
         Case("sharp scores (q x 20), N = 40", qkv(40, 16, 20.0)),
         Case("N = 5 (one partial block)", qkv(5, 16)),
+        Case("scale 0.5 instead of 1/sqrt(D), N = 20", qkv(20, 16), {"scale": 0.5}),
     ]
 
 
@@ -270,6 +275,9 @@ EXERCISES = [
                     "The rotation by t maps (a, b) to (a cos t - b sin t, a sin t + b cos t)."),
             Mistake("angle without the position", _rope_no_position,
                     "The angle is position * inv_freq[i]: every position gets its own rotation."),
+            Mistake("inv_freq recomputed", lambda x, positions, inv_freq: rope_rotate(x, positions, rope_inv_freq(x.shape[-1])),
+                    "Use the inv_freq you are given: scaled RoPE (PI, NTK, YaRN, Llama 3.1) and other bases (Llama 3 "
+                    "uses 500000) differ only in it; recomputing base-10000 frequencies ignores them."),
         ),
     ),
     Exercise(

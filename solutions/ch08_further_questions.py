@@ -55,9 +55,16 @@ def _tempered_times_t(logits, temperature):
     return torch.softmax(logits * temperature, dim=-1) if temperature > 0 else softmax_with_temperature(logits, 0)
 
 
+def _tempered_negative_accepted(logits, temperature):
+    if temperature == 0:
+        return softmax_with_temperature(logits, 0.0)
+    return torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
+
+
 def _temperature_cases():
     g = torch.Generator().manual_seed(82)
     return [
+        Case("T = -1 (the contract: ValueError)", (torch.randn(2, 5, generator=g), -1.0), raises=ValueError),
         Case("T = 1, batch of 3", (torch.randn(3, 10, generator=g), 1.0)),
         Case("T = 0.5", (2 * torch.randn(12, generator=g), 0.5)),
         Case("T = 0.01, logits around 5 (exp overflows naively)", (5 + torch.randn(2, 8, generator=g), 0.01)),
@@ -94,6 +101,10 @@ def _spikes_from_start(norms, window, factor):
     return out
 
 
+def _spikes_lower_median(norms, window, factor):  # torch.median: the lower of the two middle values
+    return [i for i in range(window, len(norms)) if norms[i] > factor * float(torch.tensor(norms[i - window: i]).median())]
+
+
 def _spike_cases():
     flat = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 9.0, 1.0, 1.1]
     two = [1.0] * 6 + [12.0, 1.0, 1.2, 11.0, 1.0, 0.9]
@@ -108,6 +119,7 @@ def _spike_cases():
         Case("the level drops, then a 4x jump: only the window knows", ([10.0] * 6 + [1.0] * 6 + [4.0], 4, 3.0)),
         Case("exactly factor x median is not a spike", ([1.0, 1.0, 1.0, 3.0, 3.1], 3, 3.0)),
         Case("one small and one large value in the window", ([1.0, 1.0, 1.0, 6.0, 1.0, 2.5, 1.0], 3, 2.0)),
+        Case("an even window: the median of [1, 3] is 2", ([1.0, 3.0, 5.0], 2, 3.0)),
     ]
 
 
@@ -141,7 +153,9 @@ EXERCISES = [
         id="8.1", title="warmup + cosine learning-rate schedule", reference=warmup_cosine_lr, cases=_schedule_cases,
         mistakes=(
             Mistake("warmup starts at 0", _schedule_starts_at_zero,
-                    "Step 0 should already train: use (step + 1) / warmup_steps, so the warmup ends at max_lr."),
+                    "A convention, not a bug: max_lr * step / warmup_steps (lr 0 at step 0, as Hugging Face's "
+                    "get_cosine_schedule_with_warmup does) is common too. This exercise's contract is nanoGPT's: "
+                    "max_lr * (step + 1) / warmup_steps, so step 0 already trains and the warmup ends at max_lr."),
             Mistake("cosine counted from step 0", _schedule_cosine_from_zero,
                     "The cosine starts after the warmup: progress = (step - warmup_steps) / (total_steps - warmup_steps)."),
             Mistake("no floor", _schedule_no_floor, "The cosine goes from max_lr down to min_lr, not to 0."),
@@ -169,6 +183,9 @@ EXERCISES = [
             Mistake("argmax at T = 0", _tempered_argmax_at_zero,
                     "The limit T -> 0 of softmax(z / T) splits the mass equally between tied maxima; argmax picks one."),
             Mistake("multiplied by T", _tempered_times_t, "Divide the logits by T: small T sharpens, large T flattens."),
+            Mistake("negative T accepted", _tempered_negative_accepted,
+                    "A negative temperature turns the ranking upside down (the least likely token becomes the most "
+                    "likely): the contract says raise ValueError for T < 0."),
         ),
     ),
     Exercise(
@@ -181,6 +198,9 @@ EXERCISES = [
                     "Use the median: one earlier spike inside the window drags the mean up and hides the next spike."),
             Mistake("flags before a full window", _spikes_from_start,
                     "Start at i = window: with fewer steps behind it there is no full window to compare with."),
+            Mistake("lower median", _spikes_lower_median,
+                    "torch.median returns the lower of the two middle values for an even count; the contract's "
+                    "median is their mean (as statistics.median): 2 for [1, 3], not 1."),
         ),
     ),
 ]

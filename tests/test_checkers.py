@@ -34,3 +34,28 @@ def test_mistake_is_rejected_with_its_hint(ex, mistake):
     assert result.status == "failed", f"{ex.id} accepted the mistake '{mistake.name}'"
     assert result.mistake == mistake.name, result.message
     assert mistake.hint in result.message
+
+
+# (exercise id, parameter) pairs that the contract fixes for every case, each with its reason; none today.
+FIXED_BY_CONTRACT: dict[tuple[str, str], str] = {}
+
+
+@pytest.mark.parametrize("ex", EXERCISES, ids=[e.id for e in EXERCISES])
+def test_every_scalar_parameter_takes_two_values_across_the_cases(ex):
+    """A parameter that never changes can be hard-coded by a learner and pass (7.1 once ignored inv_freq)."""
+    import inspect
+
+    fn = ex.call if ex.call is not None else ex.answer()
+    params = list(inspect.signature(getattr(fn, "fn", fn)).parameters.values())
+    if ex.call is not None:
+        params = params[1:]  # the candidate itself
+    values = {p.name: set() for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for case in ex.cases():
+        bound = dict(zip(values, case.args)) | case.kwargs
+        for name, param in ((p.name, p) for p in params if p.name in values):
+            value = bound.get(name, param.default)
+            if isinstance(value, (bool, int, float, str)) or value is None:
+                values[name].add(value)
+    for name, seen in values.items():
+        if seen and len(seen) < 2 and (ex.id, name) not in FIXED_BY_CONTRACT:
+            raise AssertionError(f"{ex.id}: every case passes {name} = {seen.pop()!r}; vary it")

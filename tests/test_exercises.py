@@ -248,3 +248,124 @@ def test_hint_needs_the_mistake_to_agree_on_every_case_seen():
 
 def test_logsumexp_softmax_is_accepted():
     assert check("1.2", lambda x: torch.exp(x - torch.logsumexp(x, -1, keepdim=True)), display=False).passed
+
+
+# ------------------------------------------------------------- fair checks: contract, cases, messages
+
+def test_returning_the_callers_tensors_is_refused():
+    def clip(grads, max_norm):  # no copy when nothing needs clipping: the contract asks for new tensors
+        total = torch.sqrt(sum((g ** 2).sum() for g in grads))
+        if total <= max_norm:
+            return grads, total
+        return [g * (max_norm / (total + 1e-6)) for g in grads], total
+
+    _fails_with(clip, "shares memory with its input `grads`", "clone", exercise="1.6")
+
+
+def test_float64_weights_are_refused_with_the_contracts_dtype():
+    import math
+
+    def xavier(fan_out, fan_in, gain=1.0):
+        bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+        return torch.empty(fan_out, fan_in, dtype=torch.float64).uniform_(-bound, bound)
+
+    _fails_with(xavier, "expected a float32 weight", exercise="2.1")
+
+
+def test_statistics_are_named_in_messages():
+    import math
+
+    def xavier(fan_out, fan_in, gain=1.0):  # right variance, normal instead of uniform, and gain squared
+        return torch.randn(fan_out, fan_in) * gain ** 2 * math.sqrt(2 / (fan_in + fan_out))
+
+    result = check("2.1", xavier, display=False)
+    assert result.status == "failed" and "of your weights" in result.message, result.message
+
+
+def test_a_case_that_must_raise():
+    def soft(logits, temperature):  # no ValueError for T < 0, and otherwise right
+        if temperature == 0:
+            return reference("8.3")(logits, 0.0)
+        return torch.softmax(logits / temperature, dim=-1)
+
+    result = _fails_with(soft, "must raise ValueError", exercise="8.3")
+    assert result.mistake == "negative T accepted"
+
+
+def test_correct_answers_written_differently_are_accepted():
+    import math
+
+    import torch.nn.functional as F
+
+    def min_p_probabilities(logits, min_p):  # in probability space, float64: differs from the reference by rounding
+        probs = torch.softmax(logits.double(), dim=-1)
+        keep = probs >= min_p * probs.max(dim=-1, keepdim=True).values
+        return logits.masked_fill(~keep, float("-inf"))
+
+    def min_p_exp(logits, min_p):
+        keep = torch.exp(logits.double() - logits.double().max(dim=-1, keepdim=True).values) >= min_p
+        return logits.masked_fill(~keep, float("-inf"))
+
+    def top_p_float32(logits, p):  # float32 sums, but p >= 1 kept whole
+        if p >= 1:
+            return logits.clone()
+        probs = torch.softmax(logits.float(), dim=-1)
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+        keep_sorted = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) < p
+        keep_sorted[..., 0] = True
+        return logits.masked_fill(~torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted), float("-inf"))
+
+    def layer_norm_builtin(x, weight, bias, eps=1e-5):
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+    def layer_norm_var(x, weight, bias, eps=1e-5):
+        return (x - x.mean(-1, keepdim=True)) * torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + eps) * weight + bias
+
+    for exercise, fn in [("6.3", min_p_probabilities), ("6.3", min_p_exp), ("6.2", top_p_float32),
+                         ("3.1", layer_norm_builtin), ("3.1", layer_norm_var)]:
+        result = check(exercise, fn, display=False)
+        assert result.passed, (fn.__name__, result.message)
+    assert math.isclose(reference("8.1")(0, 1.0, 10, 100), 0.1)  # the contract's convention: (step + 1) / warmup
+
+
+def test_the_warmup_convention_is_called_a_convention():
+    def schedule(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+        import math
+
+        if step < warmup_steps:
+            return max_lr * step / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    _fails_with(schedule, "A convention, not a bug", exercise="8.1")
+
+
+@pytest.mark.parametrize("transform,phrase", [
+    (lambda y: 2 * y, "times the answer"),
+    (lambda y: -y, "sign flipped"),
+    (lambda y: y + 0.5, "constant offset"),
+    (lambda y: torch.roll(y, 1, dims=-1), "shifted by one position"),
+])
+def test_a_wrong_answer_of_a_simple_shape_is_described(transform, phrase):
+    from solutions.ch03_normalization import rms_norm
+
+    _fails_with(lambda x, w, eps=1e-6: transform(rms_norm(x, w, eps)), phrase, exercise="3.2")
+
+
+def test_wrong_rows_are_pointed_at():
+    from solutions.ch01_backpropagation import safe_softmax
+
+    def softmax(x):  # wrong in the first row only
+        y = safe_softmax(x)
+        y[..., 0, :] = 1.0 / x.shape[-1]
+        return y
+
+    _fails_with(softmax, "rows are wrong", exercise="1.2")
+
+
+def test_strided_cases_keep_their_strides():
+    from course_utils.exercises import _clone
+
+    x = torch.randn(10, 40)[::2]
+    copy = _clone(x)
+    assert copy.stride() == x.stride() and torch.equal(copy, x) and copy.data_ptr() != x.data_ptr()

@@ -236,9 +236,17 @@ def test_checker_refuses_one_big_batch_and_groups_without_their_decay():
 def test_a_hint_needs_agreement_on_the_cases_after_the_failure_too():
     from course_utils import check
 
-    def strict_slip(logits, min_p):  # <= instead of <: wrong only on the exact threshold
+    def strict_slip(logits, min_p):  # <= instead of <: the listed mistake "strict inequality"
         probs = torch.softmax(logits, -1)
         return logits.masked_fill(probs <= min_p * probs.max(-1, keepdim=True).values, float("-inf"))
 
     result = check("6.3", strict_slip, display=False)
-    assert result.status == "failed" and result.mistake is None  # no unrelated hint
+    assert result.status == "failed" and result.mistake == "strict inequality"
+
+    def two_slips(logits, min_p):  # the same, plus a second slip on a case after the first failure
+        if logits.numel() == 40:  # the "peaked row" case
+            return logits.clone()
+        return strict_slip(logits, min_p)
+
+    result = check("6.3", two_slips, display=False)
+    assert result.status == "failed" and result.mistake is None  # the hint would not fit the whole behaviour

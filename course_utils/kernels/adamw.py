@@ -73,7 +73,7 @@ def launch_adamw_kernel(kernel, p, g, m, v, step, lr, beta1, beta2, eps, weight_
     Each buffer has a margin of more than a block on both sides, filled with a value of its own (so an
     update computed from the margin differs from it): a store past n_elements is reported, never a crash.
     """
-    from course_utils.guards import check_untouched, guarded
+    from course_utils.guards import check_untouched, guarded, watch_accesses
     from course_utils.runtime import device
 
     require_triton_kernel(kernel)
@@ -82,8 +82,10 @@ def launch_adamw_kernel(kernel, p, g, m, v, step, lr, beta1, beta2, eps, weight_
     fills = {"p": 7.0, "g": -3.0, "m": 0.5, "v": 2.0}
     bufs = {name: guarded(t.detach().reshape(-1).float(), fills[name], margin=margin, device=device())
             for name, t in zip(fills, (p, g, m, v))}
-    kernel[(triton.cdiv(n, BLOCK),)](*(b.view for b in bufs.values()), n, lr, beta1, beta2, eps, weight_decay,
-                                     1 - beta1 ** step, 1 - beta2 ** step, BLOCK=BLOCK)
+    with watch_accesses(loads=bufs, stores={name: bufs[name] for name in ("p", "m", "v")}) as accesses:
+        kernel[(triton.cdiv(n, BLOCK),)](*(b.view for b in bufs.values()), n, lr, beta1, beta2, eps, weight_decay,
+                                         1 - beta1 ** step, 1 - beta2 ** step, BLOCK=BLOCK)
+    accesses.check()
     for name in ("p", "m", "v", "g"):
         check_untouched(bufs[name], name, "Lanes at or beyond n_elements must not be touched: "
                                           "store with mask=offsets < n_elements.")

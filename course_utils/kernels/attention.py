@@ -132,15 +132,17 @@ def flash_attention_triton(q, k, v, causal: bool = False, scale: float | None = 
     return FlashAttentionFunction.apply(q, k, v, causal, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
 
 
-def launch_attention_kernel(kernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = 16) -> torch.Tensor:
+def launch_attention_kernel(kernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = 16,
+                            scale: float | None = None) -> torch.Tensor:
     """Launch a learner's non-causal kernel with the signature of the exercise's ``attention_kernel`` on
-    one head: q, k, v (N, D) with D a power of two >= 16; returns o (N, D) on the CPU.
+    one head: q, k, v (N, D) with D a power of two >= 16, scores scaled by ``scale`` (default 1/sqrt(D));
+    returns o (N, D) on the CPU.
 
     q, k, v and o lie in guarded buffers (:mod:`course_utils.guards`) with a margin of a whole block of rows
     on both sides: NaN around the inputs, so a load without a mask spoils the output, and a sentinel around
     o, so a row stored at or beyond n_ctx is reported instead of overwriting memory.
     """
-    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded
+    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded, watch_accesses
     from course_utils.runtime import device
 
     require_triton_kernel(kernel)
@@ -151,8 +153,10 @@ def launch_attention_kernel(kernel, q: torch.Tensor, k: torch.Tensor, v: torch.T
     qg, kg, vg = (guarded(t.float().contiguous().view(-1), float("nan"), margin=margin, device=device())
                   for t in (q, k, v))
     og = guarded((n * d,), SENTINEL, margin=margin, dtype=torch.float32, device=device())
-    kernel[(triton.cdiv(n, block),)](qg.view, kg.view, vg.view, og.view, n, 1.0 / math.sqrt(d),
-                                     BLOCK_M=block, BLOCK_N=block, HEAD_DIM=d)
+    with watch_accesses(loads={"q": qg, "k": kg, "v": vg}, stores={"o": og}) as accesses:
+        kernel[(triton.cdiv(n, block),)](qg.view, kg.view, vg.view, og.view, n, 1.0 / math.sqrt(d) if scale is None else scale,
+                                         BLOCK_M=block, BLOCK_N=block, HEAD_DIM=d)
+    accesses.check()
     check_untouched(og, "o", "Rows at or beyond n_ctx must not be stored: mask the store with offs_m[:, None] < n_ctx.")
     check_written(og, "o", "Every row of o below n_ctx must be stored.")
     return og.view.view(n, d).cpu().clone()

@@ -125,7 +125,7 @@ def launch_ce_row_kernel(kernel, logits: torch.Tensor, target: torch.Tensor, ign
     The logits lie in a NaN-guarded buffer whose margin also covers a read of ``row[ignore_index]``, the
     losses in a sentinel-filled one that is checked afterwards (:mod:`course_utils.guards`).
     """
-    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded
+    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded, watch_accesses
     from course_utils.runtime import device
 
     require_triton_kernel(kernel)
@@ -137,7 +137,9 @@ def launch_ce_row_kernel(kernel, logits: torch.Tensor, target: torch.Tensor, ign
     zg = guarded(logits, float("nan"), margin=margin, row_pad=block - n_vocab + 3, device=device())
     target = target.to(zg.view.device).contiguous()
     lg = guarded((n_rows,), SENTINEL, margin=margin, dtype=torch.float32, device=device())
-    kernel[(n_rows,)](zg.view, target, lg.view, zg.view.stride(0), n_vocab, ignore_index, BLOCK=block)
+    with watch_accesses(loads={"logits": zg, "target": target}, stores={"loss": lg}) as accesses:
+        kernel[(n_rows,)](zg.view, target, lg.view, zg.view.stride(0), n_vocab, ignore_index, BLOCK=block)
+    accesses.check()
     check_untouched(lg, "loss", "Store one value per row: tl.store(loss_ptr + row, ...).")
     check_written(lg, "loss", "Every row stores its loss (0.0 for an ignored row).")
     return lg.view.cpu().clone()

@@ -108,7 +108,7 @@ def launch_rmsnorm_fwd(kernel, x: torch.Tensor, weight: torch.Tensor, eps: float
     (y, rstd) on the CPU. The tensors lie in guarded buffers (:mod:`course_utils.guards`): inputs surrounded
     by NaN, outputs by a sentinel that is checked afterwards."""
     require_triton_kernel(kernel)
-    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded
+    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded, watch_accesses
     from course_utils.runtime import device
 
     check_row_params(x, MAX_COLS, weight=weight)
@@ -120,8 +120,10 @@ def launch_rmsnorm_fwd(kernel, x: torch.Tensor, weight: torch.Tensor, eps: float
     wg = guarded(weight, float("nan"), margin=margin, device=device())
     yg = guarded((n_rows, n_cols), SENTINEL, margin=margin, row_pad=block - n_cols + 5, dtype=x.dtype, device=device())
     rg = guarded((n_rows,), SENTINEL, margin=margin, dtype=torch.float32, device=device())
-    kernel[(n_rows,)](xg.view, wg.view, yg.view, rg.view, xg.view.stride(0), yg.view.stride(0), n_cols, eps,
-                      BLOCK=block)
+    with watch_accesses(loads={"x": xg, "weight": wg}, stores={"y": yg, "rstd": rg}) as accesses:
+        kernel[(n_rows,)](xg.view, wg.view, yg.view, rg.view, xg.view.stride(0), yg.view.stride(0), n_cols, eps,
+                          BLOCK=block)
+    accesses.check()
     check_untouched(yg, "y", "Mask the store: tl.store(..., mask=cols < n_cols), and use y_row_stride for y.")
     check_untouched(rg, "rstd", "Store one value per row: tl.store(rstd_ptr + row, rstd).")
     check_written(yg, "y", "Every y[row, :n_cols] must be stored.")

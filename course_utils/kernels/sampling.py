@@ -85,7 +85,7 @@ def launch_gumbel_kernel(kernel, logits: torch.Tensor, temperature: float, seed:
     does not exist.
     """
     from course_utils.exercises import ContractError
-    from course_utils.guards import check_untouched, check_written, guarded
+    from course_utils.guards import check_untouched, check_written, guarded, watch_accesses
     from course_utils.runtime import device
 
     require_triton_kernel(kernel)
@@ -96,7 +96,9 @@ def launch_gumbel_kernel(kernel, logits: torch.Tensor, temperature: float, seed:
     margin = block + 16
     zg = guarded(logits.float(), float("inf"), margin=margin, row_pad=block - n_cols + 3, device=device())
     og = guarded((n_rows,), -1, margin=margin, dtype=torch.int64, device=device())
-    kernel[(n_rows,)](zg.view, og.view, zg.view.stride(0), n_cols, 1.0 / temperature, seed, BLOCK=block)
+    with watch_accesses(loads={"logits": zg}, stores={"out": og}) as accesses:
+        kernel[(n_rows,)](zg.view, og.view, zg.view.stride(0), n_cols, 1.0 / temperature, seed, BLOCK=block)
+    accesses.check()
     check_untouched(og, "out", "Store one token id per row: tl.store(out_ptr + row, ...).")
     check_written(og, "out", "Every row stores the argmax of its scores.")
     ids = og.view.cpu().clone()

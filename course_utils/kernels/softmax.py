@@ -116,7 +116,7 @@ def launch_row_kernel(kernel, x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 2:
         raise ValueError(f"expected a 2-D tensor (rows, n_cols), got shape {tuple(x.shape)}")
     require_triton_kernel(kernel)
-    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded
+    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded, watch_accesses
     from course_utils.runtime import device
 
     n_rows, n_cols = x.shape
@@ -126,7 +126,9 @@ def launch_row_kernel(kernel, x: torch.Tensor) -> torch.Tensor:
     # x_row_stride for y is caught too)
     xg = guarded(x, float("nan"), margin=margin, row_pad=block - n_cols + 3, device=device())
     yg = guarded((n_rows, n_cols), SENTINEL, margin=margin, row_pad=block - n_cols + 5, dtype=x.dtype, device=device())
-    kernel[(n_rows,)](xg.view, yg.view, xg.view.stride(0), yg.view.stride(0), n_cols, BLOCK=block)
+    with watch_accesses(loads={"x": xg}, stores={"y": yg}) as accesses:
+        kernel[(n_rows,)](xg.view, yg.view, xg.view.stride(0), yg.view.stride(0), n_cols, BLOCK=block)
+    accesses.check()
     check_untouched(yg, "y", "Mask the store: tl.store(..., mask=cols < n_cols), and use y_row_stride for y.")
     check_written(yg, "y", "Every y[row, :n_cols] must be stored (one program per row, BLOCK >= n_cols lanes).")
     return yg.view.contiguous().cpu()

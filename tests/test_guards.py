@@ -1,0 +1,81 @@
+"""Guarded buffers for learners' Triton kernels (course_utils.guards): layout, and the messages that name a
+write outside a tensor or an element never written."""
+import math
+
+import pytest
+import torch
+
+from conftest import requires_triton
+from course_utils.exercises import ContractError
+from course_utils.guards import SENTINEL, check_untouched, check_written, guarded
+
+
+def test_an_input_sits_inside_its_guard_with_padded_rows():
+    x = torch.arange(12.0).view(3, 4)
+    g = guarded(x, float("nan"), margin=5, row_pad=3)
+    assert torch.equal(g.view, x) and g.view.stride() == (7, 1)
+    assert g.flat.numel() == 5 + 3 * 7 + 5
+    assert int(torch.isnan(g.flat).sum()) == g.flat.numel() - 12 and int(g.inside.sum()) == 12
+
+
+def test_a_store_past_a_row_is_named():
+    g = guarded((3, 4), SENTINEL, margin=8, row_pad=2)
+    g.view.fill_(1.0)
+    check_untouched(g, "y", "fix")
+    g.flat[8 + 1 * 6 + 4] = 0.5  # row 1, column 4: one past the end of the row
+    with pytest.raises(ContractError, match=r"row 1, column 4 of y, which has 4 columns\). fix"):
+        check_untouched(g, "y", "fix")
+
+
+@pytest.mark.parametrize("index,where", [(0, "8 elements before the start"), (-1, "8 elements past the end")])
+def test_a_store_outside_the_buffer_is_named(index, where):
+    g = guarded((5,), SENTINEL, margin=8)
+    g.view.fill_(2.0)
+    g.flat[index] = float("nan")  # a NaN over the sentinel counts as a write too
+    with pytest.raises(ContractError, match=where):
+        check_untouched(g, "loss", "fix")
+
+
+def test_an_element_never_written_is_named():
+    g = guarded((2, 3), SENTINEL, margin=4)
+    g.view[0].fill_(1.0)
+    with pytest.raises(ContractError, match=r"left 3 of 6 elements of o unwritten \(first at index \[1, 0\]\)"):
+        check_written(g, "o", "fix")
+
+
+def test_a_nan_guard_counts_only_non_nan_changes():
+    g = guarded(torch.ones(4), math.nan, margin=3)
+    g.flat[0] = math.nan
+    check_untouched(g, "x", "fix")
+    g.flat[0] = 0.0
+    with pytest.raises(ContractError):
+        check_untouched(g, "x", "fix")
+
+
+@requires_triton
+def test_the_interpreter_names_a_load_outside_every_tensor():
+    import os
+
+    from course_utils.guards import watch_accesses
+    from course_utils.runtime import import_triton
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("access watching needs Triton's interpreter")
+    triton, tl = import_triton()
+
+    @triton.jit
+    def copy(x_ptr, y_ptr, n, BLOCK: tl.constexpr, MASK_LOAD: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + offs, mask=offs < n) if MASK_LOAD else tl.load(x_ptr + offs)
+        tl.store(y_ptr + offs, x, mask=offs < n)
+
+    x = guarded(torch.arange(5.0), float("nan"), margin=8)
+    y = guarded((5,), SENTINEL, margin=8)
+    with watch_accesses(loads={"x": x}, stores={"y": y}) as log:
+        copy[(1,)](x.view, y.view, 5, BLOCK=8, MASK_LOAD=True)
+    log.check()
+    assert torch.equal(y.view, torch.arange(5.0))
+    with watch_accesses(loads={"x": x}, stores={"y": y}) as log:
+        copy[(1,)](x.view, y.view, 5, BLOCK=8, MASK_LOAD=False)
+    with pytest.raises(ContractError, match=r"loaded 3 value\(s\) from outside .* 1 elements past the end of x"):
+        log.check()
