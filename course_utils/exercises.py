@@ -490,6 +490,8 @@ def _matching_mistake(ex: Exercise, seen: list[tuple[Case, Any]], failing: Case,
                 observed.append((case, _run_with_time_limit(ex.timeout_s, lambda: ex.run(candidate, case))))
             except (Exception, ExerciseTimeout) as exc:
                 observed.append((case, exc))
+    # a case that must raise, where the learner did raise, says nothing about the mistakes listed
+    observed = [(case, out) for case, out in observed if not (case.raises and isinstance(out, case.raises))]
     for mistake in ex.mistakes:
         try:
             if all(_same_behaviour(ex, mistake.fn, case, out) for case, out in observed):
@@ -617,6 +619,8 @@ def _error_pattern(exp: torch.Tensor, got: torch.Tensor, rtol: float, atol: floa
     def close(a, b):
         return bool(torch.isclose(a, b, rtol=rtol, atol=atol).all())
 
+    if not bool(got.any()):
+        return ". Your output is all zeros."
     if close(got, -exp):
         return ". Your output is the answer with its sign flipped."
     if exp.dim() >= 2 and exp.shape[-1] == exp.shape[-2] and close(got, exp.transpose(-1, -2)):
@@ -625,28 +629,39 @@ def _error_pattern(exp: torch.Tensor, got: torch.Tensor, rtol: float, atol: floa
         n = exp.shape[dim]
         if n > 2:
             ahead, behind = exp.narrow(dim, 1, n - 1), exp.narrow(dim, 0, n - 1)
+            if close(ahead, behind):  # the answer barely changes along this dimension: a shift says nothing
+                continue
             if close(got.narrow(dim, 0, n - 1), ahead) or close(got.narrow(dim, 1, n - 1), behind):
                 return f". Your output is the answer shifted by one position along dimension {dim}: an off-by-one?"
     nonzero = exp.abs() > atol
     if bool(nonzero.sum() >= 2):
         ratio = got[nonzero] / exp[nonzero]
         r = float(ratio.median())
-        if abs(r - 1) > 10 * rtol and close(got, r * exp):
+        if abs(r) > 1e-3 and abs(r - 1) > 10 * rtol and close(got, r * exp):
             return f". Every value is {r:.4g} times the answer: a missing or extra constant factor."
     offset = float((got - exp).median())
     if abs(offset) > atol and close(got, exp + offset):
         return f". Every value is off by {offset:+.4g}: a constant offset."
-    rel = ((got - exp).abs() / exp.abs().clamp_min(atol))[nonzero] if bool(nonzero.any()) else None
-    if rel is not None and rel.numel() > 4 and float(rel.max()) < 1e-2:
-        return (f". The relative error is small everywhere (at most {float(rel.max()):.1e}) and grows with the values: "
-                "a step in lower precision (float16, bfloat16, TF32)?")
+    if int(nonzero.sum()) > 4:
+        err, size = (got - exp).abs()[nonzero], exp.abs()[nonzero]
+        rel = err / size
+        grows = float(torch.corrcoef(torch.stack([err, size]))[0, 1]) > 0.7 if float(size.std()) > 0 else False
+        # rounding errs both ways; a wrong formula (an eps, a scale) shifts every value the same way
+        up = float(((got - exp)[nonzero] * exp[nonzero].sign() > 0).double().mean())
+        if grows and 0.2 < up < 0.8 and float(rel.max()) < 1e-2 and float(rel.max()) < 30 * float(rel.median()):
+            return (f". The error grows with the values (relative error at most {float(rel.max()):.1e}, about the "
+                    "same everywhere): a step in lower precision (float16, bfloat16, TF32)?")
     return ""
 
 
 def _where_wrong(ok: torch.Tensor) -> str:
-    """Say when the wrong values sit in a few rows, or only at the last positions of a row (``ok``: bool)."""
+    """Say when the wrong values sit in a few rows, or only in the last column (``ok``: bool)."""
     if ok.dim() < 2 or bool(ok.all()):
         return ""
+    cols_bad = (~ok).flatten(0, -2).any(dim=0)
+    if ok.shape[-1] > 2 and not bool(cols_bad[:-1].any()):
+        return (". Only the last column is wrong: an off-by-one at the end of a row (a range or a mask that stops "
+                "one short, or one too far)?")
     rows_bad = (~ok).flatten(0, -2).any(dim=-1)
     n_rows = rows_bad.numel()
     if 0 < int(rows_bad.sum()) < n_rows:

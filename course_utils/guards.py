@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -87,14 +87,8 @@ def check_untouched(buf: Guarded, name: str, fix: str) -> None:
     if not count:
         return
     first = int(changed.nonzero()[0, 0])
-    body = buf.view.shape[0] * buf.row_stride if buf.view.dim() == 2 else buf.view.shape[0]
-    if first < buf.margin:
-        where = f"{buf.margin - first} elements before the start of {name}"
-    elif first >= buf.margin + body:
-        where = f"{first - buf.margin - body + 1} elements past the end of {name}"
-    else:
-        row, col = divmod(first - buf.margin, buf.row_stride)
-        where = f"row {row}, column {col} of {name}, which has {buf.view.shape[1]} columns"
+    rows, cols = (1, buf.view.shape[0]) if buf.view.dim() == 1 else buf.view.shape
+    where = _Region(name, buf.margin, rows, cols, buf.row_stride, 1).describe(first)
     raise ContractError(f"your kernel wrote {count} value(s) outside {name} (first: {where}). {fix}")
 
 
@@ -196,32 +190,54 @@ class AccessLog:
 
 
 
+_watching: list[tuple[threading.Thread, AccessLog]] = []  # the open watches, innermost last
+
+
+def _install_watch() -> None:
+    """Wrap the interpreter's masked load and store once; each call records into the watches of its thread."""
+    from triton.runtime.interpreter import InterpreterBuilder, interpreter_builder as builder
+
+    if "create_masked_load" in vars(builder):
+        return
+
+    def checked_load(ptrs, mask, other, cache_policy, is_volatile):
+        for thread, log in list(_watching):
+            if thread is threading.current_thread():
+                log._record("load", log.loads, ptrs.data, mask.data)
+        return InterpreterBuilder.create_masked_load(builder, ptrs, mask, other, cache_policy, is_volatile)
+
+    def checked_store(ptrs, value, mask, cache_policy):
+        for thread, log in list(_watching):
+            if thread is threading.current_thread():
+                log._record("store", log.stores, ptrs.data, mask.data)
+        return InterpreterBuilder.create_masked_store(builder, ptrs, value, mask, cache_policy)
+
+    builder.create_masked_load, builder.create_masked_store = checked_load, checked_store
+
+
 @contextlib.contextmanager
 def watch_accesses(loads: dict[str, "Guarded | torch.Tensor"], stores: dict[str, "Guarded | torch.Tensor"]):
-    """Within the block, record every load and store of Triton's interpreter whose address is not an element
-    of one of ``loads`` (for loads; outputs may be read too) or ``stores``. Yields an :class:`AccessLog`;
-    call its ``check()`` after the launch. With compiled Triton (a GPU) nothing is recorded: the guards
-    around the buffers still keep stray accesses inside the allocation."""
+    """Within the block, record every load and store of Triton's interpreter, made by this thread, whose
+    address is not an element of one of ``loads`` (outputs may be read too) or ``stores``. Yields an
+    :class:`AccessLog`; call its ``check()`` after the launch.
+
+    Only where the interpreter reads these tensors' own memory (CPU tensors): with compiled Triton (a GPU),
+    or the interpreter on GPU tensors (it copies them to the host), nothing is recorded, and the guards
+    around the buffers are what keep stray accesses inside the allocation.
+    """
+    from course_utils.runtime import triton_interpreting
+
     store_regions = [_region(n, t) for n, t in stores.items()]
     load_regions = [_region(n, t) for n, t in loads.items()] + store_regions
     log = AccessLog(load_regions, store_regions)
-    if os.environ.get("TRITON_INTERPRET") != "1":
+    tensors = [t.view if isinstance(t, Guarded) else t for t in [*loads.values(), *stores.values()]]
+    if not triton_interpreting() or any(t.device.type != "cpu" for t in tensors):
         yield log
         return
-    from triton.runtime.interpreter import interpreter_builder as builder
-
-    load, store = builder.create_masked_load, builder.create_masked_store
-
-    def checked_load(ptrs, mask, other, cache_policy, is_volatile):
-        log._record("load", load_regions, ptrs.data, mask.data)
-        return load(ptrs, mask, other, cache_policy, is_volatile)
-
-    def checked_store(ptrs, value, mask, cache_policy):
-        log._record("store", store_regions, ptrs.data, mask.data)
-        return store(ptrs, value, mask, cache_policy)
-
-    builder.create_masked_load, builder.create_masked_store = checked_load, checked_store
+    _install_watch()
+    entry = (threading.current_thread(), log)
+    _watching.append(entry)
     try:
         yield log
     finally:
-        del builder.create_masked_load, builder.create_masked_store  # back to the class's methods
+        _watching.remove(entry)

@@ -24,13 +24,14 @@ def max_abs_difference(mine: Any, theirs: Any) -> float:
         raise ValueError(f"max_abs_difference: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
     if a.numel() == 0:
         return 0.0
-    return float((a - b).abs().nan_to_num(float("inf")).max())
+    same = (a == b) | (a.isnan() & b.isnan())  # equal infinities (masked logits) and NaN in both agree
+    return float(torch.where(same, torch.zeros_like(a), (a - b).abs()).nan_to_num(float("inf")).max())
 
 
 def format_tolerance(tol: float) -> str:
-    """``1e-05`` -> ``"1e-5"``: the short form used in stored verdicts."""
-    mantissa, exponent = f"{tol:.0e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
+    """``1e-05`` -> ``"1e-5"``, ``2.5e-05`` -> ``"2.5e-5"``: the short form used in stored verdicts."""
+    mantissa, exponent = f"{tol:.6e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 def agreement(mine: Any, theirs: Any, tol: float, name: str = "the reference") -> str:

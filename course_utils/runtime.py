@@ -29,6 +29,11 @@ def enable_triton_interpreter_if_no_gpu() -> None:
         os.environ["TRITON_INTERPRET"] = "1"
 
 
+def triton_interpreting() -> bool:
+    """Is Triton's interpreter on? Read as Triton reads ``TRITON_INTERPRET`` (1, true, on, yes)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
 @dataclass(frozen=True)
 class TritonStatus:
     available: bool  # can Triton kernels run here at all?
@@ -56,8 +61,7 @@ def triton_status() -> TritonStatus:
                             f"Triton is installed but does not import ({type(exc).__name__}: {exc}); "
                             "Triton cells are skipped and the PyTorch path carries on.")
 
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    if interpreting:
+    if triton_interpreting():
         return TritonStatus(True, "interpreter", triton.__version__,
                             "no CUDA GPU: kernels run in Triton's interpreter on the CPU (correct, slow)")
     if _cuda_available():

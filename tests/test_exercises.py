@@ -369,3 +369,39 @@ def test_strided_cases_keep_their_strides():
     x = torch.randn(10, 40)[::2]
     copy = _clone(x)
     assert copy.stride() == x.stride() and torch.equal(copy, x) and copy.data_ptr() != x.data_ptr()
+
+
+def test_a_learner_who_raises_correctly_still_gets_the_hint_for_another_mistake():
+    def soft(logits, temperature):  # raises for T < 0 as asked, but divides without the max
+        if temperature < 0:
+            raise ValueError("T < 0")
+        e = torch.exp(logits / temperature)
+        return e / e.sum(dim=-1, keepdim=True)
+
+    assert _fails_with(soft, "", exercise="8.3").mistake == "exp without the max"
+
+
+@pytest.mark.parametrize("transform,phrase,not_phrase", [
+    (lambda y: torch.zeros_like(y), "all zeros", "times the answer"),
+    (lambda y: torch.cat([y[..., :-1], y[..., -1:] + 1], dim=-1), "Only the last column", "shifted"),
+])
+def test_diagnoses_say_only_what_holds(transform, phrase, not_phrase):
+    from solutions.ch03_normalization import rms_norm
+
+    result = _fails_with(lambda x, w, eps=1e-6: transform(rms_norm(x, w, eps)), phrase, exercise="3.2")
+    assert not_phrase not in result.message
+
+
+def test_no_precision_diagnosis_for_a_wrong_eps():
+    from solutions.ch03_normalization import rms_norm
+
+    result = _fails_with(lambda x, w, eps=1e-6: rms_norm(x, w, 10 * eps), exercise="3.2")
+    assert "lower precision" not in result.message
+
+
+def test_a_wrong_row_of_a_constant_answer_is_not_called_a_shift():
+    exp = torch.tensor([[1.0, 2.0, 3.0]] * 4)
+    got = exp.clone()
+    got[3] = 0.0
+    message = describe_mismatch(exp, got)
+    assert "shifted" not in message and "Only 1 of 4 rows" in message

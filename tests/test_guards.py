@@ -79,3 +79,19 @@ def test_the_interpreter_names_a_load_outside_every_tensor():
         copy[(1,)](x.view, y.view, 5, BLOCK=8, MASK_LOAD=False)
     with pytest.raises(ContractError, match=r"loaded 3 value\(s\) from outside .* 1 elements past the end of x"):
         log.check()
+
+
+def test_past_the_end_counts_from_the_last_element():
+    g = guarded((2, 3), SENTINEL, margin=8, row_pad=2)
+    g.view.fill_(1.0)
+    g.flat[8 + 1 * 5 + 3 + 2] = 0.0  # 3 elements past the last one (row 1 ends at column 2)
+    with pytest.raises(ContractError, match="3 elements past the end of y"):
+        check_untouched(g, "y", "fix")
+
+
+def test_verdicts_treat_equal_infinities_as_equal():
+    from course_utils.report import agreement, format_tolerance
+
+    masked = torch.tensor([1.0, float("-inf"), 2.0])
+    assert agreement(masked, masked.clone(), 1e-6, "itself") == "matches itself within 1e-6"
+    assert format_tolerance(2.5e-5) == "2.5e-5" and format_tolerance(1e-5) == "1e-5"

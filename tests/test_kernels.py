@@ -96,7 +96,7 @@ def test_row_kernel_exercise_answer_matches_torch():
 
     for shape in [(5, 123), (1, 1), (8, 256)]:
         x = 10 * torch.randn(shape, device=DEVICE)
-        torch.testing.assert_close(launch_row_kernel(softmax_row_kernel, x), torch.softmax(x, -1))
+        torch.testing.assert_close(launch_row_kernel(softmax_row_kernel, x), torch.softmax(x, -1).cpu())
 
 
 def test_launcher_refuses_a_plain_function():
@@ -238,7 +238,7 @@ def test_cross_entropy_row_kernel_answer_matches_torch():
     from solutions.ch04_loss_functions import cross_entropy_row_kernel
 
     z, y = 5 * torch.randn(6, 123, device=DEVICE), torch.tensor([0, 5, -100, 122, 7, -100], device=DEVICE)
-    expected = F.cross_entropy(z, y, reduction="none")
+    expected = F.cross_entropy(z, y, reduction="none").cpu()
     torch.testing.assert_close(launch_ce_row_kernel(cross_entropy_row_kernel, z, y), expected)
 
 
