@@ -84,3 +84,34 @@ def test_figure_functions_draw(agg_backend):
                 gradflow.figure_swiglu_scale(gradflow.swiglu_scale_sweep([1, 10])),
                 optim.figure_decay_comparison(1e-2, 0.1, steps=50), rope.figure_scaling(4.0)]:
         assert fig.axes and all(ax.has_data() for ax in fig.axes)
+
+
+def _answer_lines(exercise_id: str) -> list[str]:
+    """The reference's body (after its docstring), one whitespace-free string per substantial line."""
+    import ast
+
+    from course_utils.exercises import solution_source
+
+    source = solution_source(exercise_id)
+    func = next(n for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.ClassDef)))
+    first = func.body[1] if isinstance(func.body[0], ast.Expr) and len(func.body) > 1 else func.body[0]
+    return [re.sub(r"\s+", "", line) for line in source.splitlines()[first.lineno - 1:] if len(line.strip()) > 12]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
+def test_no_answer_is_shown_before_its_exercise(path):
+    """No stored output before an exercise cell (a kernel shown with show_source, a print) holds half or
+    more of the reference answer's lines."""
+    nb = nbformat.read(path, as_version=4)
+    shown: set[str] = set()
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if "exercise" in cell.metadata.get("tags", []):
+            answer = _answer_lines(cell.metadata["exercise"])
+            seen = [line for line in answer if line in shown]
+            assert len(seen) < len(answer) / 2, (f"cell {index} asks for {cell.metadata['exercise']}, but earlier "
+                                                 f"outputs show {len(seen)} of its {len(answer)} lines")
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("data", {}).get("text/plain", "")) + "".join(output.get("text", ""))
+            shown.update(re.sub(r"\s+", "", line) for line in text.splitlines())
