@@ -2,7 +2,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 from course_utils.exercises import Case, Exercise, Mistake
 from course_utils.runtime import import_triton

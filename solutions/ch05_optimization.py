@@ -1,5 +1,4 @@
 """Notebook 05: optimization. The answers are building blocks, so they live in course_utils."""
-import math
 
 import torch
 import torch.nn.functional as F

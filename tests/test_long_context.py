@@ -200,8 +200,6 @@ def test_ring_attention_refuses_a_length_that_does_not_split():
 
 @needs_triton
 def test_attention_exercise_launcher_reports_an_unmasked_store():
-    import triton.language as tl
-
     from course_utils.exercises import ContractError
     from course_utils.kernels.attention import launch_attention_kernel
     from course_utils.runtime import import_triton
