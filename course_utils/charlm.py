@@ -62,11 +62,16 @@ def batch(data: torch.Tensor, size: int, generator: torch.Generator, block_size:
 
 
 @torch.no_grad()
-def evaluate(model: TinyTransformer, data: torch.Tensor, batches: int = 8, size: int = 32, seed: int = 1) -> float:
-    """Mean loss (nats per byte) on ``batches`` fixed random windows of ``data``."""
+def evaluate(model: TinyTransformer, data: torch.Tensor, batches: int = 8, size: int = 32, seed: int = 1,
+             length: int = CONFIG.block_size) -> float:
+    """Mean loss (nats per byte) on ``batches`` × ``size`` fixed random windows of ``length`` + 1 bytes of ``data``.
+    Leaves the model in the mode (train/eval) it was in."""
+    was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    losses = [model(x[:, :-1], x[:, 1:])[1].item() for x in (batch(data, size, gen) for _ in range(batches))]
+    windows = (batch(data, size, gen, length) for _ in range(batches))
+    losses = [model(x[:, :-1], x[:, 1:])[1].item() for x in windows]
+    model.train(was_training)
     return sum(losses) / len(losses)
 
 

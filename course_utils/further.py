@@ -188,6 +188,24 @@ def norm_warmup_comparison(pieces: Pieces, *, n_layer: int = 4, steps: int = 100
     return results
 
 
+def clipping_by_learning_rate(lrs=(3e-2, 3e-3, 1e-3), *, steps: int = 120, clip: float = 1.0, depth: int = 2,
+                              seed: int = 0) -> dict[float, dict[str, float]]:
+    """Q4's "gradient norm always near max_norm -> lower the lr", tested: chapter 1's Pre-LN model of ``depth``
+    blocks trained on the Markov chain with AdamW, clipping at ``clip``, once per learning rate. For each lr:
+    "clipped" (fraction of the steps after the first third whose norm reached ``clip``), "median_norm" (their
+    median gradient norm) and "loss" (mean training loss of the last 20 steps)."""
+    from course_utils.gradflow import stack_config
+    from course_utils.training import train_markov_lm
+
+    out = {}
+    for lr in lrs:
+        run = train_markov_lm(stack_config("pre", depth), steps=steps, lr=lr, clip=clip, seed=seed, progress=False)
+        late = run.grad_norms[steps // 3:]
+        out[lr] = {"clipped": sum(n >= clip for n in late) / len(late), "median_norm": sorted(late)[len(late) // 2],
+                   "loss": sum(run.losses[-20:]) / 20}
+    return out
+
+
 def kernel_step_check(model: TinyTransformer, tokens: torch.Tensor) -> dict:
     """One forward and backward of ``model`` on tokens (B, T + 1) with PyTorch's RMSNorm and cross-entropy,
     and again with the course's Triton kernels swapped in; returns the loss difference and the largest

@@ -15,11 +15,12 @@ from course_utils.data import MarkovChain
 from course_utils.models import TinyTransformer, TransformerConfig
 from course_utils.plotting import COLORS, log_scale, subplots
 
-# The three wirings chapter 1 compares; keys double as plot labels and colour keys.
+# The wirings chapter 1 compares; keys double as plot labels and colour keys.
 ARCHITECTURES = {
-    "no residual": dict(norm_position="pre", residual=False),
-    "post": dict(norm_position="post"),
-    "pre": dict(norm_position="pre"),
+    "no residual, no norm": dict(norm_position="none", residual=False),  # x <- F(x)
+    "no residual": dict(norm_position="pre", residual=False),  # x <- F(LN(x))
+    "post": dict(norm_position="post"),  # x <- LN(x + F(x))
+    "pre": dict(norm_position="pre"),  # x <- x + F(LN(x))
 }
 
 
@@ -39,6 +40,9 @@ class LayerStats:
     input_grad_norm: list[float]  # per block l: ||dL/dx_l||, x_l the residual stream entering block l
     param_grad_norm: list[float]  # per block l: L2 norm of the gradient of all its parameters
     stream_rms: list[float]  # per block l: RMS of the residual stream *leaving* block l
+    output_grad_norm: float  # ||dL/dx_L||, x_L the stream leaving the last block (the final norm's input)
+    embedding_cosine: list[float]  # per block l: cosine of the stream leaving block l with the embedding x_0,
+    #                                mean over positions (how much of the input the skip path still carries)
     loss: float
 
 
@@ -49,43 +53,75 @@ def layer_stats(arch: str, depth: int, *, seed: int = 0, batch: int = 4, **confi
     model = TinyTransformer(config)
     tokens = MarkovChain(config.vocab_size).sample(batch, config.block_size,
                                                    torch.Generator().manual_seed(seed))
-    x = model.embed(tokens[:, :-1])
+    x = x_0 = model.embed(tokens[:, :-1])
     inputs, outputs = [], []
     for block in model.blocks:
         x.retain_grad()
         inputs.append(x)
         x = block(x)
         outputs.append(x.detach())
+    x.retain_grad()
     logits = model.lm_head(model.norm_f(x))
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1))
     loss.backward()
     return LayerStats(
         input_grad_norm=[float(t.grad.norm()) for t in inputs],
-        param_grad_norm=[float(torch.sqrt(sum((p.grad ** 2).sum() for p in b.parameters())))
+        output_grad_norm=float(x.grad.norm()),
+        param_grad_norm=[float(torch.sqrt(sum((p.grad ** 2).sum() for p in b.parameters() if p.grad is not None)))
                          for b in model.blocks],
         stream_rms=[float(o.pow(2).mean().sqrt()) for o in outputs],
+        embedding_cosine=[float(F.cosine_similarity(o, x_0.detach(), dim=-1).mean()) for o in outputs],
         loss=loss.item(),
     )
 
 
 def depth_sweep(arch: str, depths: list[int], *, seed: int = 0, **config_overrides) -> dict[str, list[float]]:
     """For each depth: variance of the final residual stream and gradient norm of the last and
-    first blocks' parameters. Keys: depth, output_var, last_block_grad, first_block_grad."""
-    out = {"depth": [], "output_var": [], "last_block_grad": [], "first_block_grad": []}
+    first blocks' parameters, and ||dL/dx_L|| (the gradient the final norm passes back).
+    Keys: depth, output_var, last_block_grad, first_block_grad, output_grad."""
+    out = {"depth": [], "output_var": [], "last_block_grad": [], "first_block_grad": [], "output_grad": []}
     for depth in depths:
         stats = layer_stats(arch, depth, seed=seed, **config_overrides)
         out["depth"].append(depth)
         out["output_var"].append(stats.stream_rms[-1] ** 2)
         out["last_block_grad"].append(stats.param_grad_norm[-1])
         out["first_block_grad"].append(stats.param_grad_norm[0])
+        out["output_grad"].append(stats.output_grad_norm)
     return out
 
 
+def depth_sweep_over_seeds(arch: str, depths: list[int], *, seeds=range(3), **config_overrides) -> dict[str, list[float]]:
+    """:func:`depth_sweep` for each seed, combined by the geometric mean (the sweep's quantities are scales,
+    compared on log axes). Same keys as depth_sweep."""
+    sweeps = [depth_sweep(arch, depths, seed=seed, **config_overrides) for seed in seeds]
+    combined = {"depth": list(depths)}
+    for key in sweeps[0]:
+        if key != "depth":
+            combined[key] = [math.exp(sum(math.log(s[key][i]) for s in sweeps) / len(sweeps)) for i in range(len(depths))]
+    return combined
+
+
+def layernorm_jacobian(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """The Jacobian of LayerNorm without gain at one vector x (d,), from the formula
+
+        d LN(x) / dx = (I - 1 1^T / d - y y^T / d) / sqrt(sigma^2 + eps),   y = LN(x).
+
+    The bracket is the orthogonal projection onto the vectors orthogonal to 1 and to y (y is orthogonal
+    to 1 and |y|^2 = d), so the Jacobian's largest singular value is exactly 1 / sqrt(sigma^2 + eps):
+    LayerNorm divides every gradient through it by its input's RMS (about sigma, for a mean near 0)."""
+    d = x.numel()
+    sigma2 = x.var(unbiased=False)
+    y = (x - x.mean()) / torch.sqrt(sigma2 + eps)
+    eye = torch.eye(d, dtype=x.dtype)
+    return (eye - torch.ones(d, d, dtype=x.dtype) / d - torch.outer(y, y) / d) / torch.sqrt(sigma2 + eps)
+
+
 def warmup_comparison(*, depth: int = 6, steps: int = 120, lr: float = 1e-2, warmup_steps: int = 40,
-                      seed: int = 0) -> tuple[dict[str, "TrainResult"], MarkovChain]:  # noqa: F821
+                      seeds=(0, 1, 2)) -> tuple[dict[str, list["TrainResult"]], MarkovChain]:  # noqa: F821
     """Chapter 1's warmup experiment: Post-LN and Pre-LN stacks of ``depth`` blocks, each trained with and
-    without a linear warmup of ``warmup_steps`` on the same Markov chain. Returns (runs by label, chain);
-    labels are "post-LN, no warmup", "post-LN, warmup 40", "pre-LN, ...". Deterministic for a seed."""
+    without a linear warmup of ``warmup_steps`` on the same Markov chain, once per seed (the seed sets the
+    init and the batches). Returns (runs by label, one TrainResult per seed in ``seeds`` order; chain);
+    labels are "post-LN, no warmup", "post-LN, warmup 40", "pre-LN, ...". Deterministic."""
     from course_utils.training import train_markov_lm
 
     chain = MarkovChain(vocab_size=32)
@@ -94,7 +130,8 @@ def warmup_comparison(*, depth: int = 6, steps: int = 120, lr: float = 1e-2, war
         for warmup in (0, warmup_steps):
             label = f"{arch}-LN, " + (f"warmup {warmup}" if warmup else "no warmup")
             config = stack_config(arch, depth=depth, block_size=16)
-            runs[label] = train_markov_lm(config, steps=steps, lr=lr, warmup_steps=warmup, chain=chain, seed=seed)
+            runs[label] = [train_markov_lm(config, steps=steps, lr=lr, warmup_steps=warmup, chain=chain, seed=seed,
+                                           progress=False) for seed in seeds]
     return runs, chain
 
 
@@ -205,20 +242,22 @@ def figure_jacobian_products(depth: int = 24, sigma: float = 0.5):
     return fig
 
 
-def figure_layer_stats(depth: int = 12, init_std: float = 0.02):
-    """Per-block parameter-gradient norm and residual-stream RMS at init, for the three wirings."""
+def figure_layer_stats(depth: int = 12, init: str = "fan_in", init_std: float = 0.02):
+    """Per-block parameter-gradient norm and residual-stream RMS at init, for every wiring.
+    ``init`` is "fan_in" (unit scale) or "gpt" (every weight N(0, init_std^2))."""
     fig, (ax_g, ax_s) = subplots(2, width=10)
     for arch in ARCHITECTURES:
-        stats = layer_stats(arch, depth, init_std=init_std)
+        stats = layer_stats(arch, depth, init=init, init_std=init_std)
         layers = list(range(1, depth + 1))
         ax_g.plot(layers, stats.param_grad_norm, "o-", ms=3, color=COLORS[arch], label=arch)
         ax_s.plot(layers, stats.stream_rms, "o-", ms=3, color=COLORS[arch], label=arch)
     log_scale(ax_g)
     log_scale(ax_s)
+    setting = "fan-in init" if init == "fan_in" else f"GPT init, std {init_std:.3g}"
     ax_g.set(xlabel="block (1 = next to the embedding)", ylabel="||dL/dθ_block||",
-             title=f"parameter gradients at init, depth {depth}, init std {init_std:.3g}")
+             title=f"parameter gradients at init, depth {depth}, {setting}")
     ax_s.set(xlabel="block", ylabel="RMS of the residual stream", title="residual stream after each block")
-    ax_g.legend()
+    ax_s.legend(loc="lower left")
     return fig
 
 
@@ -238,12 +277,14 @@ def figure_depth_sweep(sweeps: dict[str, dict[str, list[float]]]):
     return fig
 
 
-def figure_training_curves(runs: dict[str, "TrainResult"], floor: float):  # noqa: F821
-    """Loss curves of several runs, with the data's entropy rate as the floor."""
+def figure_training_curves(runs: dict[str, list["TrainResult"]], floor: float):  # noqa: F821
+    """Loss curves of several runs (several seeds per label, one line each), with the entropy rate as the floor."""
     fig, ax = subplots()
-    for label, run in runs.items():
+    for label, seed_runs in runs.items():
         arch = "post" if label.startswith("post") else "pre"
-        ax.plot(run.losses, color=COLORS[arch], ls="-" if "no warmup" in label else "--", label=label)
+        for i, run in enumerate(seed_runs):
+            ax.plot(run.losses, color=COLORS[arch], ls="-" if "no warmup" in label else "--", lw=1.2, alpha=0.8,
+                    label=f"{label} ({len(seed_runs)} seeds)" if i == 0 else None)
     ax.axhline(floor, color="k", lw=0.8, ls=":", label=f"entropy rate {floor:.2f} (best possible)")
     ax.set(xlabel="step", ylabel="training loss (nats)", title="AdamW, lr 1e-2, 6 blocks")
     ax.legend()

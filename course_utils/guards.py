@@ -153,6 +153,8 @@ class AccessLog:
     def __init__(self, loads: list[_Region], stores: list[_Region]):
         self.loads, self.stores = loads, stores
         self.outside = {"load": 0, "store": 0}
+        # element accesses inside each named tensor: counts[name]["load" or "store"]
+        self.counts = {r.name: {"load": 0, "store": 0} for r in loads + stores}
         self.first: dict[str, str] = {}
 
     def _record(self, kind: str, regions: list[_Region], addresses, mask) -> None:
@@ -163,7 +165,9 @@ class AccessLog:
             return
         inside = np.zeros(active.shape, dtype=bool)
         for region in regions:
-            inside |= region.contains(active)
+            in_region = region.contains(active)
+            self.counts[region.name][kind] += int(in_region.sum())
+            inside |= in_region
         if inside.all():
             return
         bad = active[~inside]
@@ -219,7 +223,8 @@ def _install_watch() -> None:
 def watch_accesses(loads: dict[str, "Guarded | torch.Tensor"], stores: dict[str, "Guarded | torch.Tensor"]):
     """Within the block, record every load and store of Triton's interpreter, made by this thread, whose
     address is not an element of one of ``loads`` (outputs may be read too) or ``stores``. Yields an
-    :class:`AccessLog`; call its ``check()`` after the launch.
+    :class:`AccessLog`: its ``counts`` are the element loads and stores inside each tensor, its ``check()``
+    (call it after the launch) raises for any access outside them.
 
     Only where the interpreter reads these tensors' own memory (CPU tensors): with compiled Triton (a GPU),
     or the interpreter on GPU tensors (it copies them to the host), nothing is recorded, and the guards

@@ -28,8 +28,9 @@ class TransformerConfig:
     residual: bool = True  # False drops the skip connections (to watch gradients vanish)
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
     mlp: str = "gelu"  # "gelu" or "swiglu"
-    init_std: float = 0.02  # std of every Linear/Embedding weight at init (GPT-2 uses 0.02)
-    depth_scaled_init: bool = False  # residual output projections get init_std / sqrt(2 * n_layer)
+    init: str = "gpt"  # "gpt" (gpt_init_, GPT-2's fixed std) or "fan_in" (fan_in_init_, unit scale)
+    init_std: float = 0.02  # with init="gpt": std of every Linear/Embedding weight (GPT-2 uses 0.02)
+    depth_scaled_init: bool = False  # with init="gpt": residual output projections get init_std / sqrt(2 * n_layer)
     final_norm: bool = True  # a norm before the LM head (Pre-LN models need it)
     bias: bool = False  # biases in Linear layers and LayerNorm
     position: str = "learned"  # "learned" (GPT-2's position embedding) or "rope" (rotary, chapter 7)
@@ -44,6 +45,8 @@ class TransformerConfig:
             raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         if self.mlp not in ("gelu", "swiglu"):
             raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.init not in ("gpt", "fan_in"):
+            raise ValueError(f"init must be 'gpt' or 'fan_in', got {self.init!r}")
         if self.position not in ("learned", "rope"):
             raise ValueError(f"position must be 'learned' or 'rope', got {self.position!r}")
 
@@ -148,6 +151,22 @@ def gpt_init_(model: nn.Module, std: float = 0.02, depth_scaled: bool = True) ->
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
 
+def fan_in_init_(model: nn.Module) -> None:
+    """Unit-scale initialisation, the setting of Xiong et al. (2020)'s analysis of Pre-/Post-LN, in place.
+
+    Every ``nn.Linear`` weight gets N(0, 1/fan_in), so a branch's output has about the scale of its input,
+    and every ``nn.Embedding`` N(0, 1/2), so token plus position embedding enter the first block at RMS
+    about 1. Biases 0; norm weights are left as they are.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=1 / math.sqrt(module.in_features))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=math.sqrt(0.5))
+
+
 class TinyTransformer(nn.Module):
     """Token + position embeddings, ``n_layer`` blocks, optional final norm, LM head."""
 
@@ -164,7 +183,10 @@ class TinyTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = make_norm(config) if config.final_norm else nn.Identity()
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        gpt_init_(self, std=config.init_std, depth_scaled=config.depth_scaled_init)
+        if config.init == "fan_in":
+            fan_in_init_(self)
+        else:
+            gpt_init_(self, std=config.init_std, depth_scaled=config.depth_scaled_init)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> residual stream (B, T, d_model). Rotary models add no position here."""
@@ -176,12 +198,13 @@ class TinyTransformer(nn.Module):
         pos = torch.arange(T, device=idx.device)
         return self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, C)
 
-    def set_rope_scaling(self, method: str = "none", factor: float = 1.0) -> None:
-        """Stretch a rotary model's positions past its training context (``rope.METHODS``), in place."""
+    def set_rope_scaling(self, method: str = "none", factor: float = 1.0, **options) -> None:
+        """Stretch a rotary model's positions past its training context (``rope.METHODS``), in place;
+        ``options`` go to the method (``rope.scaled_inv_freq``)."""
         if self.config.position != "rope":
             raise ValueError("only a model with position='rope' has rotary frequencies to scale")
         base = rope_inv_freq(self.config.d_model // self.config.n_head, self.config.rope_base)
-        inv_freq, self.rope_factor = scaled_inv_freq(base, method, factor, self.config.block_size)
+        inv_freq, self.rope_factor = scaled_inv_freq(base, method, factor, self.config.block_size, **options)
         self.rope_inv_freq = inv_freq.to(self.rope_inv_freq.device)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):

@@ -59,6 +59,22 @@ def time_eager(fn, *args, reps: int = 30) -> float:
     return statistics.median(times)
 
 
+def batchnorm_batch_noise(batch_sizes, *, features: int = 16, trials: int = 200, seed: int = 0) -> dict[int, float]:
+    """BatchNorm's small-batch trouble as a variance effect. One fixed example is normalised (training mode: the
+    batch's own mean and variance) inside ``trials`` batches of B - 1 other random examples; returns, for each B,
+    the std of its normalised values across the batches, averaged over ``features``. LayerNorm's would be 0."""
+    gen = torch.Generator().manual_seed(seed)
+    example = torch.randn(features, generator=gen)
+    spread = {}
+    for size in batch_sizes:
+        outputs = torch.stack([
+            F.batch_norm(torch.cat([example[None], torch.randn(size - 1, features, generator=gen)]), None, None,
+                         training=True)[0]
+            for _ in range(trials)])  # (trials, features): the example's normalised value in each batch
+        spread[size] = float(outputs.std(dim=0).mean())
+    return spread
+
+
 def norm_speed(rows: int = 4096, cols: int = 1024, reps: int = 30, seed: int = 0) -> dict[str, float]:
     """Median milliseconds of forward LayerNorm and RMSNorm on a (rows, cols) float32 tensor,
     PyTorch's fused ops and the plain from-scratch formulas."""
@@ -66,8 +82,8 @@ def norm_speed(rows: int = 4096, cols: int = 1024, reps: int = 30, seed: int = 0
     x, w, b = torch.randn(rows, cols, generator=g), torch.randn(cols, generator=g), torch.randn(cols, generator=g)
 
     def ln_scratch(x, w, b):
-        mean = x.mean(-1, keepdim=True)
-        return (x - mean) * torch.rsqrt(((x - mean) ** 2).mean(-1, keepdim=True) + 1e-5) * w + b
+        centred = x - x.mean(-1, keepdim=True)  # once: written twice it would cost LayerNorm an extra pass
+        return centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + 1e-5) * w + b
 
     def rms_scratch(x, w):
         return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6) * w
@@ -78,6 +94,21 @@ def norm_speed(rows: int = 4096, cols: int = 1024, reps: int = 30, seed: int = 0
         "LayerNorm from scratch": 1e3 * time_eager(ln_scratch, x, w, b, reps=reps),
         "RMSNorm from scratch": 1e3 * time_eager(rms_scratch, x, w, reps=reps),
     }
+
+
+def centring_comparison(*, depth: int = 4, steps: int = 150, lr: float = 3e-3, seeds=(0, 1, 2)) -> dict[str, list[float]]:
+    """Does LayerNorm's centring matter for the loss? The same Pre-LN stack of ``depth`` blocks trained on the
+    Markov chain with LayerNorm and with RMSNorm, once per seed (same init draws and batches for both).
+    Returns {"layernorm": [...], "rmsnorm": [...]}: the mean training loss of the last 20 steps, per seed."""
+    from course_utils.gradflow import stack_config
+    from course_utils.training import train_markov_lm
+
+    finals = {}
+    for norm in ("layernorm", "rmsnorm"):
+        runs = [train_markov_lm(stack_config("pre", depth, norm=norm), steps=steps, lr=lr, seed=seed, progress=False)
+                for seed in seeds]
+        finals[norm] = [sum(r.losses[-20:]) / 20 for r in runs]
+    return finals
 
 
 # Pre-LN variants compared in the scale-growth plot; keys are labels.

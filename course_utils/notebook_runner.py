@@ -60,6 +60,47 @@ def solved(nb):
     return nb
 
 
+SHELL_POLL_SLICE_S = 1.0
+
+
+def _poll_in_slices(channel) -> None:
+    """Make ``channel.get_msg`` (an async jupyter_client channel) wait in slices of SHELL_POLL_SLICE_S seconds.
+
+    nbclient's stand-in for Output widgets (the slider cells' plots) sends on the shell socket while another task
+    waits on that socket for the cell's reply; zmq signals readiness on an edge, and the send can consume the edge of
+    the reply that arrives meanwhile, so the wait sleeps on until the cell's timeout (ten minutes) although the reply
+    is there. Every slice ends with a real poll of the socket, which finds it within a second."""
+    from queue import Empty
+
+    wait = channel.get_msg
+
+    async def get_msg(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            slice_s = SHELL_POLL_SLICE_S if remaining is None else min(SHELL_POLL_SLICE_S, remaining)
+            try:
+                return await wait(timeout=slice_s)
+            except Empty:
+                if remaining is not None and remaining <= SHELL_POLL_SLICE_S:
+                    raise
+
+    channel.get_msg = get_msg
+
+
+def _notebook_client(nb, **kwargs):
+    """An nbclient NotebookClient whose shell channel is polled in slices (:func:`_poll_in_slices`)."""
+    from nbclient import NotebookClient
+
+    class Client(NotebookClient):
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            _poll_in_slices(kc.shell_channel)
+            return kc
+
+    return Client(nb, **kwargs)
+
+
 def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeout: int = 600,
             env: dict[str, str] | None = None, extra_cells: list[str] = ()):
     """Run every cell of the notebook at ``path``; returns ``(notebook, seconds)``.
@@ -69,8 +110,6 @@ def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeo
     ``extra_cells`` are code cells appended to the run (never written back).
     Raises ``nbclient.exceptions.CellExecutionError`` on the first failing cell.
     """
-    from nbclient import NotebookClient
-
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     if solved_mode:
@@ -82,8 +121,8 @@ def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeo
     with tempfile.TemporaryDirectory() as tmp, _environment(
             COURSE_PROGRESS=str(Path(tmp) / "progress.json"), COURSE_STRICT="1" if solved_mode else "0",
             PYTHONHASHSEED="0", **(env or {})):
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                resources={"metadata": {"path": str(path.parent)}})
+        client = _notebook_client(nb, timeout=timeout, kernel_name="python3",
+                                  resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()
         client.execute()
         seconds = time.perf_counter() - start

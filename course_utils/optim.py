@@ -214,3 +214,21 @@ def figure_decay_comparison(lr: float = 1e-2, weight_decay: float = 0.1, steps: 
     axes[0].set_ylabel("parameter RMS (starts at 1)")
     axes[1].legend(loc="lower left")
     return fig
+
+
+def adafactor_against_adam(lrs=(3e-3, 3e-2), warmups=(0, 30), *, steps: int = 120, depth: int = 2,
+                           seed: int = 0) -> dict[tuple[str, float, int], float]:
+    """Adafactor (torch.optim.Adafactor) and AdamW on the same model and data: chapter 1's Pre-LN stack of
+    ``depth`` blocks on the Markov chain, for each learning rate and warmup length. Returns
+    {(optimizer, lr, warmup): mean training loss of the last 20 steps} (NaN if the run diverged)."""
+    from course_utils.gradflow import stack_config
+    from course_utils.training import train_markov_lm
+
+    out = {}
+    for optimizer in ("adamw", "adafactor"):
+        for lr in lrs:
+            for warmup in warmups:
+                run = train_markov_lm(stack_config("pre", depth), steps=steps, lr=lr, warmup_steps=warmup, seed=seed,
+                                      progress=False, optimizer=optimizer)
+                out[(optimizer, lr, warmup)] = float("nan") if run.diverged else sum(run.losses[-20:]) / 20
+    return out

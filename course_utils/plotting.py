@@ -6,6 +6,7 @@ import matplotlib.ticker as ticker
 
 # One colour per variant the course compares, used in every chapter.
 COLORS = {
+    "no residual, no norm": "#cc79a7",
     "no residual": "#7f7f7f",
     "post": "#d95f02",  # Post-LN
     "pre": "#1b9e77",  # Pre-LN

@@ -59,22 +59,26 @@ def llama3_scaled_inv_freq(inv_freq, factor, original_context, low_freq_factor=1
     return (1 - smooth) * inv_freq / factor + smooth * inv_freq
 
 
-def yarn_scaled_inv_freq(inv_freq, factor, original_context, alpha=1.0, beta=32.0):
+def yarn_scaled_inv_freq(inv_freq, factor, original_context, alpha=1.0, beta=32.0, temperature=True):
     """YaRN's "NTK-by-parts" frequencies and its attention factor (Peng et al., 2023).
 
     r = original_context / wavelength counts the turns a frequency makes inside the training context.
     gamma = clamp((r - alpha) / (beta - alpha), 0, 1); new = (1 - gamma) * inv_freq / factor + gamma * inv_freq:
     frequencies with many turns (r > beta) are kept, those with less than alpha turns are interpolated.
     Returns (new inv_freq, attention factor 0.1 ln(factor) + 1), the factor multiplying q and k
-    (so the logits by its square) to keep the attention's entropy.
+    (so the logits by its square) to keep the attention's entropy; 1.0 with ``temperature=False``.
+    The published defaults alpha = 1, beta = 32 were chosen for contexts of thousands of tokens.
     """
     r = original_context * inv_freq / (2 * math.pi)
     gamma = ((r - alpha) / (beta - alpha)).clamp(0, 1)
-    return (1 - gamma) * inv_freq / factor + gamma * inv_freq, 0.1 * math.log(factor) + 1.0
+    attention_factor = 0.1 * math.log(factor) + 1.0 if temperature else 1.0
+    return (1 - gamma) * inv_freq / factor + gamma * inv_freq, attention_factor
 
 
-def scaled_inv_freq(inv_freq: torch.Tensor, method: str, factor: float, original_context: int) -> tuple[torch.Tensor, float]:
-    """(inverse frequencies, attention factor on q and k) for a scaling method of ``METHODS``."""
+def scaled_inv_freq(inv_freq: torch.Tensor, method: str, factor: float, original_context: int,
+                    **options) -> tuple[torch.Tensor, float]:
+    """(inverse frequencies, attention factor on q and k) for a scaling method of ``METHODS``; ``options`` go to
+    the method's function (YaRN's alpha, beta, temperature; Llama 3.1's low_freq_factor, high_freq_factor)."""
     if method == "none" or factor == 1.0:
         return inv_freq, 1.0
     if method == "pi":
@@ -82,9 +86,9 @@ def scaled_inv_freq(inv_freq: torch.Tensor, method: str, factor: float, original
     if method == "ntk":
         return ntk_scaled_inv_freq(inv_freq, factor), 1.0
     if method == "llama3":
-        return llama3_scaled_inv_freq(inv_freq, factor, original_context), 1.0
+        return llama3_scaled_inv_freq(inv_freq, factor, original_context, **options), 1.0
     if method == "yarn":
-        return yarn_scaled_inv_freq(inv_freq, factor, original_context)
+        return yarn_scaled_inv_freq(inv_freq, factor, original_context, **options)
     raise ValueError(f"unknown RoPE scaling {method!r}; choose one of {METHODS}")
 
 

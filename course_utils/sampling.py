@@ -86,11 +86,12 @@ def min_p_filter(logits, min_p):
 
 
 def apply_repetition_penalty(logits, previous, penalty):
-    """CTRL's repetition penalty (as Hugging Face's transformers applies it), on raw logits; returns new logits.
+    """The repetition penalty as Hugging Face's transformers applies it, on raw logits; returns new logits.
 
     logits: (V,); previous: (N,) int64 ids already in the text. For every *distinct* id in previous:
     a positive logit is divided by penalty, a negative one multiplied by it, so that with penalty > 1
     the token always becomes less likely (dividing a negative logit would raise it). penalty = 1 changes nothing.
+    (CTRL's original rule divides every penalised logit; the sign-aware form is Hugging Face's fix.)
     """
     if logits.dim() != 1:
         raise ValueError(f"expected logits of one position (V,), got shape {tuple(logits.shape)}")

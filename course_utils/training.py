@@ -61,12 +61,20 @@ class TrainResult:
 
 def train_markov_lm(config: TransformerConfig, *, steps: int = 150, lr: float = 3e-3,
                     warmup_steps: int = 0, batch: int = 16, clip: float | None = None,
-                    seed: int = 0, chain: MarkovChain | None = None, progress: bool = True) -> TrainResult:
-    """Train a TinyTransformer with AdamW on Markov-chain text; deterministic for a given seed."""
+                    seed: int = 0, chain: MarkovChain | None = None, progress: bool = True,
+                    optimizer: str = "adamw") -> TrainResult:
+    """Train a TinyTransformer on Markov-chain text; deterministic for a given seed. ``optimizer`` is "adamw"
+    (betas 0.9, 0.95, no decay) or "adafactor" (``torch.optim.Adafactor`` with its defaults: no momentum, factored
+    second moment, steps relative to each parameter's RMS)."""
+    if optimizer not in ("adamw", "adafactor"):
+        raise ValueError(f"optimizer must be 'adamw' or 'adafactor', got {optimizer!r}")
     torch.manual_seed(seed)
     chain = chain or MarkovChain(vocab_size=config.vocab_size)
     model = TinyTransformer(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    if optimizer == "adafactor":
+        opt = torch.optim.Adafactor(model.parameters(), lr=lr)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_factor(s, warmup_steps))
     data_gen = torch.Generator().manual_seed(seed + 1)
     losses, norms = [], []

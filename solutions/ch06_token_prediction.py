@@ -19,7 +19,8 @@ NEG = float("-inf")
 
 
 def _log(probs):
-    """Logits whose softmax is exactly ``probs`` (dyadic probabilities keep every sum exact)."""
+    """Logits whose softmax is ``probs`` up to rounding: the logarithms are rounded to float32, so a cumulative mass
+    can land just off a threshold the probabilities meet exactly (the checks settle decisions within 1e-6 of it)."""
     return torch.tensor(probs, dtype=torch.float32).log()
 
 
@@ -398,7 +399,7 @@ EXERCISES = [
             Mistake("once per occurrence", _penalty_per_occurrence,
                     "Apply the penalty once per distinct token (torch.unique), not once per occurrence."),
             Mistake("subtracted", _penalty_subtracted,
-                    "CTRL's penalty is multiplicative: z / penalty for z > 0, z * penalty for z <= 0."),
+                    "The penalty is multiplicative: z / penalty for z > 0, z * penalty for z <= 0."),
         ),
     ),
     Exercise(

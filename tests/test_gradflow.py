@@ -75,3 +75,68 @@ def test_training_stops_cleanly_on_divergence():
     run = train_markov_lm(config, steps=40, lr=1e3, progress=False)  # absurd lr: the loss blows up
     assert run.diverged and len(run.losses) < 40
     assert all(math.isfinite(x) for x in run.losses)  # the NaN step is not recorded
+
+
+def test_layernorm_jacobian_matches_autograd_and_divides_by_the_input_scale():
+    x = torch.randn(48, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.3
+    for scale in (0.01, 1.0, 30.0):
+        J = gradflow.layernorm_jacobian(scale * x)
+        expected = torch.autograd.functional.jacobian(
+            lambda v: torch.nn.functional.layer_norm(v, (48,)), scale * x)
+        assert torch.allclose(J, expected, atol=1e-10, rtol=1e-9)
+        sigma2 = (scale * x).var(unbiased=False)
+        assert abs(float(torch.linalg.matrix_norm(J, 2)) - float(1 / torch.sqrt(sigma2 + 1e-5))) < 1e-8
+
+
+def test_fan_in_init_gives_unit_scale_branches_and_embeddings():
+    torch.manual_seed(0)
+    config = gradflow.stack_config("pre", 2, d_model=256, init="fan_in")
+    model = gradflow.TinyTransformer(config)
+    up = model.blocks[0].mlp.up.weight
+    assert abs(float(up.detach().std()) - 1 / math.sqrt(256)) < 0.05 / math.sqrt(256)
+    stream = model.embed(torch.zeros(1, 16, dtype=torch.long))
+    assert 0.8 < float(stream.pow(2).mean().sqrt()) < 1.2
+    with pytest.raises(ValueError, match="init must be"):
+        gradflow.stack_config("pre", 2, init="xavier")
+
+
+def test_xiong_setting_post_ln_top_gradient_is_flat_and_larger_pre_ln_falls_like_one_over_sqrt_depth():
+    """01, fact check: with fan-in init, Post-LN's last-block gradient does not depend on depth and exceeds
+    Pre-LN's, which falls like L^-1/2, as the final norm's 1/RMS(x_L) (constant product) says."""
+    depths = [8, 16, 32, 64]
+    post = gradflow.depth_sweep_over_seeds("post", depths, init="fan_in")
+    pre = gradflow.depth_sweep_over_seeds("pre", depths, init="fan_in")
+    assert abs(gradflow.loglog_slope(depths, post["last_block_grad"])) < 0.15
+    assert -0.65 < gradflow.loglog_slope(depths, pre["last_block_grad"]) < -0.35
+    assert all(p > 2 * q for p, q in zip(post["last_block_grad"], pre["last_block_grad"]))
+    for sweep in (post, pre):
+        law = [g * v ** 0.5 for g, v in zip(sweep["output_grad"], sweep["output_var"])]
+        assert max(law) / min(law) < 1.1
+
+
+def test_gpt_init_makes_pre_ln_gradients_larger_with_the_same_exponent():
+    depths = [8, 16, 32, 64]
+    post = gradflow.depth_sweep_over_seeds("post", depths, init="gpt")
+    pre = gradflow.depth_sweep_over_seeds("pre", depths, init="gpt")
+    assert all(q > 2 * p for p, q in zip(post["last_block_grad"], pre["last_block_grad"]))
+    assert -0.65 < gradflow.loglog_slope(depths, pre["last_block_grad"]) < -0.35
+
+
+def test_without_residuals_and_norms_the_gradient_vanishes_with_depth():
+    """01: the plain stack's first-block gradient vanishes past about 16 blocks; with a norm before each
+    branch (still no skip) it does not vanish."""
+    shallow = gradflow.layer_stats("no residual, no norm", 8, init="fan_in")
+    deep = gradflow.layer_stats("no residual, no norm", 32, init="fan_in")
+    assert shallow.param_grad_norm[0] > 0.1 and deep.param_grad_norm[0] < 1e-5
+    assert deep.stream_rms[-1] < 1e-6
+    normed = gradflow.layer_stats("no residual", 32, init="fan_in")
+    assert normed.param_grad_norm[0] > 0.1
+
+
+def test_post_ln_buries_the_embedding_at_the_add_and_pre_ln_keeps_it():
+    """01, "buried at the Add": with fan-in init the embedding's share of the stream (cosine) falls to noise within
+    16 Post-LN blocks, while Pre-LN keeps about 1/RMS(x_L) of it; with GPT-2's init Post-LN keeps it."""
+    post = gradflow.layer_stats("post", 16, init="fan_in").embedding_cosine
+    pre = gradflow.layer_stats("pre", 16, init="fan_in").embedding_cosine
+    assert post[0] > 0.5 and abs(post[-1]) < 0.05 and pre[-1] > 0.15
+    assert gradflow.layer_stats("post", 16, init="gpt").embedding_cosine[-1] > 0.9

@@ -62,3 +62,20 @@ def test_saved_for_backward_bytes_counts_the_log_softmax():
     z, y = torch.randn(16, 100).requires_grad_(), torch.randint(0, 100, (16,))
     assert losses.saved_for_backward_bytes(lambda z, y: F.cross_entropy(z, y), z * 1.0, y) >= 16 * 100 * 4
     assert losses.saved_for_backward_bytes(lambda z, y: (z * 2).sum(), z * 1.0, y) == 0
+
+
+def test_label_smoothing_calibrates_an_overfitting_classifier():
+    """04: trained long enough to become overconfident, the plain model's confidence exceeds its accuracy by far;
+    with eps = 0.1 the gap and the test loss shrink while the accuracy stays."""
+    plain, smoothed = losses.smoothing_calibration(0.0), losses.smoothing_calibration(0.1)
+    assert plain["confidence"] - plain["accuracy"] > 0.05 and plain["ece"] > 0.05
+    assert smoothed["ece"] < plain["ece"] / 2 and smoothed["test_loss"] < plain["test_loss"]
+    assert abs(smoothed["accuracy"] - plain["accuracy"]) < 0.03
+
+
+def test_smoothing_raises_the_reachable_loss_on_real_data():
+    from course_utils.data import MarkovChain
+
+    chain = MarkovChain(32)
+    floors = [losses.smoothing_loss_floor(chain.transitions, chain.stationary(), eps) for eps in (0.0, 0.1, 0.2)]
+    assert abs(floors[0]) < 1e-9 and 0 < floors[1] < floors[2]

@@ -65,3 +65,12 @@ def test_norm_speed_reports_positive_times():
     speed = norms.norm_speed(64, 32, reps=3)
     assert set(speed) == {"F.layer_norm", "F.rms_norm", "LayerNorm from scratch", "RMSNorm from scratch"}
     assert all(v > 0 for v in speed.values())
+
+
+def test_batchnorm_noise_falls_like_one_over_sqrt_batch():
+    """03: one example's BatchNorm output varies across batches like B^-1/2 (a variance effect)."""
+    from course_utils.gradflow import loglog_slope
+
+    spread = norms.batchnorm_batch_noise([2, 8, 32, 128])
+    assert spread[2] > 0.6 and spread[128] < 0.15
+    assert -0.6 < loglog_slope([8, 32, 128], [spread[b] for b in (8, 32, 128)]) < -0.4

@@ -79,7 +79,7 @@ def agg_backend():
 def test_figure_functions_draw(agg_backend):
     from course_utils import gradflow, optim, rope, stability
 
-    for fig in [gradflow.figure_jacobian_products(8, 0.5), gradflow.figure_layer_stats(4, 0.02),
+    for fig in [gradflow.figure_jacobian_products(8, 0.5), gradflow.figure_layer_stats(4, "gpt", 0.02),
                 gradflow.figure_spike(10.0, 1.0), stability.figure_softmax_under_shift(50.0, "float16"),
                 gradflow.figure_swiglu_scale(gradflow.swiglu_scale_sweep([1, 10])),
                 optim.figure_decay_comparison(1e-2, 0.1, steps=50), rope.figure_scaling(4.0)]:

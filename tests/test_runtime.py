@@ -82,3 +82,19 @@ def test_doctor_exits_non_zero_on_a_fail(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_doctor_checks", lambda: iter([(True, "a", "fine"), (False, "b", "broken")]))
     assert cli.doctor() == 1
     assert "FAIL  b" in capsys.readouterr().out
+
+
+def test_doctor_notes_versions_that_differ_from_the_constraints(tmp_path, monkeypatch, capsys):
+    """A learner whose torch differs from the pinned one is told why a stored digit may differ (issue 19)."""
+    from importlib.metadata import version
+
+    from course_utils import __main__ as cli
+
+    pins = tmp_path / "constraints-cpu.txt"
+    pins.write_text(f"# comment\ntorch==0.0.1\npytest=={version('pytest')}\nnot-a-package-xyz==1.0\n")
+    assert cli.version_mismatches(pins) == [("torch", "0.0.1", version("torch"))]
+    assert cli.version_mismatches(tmp_path / "missing.txt") == []
+    monkeypatch.setattr(cli, "CONSTRAINTS", pins)
+    monkeypatch.setattr(cli, "_doctor_checks", lambda: iter([(True, "a", "fine")]))
+    assert cli.doctor() == 0
+    assert "NOTE  torch" in capsys.readouterr().out
