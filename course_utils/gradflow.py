@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from course_utils.data import MarkovChain
 from course_utils.models import TinyTransformer, TransformerConfig
-from course_utils.plotting import COLORS, log_scale, subplots
+from course_utils.plotting import log_scale, series, subplots
 
 # The wirings chapter 1 compares; keys double as plot labels and colour keys.
 ARCHITECTURES = {
@@ -230,10 +230,10 @@ def figure_jacobian_products(depth: int = 24, sigma: float = 0.5):
     """Gradient norm after each layer: products of J_k (no residual) vs of (I + J_k) (residual)."""
     fig, ax = subplots()
     layers = list(range(1, depth + 1))
-    ax.plot(layers, jacobian_product_norms(depth, sigma, residual=False), "o-", ms=3,
-            color=COLORS["no residual"], label="no residual: g J_L ... J_1")
-    ax.plot(layers, jacobian_product_norms(depth, sigma, residual=True), "o-", ms=3,
-            color=COLORS["pre"], label="residual: g (I+J_L) ... (I+J_1)")
+    ax.plot(layers, jacobian_product_norms(depth, sigma, residual=False), **series("no residual"),
+            label="no residual: g J_L ... J_1")
+    ax.plot(layers, jacobian_product_norms(depth, sigma, residual=True), **series("pre"),
+            label="residual: g (I+J_L) ... (I+J_1)")
     log_scale(ax)
     ax.axhline(1.0, color="k", lw=0.8, ls=":")
     ax.set(xlabel="layers back-propagated through", ylabel="gradient norm (start = 1)",
@@ -249,8 +249,8 @@ def figure_layer_stats(depth: int = 12, init: str = "fan_in", init_std: float = 
     for arch in ARCHITECTURES:
         stats = layer_stats(arch, depth, init=init, init_std=init_std)
         layers = list(range(1, depth + 1))
-        ax_g.plot(layers, stats.param_grad_norm, "o-", ms=3, color=COLORS[arch], label=arch)
-        ax_s.plot(layers, stats.stream_rms, "o-", ms=3, color=COLORS[arch], label=arch)
+        ax_g.plot(layers, stats.param_grad_norm, **series(arch), label=arch)
+        ax_s.plot(layers, stats.stream_rms, **series(arch), label=arch)
     log_scale(ax_g)
     log_scale(ax_s)
     setting = "fan-in init" if init == "fan_in" else f"GPT init, std {init_std:.3g}"
@@ -265,8 +265,8 @@ def figure_depth_sweep(sweeps: dict[str, dict[str, list[float]]]):
     """Final-stream variance and last-block gradient norm against depth (log-log), per wiring."""
     fig, (ax_v, ax_g) = subplots(2, width=10)
     for arch, sweep in sweeps.items():
-        ax_v.plot(sweep["depth"], sweep["output_var"], "o-", color=COLORS[arch], label=f"{arch}-LN")
-        ax_g.plot(sweep["depth"], sweep["last_block_grad"], "o-", color=COLORS[arch], label=f"{arch}-LN")
+        ax_v.plot(sweep["depth"], sweep["output_var"], **series(arch), label=f"{arch}-LN")
+        ax_g.plot(sweep["depth"], sweep["last_block_grad"], **series(arch), label=f"{arch}-LN")
     for ax in (ax_v, ax_g):
         log_scale(ax, "xy")
         depths = next(iter(sweeps.values()))["depth"]
@@ -283,7 +283,8 @@ def figure_training_curves(runs: dict[str, list["TrainResult"]], floor: float): 
     for label, seed_runs in runs.items():
         arch = "post" if label.startswith("post") else "pre"
         for i, run in enumerate(seed_runs):
-            ax.plot(run.losses, color=COLORS[arch], ls="-" if "no warmup" in label else "--", lw=1.2, alpha=0.8,
+            style = {**series(arch, markevery=20), "linestyle": "-" if "no warmup" in label else "--"}
+            ax.plot(run.losses, **style, lw=1.2, alpha=0.8,
                     label=f"{label} ({len(seed_runs)} seeds)" if i == 0 else None)
     ax.axhline(floor, color="k", lw=0.8, ls=":", label=f"entropy rate {floor:.2f} (best possible)")
     ax.set(xlabel="step", ylabel="training loss (nats)", title="AdamW, lr 1e-2, 6 blocks")
@@ -305,10 +306,10 @@ def figure_swiglu_scale(sweep: dict[str, list[float]]):
 def figure_spike(spike_scale: float = 10.0, clip: float = 1.0, clip_fn=None):
     """Evaluation loss of the SwiGLU regressor through a bad batch, without and with clipping."""
     fig, ax = subplots()
-    for label, max_norm, color in [("no clipping", None, COLORS["naive"]), (f"clip to {clip:.3g}", clip, COLORS["safe"])]:
+    for label, max_norm, key in [("no clipping", None, "naive"), (f"clip to {clip:.3g}", clip, "safe")]:
         run = swiglu_spike_run(spike_scale, max_norm, clip_fn=clip_fn)
         losses = torch.tensor(run.losses).nan_to_num(nan=1e30).clamp(max=1e30)
-        ax.plot(losses, color=color, label=label)
+        ax.plot(losses, **series(key, markevery=10), label=label)
     log_scale(ax)
     ax.axvline(30, color="k", lw=0.8, ls=":")
     ax.set(xlabel="step", ylabel="eval loss (1e30 = NaN/overflow)",

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from course_utils.plotting import COLORS, log_scale, subplots
+from course_utils.plotting import COLORS, log_scale, series, subplots
 
 ACTIVATIONS = {"linear": lambda x: x, "tanh": torch.tanh, "relu": F.relu, "sigmoid": torch.sigmoid}
 
@@ -47,8 +47,8 @@ def figure_signal_propagation(depth: int = 20, gain: float = 1.0, activation: st
     stats = signal_propagation(depth, gain, activation)
     fig, ax = subplots()
     layers = list(range(1, depth + 1))
-    ax.plot(layers, stats["activation_std"], "o-", ms=3, color=COLORS["pre"], label="activation std (forward)")
-    ax.plot(layers, stats["gradient_std"], "s-", ms=3, color=COLORS["post"], label="gradient std (backward)")
+    ax.plot(layers, stats["activation_std"], **series("pre"), label="activation std (forward)")
+    ax.plot(layers, stats["gradient_std"], **series("post"), label="gradient std (backward)")
     ax.axhspan(10, 1e30, color=COLORS["naive"], alpha=0.08)
     ax.axhspan(1e-30, 0.1, color=COLORS["safe"], alpha=0.08)
     values = [v for v in stats["activation_std"] + stats["gradient_std"] if v > 0 and math.isfinite(v)]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from course_utils.models import TinyTransformer, TransformerConfig
-from course_utils.plotting import COLORS, log_scale, subplots
+from course_utils.plotting import COLORS, log_scale, series, subplots
 from course_utils.stability import attention_score_max
 
 
@@ -141,21 +141,21 @@ def pre_ln_scale(depth: int, variant: str, *, init_std: float = 0.1, seed: int =
 def figure_pre_ln_scale(depth: int = 24):
     fig, (ax_s, ax_l) = subplots(2, width=10)
     layers = list(range(1, depth + 1))
-    colors = [COLORS["pre"], COLORS["safe"], COLORS["post"]]
+    keys = ["pre", "online", "post"]  # one style per variant
     logit_stds = []
-    for color, variant in zip(colors, PRE_LN_VARIANTS):
+    for key, variant in zip(keys, PRE_LN_VARIANTS):
         result = pre_ln_scale(depth, variant)
         logit_stds.append(result["logit_std"])
         if variant != "+ final norm":  # the final norm acts after the last block: same stream as the first
             label = "Pre-LN (with or without final norm)" if variant.startswith("Pre-LN") else variant
-            ax_s.plot(layers, result["stream_rms"], "o-", ms=3, color=color, label=label)
+            ax_s.plot(layers, result["stream_rms"], **series(key), label=label)
         if variant.startswith("Pre-LN"):
             first = result["stream_rms"][0]
     ax_s.plot(layers, [first * math.sqrt(layer) for layer in layers], "k:", lw=1, label="∝ √layer")
     log_scale(ax_s)
     ax_s.set(xlabel="block", ylabel="RMS of the residual stream", title=f"Pre-LN at init, depth {depth}, init std 0.1")
     ax_s.legend(fontsize=8)
-    ax_l.bar(range(3), logit_stds, color=colors)
+    ax_l.bar(range(3), logit_stds, color=[COLORS[key] for key in keys])
     ax_l.set_xticks(range(3), labels=["none", "depth-scaled", "final norm"])
     ax_l.set(ylabel="std of the logits", title="what reaches the softmax")
     return fig
@@ -166,8 +166,8 @@ def figure_qk_norm(scales=(0.5, 1, 2, 4, 8, 16)):
     fig, ax = subplots()
     plain = [attention_score_max(s) for s in scales]
     normed = [attention_score_max(s, qk_norm=True) for s in scales]
-    ax.plot(scales, plain, "o-", color=COLORS["naive"], label="plain q·k/√d")
-    ax.plot(scales, normed, "s-", color=COLORS["safe"], label="QK-norm")
+    ax.plot(scales, plain, **series("naive"), label="plain q·k/√d")
+    ax.plot(scales, normed, **series("safe"), label="QK-norm")
     ax.axhline(88.72, color="k", ls=":", lw=0.8, label="exp overflows in float32 (88.7)")
     ax.axhline(11.09, color="grey", ls="--", lw=0.8, label="exp overflows in float16 (11.1)")
     log_scale(ax, "xy")
@@ -181,8 +181,8 @@ def figure_soft_cap(cap: float = 30.0):
     """Left: cap·tanh(z/cap) against z. Right: softmax of a peaked logit vector with and without it."""
     fig, (ax_c, ax_p) = subplots(2, width=10)
     z = torch.linspace(-150, 150, 301)
-    ax_c.plot(z, z, color="grey", ls=":", label="no cap")
-    ax_c.plot(z, cap * torch.tanh(z / cap), color=COLORS["safe"], label=f"cap {cap:.3g}")
+    ax_c.plot(z, z, **series("reference"), label="no cap")
+    ax_c.plot(z, cap * torch.tanh(z / cap), **series("safe", markevery=25), label=f"cap {cap:.3g}")
     ax_c.set(xlabel="logit", ylabel="capped logit", ylim=(-160, 160), title="soft-capping: cap · tanh(logit / cap)")
     ax_c.legend()
     logits = torch.tensor([60.0, 45.0, 40.0, 20.0, 0.0, -20.0])

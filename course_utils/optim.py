@@ -201,14 +201,14 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 def figure_decay_comparison(lr: float = 1e-2, weight_decay: float = 0.1, steps: int = 400):
     """Two panels, Adam + L2 and AdamW: RMS of the large- and small-gradient parameters per step."""
-    from course_utils.plotting import COLORS, subplots
+    from course_utils.plotting import series, subplots
 
     runs = decay_comparison(lr, weight_decay, steps=steps)
     fig, axes = subplots(2, width=10, sharey=True)
     for ax, (name, (large, small)) in zip(axes, runs.items()):
-        ax.plot(large, color=COLORS["post"], label="large gradients (std 10)")
-        ax.plot(small, color=COLORS["pre"], label="small gradients (std 1e-3)")
-        ax.plot([(1 - lr * weight_decay) ** t for t in range(1, steps + 1)], "--", color=COLORS["reference"],
+        ax.plot(large, **series("post", markevery=40), label="large gradients (std 10)")
+        ax.plot(small, **series("pre", markevery=40), label="small gradients (std 1e-3)")
+        ax.plot([(1 - lr * weight_decay) ** t for t in range(1, steps + 1)], **series("reference"),
                 lw=1, label="(1 − lr·wd)^t")
         ax.set(xlabel="step", title=f"{name}: lr {lr:.2g}, wd {weight_decay:.2g}", ylim=(0, 1.1))
     axes[0].set_ylabel("parameter RMS (starts at 1)")

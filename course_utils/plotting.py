@@ -1,20 +1,44 @@
-"""One plotting style for the whole course: sizes, colours per architecture, log-scale helpers."""
+"""One plotting style for the whole course: sizes, colour-blind-safe colours and line styles per variant, log scales."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import matplotlib.ticker as ticker
 
-# One colour per variant the course compares, used in every chapter.
-COLORS = {
-    "no residual, no norm": "#cc79a7",
-    "no residual": "#7f7f7f",
-    "post": "#d95f02",  # Post-LN
-    "pre": "#1b9e77",  # Pre-LN
-    "naive": "#d62728",
-    "safe": "#1f77b4",
-    "online": "#2ca02c",
-    "reference": "#000000",
+# Okabe & Ito's colour-blind-safe palette ("Color Universal Design", 2008), plus a grey.
+OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky blue": "#56B4E9", "bluish green": "#009E73",
+             "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "reddish purple": "#CC79A7",
+             "grey": "#999999"}
+
+# One (colour, line style, marker) per variant the course compares, used in every chapter: series that share a
+# plot differ in line style and marker too, so no reader depends on telling colours apart.
+SERIES = {
+    "no residual, no norm": ("reddish purple", (0, (3, 1, 1, 1, 1, 1)), "v"),
+    "no residual": ("grey", "-.", "^"),
+    "post": ("vermillion", "--", "s"),  # Post-LN
+    "pre": ("blue", "-", "o"),  # Pre-LN
+    "naive": ("vermillion", "--", "s"),
+    "safe": ("blue", "-", "o"),
+    "online": ("bluish green", "-.", "^"),
+    "reference": ("black", ":", ""),
+    # RoPE scalings (chapter 7)
+    "none": ("black", "-", ""),
+    "pi": ("vermillion", "--", ""),
+    "ntk": ("orange", "-.", ""),
+    "yarn": ("bluish green", ":", ""),
+    "llama3": ("blue", (0, (5, 1, 1, 1, 1, 1)), ""),
 }
+COLORS = {key: OKABE_ITO[colour] for key, (colour, _, _) in SERIES.items()}
+
+
+def series(key: str, *, markevery=None) -> dict:
+    """``ax.plot`` keyword arguments for a variant of SERIES: its colour, line style and (small) marker.
+    ``markevery`` thins the markers of long curves (every n-th point)."""
+    colour, linestyle, marker = SERIES[key]
+    style = {"color": OKABE_ITO[colour], "linestyle": linestyle}
+    if marker:
+        style.update(marker=marker, markersize=3, markevery=markevery)
+    return style
+
 
 STYLE = {
     "figure.figsize": (7.0, 3.6),

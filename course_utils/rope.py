@@ -95,16 +95,15 @@ def scaled_inv_freq(inv_freq: torch.Tensor, method: str, factor: float, original
 def figure_scaling(factor: float = 8.0, head_dim: int = 128, base: float = 500000.0, original_context: int = 8192):
     """Per-frequency factor by which each method divides RoPE's frequencies, against the wavelength
     (Llama-3-like defaults: head_dim 128, base 500000, trained at 8192 tokens)."""
-    from course_utils.plotting import log_scale, subplots
+    from course_utils.plotting import log_scale, series, subplots
 
     inv = rope_inv_freq(head_dim, base)
     wavelength = (2 * math.pi / inv).tolist()
     fig, ax = subplots(1, width=8, height=3.6)
-    styles = {"pi": ("#d95f02", "-"), "ntk": ("#7570b3", "-"), "yarn": ("#1b9e77", "-"), "llama3": ("#e7298a", "--")}
-    for method, (color, ls) in styles.items():
+    for method in ("pi", "ntk", "yarn", "llama3"):
         new, attention = scaled_inv_freq(inv, method, factor, original_context)
         label = f"{method}" + (f" (q, k × {attention:.2f})" if attention != 1.0 else "")
-        ax.plot(wavelength, (inv / new).tolist(), ls, color=color, label=label)
+        ax.plot(wavelength, (inv / new).tolist(), **series(method), label=label)
     ax.axvline(original_context, color="grey", lw=1, ls=":")
     ax.text(original_context, factor * 1.02, " training context", color="grey", va="bottom", fontsize=8)
     log_scale(ax, "xy")

@@ -115,3 +115,17 @@ def test_no_answer_is_shown_before_its_exercise(path):
         for output in cell.get("outputs", []):
             text = "".join(output.get("data", {}).get("text/plain", "")) + "".join(output.get("text", ""))
             shown.update(re.sub(r"\s+", "", line) for line in text.splitlines())
+
+
+def test_series_styles_are_colour_blind_safe_and_differ_without_colour():
+    """One palette (Okabe-Ito) for every series, and series drawn together differ in line style, not only in colour
+    (issue 19). The groups are the sets of keys that share a figure."""
+    from course_utils.plotting import OKABE_ITO, SERIES, series
+
+    assert all(colour in OKABE_ITO for colour, _, _ in SERIES.values())
+    groups = [("no residual, no norm", "no residual", "post", "pre", "reference"), ("naive", "safe", "online", "reference"),
+              ("pre", "online", "post"), ("none", "pi", "ntk", "yarn", "llama3")]
+    for group in groups:
+        linestyles = [str(SERIES[key][1]) for key in group]
+        assert len(set(linestyles)) == len(group), group
+    assert series("pre")["color"] == OKABE_ITO["blue"] and series("post")["linestyle"] == "--"
