@@ -10,7 +10,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from course_utils.plotting import COLORS, subplots
+from course_utils.plotting import COLORS, MUTED_TEXT, subplots
 
 # ------------------------------------------------------------------------------------ perplexity
 
@@ -73,7 +73,10 @@ def labels_html(ids: torch.Tensor, labels: torch.Tensor) -> str:
     spans = []
     for token, label in zip(ids.tolist(), labels.tolist()):
         text = html.escape(token_text(token)).replace("\n", "⏎")
-        style = ("background:#c7e9c0" if label != -100 else "color:#999;text-decoration:line-through")
+        # both colours set where the background is (readable in light and dark themes); the muted text uses
+        # JupyterLab's own secondary text colour, with a fallback that passes WCAG AA on white
+        style = ("background:#c7e9c0;color:#000000" if label != -100
+                 else f"color:{MUTED_TEXT};text-decoration:line-through")
         spans.append(f'<span style="{style}">{text}</span>')
     return ('<div style="font-family:monospace;line-height:1.8;white-space:pre-wrap">' + "".join(spans)
             + "</div><div>green: in the loss; grey: label -100</div>")

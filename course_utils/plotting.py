@@ -29,6 +29,11 @@ SERIES = {
 }
 COLORS = {key: OKABE_ITO[colour] for key, (colour, _, _) in SERIES.items()}
 
+# Text colours for HTML views: JupyterLab's theme variables, so that text is readable in its light and dark themes,
+# with fallbacks (for viewers without them) that pass WCAG AA (4.5:1) on white. A view that sets a background
+# sets its text colour too.
+MUTED_TEXT = "var(--jp-content-font-color2, #595959)"
+
 
 def series(key: str, *, markevery=None) -> dict:
     """``ax.plot`` keyword arguments for a variant of SERIES: its colour, line style and (small) marker.

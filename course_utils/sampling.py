@@ -250,6 +250,7 @@ def temperature_view(next_logits: Scorer, prompt: list[int], temperature: float,
     """HTML for the temperature slider: the next-token distribution after ``prompt`` at this temperature,
     its entropy against the two limits (greedy: 0, uniform: ln V), and a seeded continuation."""
     from course_utils.charlm import decode
+    from course_utils.plotting import MUTED_TEXT
 
     logits = next_logits([prompt])[0]
     probs = softmax_with_temperature(logits, temperature)
@@ -257,7 +258,7 @@ def temperature_view(next_logits: Scorer, prompt: list[int], temperature: float,
     text = decode(generate(next_logits, prompt, n_new, temperature=temperature, seed=seed))
     extra = (f"<div style='margin-top:6px'>entropy {h:.2f} nats &nbsp;(greedy, T&rarr;0: 0; uniform, "
              f"T&rarr;&infin;: ln {len(probs)} = {math.log(len(probs)):.2f})</div>"
-             f"<pre style='margin-top:6px;white-space:pre-wrap'><span style='color:#888'>"
+             f"<pre style='margin-top:6px;white-space:pre-wrap'><span style='color:{MUTED_TEXT}'>"
              f"{html.escape(decode(prompt))}</span>{html.escape(text)}</pre>")
     return distribution_html(probs, top=top, title=f"next byte at T = {temperature:.2f}", extra=extra)
 
@@ -267,6 +268,7 @@ def filters_view(next_logits: Scorer, prompt: list[int], *, top_k: int, top_p: f
     """HTML for the filter sliders: the next-byte distribution after the repetition penalty (on the
     prompt's bytes) and top-k, top-p, min-p at T = 1, renormalised, and a continuation decoded with them."""
     from course_utils.charlm import decode
+    from course_utils.plotting import MUTED_TEXT
 
     z = apply_repetition_penalty(next_logits([prompt])[0], torch.tensor(prompt, dtype=torch.long), repetition_penalty)
     kept = process_logits(z, top_k=top_k, top_p=top_p, min_p=min_p)
@@ -274,7 +276,7 @@ def filters_view(next_logits: Scorer, prompt: list[int], *, top_k: int, top_p: f
     text = decode(generate(next_logits, prompt, n_new, top_k=top_k, top_p=top_p, min_p=min_p,
                            repetition_penalty=repetition_penalty, seed=seed))
     extra = (f"<div style='margin-top:6px'>{int(torch.isfinite(kept).sum())} of {len(kept)} bytes kept</div>"
-             f"<pre style='margin-top:6px;white-space:pre-wrap'><span style='color:#888'>"
+             f"<pre style='margin-top:6px;white-space:pre-wrap'><span style='color:{MUTED_TEXT}'>"
              f"{html.escape(decode(prompt))}</span>{html.escape(text)}</pre>")
     return distribution_html(probs, top=top, title=f"top-k {top_k}, top-p {top_p:.2f}, min-p {min_p:.2f}, "
                              f"repetition penalty {repetition_penalty:.2f}", extra=extra)
