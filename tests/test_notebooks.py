@@ -129,3 +129,15 @@ def test_series_styles_are_colour_blind_safe_and_differ_without_colour():
         linestyles = [str(SERIES[key][1]) for key in group]
         assert len(set(linestyles)) == len(group), group
     assert series("pre")["color"] == OKABE_ITO["blue"] and series("post")["linestyle"] == "--"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
+def test_every_slider_has_a_static_figure_beside_it(path):
+    """Issue 19: a viewer that does not run widgets (GitHub) still sees each slider's evidence: one of the two code
+    cells before a slider cell, or the one after it, stores an image or an HTML view."""
+    code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    for k, cell in enumerate(code):
+        if "slider_plot(" in cell.source or "slider_html(" in cell.source:
+            near = code[max(0, k - 2):k] + code[k + 1:k + 2]
+            assert any(mime in output.get("data", {}) for c in near for output in c.get("outputs", [])
+                       for mime in ("image/png", "text/html")), f"no static figure beside: {cell.source[:80]!r}"
