@@ -116,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "lab":
         import os
-        from pathlib import Path
 
         from course_utils.lab import lab_command
 
@@ -131,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: {seconds:.1f} s ({'solved, not written' if args.solved else 'outputs stored'})")
         return 0
     if args.command == "sync-stubs":
-        from pathlib import Path
-
         from course_utils.notebook_runner import sync_stubs
 
         paths = args.notebooks or sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))

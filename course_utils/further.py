@@ -202,7 +202,7 @@ def clipping_by_learning_rate(lrs=(3e-2, 3e-3, 1e-3), *, steps: int = 120, clip:
         run = train_markov_lm(stack_config("pre", depth), steps=steps, lr=lr, clip=clip, seed=seed, progress=False)
         late = run.grad_norms[steps // 3:]
         out[lr] = {"clipped": sum(n >= clip for n in late) / len(late), "median_norm": sorted(late)[len(late) // 2],
-                   "loss": sum(run.losses[-20:]) / 20}
+                   "loss": run.final_loss}
     return out
 
 

@@ -107,7 +107,7 @@ def centring_comparison(*, depth: int = 4, steps: int = 150, lr: float = 3e-3, s
     for norm in ("layernorm", "rmsnorm"):
         runs = [train_markov_lm(stack_config("pre", depth, norm=norm), steps=steps, lr=lr, seed=seed, progress=False)
                 for seed in seeds]
-        finals[norm] = [sum(r.losses[-20:]) / 20 for r in runs]
+        finals[norm] = [r.final_loss for r in runs]
     return finals
 
 

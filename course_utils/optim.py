@@ -230,5 +230,5 @@ def adafactor_against_adam(lrs=(3e-3, 3e-2), warmups=(0, 30), *, steps: int = 12
             for warmup in warmups:
                 run = train_markov_lm(stack_config("pre", depth), steps=steps, lr=lr, warmup_steps=warmup, seed=seed,
                                       progress=False, optimizer=optimizer)
-                out[(optimizer, lr, warmup)] = float("nan") if run.diverged else sum(run.losses[-20:]) / 20
+                out[(optimizer, lr, warmup)] = float("nan") if run.diverged else run.final_loss
     return out

@@ -58,6 +58,11 @@ class TrainResult:
     grad_norms: list[float]  # global gradient norm per step (before any clipping)
     diverged: bool  # a loss became NaN/inf and training stopped
 
+    @property
+    def final_loss(self) -> float:
+        """Mean training loss of the last 20 recorded steps, what the chapters compare runs by."""
+        return sum(self.losses[-20:]) / 20
+
 
 def train_markov_lm(config: TransformerConfig, *, steps: int = 150, lr: float = 3e-3,
                     warmup_steps: int = 0, batch: int = 16, clip: float | None = None,
