@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import inspect
 import textwrap
+from collections import OrderedDict
 from typing import Callable
 
 import ipywidgets as w
 import matplotlib.pyplot as plt
+from IPython import get_ipython
 from IPython.display import HTML, Code, display
 
 
@@ -38,14 +40,56 @@ def choice(description: str, options: list, value=None) -> w.ToggleButtons:
                            description=description, style={"description_width": "initial"})
 
 
+RENDER_CACHE_SIZE = 64  # renders kept per widget; a stored plot is 20-70 KB
+
+
+def _kept(compute: Callable[..., object], size: int = RENDER_CACHE_SIZE) -> Callable[..., object]:
+    """``compute(**values)`` with its last ``size`` results kept, keyed by the values.
+
+    Floats are keyed to 10 significant digits: a slider moved one step and back can return a float that
+    differs from the first in its last bit (0.1 + 0.05 - 0.05), and should still find its result.
+    """
+    kept: OrderedDict = OrderedDict()
+
+    def call(**values):
+        key = tuple(sorted((name, float(f"{v:.10g}") if isinstance(v, float) else v) for name, v in values.items()))
+        if key in kept:
+            kept.move_to_end(key)
+        else:
+            kept[key] = compute(**values)
+            if len(kept) > size:
+                kept.popitem(last=False)
+        return kept[key]
+
+    return call
+
+
 def slider_plot(draw: Callable[..., None], **controls: w.Widget) -> w.interactive:
     """Redraw ``draw(**values)`` (which makes one matplotlib figure) whenever a control moves.
 
     Returns the ``interactive`` widget (already displayed); its ``.children`` are the controls.
+    ``draw`` must be a function of the control values only: each position's image is kept (the last
+    ``RENDER_CACHE_SIZE``), so moving back to a position shows it again without recomputing or
+    re-rendering (rendering a course figure to PNG costs 50-110 ms on a laptop CPU). Re-running the cell
+    starts an empty cache.
     """
-    def update(**values):
+    def rendered(**values) -> tuple[dict, dict]:
         draw(**values)
-        plt.show()
+        figure = plt.gcf()
+        try:  # the mime bundle exactly as the inline backend would send it
+            return get_ipython().display_formatter.format(figure)
+        finally:
+            plt.close(figure)
+
+    kept_render = _kept(rendered)
+
+    def update(**values):
+        if get_ipython() is None:  # not in IPython: nothing to cache for
+            draw(**values)
+            plt.show()
+            return
+        data, metadata = kept_render(**values)
+        display(data, metadata=metadata, raw=True)
 
     widget = w.interactive(update, **controls)
     display(widget)
@@ -56,10 +100,13 @@ def slider_html(render: Callable[..., str], **controls: w.Widget) -> w.interacti
     """Like :func:`slider_plot` for a view drawn as HTML (``render(**values)`` returns a string).
 
     No image to encode and send: on the course CPU a redraw costs the computation plus a few ms,
-    where a matplotlib figure costs 60 ms or more.
+    where a matplotlib figure costs 60 ms or more. Positions already shown are kept, as in
+    :func:`slider_plot`.
     """
+    kept_render = _kept(render)
+
     def update(**values):
-        display(HTML(render(**values)))
+        display(HTML(kept_render(**values)))
 
     widget = w.interactive(update, **controls)
     display(widget)
@@ -69,8 +116,7 @@ def slider_html(render: Callable[..., str], **controls: w.Widget) -> w.interacti
 def show_source(obj: Callable) -> None:
     """Show the source of a function, class or Triton kernel, highlighted, without copying it."""
     source = textwrap.dedent(inspect.getsource(getattr(obj, "fn", obj)))
-    try:
-        get_ipython  # noqa: F821  (defined inside IPython only)
+    if get_ipython() is not None:
         display(Code(source, language="python"))
-    except NameError:
+    else:
         print(source)

@@ -2,8 +2,14 @@
 
 For every notebook in notebooks/ (found automatically): open it, run all cells, and check that no
 cell shows an error, that every widget renders, and that moving each slider redraws the plot it
-drives (the time from the move to the new plot is recorded). Also checks the server's exposure: no
-request without the token, listening on 127.0.0.1 only. Screenshots go to test-artifacts/.
+drives. The time from the move to the new plot is recorded, for a move to a new position and for a move
+to one shown before (a render the widget keeps), beside the same round trip for a trivial
+widget (a slider bound to one line of text) measured in the same run, as a ratio to that floor:
+test-artifacts/slider_latency.json. These figures are the benchmark for slider speed; nothing here fails on
+them. Then the notebook is switched to JupyterLab's dark theme, its widgets are screenshotted again, and the
+text of every styled output element is checked for WCAG AA contrast (4.5:1) in both themes, as the
+browser computes the colours. Also checks the server's exposure: no request without the token,
+listening on 127.0.0.1 only. Screenshots go to test-artifacts/.
 
 Needs Debian's chromium (/usr/bin/chromium) and PyPI's playwright; without them these tests are
 skipped, unless COURSE_BROWSER_TESTS=require (CI sets it) turns the skip into a failure.
@@ -32,6 +38,8 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 RUN_ALL_TIMEOUT_S = 300
+FLOOR_NOTEBOOK = "_trivial_widget.ipynb"  # written into the lab's throwaway copy, never into notebooks/
+FLOOR_MOVES = 7
 
 
 def _missing() -> str | None:
@@ -94,7 +102,7 @@ def lab():
             proc.kill()
             pytest.fail("JupyterLab did not start:\n" + (work / "lab.log").read_text()[-3000:])
         time.sleep(0.5)
-    yield {"base": base, "token": token, "port": port, "proc": proc}
+    yield {"base": base, "token": token, "port": port, "proc": proc, "root": work / "notebooks"}
     proc.terminate()
     try:
         proc.wait(timeout=15)
@@ -229,16 +237,87 @@ def _move_and_time(page, widget, control, act) -> float:
     pytest.fail("moving a control did not change its plot within 60 s")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_and_sliders_move_plots(lab, browser, path):
-    ARTIFACTS.mkdir(exist_ok=True)
+def _open_and_run(browser, lab, name: str):
+    """A new page with notebook ``name`` open in a fresh workspace and all its cells run: (page, panel)."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     # ?reset: a fresh workspace with only this notebook open (no tabs restored from the last test)
-    page.goto(f"{lab['base']}/lab/tree/{path.name}?reset&token={lab['token']}")
+    page.goto(f"{lab['base']}/lab/tree/{name}?reset&token={lab['token']}")
     panel = page.locator(".jp-NotebookPanel:visible")
     panel.locator(".jp-Cell").first.wait_for(timeout=90_000)
     panel.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=90_000)
     _run_all(page, panel)
+    return page, panel
+
+
+@pytest.fixture(scope="module")
+def floor_ms(lab, browser) -> float:
+    """Median round trip (ms) of the trivial widget: the course's own ``slider_html`` bound to one line of
+    text, so that it pays for everything a slider pays for (comm message, kernel, output, DOM) except its
+    plot. Its kernel is shut down afterwards so that it does not share the CPU with the notebooks'."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"display_name": "Python 3 (ipykernel)",
+                                                           "language": "python", "name": "python3"}})
+    nb.cells = [nbformat.v4.new_code_cell(
+        "from course_utils.widgets import int_slider, slider_html\n"
+        "slider_html(lambda n: f\"<div class='course-view'>n = {n}</div>\", n=int_slider('n', 0, 0, 100))")]
+    nbformat.write(nb, lab["root"] / FLOOR_NOTEBOOK)
+    page, panel = _open_and_run(browser, lab, FLOOR_NOTEBOOK)
+    widget = panel.locator(".widget-interact").first
+    handle = widget.locator(".noUi-handle").first
+    moves = sorted(_move_and_time(page, widget, handle, lambda h: (h.focus(), h.press("ArrowRight")))
+                   for _ in range(FLOOR_MOVES))
+    _menu(page, "Kernel", "Shut Down Kernel")
+    page.close()
+    return 1000 * moves[FLOOR_MOVES // 2]
+
+
+# Per element of an output that sets an inline style (and each element inside one): its own text, and the
+# contrast of its colour against the background it is drawn on, both as the browser computes them (alpha
+# blended over the ancestors' backgrounds, down to the page's).
+_CONTRAST_JS = """panel => {
+  const rgba = s => { const p = s.match(/[\\d.]+/g).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+  const over = (top, below) => [0, 1, 2].map(i => top[i] * top[3] + below[i] * (1 - top[3]));
+  const backdrop = el => {
+    const layers = [];
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgba(getComputedStyle(e).backgroundColor);
+      if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+    }
+    return layers.reverse().reduce((below, top) => over(top, below), [255, 255, 255]);
+  };
+  const luminance = c => c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+                          .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const found = [];
+  for (const el of panel.querySelectorAll('.jp-OutputArea-output [style], .jp-OutputArea-output [style] *')) {
+    const text = [...el.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent).join('').trim();
+    if (!text) continue;
+    const below = backdrop(el), fg = over(rgba(getComputedStyle(el).color), below);
+    const [hi, lo] = [luminance(fg), luminance(below)].sort((a, b) => b - a);
+    found.push([text.slice(0, 30), Math.round(100 * (hi + 0.05) / (lo + 0.05)) / 100]);
+  }
+  return found;
+}"""
+
+
+def _low_contrast(panel) -> list:
+    """Styled output text below WCAG AA (4.5:1) in the page's current theme, with its ratio."""
+    return [(text, ratio) for text, ratio in panel.evaluate(_CONTRAST_JS) if ratio < 4.5]
+
+
+def _set_theme(page, name: str, light: bool) -> None:
+    """Settings > Theme > ``name``, then wait until Lab has applied it."""
+    page.locator(".lm-MenuBar-itemLabel", has_text="Settings").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
+    page.locator(".lm-Menu-itemLabel", has_text=name).first.click()
+    page.locator(f"body[data-jp-theme-light='{str(light).lower()}']").wait_for(state="attached", timeout=30_000)
+    page.wait_for_timeout(500)  # the theme's stylesheet loads after the attribute flips
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs_and_sliders_move_plots(lab, browser, floor_ms, path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page, panel = _open_and_run(browser, lab, path.name)
 
     errors = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
@@ -253,18 +332,40 @@ def test_notebook_runs_and_sliders_move_plots(lab, browser, path):
     for i in range(widgets.count()):
         widget = widgets.nth(i)
         widget.scroll_into_view_if_needed()
+        # each control once to a new position (computed and rendered), and once to a position shown before (a
+        # render kept by the widget). A slider goes right, left, right: its start need not lie on the step grid,
+        # so only the third move is sure to revisit.
         for j, handle in enumerate(widget.locator(".noUi-handle").all()):
-            seconds = _move_and_time(page, widget, handle, lambda h: (h.focus(), h.press("ArrowRight")))
-            latencies[f"widget {i + 1}, slider {j + 1}"] = seconds
+            right = lambda h: (h.focus(), h.press("ArrowRight"))  # noqa: E731
+            first = _move_and_time(page, widget, handle, right)
+            _move_and_time(page, widget, handle, lambda h: (h.focus(), h.press("ArrowLeft")))
+            latencies[f"widget {i + 1}, slider {j + 1}"] = (first, _move_and_time(page, widget, handle, right))
         for j, toggles in enumerate(widget.locator(".widget-toggle-buttons").all()):
-            button = toggles.locator("button").last
-            seconds = _move_and_time(page, widget, button, lambda b: b.click())
-            latencies[f"widget {i + 1}, toggle {j + 1}"] = seconds
+            buttons = toggles.locator("button")
+            active = next(k for k in range(buttons.count()) if "mod-active" in buttons.nth(k).get_attribute("class"))
+            latencies[f"widget {i + 1}, toggle {j + 1}"] = (
+                _move_and_time(page, widget, buttons.last, lambda b: b.click()),
+                _move_and_time(page, widget, buttons.nth(active), lambda b: b.click()))
         widget.screenshot(path=str(ARTIFACTS / f"{path.stem}-widget{i + 1}.png"))
     page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"))
     report = ARTIFACTS / "slider_latency.json"
     data = json.loads(report.read_text()) if report.exists() else {}
-    data[path.name] = {k: round(v * 1000) for k, v in latencies.items()}
+    data["trivial widget (floor)"] = {"ms": round(floor_ms)}
+    data[path.name] = {k: {"new ms": round(new * 1000), "new x floor": round(new * 1000 / floor_ms, 2),
+                           "revisit ms": round(again * 1000), "revisit x floor": round(again * 1000 / floor_ms, 2)}
+                       for k, (new, again) in latencies.items()}
     report.write_text(json.dumps(data, indent=1))
-    print(f"{path.name}: slider -> new plot latency (ms): {data[path.name]}")
+    print(f"{path.name}: slider -> new plot (ms, ratio to the {floor_ms:.0f} ms floor): {data[path.name]}")
+
+    light_problems = _low_contrast(panel)
+    _set_theme(page, "JupyterLab Dark", light=False)
+    try:
+        dark_problems = _low_contrast(panel)
+        for i in range(widgets.count()):
+            widgets.nth(i).scroll_into_view_if_needed()
+            widgets.nth(i).screenshot(path=str(ARTIFACTS / f"{path.stem}-widget{i + 1}-dark.png"))
+    finally:  # the theme is a user setting: leave it light for the next notebook
+        _set_theme(page, "JupyterLab Light", light=True)
     page.close()
+    assert not light_problems, f"styled output text below 4.5:1 in the light theme: {light_problems}"
+    assert not dark_problems, f"styled output text below 4.5:1 in the dark theme: {dark_problems}"

@@ -141,3 +141,49 @@ def test_every_slider_has_a_static_figure_beside_it(path):
             near = code[max(0, k - 2):k] + code[k + 1:k + 2]
             assert any(mime in output.get("data", {}) for c in near for output in c.get("outputs", [])
                        for mime in ("image/png", "text/html")), f"no static figure beside: {cell.source[:80]!r}"
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _shows_without_widgets(cell) -> bool:
+    """A code cell with an output that a static viewer renders: printed text, or an image, HTML or value that
+    is not a widget's placeholder (``interactive(...)`` beside its widget view)."""
+    return any(o.output_type == "stream" or (o.output_type in ("display_data", "execute_result")
+                                             and WIDGET_VIEW not in o.get("data", {}))
+               for o in cell.get("outputs", []))
+
+
+def _unbacked_fact_checks(cells) -> list[str]:
+    """Fact-check callouts whose neighbouring code (the run of code cells just before the callout and the run
+    just after it) stores no static output: their evidence would live in widget state alone."""
+    unbacked = []
+    for i, cell in enumerate(cells):
+        if cell.cell_type != "markdown" or "Fact check" not in cell.source or "🔎" not in cell.source:
+            continue
+        near = []
+        for step in (-1, 1):
+            j = i + step
+            while 0 <= j < len(cells) and cells[j].cell_type == "code":
+                near.append(cells[j])
+                j += step
+        if not any(_shows_without_widgets(c) for c in near):
+            unbacked.append(cell.source[:80])
+    return unbacked
+
+
+def test_a_fact_check_beside_only_a_widget_is_unbacked():
+    widget_only = nbformat.v4.new_code_cell("slider_plot(...)", outputs=[nbformat.v4.new_output(
+        "display_data", data={"text/plain": "interactive(...)", WIDGET_VIEW: {"model_id": "x"}})])
+    printed = nbformat.v4.new_code_cell("print(1)", outputs=[nbformat.v4.new_output("stream", text="1\n")])
+    callout = nbformat.v4.new_markdown_cell("> **🔎 Fact check: a claim.** Confirmed.")
+    heading = nbformat.v4.new_markdown_cell("## Next")
+    assert _unbacked_fact_checks([widget_only, callout, heading, printed]) == [callout.source]
+    assert _unbacked_fact_checks([widget_only, printed, callout, heading]) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
+def test_every_fact_check_is_backed_by_a_static_output(path):
+    """Issue 19: no fact-check rests on widget state alone; a reader on GitHub sees its evidence."""
+    cells = nbformat.read(path, as_version=4).cells
+    assert not _unbacked_fact_checks(cells)
