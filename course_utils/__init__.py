@@ -6,6 +6,7 @@ That must happen before ``triton`` is imported anywhere, so it is the first thin
 from course_utils import runtime as _runtime
 
 _runtime.enable_triton_interpreter_if_no_gpu()
+_runtime.record_launches_if_asked()
 
 from course_utils.exercises import check, use  # noqa: E402
 from course_utils.runtime import setup  # noqa: E402

@@ -379,6 +379,64 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
     except Exception as exc:  # a broken case builder is the course's bug, said as such
         return failed(f"the course could not build the test cases ({exc!r}); please report this")
 
+    with _recording_candidate_launches(ex) as launches:
+        result = _check_cases(ex, candidate, cases, label, failed)
+    if result.passed and launches:
+        result = _with_compile_verdict(result, candidate, launches)
+    return result
+
+
+COMPILE_TARGET = "sm_90"  # the learner's kernel is compiled for this target after it passes (H100/H200)
+
+
+@contextlib.contextmanager
+def _recording_candidate_launches(ex: Exercise):
+    """Launches made while a Triton exercise is checked in the interpreter (an empty list otherwise, or where
+    Triton's compiler is absent or switched off with ``COURSE_COMPILE_CHECK=0``)."""
+    from course_utils.runtime import triton_interpreting
+
+    if not ex.needs_triton or not triton_interpreting() or os.environ.get("COURSE_COMPILE_CHECK") == "0":
+        yield []
+        return
+    from course_utils.kernels.compiled import recording_launches
+
+    with recording_launches() as launches:
+        yield launches
+
+
+def _with_compile_verdict(result: CheckResult, candidate: Any, launches: list) -> CheckResult:
+    """After a Triton kernel passed in the interpreter: compile the learner's own launches for a GPU. Code that
+    the compiler rejects (or that would spill or overflow shared memory) is said with the compiler's line; it
+    stays a pass for the numbers with a warning, and is a failure in strict mode."""
+    from course_utils.kernels.compiled import TARGETS, compile_launches
+
+    fn = getattr(candidate, "fn", candidate)
+    own = [launch for launch in launches if launch.kernel == f"{fn.__module__}:{fn.__qualname__}"][:3]
+    if not own:
+        return result
+    target = next(t for t in TARGETS if t.name == COMPILE_TARGET)
+    try:
+        reports = compile_launches(own, (target,), timeout_s=120)
+    except Exception as exc:  # noqa: BLE001  (the compiler could not be run: say so, keep the pass)
+        result.message += f"\n   (could not compile it for {target.name} here: {type(exc).__name__})"
+        return result
+    problems = list(dict.fromkeys(p for r in reports for p in r.problems()))
+    if not problems:
+        r = reports[0]
+        result.message += (f"\n   Compiled for {target.name} ({target.cards}): {r.registers} registers a thread, no spills, "
+                           f"{r.shared_bytes} bytes of shared memory; global loads: "
+                           + (", ".join(f"{n}x {op}" for op, n in sorted(r.global_loads.items())) or "none") + ".")
+        return result
+    warning = (f"⚠ It works in the interpreter, but for a GPU ({target.name}) Triton's compiler says: "
+               + " | ".join(problems))
+    if strict_mode():
+        return CheckResult(result.exercise_id, "failed", result.message.replace("✅", "❌", 1) + "\n   " + warning)
+    result.message += "\n   " + warning + "\n   (a pass for the numbers; fix it before you run it on a GPU)"
+    return result
+
+
+def _check_cases(ex: Exercise, candidate: Any, cases: list[Case], label: str, failed: Callable) -> CheckResult:
+    """Run the candidate on every case (see :func:`check`); the first failing case decides."""
     seen: list[tuple[Case, Any]] = []  # (case, the learner's output) for the cases passed so far
     names = _parameter_names(ex.answer())
     for case in cases:

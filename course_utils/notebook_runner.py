@@ -118,9 +118,16 @@ def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeo
         if write:
             raise ValueError("extra_cells are for test runs: they are never written to the notebook")
         nb.cells.extend(nbformat.v4.new_code_cell(source) for source in extra_cells)
+    record = {}
+    if write:  # the launches the stored run makes, for the compiled tier (course_utils.kernels.compiled)
+        from course_utils.kernels.compiled import NOTEBOOK_LAUNCHES
+        from course_utils.runtime import RECORD_LAUNCHES_ENV
+
+        NOTEBOOK_LAUNCHES.mkdir(parents=True, exist_ok=True)
+        record = {RECORD_LAUNCHES_ENV: str(NOTEBOOK_LAUNCHES / f"{path.stem}.json")}
     with tempfile.TemporaryDirectory() as tmp, _environment(
             COURSE_PROGRESS=str(Path(tmp) / "progress.json"), COURSE_STRICT="1" if solved_mode else "0",
-            PYTHONHASHSEED="0", **(env or {})):
+            PYTHONHASHSEED="0", **record, **(env or {})):
         client = _notebook_client(nb, timeout=timeout, kernel_name="python3",
                                   resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()

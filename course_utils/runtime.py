@@ -13,6 +13,7 @@ import random
 import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def _cuda_available() -> bool:
@@ -27,6 +28,30 @@ def enable_triton_interpreter_if_no_gpu() -> None:
         return
     if not _cuda_available():
         os.environ["TRITON_INTERPRET"] = "1"
+
+
+RECORD_LAUNCHES_ENV = "COURSE_RECORD_LAUNCHES"
+COMPILE_ONLY_ENV = "COURSE_TRITON_COMPILE_ONLY"
+_RECORDING = None
+
+
+def record_launches_if_asked() -> None:
+    """With ``COURSE_RECORD_LAUNCHES=path`` (set by ``python -m course_utils execute`` for the notebook's kernel),
+    record every interpreted Triton launch of this process and write them to ``path`` as JSON at exit: the
+    compiled tier (tests/test_compiled.py) compiles the launches the notebooks really make."""
+    path = os.environ.get(RECORD_LAUNCHES_ENV)
+    if not path or not triton_interpreting() or not triton_status().available:
+        return
+    import atexit
+    import json
+
+    from course_utils.kernels.compiled import recording_launches
+
+    global _RECORDING
+    _RECORDING = recording_launches()  # held for the life of the process (collected, it would stop recording)
+    launches = _RECORDING.__enter__()
+    atexit.register(lambda: Path(path).write_text(
+        "[\n" + ",\n".join(json.dumps(launch.to_json()) for launch in launches) + "\n]\n"))
 
 
 def triton_interpreting() -> bool:
@@ -61,6 +86,9 @@ def triton_status() -> TritonStatus:
                             f"Triton is installed but does not import ({type(exc).__name__}: {exc}); "
                             "Triton cells are skipped and the PyTorch path carries on.")
 
+    if os.environ.get(COMPILE_ONLY_ENV) == "1":  # course_utils.kernels.compiled's compiler process
+        return TritonStatus(True, "compile-only", triton.__version__,
+                            "kernels are compiled for NVIDIA targets here; none of them runs")
     if triton_interpreting():
         return TritonStatus(True, "interpreter", triton.__version__,
                             "no CUDA GPU: kernels run in Triton's interpreter on the CPU (correct, slow)")
