@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PINS   ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
 PORT   ?= 8888
 
-.PHONY: lab test setup doctor progress bench clean-venv
+.PHONY: lab test setup doctor progress bench gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ doctor: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m course_utils.bench --csv bench.csv
+
+# On a machine with an NVIDIA GPU: the kernel tests compiled and the benchmark, in gpu-report.md
+gpu-check: $(STAMP)
+	$(PY) -m course_utils gpu-check --report gpu-report.md
 
 progress: $(STAMP)
 	$(PY) -m course_utils progress

@@ -98,6 +98,76 @@ def doctor() -> int:
     return 1 if failures else 0
 
 
+def compile_report(what: str, targets: list[str] | None) -> int:
+    """Print the compiled-kernel table for a notebook's recorded launches, or for every known launch of one
+    kernel (the notebooks', the benchmark's and the exercises'): registers, spills, shared memory, global loads."""
+    from course_utils.runtime import triton_status
+
+    status = triton_status()
+    if not status.available:
+        print(f"cannot compile here: {status.reason}", file=sys.stderr)
+        return 2
+    from course_utils.kernels.compiled import NOTEBOOK_LAUNCHES, TARGETS, Launch, compile_launches, notebook_launches, table
+
+    if what.endswith(".ipynb"):
+        record = NOTEBOOK_LAUNCHES / f"{Path(what).stem}.json"
+        if not record.exists():
+            print(f"no recorded launches for {what}: run `python -m course_utils execute {what}` first", file=sys.stderr)
+            return 2
+        import json
+
+        launches = [Launch.from_json(data) for data in json.loads(record.read_text())]
+    else:
+        from course_utils.bench import benchmark_launches
+        from course_utils.exercises import exercise_launches
+
+        known = notebook_launches() + benchmark_launches() + exercise_launches()
+        launches = list(dict.fromkeys(launch for launch in known if what in (launch.name, launch.kernel)))
+        if not launches:
+            print(f"no known launch of a kernel named {what!r}", file=sys.stderr)
+            return 2
+    chosen = tuple(t for t in TARGETS if not targets or t.name in targets)
+    print(table(compile_launches(launches, chosen)))
+    return 0
+
+
+GPU_TESTS = ["tests/test_kernels.py", "tests/test_long_context.py", "tests/test_models.py", "tests/test_compiled.py",
+             "tests/test_checkers.py"]  # every test that launches a course kernel
+
+
+def gpu_check(report: Path) -> int:
+    """The GPU runbook (``make gpu-check``): the kernel tests compiled for this GPU and the benchmark (timed with
+    ``triton.testing.do_bench``), written to one markdown report. Refuses clearly without an NVIDIA GPU."""
+    import subprocess
+
+    import torch
+
+    from course_utils.runtime import triton_status
+
+    status = triton_status()
+    if not torch.cuda.is_available() or status.mode != "compiled":
+        print(f"gpu-check needs an NVIDIA GPU with Triton compiling for it; here: {status.reason}. "
+              "Without one, the compiled tier of `make test` (tests/test_compiled.py) is the check.", file=sys.stderr)
+        return 2
+    root = Path(__file__).resolve().parent.parent
+    name = torch.cuda.get_device_name(0)
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *GPU_TESTS],
+                           cwd=root, capture_output=True, text=True)
+    csv_path = report.with_suffix(".csv")
+    bench = subprocess.run([sys.executable, "-m", "course_utils.bench", "--csv", str(csv_path)], cwd=root,
+                           capture_output=True, text=True)
+    summary = (tests.stdout.strip().splitlines() or ["(no output)"])[-1]
+    report.write_text(
+        f"# GPU check: {name}\n\ntorch {torch.__version__}, Triton {status.version}, CUDA {torch.version.cuda}\n\n"
+        f"## Kernel tests, compiled ({' '.join(GPU_TESTS)})\n\n{summary}\n\n"
+        + (f"```\n{tests.stdout[-6000:]}\n```\n\n" if tests.returncode else "")
+        + "## Benchmark (`python -m course_utils.bench`; fractions of this GPU's measured copy bandwidth, "
+          "attention as a fraction of the data sheet's dense 16-bit peak)\n\n"
+        + f"```\n{bench.stdout.strip()}\n{bench.stderr.strip()[-3000:] if bench.returncode else ''}\n```\n")
+    print(f"{summary}\nbenchmark: {'ok' if bench.returncode == 0 else 'FAILED'}; report written to {report}")
+    return 0 if tests.returncode == 0 and bench.returncode == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_utils")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--solved", action="store_true", help="replace exercise cells by the answers; do not write")
     sync = sub.add_parser("sync-stubs", help="rewrite notebooks' exercise cells from the references (maintainers)")
     sync.add_argument("notebooks", nargs="*", help="default: every notebook in notebooks/")
+    comp = sub.add_parser("compile", help="what Triton's compiler makes of a notebook's kernels, or of one kernel, "
+                                          "for NVIDIA targets (no GPU needed)")
+    comp.add_argument("what", help="a notebook (02_initialization.ipynb) or a kernel (_softmax_fwd_kernel, or "
+                                   "course_utils.kernels.softmax:_softmax_fwd_kernel)")
+    comp.add_argument("--target", action="append", choices=["sm_80", "sm_89", "sm_90"],
+                      help="compile for this target only (repeatable; default: all three)")
+    gpu = sub.add_parser("gpu-check", help="on an NVIDIA GPU: the kernel tests compiled (float32, float16, bfloat16) "
+                                           "and the benchmark, in one markdown report")
+    gpu.add_argument("--report", default="gpu-report.md", help="where to write it (default gpu-report.md)")
     lab = sub.add_parser("lab", help="open JupyterLab on notebooks/ (127.0.0.1, token auth)")
     lab.add_argument("--port", type=int, default=8888)
     args = parser.parse_args(argv)
@@ -139,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "doctor":
         return doctor()
+    if args.command == "compile":
+        return compile_report(args.what, args.target)
+    if args.command == "gpu-check":
+        return gpu_check(Path(args.report))
     if args.command == "stub":
         from course_utils.exercises import stub_source
 

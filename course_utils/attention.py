@@ -72,3 +72,32 @@ def naive_attention(q, k, v, *, causal: bool = False):
         n = q.shape[-2]
         s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     return torch.softmax(s, dim=-1) @ v
+
+
+FLASH_COMPILE_SETTINGS = [(64, 64), (128, 64)]  # (head_dim, rows per query and per key block)
+
+
+def flash_kernels_compiled(settings=FLASH_COMPILE_SETTINGS, dtype=torch.float16, n_ctx: int = 4096) -> list[dict]:
+    """The course's FlashAttention kernels as Triton's compiler builds them for each NVIDIA target
+    (:mod:`course_utils.kernels.compiled`), causal, in ``dtype``, for each ``(head_dim, block)`` of ``settings``:
+    the forward, and the backward's dK/dV and dQ kernels. One dict per kernel, setting and target: shared memory
+    (KiB), registers a thread, spilled bytes. Needs Triton (not a GPU)."""
+    from course_utils.kernels.attention import flash_attention_backward, flash_attention_forward
+    from course_utils.kernels.compiled import compile_calls
+
+    def walk():
+        for head_dim, block in settings:
+            q = torch.empty(1, 1, n_ctx, head_dim, dtype=dtype)
+            lse = torch.empty(1, 1, n_ctx)
+            flash_attention_forward(q, q, q, causal=True, block_m=block, block_n=block)
+            flash_attention_backward(q, q, q, q, lse, q, causal=True, scale=head_dim ** -0.5, block_m=block,
+                                     block_n=block)
+
+    rows = []
+    for report in compile_calls(walk):
+        constants = dict(report.launch.constexprs)
+        rows.append({"kernel": report.launch.name.strip("_").replace("_kernel", ""), "head_dim": constants["BLOCK_D"],
+                     "block": constants["BLOCK_M"], "target": report.target.name, "error": report.error,
+                     "shared KiB": None if report.error else report.shared_bytes / 1024,
+                     "fits": not report.problems(), "registers": report.registers, "spilled": report.spilled_bytes})
+    return rows

@@ -140,12 +140,18 @@ ATTENTION_QUICK = [(1, 2, 128, 32)]
 
 
 def measure(fn: Callable[[], object], dev: torch.device, reps: int = 20, warmup: int = 3) -> float:
-    """Median seconds of ``fn()`` over ``reps`` runs (CUDA events on a GPU, perf_counter on CPU)."""
+    """Median seconds of ``fn()``. On a GPU, ``triton.testing.do_bench`` (CUDA events, the L2 cache flushed before
+    every run, so a kernel is not timed on data the previous run left in cache; CUDA events where Triton is
+    missing); on a CPU, ``reps`` perf_counter runs after ``warmup`` ones."""
+    if dev.type == "cuda" and triton_status().available:
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
-        if dev.type == "cuda":
+        if dev.type == "cuda":  # a GPU without Triton (Windows): CUDA events, no cache flush
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -269,27 +275,65 @@ def run_attention(shapes: list[tuple], *, reps: int) -> list[dict]:
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "CPU"
     peak = next((v for k, v in PEAK_TFLOPS_16BIT.items() if k in name), None) if dev.type == "cuda" else None
-    print(f"\nattention forward, causal, {str(dtype)[6:]}: FLOPs = 2 B H N^2 D (causal half of 4 B H N^2 D)"
+    print(f"\nattention, causal, {str(dtype)[6:]}: FLOPs = 2 B H N^2 D forward (causal half of 4 B H N^2 D), "
+          "x 3.5 forward and backward (the backward's five matmuls, by FlashAttention-2's convention)"
           + (f"; peak {peak:g} TFLOP/s ({name})" if peak else ""))
     impls = {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
     if gpu:
-        from course_utils.kernels.attention import flash_attention_forward
+        from course_utils.kernels.attention import flash_attention_forward, flash_attention_triton
 
-        impls["triton"] = lambda q, k, v: flash_attention_forward(q, k, v, causal=True, block_m=64, block_n=64)[0]
+        impls["triton"] = lambda q, k, v: (flash_attention_triton(q, k, v, causal=True) if q.requires_grad else
+                                           flash_attention_forward(q, k, v, causal=True, block_m=64, block_n=64)[0])
     rows = []
     for shape in shapes:
         B, H, N, D = shape
         q, k, v = (torch.randn(shape, dtype=dtype, device=dev) for _ in range(3))
-        flops = 2 * B * H * N * N * D
-        for impl, fn in impls.items():
-            seconds = measure(lambda: fn(q, k, v), dev, reps=reps)
-            tflops = flops / seconds / 1e12
-            row = dict(kernel="attention", impl=impl, shape="x".join(map(str, shape)), dtype=str(dtype)[6:],
-                       pass_="fwd", ms=seconds * 1e3, tflops=tflops, frac_of_peak=(tflops / peak if peak else None))
-            rows.append(row)
-            print(f"  {impl:<8} {row['shape']:>15} {row['dtype']:<8} fwd      {row['ms']:9.3f} ms "
-                  f"{tflops:8.2f} TFLOP/s" + (f" {100 * tflops / peak:5.1f}% of peak" if peak else ""))
+        for pass_, factor in (("fwd", 1.0), ("fwd+bwd", 3.5)):
+            flops = factor * 2 * B * H * N * N * D
+            for impl, fn in impls.items():
+                seconds = measure(_runner(fn, (q, k, v), pass_), dev, reps=reps)
+                tflops = flops / seconds / 1e12
+                row = dict(kernel="attention", impl=impl, shape="x".join(map(str, shape)), dtype=str(dtype)[6:],
+                           pass_=pass_, ms=seconds * 1e3, tflops=tflops, frac_of_peak=(tflops / peak if peak else None))
+                rows.append(row)
+                print(f"  {impl:<8} {row['shape']:>15} {row['dtype']:<8} {pass_:<8} {row['ms']:9.3f} ms "
+                      f"{tflops:8.2f} TFLOP/s" + (f" {100 * tflops / peak:5.1f}% of peak" if peak else ""))
     return rows
+
+
+def benchmark_launches() -> list:
+    """The Triton launches this benchmark makes on a GPU (row kernels at GPU_SHAPES in float32, float16 and
+    bfloat16, forward and backward; AdamW at the same element counts; attention at ATTENTION_GPU in float16 with
+    64 x 64 blocks, and forward and backward as flash_attention_triton launches them, in float16 and bfloat16),
+    recorded from the launchers without running a kernel
+    (:func:`course_utils.kernels.compiled.recording_launches`). Tensors are ``torch.empty``: their pages are
+    never touched, so gigabyte shapes cost nothing. Needs Triton's interpreter (no GPU)."""
+    from course_utils.kernels.adamw import TritonAdamW
+    from course_utils.kernels.attention import flash_attention_forward, flash_attention_triton
+    from course_utils.kernels.compiled import recording_launches
+
+    with recording_launches(execute=False) as launches:
+        for kernel in KERNELS:
+            op = kernel.triton()
+            for shape in GPU_SHAPES:
+                for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                    inputs = kernel.make_inputs((1, 2), dtype, torch.device("cpu"))  # only to count and shape them
+                    leaves = [torch.empty(shape if t.dim() == 2 else shape[-1:], dtype=dtype, requires_grad=True)
+                              for t in inputs]
+                    out = op(*leaves)
+                    out.backward(torch.empty_like(out))
+        for shape in GPU_SHAPES:
+            p = torch.nn.Parameter(torch.empty(math.prod(shape)))
+            p.grad = torch.empty_like(p)
+            TritonAdamW([p], lr=1e-3).step()
+        for shape in ATTENTION_GPU:
+            for dtype in (torch.float16, torch.bfloat16):  # the benchmark's float16, and bfloat16 as trained in
+                q = torch.empty(shape, dtype=dtype)
+                flash_attention_forward(q, q, q, causal=True, block_m=64, block_n=64)
+                leaves = [torch.empty(shape, dtype=dtype, requires_grad=True) for _ in range(3)]
+                out = flash_attention_triton(*leaves, causal=True)
+                out.backward(torch.empty_like(out))
+    return launches
 
 
 def write_csv(rows: list[dict], path: str) -> None:

@@ -386,6 +386,25 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
     return result
 
 
+def exercise_launches() -> list:
+    """The Triton launches of every Triton exercise's reference and mistakes on the exercise's cases, run in the
+    interpreter as :func:`check` runs them (a mistake may fail its case: that is its point; its launches are
+    recorded all the same)."""
+    from course_utils.kernels.compiled import recording_launches
+
+    with recording_launches() as launches:
+        for ex in registry().values():
+            if not ex.needs_triton:
+                continue
+            for case in ex.cases():
+                for fn in (ex.answer(), *(m.fn for m in ex.mistakes)):
+                    try:
+                        ex.run(fn, case)
+                    except Exception:  # noqa: BLE001  (a mistake caught by the launcher's guards)
+                        pass
+    return launches
+
+
 COMPILE_TARGET = "sm_90"  # the learner's kernel is compiled for this target after it passes (H100/H200)
 
 

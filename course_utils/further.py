@@ -204,33 +204,3 @@ def clipping_by_learning_rate(lrs=(3e-2, 3e-3, 1e-3), *, steps: int = 120, clip:
         out[lr] = {"clipped": sum(n >= clip for n in late) / len(late), "median_norm": sorted(late)[len(late) // 2],
                    "loss": run.final_loss}
     return out
-
-
-def kernel_step_check(model: TinyTransformer, tokens: torch.Tensor) -> dict:
-    """One forward and backward of ``model`` on tokens (B, T + 1) with PyTorch's RMSNorm and cross-entropy,
-    and again with the course's Triton kernels swapped in; returns the loss difference and the largest
-    gradient difference (the model must use norm='rmsnorm')."""
-    from course_utils.kernels.cross_entropy import cross_entropy_triton
-    from course_utils.kernels.rmsnorm import rmsnorm_triton
-
-    def loss_and_grads(triton_kernels: bool):
-        model.zero_grad()
-        norms = [m for m in model.modules() if isinstance(m, torch.nn.RMSNorm)]
-        try:
-            if triton_kernels:
-                for m in norms:
-                    eps = m.eps if m.eps is not None else torch.finfo(torch.float32).eps
-                    m.forward = lambda x, m=m, eps=eps: rmsnorm_triton(x, m.weight, eps)
-            logits, _ = model(tokens[:, :-1])
-            flat, target = logits.flatten(0, 1), tokens[:, 1:].flatten()
-            loss = cross_entropy_triton(flat, target) if triton_kernels else F.cross_entropy(flat, target)
-            loss.backward()
-        finally:
-            for m in norms:
-                m.__dict__.pop("forward", None)
-        return float(loss.detach()), [p.grad.clone() for p in model.parameters()]
-
-    loss_torch, grads_torch = loss_and_grads(False)
-    loss_triton, grads_triton = loss_and_grads(True)
-    return {"loss_torch": loss_torch, "loss_diff": abs(loss_torch - loss_triton),
-            "max_grad_diff": max(float((a - b).abs().max()) for a, b in zip(grads_torch, grads_triton))}

@@ -35,6 +35,10 @@ class TransformerConfig:
     bias: bool = False  # biases in Linear layers and LayerNorm
     position: str = "learned"  # "learned" (GPT-2's position embedding) or "rope" (rotary, chapter 7)
     rope_base: float = 10000.0  # RoPE's base: inverse frequencies base^(-2i/head_dim)
+    norm_eps: float | None = None  # the norms' eps; None keeps PyTorch's defaults, with which the stored outputs were
+    # computed: LayerNorm 1e-5, RMSNorm the dtype's machine epsilon (1.2e-7 in float32). LLaMA uses 1e-5 or 1e-6
+    kernels: str = "torch"  # "torch" or "triton": the norms, SwiGLU, attention (forward and backward) and the loss
+    # run in PyTorch, or in the course's Triton kernels (course_utils.kernels); GELU and the matmuls stay PyTorch's
 
     def __post_init__(self):
         if self.norm_position not in ("pre", "post", "none"):
@@ -49,6 +53,8 @@ class TransformerConfig:
             raise ValueError(f"init must be 'gpt' or 'fan_in', got {self.init!r}")
         if self.position not in ("learned", "rope"):
             raise ValueError(f"position must be 'learned' or 'rope', got {self.position!r}")
+        if self.kernels not in ("torch", "triton"):
+            raise ValueError(f"kernels must be 'torch' or 'triton', got {self.kernels!r}")
 
     @property
     def hidden(self) -> int:
@@ -56,15 +62,40 @@ class TransformerConfig:
 
 
 def make_norm(config: TransformerConfig) -> nn.Module:
+    if config.kernels == "triton":
+        return TritonNorm(config)
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.d_model)
-    return nn.LayerNorm(config.d_model, bias=config.bias)
+        return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=1e-5 if config.norm_eps is None else config.norm_eps, bias=config.bias)
+
+
+class TritonNorm(nn.Module):
+    """``config.norm`` computed by the course's Triton kernels, with the parameters (same names, so state dicts
+    load both ways) and the eps of the PyTorch module it stands for."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.kind, self.eps = config.norm, config.norm_eps
+        self.weight = nn.Parameter(torch.ones(config.d_model))
+        has_bias = config.norm == "layernorm" and config.bias
+        self.bias = nn.Parameter(torch.zeros(config.d_model)) if has_bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "rmsnorm":
+            from course_utils.kernels.rmsnorm import rmsnorm_triton
+
+            return rmsnorm_triton(x, self.weight, torch.finfo(x.dtype).eps if self.eps is None else self.eps)
+        from course_utils.kernels.layernorm import layernorm_triton
+
+        bias = self.bias if self.bias is not None else torch.zeros_like(self.weight)
+        return layernorm_triton(x, self.weight, bias, 1e-5 if self.eps is None else self.eps)
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.n_head = config.n_head
+        self.triton = config.kernels == "triton"
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)  # writes to the residual stream
 
@@ -79,7 +110,12 @@ class CausalSelfAttention(nn.Module):
             inv_freq, factor = rope
             positions = torch.arange(T, device=x.device)
             q, k = rope_rotate(q, positions, inv_freq) * factor, rope_rotate(k, positions, inv_freq) * factor
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        if self.triton:
+            from course_utils.kernels.attention import flash_attention_triton
+
+            y = flash_attention_triton(q, k, v, causal=True)  # (B, nh, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.proj(y)
 
@@ -88,6 +124,7 @@ class MLP(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
+        self.triton = config.kernels == "triton"
         width = 2 * config.hidden if self.swiglu else config.hidden  # gate and up share one matmul
         self.up = nn.Linear(config.d_model, width, bias=config.bias)
         self.down = nn.Linear(config.hidden, config.d_model, bias=config.bias)  # writes to the residual stream
@@ -96,7 +133,12 @@ class MLP(nn.Module):
         h = self.up(x)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)  # (B, T, hidden) each
-            h = F.silu(gate) * up
+            if self.triton:
+                from course_utils.kernels.swiglu import swiglu_triton
+
+                h = swiglu_triton(gate, up)
+            else:
+                h = F.silu(gate) * up
         else:
             h = F.gelu(h)
         return self.down(h)
@@ -216,5 +258,10 @@ class TinyTransformer(nn.Module):
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+            if self.config.kernels == "triton":
+                from course_utils.kernels.cross_entropy import cross_entropy_triton
+
+                loss = cross_entropy_triton(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+            else:
+                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss

@@ -112,6 +112,38 @@ def centring_comparison(*, depth: int = 4, steps: int = 150, lr: float = 3e-3, s
 
 
 # Pre-LN variants compared in the scale-growth plot; keys are labels.
+# (n_cols, BLOCK, num_warps): the same rows at three warp counts, a row length that is no multiple of 16, and
+# rows long enough that one block no longer fits a thread's registers
+COMPILE_SETTINGS = [(1024, 1024, 1), (1024, 1024, 4), (1024, 1024, 8), (1000, 1024, 4), (4096, 4096, 4),
+                    (16384, 16384, 4), (16384, 16384, 16)]
+
+
+def rmsnorm_kernel_compiled(kernel, settings=COMPILE_SETTINGS, target: str = "sm_90") -> list[dict]:
+    """What Triton's compiler makes, for ``target``, of an RMSNorm forward kernel with exercise 3.3's signature,
+    launched on contiguous float32 rows of each ``(n_cols, BLOCK, num_warps)`` of ``settings``: registers a thread,
+    spilled bytes, the PTX's global loads, the columns each thread holds (BLOCK / (32 x warps)) and the float32
+    elements it loads per column (x and the weight: 2 when every element is loaded once). Needs Triton."""
+    from course_utils.kernels.compiled import TARGETS, compile_launches, elements_moved, launch_of
+
+    launches = []
+    for n_cols, block, warps in settings:
+        x, w = torch.empty(4, n_cols), torch.empty(n_cols)
+        y, rstd = torch.empty_like(x), torch.empty(4)
+        launches.append(launch_of(getattr(kernel, "fn", kernel), (x, w, y, rstd, x.stride(0), y.stride(0), n_cols, 1e-6),
+                                  {"BLOCK": block, "num_warps": warps}))
+    reports = compile_launches(launches, tuple(t for t in TARGETS if t.name == target))
+    rows = []
+    for (n_cols, block, warps), report in zip(settings, reports):
+        if report.error:
+            raise ValueError(f"the kernel does not compile for {target}: {report.error}")
+        per_thread = block // (32 * warps)
+        rows.append({"n_cols": n_cols, "BLOCK": block, "warps": warps, "row stride % 16": n_cols % 16,
+                     "columns a thread": per_thread, "registers": report.registers, "spilled bytes": report.spilled_bytes,
+                     "global loads": ", ".join(f"{n}x {op}" for op, n in sorted(report.global_loads.items())),
+                     "loads per column": elements_moved(report.global_loads, 32) / per_thread})
+    return rows
+
+
 PRE_LN_VARIANTS = {
     "Pre-LN, no final norm": dict(final_norm=False),
     "+ depth-scaled init": dict(final_norm=False, depth_scaled_init=True),

@@ -98,3 +98,53 @@ def train_markov_lm(config: TransformerConfig, *, steps: int = 150, lr: float = 
         opt.step()
         sched.step()
     return TrainResult(losses, norms, diverged=False)
+
+
+def triton_step_agreement(config: TransformerConfig, *, steps: int = 3, batch: int = 2, length: int | None = None,
+                          lr: float = 1e-2, seed: int = 0) -> list[dict]:
+    """One model trained twice on the same random batches (``batch`` windows of ``length`` tokens, default the block
+    size) for ``steps`` AdamW steps: with PyTorch's ops and
+    ``torch.optim.AdamW`` (the reference run), and with every hot op in the course's Triton kernels
+    (``config.kernels="triton"``: norms, SwiGLU, attention forward and backward, fused cross-entropy) and the fused
+    ``TritonAdamW`` step. Each part is compared from the same inputs: before each step the Triton model takes the
+    reference's weights and optimizer state, and ``TritonAdamW`` steps on the reference's gradients. (Adam divides
+    by sqrt(v): at step 1 an entry whose gradient is smaller than the rounding difference between two backward passes
+    moves by up to lr either way, which would say nothing about either kernel.)
+
+    Returns one dict per step: both losses; the largest gradient difference over all parameters, relative to that
+    parameter's largest gradient entry (the forward and backward kernels); the largest parameter difference after
+    the two optimizer steps (the AdamW kernel). Needs Triton.
+    """
+    from dataclasses import replace
+
+    from course_utils.kernels.adamw import TritonAdamW
+
+    torch.manual_seed(seed)
+    reference = TinyTransformer(replace(config, kernels="torch"))
+    fused = TinyTransformer(replace(config, kernels="triton"))
+    reference_opt, fused_opt = torch.optim.AdamW(reference.parameters(), lr=lr), TritonAdamW(fused.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for step in range(1, steps + 1):
+        fused.load_state_dict(reference.state_dict())
+        for p_ref, p_fused in zip(reference.parameters(), fused.parameters()):
+            state = reference_opt.state.get(p_ref)
+            if state:
+                fused_opt.state[p_fused] = {"step": int(state["step"]), "exp_avg": state["exp_avg"].clone(),
+                                            "exp_avg_sq": state["exp_avg_sq"].clone()}
+        tokens = torch.randint(config.vocab_size, (batch, (length or config.block_size) + 1), generator=generator)
+        losses = []
+        for model, optimizer in ((reference, reference_opt), (fused, fused_opt)):
+            optimizer.zero_grad()
+            _, loss = model(tokens[:, :-1], tokens[:, 1:])
+            loss.backward()
+            losses.append(loss.item())
+        pairs = list(zip(reference.parameters(), fused.parameters()))
+        grad_gap = max(((a.grad - b.grad).abs().max() / a.grad.abs().max().clamp_min(1e-30)).item() for a, b in pairs)
+        for a, b in pairs:
+            b.grad = a.grad.clone()
+        reference_opt.step()
+        fused_opt.step()
+        rows.append({"step": step, "torch loss": losses[0], "triton loss": losses[1], "loss gap": abs(losses[0] - losses[1]),
+                     "grad gap": grad_gap, "param gap": max((a - b).abs().max().item() for a, b in pairs)})
+    return rows

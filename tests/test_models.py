@@ -5,6 +5,7 @@ import torch
 
 from course_utils.data import MarkovChain
 from course_utils.models import Block, TinyTransformer, TransformerConfig
+from course_utils.runtime import triton_status
 
 
 @pytest.mark.parametrize("norm_position", ["pre", "post", "none"])
@@ -52,7 +53,7 @@ def test_init_std_and_depth_scaling():
 
 
 @pytest.mark.parametrize("bad", [dict(norm_position="middle"), dict(d_model=65), dict(norm="batchnorm"),
-                                 dict(mlp="relu")])
+                                 dict(mlp="relu"), dict(kernels="cuda")])
 def test_bad_config_is_a_clear_error(bad):
     with pytest.raises(ValueError):
         TransformerConfig(**bad)
@@ -72,3 +73,34 @@ def test_markov_chain_entropy_rate_is_the_empirical_floor():
     tokens = chain.sample(64, 200, torch.Generator().manual_seed(0))
     logp = torch.log(chain.transitions[tokens[:, :-1], tokens[:, 1:]])
     assert abs(-logp[:, 50:].mean().item() - chain.entropy_rate()) < 0.05
+
+
+def test_norm_eps_reaches_the_norms():
+    """``norm_eps`` sets both norms' eps; left at None, PyTorch's defaults stay (the stored outputs' setting)."""
+    for norm, default in (("rmsnorm", None), ("layernorm", 1e-5)):
+        model = TinyTransformer(TransformerConfig(norm=norm))
+        assert model.blocks[0].ln1.eps == default
+        assert TinyTransformer(TransformerConfig(norm=norm, norm_eps=1e-6)).norm_f.eps == 1e-6
+
+
+needs_triton = pytest.mark.skipif(not triton_status().available, reason=triton_status().reason)
+
+
+@needs_triton
+@pytest.mark.parametrize("norm, mlp", [("rmsnorm", "swiglu"), ("layernorm", "gelu")])
+def test_a_whole_training_step_in_the_course_kernels_matches_pytorch(norm, mlp):
+    """kernels="triton" (norms, SwiGLU, attention forward and backward, fused cross-entropy) with TritonAdamW,
+    against PyTorch's ops and AdamW from the same weights on the same batches: losses within 1e-5, every
+    gradient within 1e-4 of its parameter's largest entry, parameters within 1e-6 after AdamW on the same gradients."""
+    from course_utils.training import triton_step_agreement
+
+    config = TransformerConfig(vocab_size=64, block_size=13, n_layer=2, n_head=2, d_model=24, norm=norm, mlp=mlp)
+    for row in triton_step_agreement(config, steps=3):
+        assert row["loss gap"] < 1e-5 and row["grad gap"] < 1e-4 and row["param gap"] < 1e-6, row
+
+
+def test_triton_and_torch_models_share_their_state_dict():
+    a = TinyTransformer(TransformerConfig(norm="layernorm", bias=True))
+    b = TinyTransformer(TransformerConfig(norm="layernorm", bias=True, kernels="triton"))
+    assert a.state_dict().keys() == b.state_dict().keys()
+    b.load_state_dict(a.state_dict())

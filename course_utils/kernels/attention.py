@@ -14,7 +14,8 @@ the key blocks after the query block entirely and masks the diagonal block.
 With ``count_bytes=True`` the kernel adds the bytes every load and store requests to a counter
 (atomic adds), counted as it runs. On a GPU, caches may serve some repeated K/V reads, so the traffic
 that reaches HBM can be lower than this count.
-The backward pass recomputes P from the saved LSE (FlashAttention's recomputation) in PyTorch.
+The backward pass (``flash_attention_backward``) recomputes P from the saved LSE, FlashAttention's recomputation, in
+two more kernels: one per key block for dK and dV, one per query block for dQ.
 """
 from __future__ import annotations
 
@@ -98,18 +99,128 @@ def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     return o, lse, (int(counter.item()) if count_bytes else None)
 
 
-def attention_backward_from_lse(q, k, v, o, lse, do, causal: bool, scale: float):
-    """dq, dk, dv of softmax(q k^T * scale) v, recomputing P = exp(S - LSE) from the saved row LSE."""
-    s = (q.float() @ k.float().transpose(-2, -1)) * scale
-    if causal:
-        n = q.shape[-2]
-        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-    p = torch.exp(s - lse[..., None])
-    dv = p.transpose(-2, -1) @ do.float()
-    dp = do.float() @ v.float().transpose(-2, -1)
-    delta = (do.float() * o.float()).sum(-1, keepdim=True)  # rowsum(dO * O) = rowsum(P * dP)
-    ds = p * (dp - delta) * scale
-    return (ds @ k.float()).to(q.dtype), (ds.transpose(-2, -1) @ q.float()).to(k.dtype), dv.to(v.dtype)
+@triton.jit
+def _load_rows(ptr, base, offs, offs_d, n_ctx, head_dim):
+    """The (len(offs), BLOCK_D) tile of rows ``offs`` of a contiguous (N, head_dim) matrix at ``ptr + base``; rows at
+    or past n_ctx and columns at or past head_dim read as 0."""
+    mask = (offs < n_ctx)[:, None] & (offs_d < head_dim)[None, :]
+    return tl.load(ptr + base + offs[:, None] * head_dim + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _recompute_p(q, k, lse, offs_m, offs_n, n_ctx, scale, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+    """P = exp(Q K^T * scale - LSE) for one (query block, key block) pair, recomputed from the forward's saved row
+    LSE; 0 where masked (padding rows and columns, and above the diagonal when causal). (BLOCK_M, BLOCK_N)."""
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+    keep = (offs_m < n_ctx)[:, None] & (offs_n < n_ctx)[None, :]
+    if CAUSAL:
+        keep = keep & (offs_m[:, None] >= offs_n[None, :])
+    return tl.where(keep, tl.exp(s - lse[:, None]), 0.0)
+
+
+@triton.jit
+def _flash_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, count_ptr, n_ctx, head_dim,
+                           scale, CAUSAL: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """dK and dV of one block of BLOCK_N keys of one (batch, head), streaming the query blocks that see them:
+    dV += P^T dO, then dS = P * (dO V^T - delta) with delta = rowsum(dO * O), and dK += dS^T Q * scale (P from
+    :func:`_recompute_p`; dS is formed after dV: with dP computed first, the compiled tier measured spills at
+    head_dim 64 on sm_90). Causal: query blocks that end before this key block starts see none of it and are
+    skipped. COUNT adds the bytes every load and store requests to count_ptr, as the forward does.
+    """
+    start_n = tl.program_id(0) * BLOCK_N
+    head = tl.program_id(1).to(tl.int64)  # q, k, v, do, dk, dv are (B*H, N, D) contiguous; lse, delta (B*H, N)
+    base = head * n_ctx * head_dim
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_rows(k_ptr, base, offs_n, offs_d, n_ctx, head_dim)
+    v = _load_rows(v_ptr, base, offs_n, offs_d, n_ctx, head_dim)
+    elt = k.dtype.primitive_bitwidth // 8
+    if COUNT:  # K and V read once here, dK and dV written once at the end
+        tl.atomic_add(count_ptr, 4 * tl.sum((offs_n < n_ctx).to(tl.int64)) * head_dim * elt)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    rows_seen = tl.zeros([BLOCK_M], tl.int64)  # with COUNT: per lane, how many query rows this program loaded
+    first = (start_n // BLOCK_M) * BLOCK_M if CAUSAL else 0
+    for start_m in range(first, n_ctx, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = _load_rows(q_ptr, base, offs_m, offs_d, n_ctx, head_dim)
+        do = _load_rows(do_ptr, base, offs_m, offs_d, n_ctx, head_dim)
+        lse = tl.load(lse_ptr + head * n_ctx + offs_m, mask=offs_m < n_ctx, other=0.0)
+        delta = tl.load(delta_ptr + head * n_ctx + offs_m, mask=offs_m < n_ctx, other=0.0)
+        if COUNT:
+            rows_seen += (offs_m < n_ctx).to(tl.int64)
+        p = _recompute_p(q, k, lse, offs_m, offs_n, n_ctx, scale, CAUSAL, PRECISION)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        ds = p * (tl.dot(do, tl.trans(v), input_precision=PRECISION) - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION) * scale
+    if COUNT:  # Q, dO and the two float32 row statistics of every query block streamed past
+        tl.atomic_add(count_ptr, tl.sum(rows_seen) * (2 * head_dim * elt + 8))
+    kv_mask = (offs_n < n_ctx)[:, None] & (offs_d < head_dim)[None, :]
+    tl.store(dk_ptr + base + offs_n[:, None] * head_dim + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptr + base + offs_n[:, None] * head_dim + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _flash_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, count_ptr, n_ctx, head_dim, scale,
+                         CAUSAL: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """dQ of one block of BLOCK_M queries of one (batch, head), streaming the key blocks it sees:
+    dS = P * (dO V^T - delta), dQ += dS K * scale (P from :func:`_recompute_p`). Causal: key blocks after the query
+    block are skipped, as in the forward."""
+    start_m = tl.program_id(0) * BLOCK_M
+    head = tl.program_id(1).to(tl.int64)
+    base = head * n_ctx * head_dim
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_rows(q_ptr, base, offs_m, offs_d, n_ctx, head_dim)
+    do = _load_rows(do_ptr, base, offs_m, offs_d, n_ctx, head_dim)
+    lse = tl.load(lse_ptr + head * n_ctx + offs_m, mask=offs_m < n_ctx, other=0.0)
+    delta = tl.load(delta_ptr + head * n_ctx + offs_m, mask=offs_m < n_ctx, other=0.0)
+    elt = q.dtype.primitive_bitwidth // 8
+    if COUNT:  # Q, dO, the row statistics, and dQ written at the end
+        tl.atomic_add(count_ptr, tl.sum((offs_m < n_ctx).to(tl.int64)) * (3 * head_dim * elt + 8))
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    cols_seen = tl.zeros([BLOCK_N], tl.int64)  # with COUNT: per lane, how many key rows this program loaded
+    end = tl.minimum(n_ctx, start_m + BLOCK_M) if CAUSAL else n_ctx
+    for start_n in range(0, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_ptr, base, offs_n, offs_d, n_ctx, head_dim)
+        v = _load_rows(v_ptr, base, offs_n, offs_d, n_ctx, head_dim)
+        if COUNT:
+            cols_seen += (offs_n < n_ctx).to(tl.int64)
+        p = _recompute_p(q, k, lse, offs_m, offs_n, n_ctx, scale, CAUSAL, PRECISION)
+        ds = p * (tl.dot(do, tl.trans(v), input_precision=PRECISION) - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * scale
+    if COUNT:  # K and V of every key block streamed past
+        tl.atomic_add(count_ptr, 2 * tl.sum(cols_seen) * head_dim * elt)
+    q_mask = (offs_m < n_ctx)[:, None] & (offs_d < head_dim)[None, :]
+    tl.store(dq_ptr + base + offs_m[:, None] * head_dim + offs_d[None, :], dq.to(dq_ptr.dtype.element_ty), mask=q_mask)
+
+
+def flash_attention_backward(q, k, v, o, lse, do, *, causal: bool, scale: float, block_m: int = 32, block_n: int = 32,
+                             count_bytes: bool = False):
+    """(dq, dk, dv, bytes moved or None) of ``softmax(q k^T * scale) v`` for (B, H, N, D) tensors, from the forward's
+    output ``o`` and row ``lse`` (B, H, N): two Triton kernels (dK and dV per key block, dQ per query block)
+    recompute P from the LSE, so the N x N matrix never exists. ``delta = rowsum(dO * O)`` (= rowsum(P * dP)) is
+    one PyTorch reduction, counted as reading dO and O and writing delta."""
+    B, H, N, D = q.shape
+    q, k, v, o, do = (t.contiguous() for t in (q, k, v, o, do))
+    delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, N) float32
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    counter = torch.zeros(1, dtype=torch.int64, device=q.device)
+    if q.numel():
+        precision = "ieee" if q.dtype == torch.float32 else "tf32"
+        # float32 tiles multiply on the FMA units, not the tensor cores, and need twice the threads to stay in
+        # registers (the compiled tier: 4 warps spill 296 bytes a thread at head_dim 32 on sm_90, 8 warps none)
+        meta = dict(CAUSAL=causal, COUNT=count_bytes, BLOCK_M=block_m, BLOCK_N=block_n,
+                    BLOCK_D=max(16, triton.next_power_of_2(D)), PRECISION=precision,
+                    num_warps=8 if q.dtype == torch.float32 else 4)
+        _flash_bwd_dkdv_kernel[(triton.cdiv(N, block_n), B * H)](q, k, v, do, lse, delta, dk, dv, counter, N, D, scale,
+                                                                  **meta)
+        _flash_bwd_dq_kernel[(triton.cdiv(N, block_m), B * H)](q, k, v, do, lse, delta, dq, counter, N, D, scale, **meta)
+    moved = int(counter.item()) + B * H * N * (2 * D * q.element_size() + 4) if count_bytes else None
+    return dq, dk, dv, moved
 
 
 class FlashAttentionFunction(torch.autograd.Function):
@@ -123,7 +234,7 @@ class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = attention_backward_from_lse(q, k, v, o, lse, do, ctx.causal, ctx.scale)
+        dq, dk, dv, _ = flash_attention_backward(q, k, v, o, lse, do.to(q.device), causal=ctx.causal, scale=ctx.scale)
         return dq, dk, dv, None, None
 
 

@@ -12,8 +12,8 @@ in two halves:
 ``compile_launches(launches, targets)``
     in a fresh Python process with ``TRITON_INTERPRET=0`` (an interpreted run patches ``triton.language``
     and the compiler cannot run after it in the same process): ``triton.compile`` for each target, then the
-    cubin's registers and stack frame (``cuobjdump --dump-resource-usage``; a Triton kernel has no stack of
-    its own, so a frame is where ptxas spilled registers), Triton's shared
+    cubin's registers and stack frame (``cuobjdump --dump-resource-usage``) and its spills (stores to local memory,
+    ``STL``, counted in the machine code), Triton's shared
     memory, and the PTX's global loads and stores by width. A :class:`CompileReport`.
 
 The limits are the CUDA Programming Guide's (compute capabilities table): at most 255 registers a thread,
@@ -166,29 +166,42 @@ def launch_of(fn, args: tuple, kwargs: dict) -> Launch:
 
 @contextlib.contextmanager
 def recording_launches(execute: bool = True):
-    """Record every interpreted Triton launch inside the block into the yielded list (each distinct
-    :class:`Launch` once). ``execute=False`` records without running the kernel: outputs stay whatever
+    """Record every Triton launch inside the block (interpreted, or compiled on a GPU) into the yielded list, each
+    distinct :class:`Launch` once. ``execute=False`` records without running the kernel: outputs stay whatever
     their buffers held, which is enough to walk a launcher through sizes too big to interpret."""
     from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
 
     launches: list[Launch] = []
-    original = InterpretedFunction.run
+    originals = {cls: cls.run for cls in (InterpretedFunction, JITFunction)}  # interpreted, or compiled on a GPU
 
-    def run(self, *args, grid, warmup, **kwargs):
-        if not warmup:
-            try:
-                launch = launch_of(self.fn, args, kwargs)
-            except (OSError, TypeError, ValueError):  # no source to be had, or arguments the JIT would refuse:
-                launch = None  # the launch itself reports the latter; recording never breaks a kernel
-            if launch is not None and launch not in launches:
-                launches.append(launch)
-        return original(self, *args, grid=grid, warmup=warmup, **kwargs) if execute else None
+    def recorder(original):
+        def run(self, *args, grid, warmup, **kwargs):
+            if not warmup:
+                try:
+                    launch = launch_of(self.fn, args, kwargs)
+                except (OSError, TypeError, ValueError):  # no source to be had, or arguments the JIT would refuse:
+                    launch = None  # the launch itself reports the latter; recording never breaks a kernel
+                if launch is not None and launch not in launches:
+                    launches.append(launch)
+            return original(self, *args, grid=grid, warmup=warmup, **kwargs) if execute else None
+        return run
 
-    InterpretedFunction.run = run
+    for cls, original in originals.items():
+        cls.run = recorder(original)
     try:
         yield launches
     finally:
-        InterpretedFunction.run = original
+        for cls, original in originals.items():
+            cls.run = original
+
+
+def compile_calls(run, targets: tuple[Target, ...] = TARGETS) -> list[CompileReport]:
+    """Walk ``run()`` through its launchers without running a kernel (see :func:`recording_launches`) and compile
+    every launch it makes for ``targets``."""
+    with recording_launches(execute=False) as launches:
+        run()
+    return compile_launches(launches, targets)
 
 
 # ---------------------------------------------------------------------------------------- compiling
@@ -201,18 +214,25 @@ class CompileReport:
     target: Target
     error: str | None = None
     registers: int | None = None
-    stack_bytes: int | None = None  # a thread's stack frame: registers spilled (Triton kernels need no stack)
+    stack_bytes: int | None = None  # a thread's stack frame, where ptxas puts spilled registers
+    spill_stores: int | None = None  # STL instructions in the machine code: stores of spilled registers
     shared_bytes: int | None = None
     global_loads: dict = field(default_factory=dict)  # PTX instruction (ld.global.v4.b32) -> count
     global_stores: dict = field(default_factory=dict)
+
+    @property
+    def spilled_bytes(self) -> int | None:
+        """The stack frame's bytes when the code stores spilled registers to it, else 0 (None: no compile)."""
+        return None if self.error else (self.stack_bytes if self.spill_stores else 0)
 
     def problems(self) -> list[str]:
         """Why this kernel would not run well (or at all) on the target; empty when it is fine."""
         if self.error:
             return [f"does not compile: {self.error}"]
         found = []
-        if self.stack_bytes:
-            found.append(f"spills registers: a {self.stack_bytes}-byte stack frame per thread")
+        if self.spill_stores:
+            found.append(f"spills registers: {self.spill_stores} local stores, a {self.stack_bytes}-byte stack frame "
+                         "per thread")
         if self.shared_bytes > self.target.max_shared_bytes:
             found.append(f"needs {self.shared_bytes} bytes of shared memory, more than {self.target.name}'s "
                          f"{self.target.max_shared_bytes} ({self.target.cards})")
@@ -223,7 +243,7 @@ class CompileReport:
     def row(self) -> dict:
         return {"kernel": self.launch.name, "constexprs": ", ".join(f"{k}={v}" for k, v in self.launch.constexprs),
                 "dtype": self.launch.dtype, "warps": self.launch.num_warps, "target": self.target.name,
-                "registers": self.registers, "spill bytes": self.stack_bytes, "shared bytes": self.shared_bytes,
+                "registers": self.registers, "spill bytes": self.spilled_bytes, "shared bytes": self.shared_bytes,
                 "global loads": _summary(self.global_loads), "problems": "; ".join(self.problems()) or "-"}
 
 
@@ -293,24 +313,39 @@ def _compile_error(exc: BaseException) -> str:
     return message[:500]
 
 
-def _resources(cubin: bytes, scratch: Path) -> tuple[int, int]:
-    """(registers, stack bytes) of the cubin's kernel, as cuobjdump reports them."""
+def _resources(cubin: bytes, scratch: Path) -> tuple[int, int, int]:
+    """(registers, stack bytes, local stores) of the cubin's kernel: the first two as cuobjdump's resource usage
+    reports them, the last counted in its machine code (SASS ``STL``, a store to thread-local memory: what a register
+    spill is; a stack frame alone can be the ABI's)."""
     from triton import knobs
 
     path = scratch / "kernel.cubin"
     path.write_bytes(cubin)
-    out = subprocess.run([knobs.nvidia.cuobjdump.path, "--dump-resource-usage", str(path)],
-                         capture_output=True, text=True, check=True).stdout
+    tool = knobs.nvidia.cuobjdump.path
+    out = subprocess.run([tool, "--dump-resource-usage", str(path)], capture_output=True, text=True, check=True).stdout
+    sass = subprocess.run([tool, "--dump-sass", str(path)], capture_output=True, text=True, check=True).stdout
     registers = int(re.search(r"REG:(\d+)", out).group(1))
     stack = int(re.search(r"STACK:(\d+)", out).group(1))
-    return registers, stack
+    return registers, stack, len(re.findall(r"\bSTL(?:\.\w+)*\b", sass))
 
 
 def global_memory_ops(ptx: str) -> tuple[Counter, Counter]:
     """(loads, stores): the PTX's global memory instructions by form (``ld.global.v4.b32``), counted."""
-    loads = Counter(re.findall(r"\b(ld\.global(?:\.[\w]+)*)", ptx))
-    stores = Counter(re.findall(r"\b(st\.global(?:\.[\w]+)*)", ptx))
+    loads = Counter(re.findall(r"\b(ld\.global[\w.:]*)", ptx))
+    stores = Counter(re.findall(r"\b(st\.global[\w.:]*)", ptx))
     return loads, stores
+
+
+def elements_moved(instructions: dict, element_bits: int) -> int:
+    """Elements of ``element_bits`` that one thread moves with these instructions, each run once
+    (``{"ld.global.v4.b32": 2}`` moves 8 float32 or 16 float16). Counts the code as written: an instruction in a
+    loop counts once."""
+    total = 0
+    for form, count in instructions.items():
+        vector = re.search(r"\.v(\d)\b", form)
+        width = re.search(r"\.[bfsu](\d+)$", form)
+        total += count * (int(vector.group(1)) if vector else 1) * (int(width.group(1)) if width else 32)
+    return total // element_bits
 
 
 def _compile_one(launch: Launch, target: Target, scratch: Path) -> dict:
@@ -331,7 +366,7 @@ def _compile_one(launch: Launch, target: Target, scratch: Path) -> dict:
     except Exception as exc:  # a compile error is a finding, reported per launch
         result["error"] = _compile_error(exc)
         return result
-    result["registers"], result["stack_bytes"] = _resources(compiled.asm["cubin"], scratch)
+    result["registers"], result["stack_bytes"], result["spill_stores"] = _resources(compiled.asm["cubin"], scratch)
     result["shared_bytes"] = compiled.metadata.shared
     loads, stores = global_memory_ops(compiled.asm["ptx"])
     result["global_loads"], result["global_stores"] = dict(loads), dict(stores)
