@@ -648,7 +648,7 @@ def describe_mismatch(expected: Any, got: Any, tolerances: dict | None = None, w
         tol = f"(rtol={rtol:g}, atol={atol:g})"
         if exp_f.dim() == 0:
             return f"{what}expected {exp_f.item():.6g}, got {got_f.item():.6g} {tol}"
-        idx = list(divmod_index(int(err.argmax()), exp_f.shape))
+        idx = [int(i) for i in torch.unravel_index(err.argmax(), exp_f.shape)]
         return (f"{what}{int((~ok).sum())} of {ok.numel()} values differ; worst at index {idx}: "
                 f"expected {exp_f[tuple(idx)].item():.6g}, got {got_f[tuple(idx)].item():.6g} {tol}"
                 f"{_error_pattern(exp_f, got_f, rtol, atol) or _where_wrong(ok)}")
@@ -747,15 +747,6 @@ def _where_wrong(ok: torch.Tensor) -> str:
         return (f". Only {len(bad)} of {n_rows} rows are wrong (rows {shown}, counting over all but the last "
                 "dimension): look for what is special about them (a mask, padding, an all-masked or constant row).")
     return ""
-
-
-def divmod_index(flat: int, shape: torch.Size) -> tuple[int, ...]:
-    """The multi-index of element ``flat`` in a tensor of ``shape`` (row-major)."""
-    idx = []
-    for size in reversed(shape):
-        flat, rem = divmod(flat, size)
-        idx.append(rem)
-    return tuple(reversed(idx))
 
 
 def _clone(tree: Any) -> Any:

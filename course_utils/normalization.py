@@ -121,7 +121,7 @@ COMPILE_SETTINGS = [(1024, 1024, 1), (1024, 1024, 4), (1024, 1024, 8), (1000, 10
 def rmsnorm_kernel_compiled(kernel, settings=COMPILE_SETTINGS, target: str = "sm_90") -> list[dict]:
     """What Triton's compiler makes, for ``target``, of an RMSNorm forward kernel with exercise 3.3's signature,
     launched on contiguous float32 rows of each ``(n_cols, BLOCK, num_warps)`` of ``settings``: registers a thread,
-    spilled bytes, the PTX's global loads, the columns each thread holds (BLOCK / (32 x warps)) and the float32
+    spilled bytes, shared memory (the scratch of the row reduction), the PTX's global loads, the columns each thread holds (BLOCK / (32 x warps)) and the float32
     elements it loads per column (x and the weight: 2 when every element is loaded once). Needs Triton."""
     from course_utils.kernels.compiled import TARGETS, compile_launches, elements_moved, launch_of
 
@@ -139,6 +139,7 @@ def rmsnorm_kernel_compiled(kernel, settings=COMPILE_SETTINGS, target: str = "sm
         per_thread = block // (32 * warps)
         rows.append({"n_cols": n_cols, "BLOCK": block, "warps": warps, "row stride % 16": n_cols % 16,
                      "columns a thread": per_thread, "registers": report.registers, "spilled bytes": report.spilled_bytes,
+                     "shared bytes": report.shared_bytes,
                      "global loads": ", ".join(f"{n}x {op}" for op, n in sorted(report.global_loads.items())),
                      "loads per column": elements_moved(report.global_loads, 32) / per_thread})
     return rows

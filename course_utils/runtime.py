@@ -1,6 +1,6 @@
 """Device choice, Triton availability and mode, seeding, and the environment summary.
 
-Triton facts this module relies on (DESIGN.md): without a GPU, ``TRITON_INTERPRET=1`` runs kernels
+Triton facts this module relies on (Triton's documentation of its interpreter): without a GPU, ``TRITON_INTERPRET=1`` runs kernels
 on CPU tensors, and it must be set before ``triton`` is imported. PyPI has no Triton for macOS or
 Windows; there :func:`import_triton` returns stand-ins so notebooks still run top to bottom.
 """

@@ -121,7 +121,7 @@ def test_chapter3_under_the_hood_claims():
     """03, "Under the hood" (the course's RMSNorm kernel, sm_90): 1024-column rows load only in ld.global.v4.b32,
     16 of them at 32 columns a thread and 4 at 8; 1000 columns load only scalar ld.global.b32, 16 of them; every
     setting loads each element once (2 per column); registers fall from 1 to 4 to 8 warps (stored 78, 29, 21);
-    16384 columns spill with 4 warps and fit with 16."""
+    16384 columns spill with 4 warps and fit with 16; shared memory is 4 bytes a warp, 2048 at 1000 columns."""
     from solutions.ch03_normalization import rmsnorm_fwd_kernel
 
     rows = {(r["n_cols"], r["warps"]): r for r in normalization.rmsnorm_kernel_compiled(rmsnorm_fwd_kernel)}
@@ -132,6 +132,9 @@ def test_chapter3_under_the_hood_claims():
     assert rows[16384, 4]["spilled bytes"] > 0 and rows[16384, 4]["registers"] == 255
     assert rows[16384, 16]["spilled bytes"] == 0
     assert all(r["spilled bytes"] == 0 for key, r in rows.items() if key != (16384, 4))
+    # shared memory: the cross-warp reduction's 4 bytes a warp (none with one warp); 2048 for the 1000-column layout change
+    assert all(r["shared bytes"] == (0 if warps == 1 else 4 * warps) for (n, warps), r in rows.items() if n != 1000)
+    assert rows[1000, 4]["shared bytes"] == 2048
 
 
 @needs_triton
