@@ -23,6 +23,7 @@ import signal
 import textwrap
 import threading
 import traceback
+import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,10 +102,18 @@ class Exercise:
     # a launcher here because the candidate is a kernel, not a function of tensors.
     call: Callable[..., Any] | None = None
     tolerances: dict = field(default_factory=dict)  # dtype -> (rtol, atol), overriding the defaults
-    needs_triton: bool = False
-    timeout_s: float = 30.0
+    needs_triton: bool | None = None  # None: derived from the reference (a Triton kernel, or a KernelReference)
+    timeout_s: float | None = None  # None: 30 s, or 120 s for a Triton exercise (its interpreter is slow)
     output_names: tuple[str, ...] = ()  # names of the outputs of a tuple-returning answer, for messages
     chapter: str = ""  # filled in by the registry: the chapter title
+
+    def __post_init__(self):
+        if self.needs_triton is None:
+            kind = type(self.reference).__name__
+            self.needs_triton = (isinstance(self.reference, KernelReference) or kind in ("JITFunction", "InterpretedFunction")
+                                 or hasattr(self.reference, "triton_unavailable"))  # the stand-in where Triton is absent
+        if self.timeout_s is None:
+            self.timeout_s = 120.0 if self.needs_triton else 30.0
 
     def answer(self) -> Callable:
         """The reference answer itself (a :class:`KernelReference` imported now; where Triton cannot run,
@@ -155,8 +164,10 @@ class ExerciseTimeout(BaseException):
 
 # ---------------------------------------------------------------------------------------- registry
 
-def registry() -> dict[str, Exercise]:
-    """Every exercise in course order, from the modules listed in ``solutions.CHAPTERS``."""
+@functools.cache
+def registry() -> types.MappingProxyType:
+    """Every exercise in course order (id -> :class:`Exercise`), from the modules listed in ``solutions.CHAPTERS``;
+    built on the first call, read-only."""
     import solutions
 
     exercises: dict[str, Exercise] = {}
@@ -165,7 +176,7 @@ def registry() -> dict[str, Exercise]:
         for ex in module.EXERCISES:
             ex.chapter = module.CHAPTER
             exercises[ex.id] = ex
-    return exercises
+    return types.MappingProxyType(exercises)
 
 
 def exercise_ids() -> list[str]:

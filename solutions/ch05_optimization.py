@@ -385,7 +385,7 @@ EXERCISES = [
     ),
     Exercise(
         id="5.5", title="fused Triton AdamW kernel", reference=ADAMW_KERNEL, cases=_kernel_cases,
-        call=_launch_adamw, needs_triton=True, timeout_s=120.0,
+        call=_launch_adamw,
         mistakes=(
             Mistake("L2 instead of decoupled decay", _adamw_kernel_l2,
                     "Adding weight_decay * p to g is Adam + L2. Decoupled: p = p * (1 - lr * weight_decay) before "

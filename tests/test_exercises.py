@@ -9,11 +9,40 @@ from solutions import ch00_start_here, ch01_backpropagation
 
 
 def test_ids_in_course_order():
-    ids = exercise_ids()
-    assert ids == ["0.1", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "2.1", "2.2", "2.3", "2.4", "2.5",
-                   "3.1", "3.2", "3.3", "3.4", "3.5", "4.1", "4.2", "4.3", "4.4", "4.5",
-                   "5.1", "5.2", "5.3", "5.4", "5.5", "6.1", "6.2", "6.3", "6.4", "6.5", "6.6",
-                   "7.1", "7.2", "7.3", "7.4", "7.5", "8.1", "8.2", "8.3", "8.4"]
+    """Chapters in order, each one's exercises numbered 1, 2, ... without a gap, and each in its chapter's module."""
+    from course_utils.exercises import registry
+
+    ids = [tuple(map(int, i.split("."))) for i in exercise_ids()]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    chapters = sorted({c for c, _ in ids})
+    assert chapters == list(range(chapters[-1] + 1)), "every chapter from 0 has exercises"
+    for chapter in chapters:
+        assert [n for c, n in ids if c == chapter] == list(range(1, sum(c == chapter for c, _ in ids) + 1))
+    for ex in registry().values():
+        assert ex.chapter.startswith(f"{ex.id.split('.')[0]}. "), (ex.id, ex.chapter)
+
+
+def test_triton_exercises_are_known_by_their_reference():
+    """needs_triton comes from the reference (a kernel, or a KernelReference), and with it the 120 s limit."""
+    from course_utils.exercises import registry
+
+    triton_ids = [ex.id for ex in registry().values() if ex.needs_triton]
+    assert triton_ids == ["1.4", "3.3", "4.5", "5.5", "6.6", "7.5"]
+    assert {ex.timeout_s for ex in registry().values()} == {30.0, 120.0}
+    assert all((ex.timeout_s == 120.0) == ex.needs_triton for ex in registry().values())
+
+
+def test_readme_counts_the_exercises_of_each_chapter():
+    import re
+
+    from conftest import REPO_ROOT
+
+    counts = {}
+    for chapter in exercise_ids():
+        counts[chapter.split(".")[0]] = counts.get(chapter.split(".")[0], 0) + 1
+    readme = (REPO_ROOT / "README.md").read_text()
+    stated = {m[0]: int(m[1]) for m in re.findall(r"^\| (\d) \| `\d\d_.*ready \((\d+) exercises\) \|$", readme, re.M)}
+    assert stated == {c: n for c, n in counts.items() if c != "0"}, "README's chapter table"
 
 
 def test_reference_is_the_solution():

@@ -42,6 +42,8 @@ def test_registry_check_and_use_import_nothing_of_triton():
         "assert len(exercise_ids()) == 42\n"
         "r = check('1.2', lambda x: x, display=False)\n"
         "assert r.status == 'failed', r.message\n"
+        "triton_ids = [ex.id for ex in registry().values() if ex.needs_triton]\n"
+        "assert triton_ids == ['1.4', '3.3', '4.5', '5.5', '6.6', '7.5'], triton_ids\n"
         "for ex in registry().values():\n"
         "    if ex.needs_triton:\n"
         "        r = check(ex.id, ex.mistakes[0].fn, display=False)\n"
