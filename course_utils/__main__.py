@@ -107,16 +107,13 @@ def compile_report(what: str, targets: list[str] | None) -> int:
     if not status.available:
         print(f"cannot compile here: {status.reason}", file=sys.stderr)
         return 2
-    from course_utils.kernels.compiled import NOTEBOOK_LAUNCHES, TARGETS, Launch, compile_launches, notebook_launches, table
+    from course_utils.kernels.compiled import NOTEBOOK_LAUNCHES, TARGETS, compile_launches, notebook_launches, table
 
     if what.endswith(".ipynb"):
-        record = NOTEBOOK_LAUNCHES / f"{Path(what).stem}.json"
-        if not record.exists():
+        if not (NOTEBOOK_LAUNCHES / f"{Path(what).stem}.json").exists():
             print(f"no recorded launches for {what}: run `python -m course_utils execute {what}` first", file=sys.stderr)
             return 2
-        import json
-
-        launches = [Launch.from_json(data) for data in json.loads(record.read_text())]
+        launches = notebook_launches(Path(what).stem)
     else:
         from course_utils.bench import benchmark_launches
         from course_utils.exercises import exercise_launches

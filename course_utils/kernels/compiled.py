@@ -100,10 +100,11 @@ def _constant(value):
 NOTEBOOK_LAUNCHES = Path(__file__).resolve().parents[1] / "data_files" / "kernel_launches"  # one JSON per notebook
 
 
-def notebook_launches() -> list[Launch]:
-    """The launches the notebooks made when their outputs were last stored (``python -m course_utils execute``)."""
+def notebook_launches(notebook: str = "*") -> list[Launch]:
+    """The launches the notebooks (or the one whose file stem is ``notebook``) made when their outputs were last
+    stored (``python -m course_utils execute``)."""
     found: list[Launch] = []
-    for path in sorted(NOTEBOOK_LAUNCHES.glob("*.json")):
+    for path in sorted(NOTEBOOK_LAUNCHES.glob(f"{notebook}.json")):
         for data in json.loads(path.read_text()):
             launch = Launch.from_json(data)
             if launch not in found:
