@@ -36,7 +36,7 @@ doctor: $(STAMP)
 	$(PY) -m course_utils doctor
 
 bench: $(STAMP)
-	$(PY) -m course_utils.bench --csv bench.csv
+	$(PY) -m course_utils.harness.bench --csv bench.csv
 
 # On a machine with an NVIDIA GPU: the kernel tests compiled and the benchmark, in gpu-report.md
 gpu-check: $(STAMP)

@@ -2,13 +2,30 @@
 
 Importing this package first switches Triton to its CPU interpreter when there is no CUDA GPU.
 That must happen before ``triton`` is imported anywhere, so it is the first thing done here.
+
+Layout: ``runtime``, ``widgets``, ``plotting`` and ``report`` are what notebook cells import; one module per
+concept (``gradflow``, ``stability``, ``initialization``, ``normalization``, ``losses``, ``optim``, ``sampling``,
+``rope``, ``attention``, ``further``) plus the shared ``models``, ``data``, ``training``, ``charlm`` and
+``distributed``; ``kernels/`` holds the Triton kernels; ``harness/`` the machinery (exercises, progress,
+notebook runner, lab, benchmark, command line).
 """
 from course_utils import runtime as _runtime
 
 _runtime.enable_triton_interpreter_if_no_gpu()
-_runtime.record_launches_if_asked()
 
-from course_utils.exercises import check, use  # noqa: E402
+from course_utils.harness.compiled import record_launches_if_asked  # noqa: E402
+
+record_launches_if_asked()  # only under `python -m course_utils execute` (COURSE_RECORD_LAUNCHES)
+
+from course_utils.harness.exercises import (  # noqa: E402
+                                            check,
+                                            exercise_ids,
+                                            from_progress,
+                                            progress_table,
+                                            reference,
+                                            stub_source,
+                                            use,
+)
 from course_utils.runtime import setup  # noqa: E402
 
-__all__ = ["setup", "check", "use"]
+__all__ = ["setup", "check", "use", "from_progress", "exercise_ids", "reference", "progress_table", "stub_source"]

@@ -15,6 +15,12 @@ import math
 import torch
 
 
+def future_keys(n_q: int, n_k: int, device=None) -> torch.Tensor:
+    """The causal mask, (n_q, n_k) bool, True where key j lies after query i (j > i): the scores to set to -inf.
+    The Triton kernels build the same mask per tile as ``offs_m[:, None] >= offs_n[None, :]`` (the keys kept)."""
+    return torch.ones(n_q, n_k, dtype=torch.bool, device=device).triu(1)
+
+
 def attention_with_lse(q, k, v, *, causal: bool = False, scale: float | None = None):
     """softmax(q k^T * scale) v and the row log-sum-exp of the scores, for q (..., Nq, D), k, v (..., Nk, D).
 
@@ -24,8 +30,7 @@ def attention_with_lse(q, k, v, *, causal: bool = False, scale: float | None = N
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = (q.float() @ k.float().transpose(-2, -1)) * scale
     if causal:
-        n_q, n_k = s.shape[-2:]
-        s = s.masked_fill(torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        s = s.masked_fill(future_keys(*s.shape[-2:], device=q.device), float("-inf"))
     lse = torch.logsumexp(s, dim=-1)
     p = torch.exp(s - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))[..., None])
     return (p @ v.float()).to(q.dtype), lse
@@ -69,8 +74,7 @@ def naive_attention(q, k, v, *, causal: bool = False):
     """The textbook version: materialise the (N, N) scores and probabilities, then multiply by V."""
     s = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
     if causal:
-        n = q.shape[-2]
-        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        s = s.masked_fill(future_keys(*s.shape[-2:], device=q.device), float("-inf"))
     return torch.softmax(s, dim=-1) @ v
 
 
@@ -79,11 +83,11 @@ FLASH_COMPILE_SETTINGS = [(64, 64), (128, 64)]  # (head_dim, rows per query and 
 
 def flash_kernels_compiled(settings=FLASH_COMPILE_SETTINGS, dtype=torch.float16, n_ctx: int = 4096) -> list[dict]:
     """The course's FlashAttention kernels as Triton's compiler builds them for each NVIDIA target
-    (:mod:`course_utils.kernels.compiled`), causal, in ``dtype``, for each ``(head_dim, block)`` of ``settings``:
+    (:mod:`course_utils.harness.compiled`), causal, in ``dtype``, for each ``(head_dim, block)`` of ``settings``:
     the forward, and the backward's dK/dV and dQ kernels. One dict per kernel, setting and target: shared memory
     (KiB), registers a thread, spilled bytes. Needs Triton (not a GPU)."""
-    from course_utils.kernels.attention import flash_attention_backward, flash_attention_forward
-    from course_utils.kernels.compiled import compile_calls
+    from course_utils.harness.compiled import compile_calls
+    from course_utils.kernels.flash_attention import flash_attention_backward, flash_attention_forward
 
     def walk():
         for head_dim, block in settings:

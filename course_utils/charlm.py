@@ -55,7 +55,8 @@ def split(data: torch.Tensor, held_out: float = 0.05) -> tuple[torch.Tensor, tor
     return data[:cut], data[cut:]
 
 
-def batch(data: torch.Tensor, size: int, generator: torch.Generator, block_size: int = CONFIG.block_size) -> torch.Tensor:
+def batch(data: torch.Tensor, size: int, generator: torch.Generator,
+          block_size: int = CONFIG.block_size) -> torch.Tensor:
     """(size, block_size + 1) random windows of ``data``."""
     starts = torch.randint(0, len(data) - block_size - 1, (size,), generator=generator)
     return torch.stack([data[s: s + block_size + 1] for s in starts.tolist()])

@@ -7,8 +7,8 @@ that call a *named* worker of this module, rendezvous through a file store in a 
 deadline, and on a failure or timeout kills the rest and raises :class:`DistributedError` with the
 failing rank's last lines of output.
 
-Workers (``WORKERS``): ``ddp_accumulation`` (chapter 5), ``ring_attention`` (chapter 7), plus ``raise_error`` and ``sleep`` which
-exist to test the failure paths.
+Workers (``WORKERS``): ``ddp_accumulation`` (chapter 5), ``ring_attention`` (chapter 7), plus ``raise_error`` and
+``sleep`` which exist to test the failure paths.
 """
 from __future__ import annotations
 
@@ -173,7 +173,8 @@ def ring_attention(rank: int, world_size: int, *, batch: int = 1, heads: int = 2
     for step in range(world_size):
         src = (rank - step) % world_size  # whose block this rank holds now
         if not (causal and src > rank):  # causal: blocks after this rank's own are fully masked
-            o, lse = merge_partial_attention(o, lse, *attention_with_lse(q, kv[0], kv[1], causal=causal and src == rank))
+            partial = attention_with_lse(q, kv[0], kv[1], causal=causal and src == rank)
+            o, lse = merge_partial_attention(o, lse, *partial)
             computed += 1
         if step < world_size - 1:
             incoming = torch.empty_like(kv)

@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 
 from course_utils.models import TinyTransformer, TransformerConfig
 
-
 # ------------------------------------------------------------------------------- Q1: depth
 
 def depth_effects(depth: int, variant: str, *, init_std: float = 0.1, seed: int = 0) -> dict:
@@ -36,22 +35,6 @@ def depth_effects(depth: int, variant: str, *, init_std: float = 0.1, seed: int 
     logits = logits.detach()
     return {"logit_std": float(logits.std()), "max_prob": float(torch.softmax(logits, -1).max(-1).values.mean()),
             "loss": float(loss.detach()), "grad_norm": float(grad_norm)}
-
-
-# ------------------------------------------------------------------- 8.1 the schedule
-
-def warmup_cosine_lr(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
-    """Learning rate at ``step`` (0-based) for linear warmup then cosine decay.
-
-    Steps 0 .. warmup_steps - 1: max_lr * (step + 1) / warmup_steps (never 0, reaches max_lr at the
-    last warmup step). Then, with progress = (step - warmup_steps) / (total_steps - warmup_steps):
-    min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2, so max_lr right after warmup and
-    min_lr at step total_steps. Steps beyond total_steps stay at min_lr. Returns a float.
-    """
-    if step < warmup_steps:
-        return max_lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 # ------------------------------------------------------------------- 8.4 spike detector
@@ -104,10 +87,13 @@ class Pieces:
 
 
 def reference_pieces() -> Pieces:
-    from course_utils.exercises import reference
+    """The course's own building blocks, which are also the answers to those exercises (solutions re-exports them)."""
+    from course_utils.models import gpt_init_
+    from course_utils.optim import adamw_update, weight_decay_groups
+    from course_utils.training import accumulate_gradients, clip_grad_norm, warmup_cosine_lr
 
-    return Pieces(init=reference("2.3"), groups=reference("5.2"), accumulate=reference("5.3"),
-                  adamw=reference("5.1"), clip=reference("1.6"), schedule=reference("8.1"))
+    return Pieces(init=gpt_init_, groups=weight_decay_groups, accumulate=accumulate_gradients,
+                  adamw=adamw_update, clip=clip_grad_norm, schedule=warmup_cosine_lr)
 
 
 @dataclass
@@ -149,7 +135,8 @@ def capstone_run(pieces: Pieces, *, config: TransformerConfig = CAPSTONE_CONFIG,
             batches.append((x[:, :-1], x[:, 1:]))
         pieces.accumulate(model, batches)
         with torch.no_grad():
-            loss = sum(float(F.cross_entropy(model(i)[0].flatten(0, 1), t.flatten())) for i, t in batches) / len(batches)
+            loss = sum(float(F.cross_entropy(model(i)[0].flatten(0, 1), t.flatten()))
+                       for i, t in batches) / len(batches)
         params = [p for g in groups for p in g["params"]]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         clipped, total = pieces.clip(grads, clip if clip else math.inf)

@@ -90,14 +90,16 @@ def depth_sweep(arch: str, depths: list[int], *, seed: int = 0, **config_overrid
     return out
 
 
-def depth_sweep_over_seeds(arch: str, depths: list[int], *, seeds=range(3), **config_overrides) -> dict[str, list[float]]:
+def depth_sweep_over_seeds(arch: str, depths: list[int], *, seeds=range(3),
+                           **config_overrides) -> dict[str, list[float]]:
     """:func:`depth_sweep` for each seed, combined by the geometric mean (the sweep's quantities are scales,
     compared on log axes). Same keys as depth_sweep."""
     sweeps = [depth_sweep(arch, depths, seed=seed, **config_overrides) for seed in seeds]
     combined = {"depth": list(depths)}
     for key in sweeps[0]:
         if key != "depth":
-            combined[key] = [math.exp(sum(math.log(s[key][i]) for s in sweeps) / len(sweeps)) for i in range(len(depths))]
+            combined[key] = [math.exp(sum(math.log(s[key][i]) for s in sweeps) / len(sweeps))
+                             for i in range(len(depths))]
     return combined
 
 
@@ -316,3 +318,21 @@ def figure_spike(spike_scale: float = 10.0, clip: float = 1.0, clip_fn=None):
            title=f"one bad batch (inputs × {spike_scale:.3g}) at step 30")
     ax.legend()
     return fig
+
+
+# ----------------------------------------------------------- what backprop keeps (chapters 4 and 7)
+
+def saved_for_backward_bytes(loss_fn, logits: torch.Tensor, *args) -> int:
+    """Bytes of tensors autograd saves for the backward pass of ``loss_fn(logits, *args)``, not counting
+    memory that already belongs to ``logits`` (so a gradient written over the logits counts as 0)."""
+    storages = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_fn(logits, *args)
+    storages.pop(logits.untyped_storage().data_ptr(), None)
+    return sum(storages.values())

@@ -160,19 +160,3 @@ def smoothing_loss_floor(transitions: torch.Tensor, stationary: torch.Tensor, ep
     q = (1 - eps) * p + eps / p.shape[-1]
     weights = stationary.double()[:, None] * p
     return float((weights * (-q.log())).sum() - (weights * (-p.log())).sum())
-
-
-def saved_for_backward_bytes(loss_fn, logits: torch.Tensor, *args) -> int:
-    """Bytes of tensors autograd saves for the backward pass of ``loss_fn(logits, *args)``, not counting
-    memory that already belongs to ``logits`` (so a gradient written over the logits counts as 0)."""
-    storages = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        storages[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss_fn(logits, *args)
-    storages.pop(logits.untyped_storage().data_ptr(), None)
-    return sum(storages.values())

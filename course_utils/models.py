@@ -111,7 +111,7 @@ class CausalSelfAttention(nn.Module):
             positions = torch.arange(T, device=x.device)
             q, k = rope_rotate(q, positions, inv_freq) * factor, rope_rotate(k, positions, inv_freq) * factor
         if self.triton:
-            from course_utils.kernels.attention import flash_attention_triton
+            from course_utils.kernels.flash_attention import flash_attention_triton
 
             y = flash_attention_triton(q, k, v, causal=True)  # (B, nh, T, hs)
         else:

@@ -24,6 +24,9 @@ def _layer_norm_over_c(t: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(t, t.shape[-1:])
 
 
+_NORMS_OVER = (("batchnorm", _batch_norm_over_bt), ("layernorm", _layer_norm_over_c))
+
+
 def batchnorm_future_leak(seed: int = 0) -> dict[str, float]:
     """Change the *last* token of one sequence and measure how much the normalised output at the
     *first* position moves, for BatchNorm (statistics over batch and time) and LayerNorm (over
@@ -33,7 +36,7 @@ def batchnorm_future_leak(seed: int = 0) -> dict[str, float]:
     changed = x.clone()
     changed[0, -1] = 10 * torch.randn(32, generator=g)
 
-    return {name: float((f(changed)[0, 0] - f(x)[0, 0]).abs().max()) for name, f in (("batchnorm", _batch_norm_over_bt), ("layernorm", _layer_norm_over_c))}
+    return {name: float((f(changed)[0, 0] - f(x)[0, 0]).abs().max()) for name, f in _NORMS_OVER}
 
 
 def padding_changes_output(seed: int = 0) -> dict[str, float]:
@@ -44,7 +47,7 @@ def padding_changes_output(seed: int = 0) -> dict[str, float]:
     other = torch.randn(1, 30, 32, generator=g)
     padded = torch.cat([torch.cat([seq, torch.zeros(1, 20, 32)], dim=1), other])  # (2, 30, 32)
 
-    return {name: float((f(padded)[0, :10] - f(seq)[0]).abs().max()) for name, f in (("batchnorm", _batch_norm_over_bt), ("layernorm", _layer_norm_over_c))}
+    return {name: float((f(padded)[0, :10] - f(seq)[0]).abs().max()) for name, f in _NORMS_OVER}
 
 
 def time_eager(fn, *args, reps: int = 30) -> float:
@@ -75,6 +78,15 @@ def batchnorm_batch_noise(batch_sizes, *, features: int = 16, trials: int = 200,
     return spread
 
 
+def rms_norm(x, weight, eps=1e-6):
+    """RMSNorm over the last dimension, as F.rms_norm(x, (N,), weight, eps).
+
+    x: (..., N); weight: (N,). x / sqrt(mean(x^2) + eps) * weight, with the mean over the N
+    features. No centring, no bias. Returns a tensor shaped like x; inputs are not modified.
+    """
+    return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + eps) * weight
+
+
 def norm_speed(rows: int = 4096, cols: int = 1024, reps: int = 30, seed: int = 0) -> dict[str, float]:
     """Median milliseconds of forward LayerNorm and RMSNorm on a (rows, cols) float32 tensor,
     PyTorch's fused ops and the plain from-scratch formulas."""
@@ -85,18 +97,16 @@ def norm_speed(rows: int = 4096, cols: int = 1024, reps: int = 30, seed: int = 0
         centred = x - x.mean(-1, keepdim=True)  # once: written twice it would cost LayerNorm an extra pass
         return centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + 1e-5) * w + b
 
-    def rms_scratch(x, w):
-        return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6) * w
-
     return {
         "F.layer_norm": 1e3 * time_eager(lambda: F.layer_norm(x, (cols,), w, b), reps=reps),
         "F.rms_norm": 1e3 * time_eager(lambda: F.rms_norm(x, (cols,), w, 1e-6), reps=reps),
         "LayerNorm from scratch": 1e3 * time_eager(ln_scratch, x, w, b, reps=reps),
-        "RMSNorm from scratch": 1e3 * time_eager(rms_scratch, x, w, reps=reps),
+        "RMSNorm from scratch": 1e3 * time_eager(rms_norm, x, w, reps=reps),
     }
 
 
-def centring_comparison(*, depth: int = 4, steps: int = 150, lr: float = 3e-3, seeds=(0, 1, 2)) -> dict[str, list[float]]:
+def centring_comparison(*, depth: int = 4, steps: int = 150, lr: float = 3e-3,
+                        seeds=(0, 1, 2)) -> dict[str, list[float]]:
     """Does LayerNorm's centring matter for the loss? The same Pre-LN stack of ``depth`` blocks trained on the
     Markov chain with LayerNorm and with RMSNorm, once per seed (same init draws and batches for both).
     Returns {"layernorm": [...], "rmsnorm": [...]}: the mean training loss of the last 20 steps, per seed."""
@@ -121,16 +131,17 @@ COMPILE_SETTINGS = [(1024, 1024, 1), (1024, 1024, 4), (1024, 1024, 8), (1000, 10
 def rmsnorm_kernel_compiled(kernel, settings=COMPILE_SETTINGS, target: str = "sm_90") -> list[dict]:
     """What Triton's compiler makes, for ``target``, of an RMSNorm forward kernel with exercise 3.3's signature,
     launched on contiguous float32 rows of each ``(n_cols, BLOCK, num_warps)`` of ``settings``: registers a thread,
-    spilled bytes, shared memory (the scratch of the row reduction), the PTX's global loads, the columns each thread holds (BLOCK / (32 x warps)) and the float32
-    elements it loads per column (x and the weight: 2 when every element is loaded once). Needs Triton."""
-    from course_utils.kernels.compiled import TARGETS, compile_launches, elements_moved, launch_of
+    spilled bytes, shared memory (the scratch of the row reduction), the PTX's global loads, the columns each thread
+    holds (BLOCK / (32 x warps)) and the float32 elements it loads per column (x and the weight: 2 when every element
+    is loaded once). Needs Triton."""
+    from course_utils.harness.compiled import TARGETS, compile_launches, elements_moved, launch_of
 
     launches = []
     for n_cols, block, warps in settings:
         x, w = torch.empty(4, n_cols), torch.empty(n_cols)
         y, rstd = torch.empty_like(x), torch.empty(4)
-        launches.append(launch_of(getattr(kernel, "fn", kernel), (x, w, y, rstd, x.stride(0), y.stride(0), n_cols, 1e-6),
-                                  {"BLOCK": block, "num_warps": warps}))
+        args = (x, w, y, rstd, x.stride(0), y.stride(0), n_cols, 1e-6)
+        launches.append(launch_of(getattr(kernel, "fn", kernel), args, {"BLOCK": block, "num_warps": warps}))
     reports = compile_launches(launches, tuple(t for t in TARGETS if t.name == target))
     rows = []
     for (n_cols, block, warps), report in zip(settings, reports):
@@ -138,7 +149,8 @@ def rmsnorm_kernel_compiled(kernel, settings=COMPILE_SETTINGS, target: str = "sm
             raise ValueError(f"the kernel does not compile for {target}: {report.error}")
         per_thread = block // (32 * warps)
         rows.append({"n_cols": n_cols, "BLOCK": block, "warps": warps, "row stride % 16": n_cols % 16,
-                     "columns a thread": per_thread, "registers": report.registers, "spilled bytes": report.spilled_bytes,
+                     "columns a thread": per_thread, "registers": report.registers,
+                     "spilled bytes": report.spilled_bytes,
                      "shared bytes": report.shared_bytes,
                      "global loads": ", ".join(f"{n}x {op}" for op, n in sorted(report.global_loads.items())),
                      "loads per column": elements_moved(report.global_loads, 32) / per_thread})

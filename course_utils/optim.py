@@ -113,34 +113,48 @@ def weight_decay_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def describe_groups(model: nn.Module, groups: list[dict]) -> tuple[str, ...]:
-    """One line per parameter, ``"name: weight_decay w"``, sorted by name (for checking and printing).
+_UNSTATED = {"weight_decay": ": torch.optim.AdamW would give it its default, 0.01; say 0.0 (or the value) explicitly",
+             "lr": ": torch.optim would give it the optimizer's default learning rate; state it"}
 
-    Raises ValueError when a parameter is missing, appears twice, or is not the model's, or a group
-    does not state its weight_decay.
+
+def value_per_parameter(model: nn.Module, groups, key: str) -> dict[str, float]:
+    """The ``key`` (``"lr"``, ``"weight_decay"``) that each of ``model``'s parameters gets from the optimizer
+    ``groups``, by parameter name in the model's order (a tied tensor under its first name).
+
+    ``groups`` as torch.optim takes them: a list of dicts whose ``"params"`` is a tensor or an iterable of
+    tensors. Raises ValueError when a group is not such a dict or does not state ``key``, or when a parameter
+    is missing, appears twice, or is not the model's. The one validator of parameter groups in the course.
     """
     names = {}
     for name, param in model.named_parameters():  # tied tensors: the first name only
         names.setdefault(id(param), name)
-    lines, seen = [], set()
+    if not isinstance(groups, (list, tuple)):
+        raise ValueError(f"expected a list of dicts with 'params' and '{key}', got {type(groups).__name__}")
+    values = {}
     for i, group in enumerate(groups):
         if not isinstance(group, dict) or "params" not in group:
             raise ValueError(f"group {i} is not a dict with a 'params' list")
-        if "weight_decay" not in group:
-            raise ValueError(f"group {i} has no 'weight_decay': torch.optim.AdamW would give it its default, "
-                             "0.01; say 0.0 (or the value) explicitly")
-        for param in group["params"]:
+        if key not in group:
+            raise ValueError(f"group {i} has no '{key}'{_UNSTATED.get(key, '')}")
+        params = group["params"]
+        for param in [params] if isinstance(params, torch.Tensor) else params:  # torch.optim accepts both
             if id(param) not in names:
                 raise ValueError(f"group {i} holds a tensor that is not one of the model's parameters")
-            if id(param) in seen:
+            if names[id(param)] in values:
                 raise ValueError(f"parameter {names[id(param)]} is in more than one group "
                                  "(torch.optim refuses that; a tied weight is one tensor)")
-            seen.add(id(param))
-            lines.append(f"{names[id(param)]}: weight_decay {float(group['weight_decay']):g}")
-    missing = [n for k, n in names.items() if k not in seen]
+            values[names[id(param)]] = float(group[key])
+    missing = [n for n in names.values() if n not in values]
     if missing:
         raise ValueError(f"parameter {missing[0]} is in no group ({len(missing)} missing): it would never be trained")
-    return tuple(sorted(lines))
+    return {n: values[n] for n in names.values()}
+
+
+def describe_groups(model: nn.Module, groups: list[dict]) -> tuple[str, ...]:
+    """One line per parameter, ``"name: weight_decay w"``, sorted by name (for checking and printing).
+    Raises ValueError as :func:`value_per_parameter` does."""
+    return tuple(sorted(f"{name}: weight_decay {wd:g}"
+                        for name, wd in value_per_parameter(model, groups, "weight_decay").items()))
 
 
 # --------------------------------------------------------------------------------- Adafactor

@@ -1,7 +1,8 @@
 """Device choice, Triton availability and mode, seeding, and the environment summary.
 
-Triton facts this module relies on (Triton's documentation of its interpreter): without a GPU, ``TRITON_INTERPRET=1`` runs kernels
-on CPU tensors, and it must be set before ``triton`` is imported. PyPI has no Triton for macOS or
+Triton facts this module relies on (Triton's documentation of its interpreter): without a GPU,
+``TRITON_INTERPRET=1`` runs kernels on CPU tensors, and it must be set before ``triton`` is imported. PyPI has no
+Triton for macOS or
 Windows; there :func:`import_triton` returns stand-ins so notebooks still run top to bottom.
 """
 from __future__ import annotations
@@ -13,7 +14,6 @@ import random
 import sys
 import types
 from dataclasses import dataclass
-from pathlib import Path
 
 
 def _cuda_available() -> bool:
@@ -30,28 +30,7 @@ def enable_triton_interpreter_if_no_gpu() -> None:
         os.environ["TRITON_INTERPRET"] = "1"
 
 
-RECORD_LAUNCHES_ENV = "COURSE_RECORD_LAUNCHES"
-COMPILE_ONLY_ENV = "COURSE_TRITON_COMPILE_ONLY"
-_RECORDING = None
-
-
-def record_launches_if_asked() -> None:
-    """With ``COURSE_RECORD_LAUNCHES=path`` (set by ``python -m course_utils execute`` for the notebook's kernel),
-    record every interpreted Triton launch of this process and write them to ``path`` as JSON at exit: the
-    compiled tier (tests/test_compiled.py) compiles the launches the notebooks really make."""
-    path = os.environ.get(RECORD_LAUNCHES_ENV)
-    if not path or not triton_interpreting() or not triton_status().available:
-        return
-    import atexit
-    import json
-
-    from course_utils.kernels.compiled import recording_launches
-
-    global _RECORDING
-    _RECORDING = recording_launches()  # held for the life of the process (collected, it would stop recording)
-    launches = _RECORDING.__enter__()
-    atexit.register(lambda: Path(path).write_text(
-        "[\n" + ",\n".join(json.dumps(launch.to_json()) for launch in launches) + "\n]\n"))
+COMPILE_ONLY_ENV = "COURSE_TRITON_COMPILE_ONLY"  # set by course_utils.harness.compiled in its compiler process
 
 
 def triton_interpreting() -> bool:
@@ -86,7 +65,7 @@ def triton_status() -> TritonStatus:
                             f"Triton is installed but does not import ({type(exc).__name__}: {exc}); "
                             "Triton cells are skipped and the PyTorch path carries on.")
 
-    if os.environ.get(COMPILE_ONLY_ENV) == "1":  # course_utils.kernels.compiled's compiler process
+    if os.environ.get(COMPILE_ONLY_ENV) == "1":  # course_utils.harness.compiled's compiler process
         return TritonStatus(True, "compile-only", triton.__version__,
                             "kernels are compiled for NVIDIA targets here; none of them runs")
     if triton_interpreting():

@@ -240,7 +240,8 @@ def distribution_html(probs: torch.Tensor, *, top: int = 12, title: str = "", ex
     for p, t in zip(values[:top].tolist(), ids[:top].tolist()):
         rows.append(f"<tr><td style='font-family:monospace;text-align:right;padding-right:6px'>"
                     f"{html.escape(token_label(t))}</td><td style='width:320px'><div style='background:#1b9e77;"
-                    f"height:12px;width:{max(p, 0) * 100:.1f}%'></div></td><td style='padding-left:6px'>{p:.3f}</td></tr>")
+                    f"height:12px;width:{max(p, 0) * 100:.1f}%'></div></td>"
+                    f"<td style='padding-left:6px'>{p:.3f}</td></tr>")
     return (f"<div class='course-view'><b>{html.escape(title)}</b>"
             f"<table style='border-collapse:collapse'>{''.join(rows)}</table>{extra}</div>")
 

@@ -35,6 +35,20 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps)
 
 
+def warmup_cosine_lr(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    """Learning rate at ``step`` (0-based) for linear warmup then cosine decay.
+
+    Steps 0 .. warmup_steps - 1: max_lr * (step + 1) / warmup_steps (never 0, reaches max_lr at the
+    last warmup step). Then, with progress = (step - warmup_steps) / (total_steps - warmup_steps):
+    min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2, so max_lr right after warmup and
+    min_lr at step total_steps. Steps beyond total_steps stay at min_lr. Returns a float.
+    """
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def accumulate_gradients(model, micro_batches):
     """Gradient accumulation that equals one big batch, whatever each micro-batch counts.
 
@@ -145,6 +159,7 @@ def triton_step_agreement(config: TransformerConfig, *, steps: int = 3, batch: i
             b.grad = a.grad.clone()
         reference_opt.step()
         fused_opt.step()
-        rows.append({"step": step, "torch loss": losses[0], "triton loss": losses[1], "loss gap": abs(losses[0] - losses[1]),
+        rows.append({"step": step, "torch loss": losses[0], "triton loss": losses[1],
+                     "loss gap": abs(losses[0] - losses[1]),
                      "grad gap": grad_gap, "param gap": max((a - b).abs().max().item() for a, b in pairs)})
     return rows

@@ -1,7 +1,7 @@
 """Reference answers to every exercise, one module per notebook, in course order.
 
 Each module defines ``CHAPTER`` (its title) and ``EXERCISES`` (a list of
-:class:`course_utils.exercises.Exercise`): the reference answer, the cases ``check`` runs, and the
+:class:`course_utils.harness.exercises.Exercise`): the reference answer, the cases ``check`` runs, and the
 realistic mistakes whose hints it shows. Where an answer is a building block later chapters use,
 it lives in course_utils and is re-exported here.
 """

@@ -1,7 +1,7 @@
 """Notebook 00: one toy exercise that shows how ``check`` works."""
 import torch
 
-from course_utils.exercises import Case, Exercise, Mistake
+from course_utils.harness.exercises import Case, Exercise, Mistake
 
 CHAPTER = "0. Start here"
 

@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from course_utils.exercises import Case, Exercise, Mistake
+from course_utils.harness.exercises import Case, Exercise, Mistake
+from course_utils.harness.launchers import launch_row_kernel
 from course_utils.runtime import import_triton
 from course_utils.stability import naive_softmax, online_softmax_update, safe_softmax
 from course_utils.training import clip_grad_norm
@@ -161,11 +162,6 @@ def _kernel_unmasked_store(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLO
     _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK, False, True, True, False)
 
 
-def _launch_row_kernel(kernel, x):
-    from course_utils.kernels.softmax import launch_row_kernel
-
-    return launch_row_kernel(kernel, x)
-
 
 def _kernel_cases():
     g = torch.Generator().manual_seed(4)
@@ -295,7 +291,7 @@ EXERCISES = [
     ),
     Exercise(
         id="1.4", title="Triton row-softmax kernel", reference=softmax_row_kernel, cases=_kernel_cases,
-        call=_launch_row_kernel,
+        call=launch_row_kernel,
         mistakes=(
             Mistake("padding loaded as 0", _kernel_pads_with_zero,
                     "Masked lanes load `other=...`: with 0.0 they join the max and add exp(0 - max) to the sum. "

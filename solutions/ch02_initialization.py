@@ -5,9 +5,10 @@ import math
 import torch
 import torch.nn as nn
 
-from course_utils.exercises import Case, ContractError, Exercise, Mistake
+from course_utils.harness.exercises import Case, ContractError, Exercise, Mistake
 from course_utils.initialization import WidthMLP
 from course_utils.models import TinyTransformer, TransformerConfig, gpt_init_
+from course_utils.optim import value_per_parameter
 
 CHAPTER = "2. Initialization (초기화 전략)"
 
@@ -207,22 +208,11 @@ def mup_param_groups(model, base_lr, base_width):
 
 def _lr_per_parameter(fn, width, base_lr, base_width):
     model = WidthMLP(width)
-    groups = fn(model, base_lr, base_width)
-    if not isinstance(groups, (list, tuple)) or not all(isinstance(g, dict) for g in groups):
-        raise ContractError(f"expected a list of dicts with 'params' and 'lr', got {type(groups).__name__}")
-    lr_of = {}
-    for group in groups:
-        if "params" not in group or "lr" not in group:
-            raise ContractError(f"every group needs 'params' and 'lr'; got keys {sorted(group)}")
-        params = group["params"]
-        for p in [params] if isinstance(params, torch.Tensor) else params:  # torch.optim accepts both
-            if id(p) in lr_of:
-                raise ContractError("a parameter appears in two groups")
-            lr_of[id(p)] = float(group["lr"])
-    missing = [name for name, p in model.named_parameters() if id(p) not in lr_of]
-    if missing:
-        raise ContractError(f"parameters missing from the groups: {missing}")
-    return {f"lr of {name}": torch.tensor(lr_of[id(p)], dtype=torch.float64) for name, p in model.named_parameters()}
+    try:
+        lr_of = value_per_parameter(model, fn(model, base_lr, base_width), "lr")
+    except ValueError as exc:  # the groups torch.optim would refuse, or that leave a parameter out
+        raise ContractError(str(exc)) from None
+    return {f"lr of {name}": torch.tensor(lr, dtype=torch.float64) for name, lr in lr_of.items()}
 
 
 def _mup_cases():
@@ -251,14 +241,17 @@ EXERCISES = [
         id="2.1", title="Xavier/Glorot uniform", reference=xavier_uniform, cases=_xavier_cases,
         call=_sample_statistics, tolerances=STAT_TOLERANCE, output_names=SAMPLE_STATISTICS,
         mistakes=(
-            Mistake("normal instead of uniform", lambda o, i, gain=1.0: torch.randn(o, i) * gain * math.sqrt(2 / (i + o)),
-                    "Right variance, wrong shape: this asks for a *uniform* U(-a, a); its kurtosis is 1.8, a normal's 3."),
+            Mistake("normal instead of uniform", lambda o, i, gain=1.0: torch.randn(o, i) * gain * math.sqrt(
+                2 / (i + o)),
+                    "Right variance, wrong shape: this asks for a *uniform* U(-a, a); its kurtosis is 1.8, "
+                    "a normal's 3."),
             Mistake("gain ignored", lambda o, i, gain=1.0: torch.empty(o, i).uniform_(
                 -math.sqrt(6 / (i + o)), math.sqrt(6 / (i + o))),
                     "Multiply the bound by `gain` (5/3 for tanh, sqrt(2) for ReLU)."),
             Mistake("variance used as bound", lambda o, i, gain=1.0: torch.empty(o, i).uniform_(
                 -gain * math.sqrt(2 / (i + o)), gain * math.sqrt(2 / (i + o))),
-                    "U(-a, a) has variance a²/3, so the bound for variance 2/(fan_in+fan_out) is sqrt(6/(fan_in+fan_out))."),
+                    "U(-a, a) has variance a²/3, so the bound for variance 2/(fan_in+fan_out) is "
+                    "sqrt(6/(fan_in+fan_out))."),
             Mistake("fan_in only", lambda o, i, gain=1.0: torch.empty(o, i).uniform_(
                 -gain * math.sqrt(3 / i), gain * math.sqrt(3 / i)),
                     "That is LeCun's fan_in rule; Xavier averages both fans: Var W = 2 / (fan_in + fan_out)."),
@@ -274,8 +267,9 @@ EXERCISES = [
             Mistake("no ReLU gain", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) / math.sqrt(
                 i if mode == "fan_in" else o) * {"relu": 1.0, "linear": 1.0, "tanh": 5 / 3}[nonlinearity],
                     "ReLU zeroes half its inputs, halving the second moment: the gain is sqrt(2)."),
-            Mistake("gain on the variance", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) * math.sqrt(
-                {"relu": math.sqrt(2), "linear": 1.0, "tanh": 5 / 3}[nonlinearity] / (i if mode == "fan_in" else o)),
+            Mistake("gain on the variance", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) *
+                math.sqrt({"relu": math.sqrt(2), "linear": 1.0, "tanh": 5 / 3}[nonlinearity] /
+                          (i if mode == "fan_in" else o)),
                     "The gain multiplies the standard deviation: std = gain / sqrt(fan), i.e. variance = gain² / fan."),
         ),
     ),

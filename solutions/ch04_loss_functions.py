@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from course_utils.exercises import Case, Exercise, Mistake
+from course_utils.harness.exercises import Case, Exercise, Mistake
+from course_utils.harness.launchers import launch_ce_row_kernel
 from course_utils.runtime import import_triton
 
 triton, tl = import_triton()
@@ -23,11 +24,15 @@ def _ce_cases(smoothing: bool = False):
         return (next(eps),) if smoothing else ()
 
     return [
-        Case("8 rows, vocabulary 5", (torch.randn(8, 5, generator=g), torch.randint(0, 5, (8,), generator=g), *extra())),
+        Case("8 rows, vocabulary 5", (torch.randn(8, 5, generator=g),
+                                      torch.randint(0, 5, (8,), generator=g), *extra())),
         Case("one row", (torch.randn(1, 7, generator=g), torch.tensor([6]), *extra())),
-        Case("large logits (~100)", (100 + torch.randn(4, 6, generator=g), torch.randint(0, 6, (4,), generator=g), *extra())),
-        Case("huge logits (~1e4)", (1e4 * torch.randn(4, 6, generator=g), torch.randint(0, 6, (4,), generator=g), *extra())),
-        Case("vocabulary 1000", (3 * torch.randn(5, 1000, generator=g), torch.randint(0, 1000, (5,), generator=g), *extra())),
+        Case("large logits (~100)", (100 + torch.randn(4, 6, generator=g),
+                                     torch.randint(0, 6, (4,), generator=g), *extra())),
+        Case("huge logits (~1e4)", (1e4 * torch.randn(4, 6, generator=g),
+                                    torch.randint(0, 6, (4,), generator=g), *extra())),
+        Case("vocabulary 1000", (3 * torch.randn(5, 1000, generator=g),
+                                 torch.randint(0, 1000, (5,), generator=g), *extra())),
         Case("confident and right", (torch.tensor([[20.0, 0.0, 0.0]]), torch.tensor([0]), *extra())),
     ]
 
@@ -262,11 +267,6 @@ def _ce_kernel_reads_ignored_target(logits_ptr, target_ptr, loss_ptr, row_stride
     _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, True, True, False)
 
 
-def _launch_ce(kernel, logits, target, ignore_index=-100):
-    from course_utils.kernels.cross_entropy import launch_ce_row_kernel
-
-    return launch_ce_row_kernel(kernel, logits, target, ignore_index)
-
 
 def _kernel_cases():
     g = torch.Generator().manual_seed(45)
@@ -274,7 +274,8 @@ def _kernel_cases():
     with_ignored[::2] = -100
     return [
         Case("5 rows, vocabulary 123", (torch.randn(5, 123, generator=g), torch.randint(0, 123, (5,), generator=g))),
-        Case("all-negative logits, vocabulary 50", (-5 - torch.rand(3, 50, generator=g), torch.randint(0, 50, (3,), generator=g))),
+        Case("all-negative logits, vocabulary 50", (-5 - torch.rand(3, 50, generator=g),
+                                                    torch.randint(0, 50, (3,), generator=g))),
         Case("huge logits (x300)", (300 * torch.randn(4, 37, generator=g), torch.randint(0, 37, (4,), generator=g))),
         Case("every other row ignored", (torch.randn(6, 100, generator=g), with_ignored)),
         Case("ignore_index = 3, a class id (rows with target 3 are ignored)",
@@ -316,7 +317,8 @@ EXERCISES = [
         mistakes=(
             Mistake("inverted", _labels_inverted,
                     "It is the assistant's tokens that the model learns to write: keep those, mask the rest."),
-            Mistake("system kept", _labels_keep_system, "Mask the system prompt too: only the assistant's tokens count."),
+            Mistake("system kept", _labels_keep_system,
+                    "Mask the system prompt too: only the assistant's tokens count."),
             Mistake("headers kept", _labels_with_headers,
                     "Role headers are template, not something the model should learn to produce: mask them."),
         ),
@@ -325,20 +327,22 @@ EXERCISES = [
         id="4.4", title="mean over the counted tokens", reference=masked_mean_cross_entropy, cases=_masked_cases,
         mistakes=(
             Mistake("mean over all positions", _masked_mean_over_all,
-                    "Divide by the number of counted tokens, not by all positions: ignored ones must not dilute the mean."),
+                    "Divide by the number of counted tokens, not by all positions: ignored ones must not dilute "
+                    "the mean."),
             Mistake("ignored as token 0", _masked_as_token_zero,
                     "Positions labelled -100 must drop out of the loss, not be scored as token 0."),
         ),
     ),
     Exercise(
         id="4.5", title="Triton loss kernel", reference=cross_entropy_row_kernel, cases=_kernel_cases,
-        call=_launch_ce,
+        call=launch_ce_row_kernel,
         tolerances={torch.float32: (1e-5, 1e-5)},  # logsumexp of 1000-ish values summed in another order
         mistakes=(
             Mistake("padding loaded as 0", _ce_kernel_pads_with_zero,
                     "Masked lanes must load -inf: with 0.0 they enter the max and add exp(0 - max) to the sum."),
             Mistake("no max subtraction", _ce_kernel_no_max,
-                    "Subtract the row max before tl.exp (and add it back to the log): large logits overflow otherwise."),
+                    "Subtract the row max before tl.exp (and add it back to the log): large logits overflow "
+                    "otherwise."),
             Mistake("row[target] read for ignored rows", _ce_kernel_reads_ignored_target,
                     "tl.where picks 0.0 for an ignored row only after row[target] was loaded, and target = "
                     "ignore_index (-100) points before the row: branch first (if target == ignore_index: store 0.0) "

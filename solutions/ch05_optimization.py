@@ -3,9 +3,16 @@
 import torch
 import torch.nn.functional as F
 
-from course_utils.exercises import Case, ContractError, Exercise, KernelReference, Mistake
+from course_utils.harness.exercises import Case, ContractError, Exercise, KernelReference, Mistake
+from course_utils.harness.launchers import launch_adamw_kernel
 from course_utils.models import TinyTransformer, TransformerConfig
-from course_utils.optim import adam_l2_update, adamw_update, describe_groups, factored_second_moment, weight_decay_groups
+from course_utils.optim import (
+    adam_l2_update,
+    adamw_update,
+    describe_groups,
+    factored_second_moment,
+    weight_decay_groups,
+)
 from course_utils.runtime import import_triton
 from course_utils.training import accumulate_gradients
 
@@ -13,7 +20,7 @@ triton, tl = import_triton()
 
 CHAPTER = "5. Optimization (최적화 알고리즘 심화)"
 
-__all__ = ["adamw_update", "weight_decay_groups", "accumulate_gradients", "factored_second_moment", "adamw_kernel"]
+__all__ = ["adamw_update", "weight_decay_groups", "accumulate_gradients", "factored_second_moment", "adamw_kernel"]  # noqa: F822  (adamw_kernel: module __getattr__)
 
 # ------------------------------------------------------------------------------- 5.1 AdamW step
 
@@ -209,10 +216,12 @@ def _factored_cases():
     gen = torch.Generator().manual_seed(54)
     eps1 = torch.finfo(torch.float32).eps
     return [
-        Case("step 1 (beta2_t = 0), 5 x 3", (torch.randn(5, 3, generator=gen), torch.zeros(5), torch.zeros(3), 0.0, eps1)),
-        Case("step 10, 4 x 7", (torch.randn(4, 7, generator=gen), torch.rand(4, generator=gen), torch.rand(7, generator=gen),
-                                1 - 10 ** -0.8, eps1)),
-        Case("rank-1 gradient (the estimate is exact)", (torch.outer(torch.randn(6, generator=gen), torch.randn(2, generator=gen)),
+        Case("step 1 (beta2_t = 0), 5 x 3", (torch.randn(5, 3, generator=gen),
+                                             torch.zeros(5), torch.zeros(3), 0.0, eps1)),
+        Case("step 10, 4 x 7", (torch.randn(4, 7, generator=gen), torch.rand(4, generator=gen),
+                                torch.rand(7, generator=gen), 1 - 10 ** -0.8, eps1)),
+        Case("rank-1 gradient (the estimate is exact)", (torch.outer(torch.randn(6, generator=gen),
+                                                                     torch.randn(2, generator=gen)),
                                                          torch.zeros(6), torch.zeros(2), 0.0, eps1)),
         Case("zero gradient at step 1", (torch.zeros(3, 3), torch.zeros(3), torch.zeros(3), 0.0, eps1)),
         Case("tiny gradient, eps1 = 1e-3 (the clamp decides)",
@@ -297,11 +306,6 @@ def _adamw_kernel_unmasked_load(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta
                    bias_correction2, BLOCK, True, True, True, True, False)
 
 
-def _launch_adamw(kernel, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
-    from course_utils.kernels.adamw import launch_adamw_kernel
-
-    return launch_adamw_kernel(kernel, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
-
 
 def _kernel_cases():
     gen = torch.Generator().manual_seed(55)
@@ -315,13 +319,15 @@ def _kernel_cases():
         Case("1000 elements (one partial block), step 1", (*tensors(1000, 1), 1, 1e-2, 0.9, 0.999, 1e-8, 0.1)),
         Case("2500 elements (three blocks), step 5, lr 0.5, wd 0.5", (*tensors(2500, 5), 5, 0.5, 0.9, 0.95, 1e-8, 0.5)),
         Case("one element, step 2", (*tensors(1, 2), 2, 0.1, 0.8, 0.99, 1e-6, 0.01)),
-        Case("37 x 29 matrix, step 10", (*(t.view(37, 29) for t in tensors(37 * 29, 10)), 10, 3e-3, 0.9, 0.95, 1e-8, 0.1)),
+        Case("37 x 29 matrix, step 10", (*(t.view(37, 29) for t in tensors(37 * 29, 10)),
+                                         10, 3e-3, 0.9, 0.95, 1e-8, 0.1)),
     ]
 
 
 EXERCISES = [
     Exercise(
-        id="5.1", title="AdamW step from scratch", reference=adamw_update, cases=_adamw_cases, output_names=("p", "m", "v"),
+        id="5.1", title="AdamW step from scratch", reference=adamw_update, cases=_adamw_cases,
+        output_names=("p", "m", "v"),
         mistakes=(
             Mistake("no bias correction", _adamw_no_bias_correction,
                     "Divide m by (1 - beta1**step) and v by (1 - beta2**step): at step 1 the raw moments are "
@@ -385,13 +391,14 @@ EXERCISES = [
     ),
     Exercise(
         id="5.5", title="fused Triton AdamW kernel", reference=ADAMW_KERNEL, cases=_kernel_cases,
-        call=_launch_adamw,
+        call=launch_adamw_kernel,
         mistakes=(
             Mistake("L2 instead of decoupled decay", _adamw_kernel_l2,
                     "Adding weight_decay * p to g is Adam + L2. Decoupled: p = p * (1 - lr * weight_decay) before "
                     "the Adam update, and g unchanged."),
             Mistake("no bias correction", _adamw_kernel_no_bias_correction,
-                    "Use the bias corrections passed in: lr / bias_correction1 * m / (sqrt(v / bias_correction2) + eps)."),
+                    "Use the bias corrections passed in: lr / bias_correction1 * m / "
+                    "(sqrt(v / bias_correction2) + eps)."),
             Mistake("moments not stored", _adamw_kernel_moments_not_stored,
                     "Store the new m and v as well: the next step starts from them."),
             Mistake("load without a mask", _adamw_kernel_unmasked_load,

@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from course_utils.exercises import Case, Exercise, Mistake
+from course_utils.harness.exercises import Case, Exercise, Mistake
+from course_utils.harness.launchers import launch_gumbel_kernel
 from course_utils.runtime import import_triton
 from course_utils.sampling import apply_repetition_penalty, beam_search, min_p_filter, top_k_filter, top_p_filter
 
@@ -27,7 +28,8 @@ def _log(probs):
 # ------------------------------------------------------------------------------------- 6.1 top-k
 
 def _top_k_by_index(logits, k):  # exactly k tokens: a tie at the boundary is cut arbitrarily
-    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, torch.topk(logits, min(k, logits.shape[-1]), dim=-1).indices, True)
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(
+        -1, torch.topk(logits, min(k, logits.shape[-1]), dim=-1).indices, True)
     return logits.masked_fill(~keep, NEG)
 
 
@@ -168,7 +170,8 @@ def _min_p_cases():
     return [
         Case("min_p = 0.25 on [1/2, 1/4, 1/8, 1/8] (1/8 is on the threshold up to rounding: either is accepted)",
              (_log([0.5, 0.25, 0.125, 0.125]), 0.25)),
-        Case("min_p = 1 keeps exactly the tied maxima", (torch.tensor([[2.0, 5.0, 5.0, 1.0], [0.0, -1.0, 0.0, 0.0]]), 1.0)),
+        Case("min_p = 1 keeps exactly the tied maxima",
+             (torch.tensor([[2.0, 5.0, 5.0, 1.0], [0.0, -1.0, 0.0, 0.0]]), 1.0)),
         Case("min_p = 0.1, a flat-ish batch", (0.3 * torch.randn(3, 30, generator=g), 0.1)),
         Case("min_p = 0.05, a peaked row", (4 * torch.randn(40, generator=g), 0.05)),
         Case("min_p = 0 keeps everything", (torch.randn(5, generator=g), 0.0)),
@@ -202,7 +205,8 @@ def _penalty_subtracted(logits, previous, penalty):
 def _penalty_cases():
     g = torch.Generator().manual_seed(64)
     return [
-        Case("positive and negative logits, penalty 1.3", (torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0]), torch.tensor([0, 1]), 1.3)),
+        Case("positive and negative logits, penalty 1.3", (torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0]),
+                                                           torch.tensor([0, 1]), 1.3)),
         Case("a token repeated three times", (torch.randn(8, generator=g), torch.tensor([2, 2, 2, 5]), 1.5)),
         Case("penalty 1 changes nothing", (torch.randn(6, generator=g), torch.tensor([0, 3]), 1.0)),
         Case("a negative logit repeated", (torch.tensor([1.0, -2.0, 0.3]), torch.tensor([1, 1, 2]), 2.0)),
@@ -258,7 +262,8 @@ def _beam_cases():
         Case("greedy trap (beam 2, 2 steps)", (_markov_scorer(trap), [0], 2, 2)),
         Case("6 tokens, eos = 5, beam 3, 6 steps, length penalty 1", (_markov_scorer(table(6)), [0], 3, 6, 5, 1.0)),
         Case("8 tokens, no eos, beam 4, 5 steps", (_markov_scorer(table(8)), [1, 2], 4, 5)),
-        Case("5 tokens, eos = 0, beam 2, 8 steps, length penalty 0.6", (_markov_scorer(table(5, 1.0)), [3], 2, 8, 0, 0.6)),
+        Case("5 tokens, eos = 0, beam 2, 8 steps, length penalty 0.6",
+             (_markov_scorer(table(5, 1.0)), [3], 2, 8, 0, 0.6)),
         Case("beam 1 is greedy", (_markov_scorer(table(6)), [0], 1, 4)),
     ]
 
@@ -326,11 +331,6 @@ def _gumbel_unmasked(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, s
     _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, True, True, False, False)
 
 
-def _launch_gumbel(kernel, logits, temperature, seed):
-    from course_utils.kernels.sampling import launch_gumbel_kernel
-
-    return launch_gumbel_kernel(kernel, logits, temperature, seed)
-
 
 def _gumbel_cases():
     g = torch.Generator().manual_seed(66)
@@ -352,7 +352,8 @@ EXERCISES = [
             Mistake("probabilities instead of logits", _top_k_probabilities_zeroed,
                     "Return logits with the removed tokens at -inf (so that temperature and softmax can follow), "
                     "not probabilities with zeros."),
-            Mistake("the k smallest", _top_k_smallest, "Keep the k *largest* logits (torch.topk's default, largest=True)."),
+            Mistake("the k smallest", _top_k_smallest,
+                    "Keep the k *largest* logits (torch.topk's default, largest=True)."),
         ),
     ),
     Exercise(
@@ -417,9 +418,10 @@ EXERCISES = [
     ),
     Exercise(
         id="6.6", title="Triton Gumbel-max sampling kernel", reference=gumbel_max_kernel, cases=_gumbel_cases,
-        call=_launch_gumbel,
+        call=launch_gumbel_kernel,
         mistakes=(
-            Mistake("temperature ignored", _gumbel_no_temperature, "Scale the logits by inv_temperature before adding the noise."),
+            Mistake("temperature ignored", _gumbel_no_temperature,
+                    "Scale the logits by inv_temperature before adding the noise."),
             Mistake("log(u) instead of Gumbel noise", _gumbel_log_u,
                     "Gumbel noise is -log(-log(u)); log(u) alone does not give draws from the softmax."),
             Mistake("padding lanes can win", _gumbel_padding_wins,

@@ -5,7 +5,8 @@ import math
 import torch
 
 from course_utils.attention import merge_partial_attention
-from course_utils.exercises import Case, Exercise, Mistake
+from course_utils.harness.exercises import Case, Exercise, Mistake
+from course_utils.harness.launchers import launch_attention_kernel
 from course_utils.rope import llama3_scaled_inv_freq, ntk_scaled_inv_freq, rope_inv_freq, rope_rotate
 from course_utils.runtime import import_triton
 
@@ -13,7 +14,8 @@ triton, tl = import_triton()
 
 CHAPTER = "7. Long sequences (긴 시퀀스 학습)"
 
-__all__ = ["rope_rotate", "ntk_scaled_inv_freq", "llama3_scaled_inv_freq", "merge_partial_attention", "attention_kernel"]
+__all__ = ["rope_rotate", "ntk_scaled_inv_freq", "llama3_scaled_inv_freq", "merge_partial_attention",
+           "attention_kernel"]
 
 
 # ------------------------------------------------------------------------------------- 7.1 RoPE
@@ -42,9 +44,11 @@ def _rope_cases():
     g = torch.Generator().manual_seed(71)
     return [
         Case("one head, 5 positions, d = 8", (torch.randn(5, 8, generator=g), torch.arange(5), rope_inv_freq(8))),
-        Case("(2, 3, 7, 16): batch and heads", (torch.randn(2, 3, 7, 16, generator=g), torch.arange(7), rope_inv_freq(16))),
+        Case("(2, 3, 7, 16): batch and heads",
+             (torch.randn(2, 3, 7, 16, generator=g), torch.arange(7), rope_inv_freq(16))),
         Case("positions 1000-1003", (torch.randn(4, 8, generator=g), torch.arange(1000, 1004), rope_inv_freq(8))),
-        Case("interpolated positions 0, 0.5, 1", (torch.randn(3, 4, generator=g), torch.tensor([0.0, 0.5, 1.0]), rope_inv_freq(4))),
+        Case("interpolated positions 0, 0.5, 1",
+             (torch.randn(3, 4, generator=g), torch.tensor([0.0, 0.5, 1.0]), rope_inv_freq(4))),
         Case("base 500000 (Llama 3), d = 16, positions 0-99",
              (torch.randn(100, 16, generator=g), torch.arange(100), rope_inv_freq(16, base=500000.0))),
         Case("scaled frequencies (every one divided by 4, as PI does)",
@@ -214,19 +218,22 @@ def _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.con
 @triton.jit
 def _attention_no_rescale(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           HEAD_DIM: tl.constexpr):
-    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, False, True, True, True, True)
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, False, True, True, True,
+                       True)
 
 
 @triton.jit
 def _attention_padding_scores_zero(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr,
                                    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
-    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, False, True, True, True)
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, False, True, True,
+                       True)
 
 
 @triton.jit
 def _attention_unnormalised(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                             HEAD_DIM: tl.constexpr):
-    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, True, False, True, True)
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, True, False, True,
+                       True)
 
 
 @triton.jit
@@ -242,11 +249,6 @@ def _attention_unmasked_store(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M:
     _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, True, True, True,
                        False)
 
-
-def _launch_attention(kernel, q, k, v, scale=None):
-    from course_utils.kernels.attention import launch_attention_kernel
-
-    return launch_attention_kernel(kernel, q, k, v, scale=scale)
 
 
 def _attention_cases():
@@ -275,7 +277,8 @@ EXERCISES = [
                     "The rotation by t maps (a, b) to (a cos t - b sin t, a sin t + b cos t)."),
             Mistake("angle without the position", _rope_no_position,
                     "The angle is position * inv_freq[i]: every position gets its own rotation."),
-            Mistake("inv_freq recomputed", lambda x, positions, inv_freq: rope_rotate(x, positions, rope_inv_freq(x.shape[-1])),
+            Mistake("inv_freq recomputed", lambda x, positions, inv_freq: rope_rotate(
+                x, positions, rope_inv_freq(x.shape[-1])),
                     "Use the inv_freq you are given: scaled RoPE (PI, NTK, YaRN, Llama 3.1) and other bases (Llama 3 "
                     "uses 500000) differ only in it; recomputing base-10000 frequencies ignores them."),
         ),
@@ -318,7 +321,7 @@ EXERCISES = [
     ),
     Exercise(
         id="7.5", title="Triton FlashAttention forward", reference=attention_kernel, cases=_attention_cases,
-        call=_launch_attention,
+        call=launch_attention_kernel,
         tolerances={torch.float32: (1e-5, 1e-5)},  # blockwise sums in another order than the reference
         mistakes=(
             Mistake("accumulator not rescaled", _attention_no_rescale,
@@ -327,7 +330,8 @@ EXERCISES = [
             Mistake("padding keys scored 0", _attention_padding_scores_zero,
                     "Keys at or beyond n_ctx must score -inf (tl.where(offs_n < n_ctx, s, -inf)); with score 0 they "
                     "take softmax weight."),
-            Mistake("not divided by l", _attention_unnormalised, "Divide the accumulator by the running sum l at the end."),
+            Mistake("not divided by l", _attention_unnormalised,
+                    "Divide the accumulator by the running sum l at the end."),
             Mistake("K and V loaded without a mask", _attention_unmasked_kv,
                     "The last key block runs past n_ctx: load K and V with mask=offs_n[:, None] < n_ctx, other=0.0. "
                     "Scoring those keys -inf is not enough: P @ V still multiplies 0 by whatever lies past the end."),

@@ -1,12 +1,13 @@
-"""Notebook 08: further questions and the capstone. The answers live in course_utils (further.py,
-sampling.py) because the capstone and the widgets use them."""
+"""Notebook 08: further questions and the capstone. The answers live in course_utils (training.py for the
+schedule, further.py, sampling.py) because the capstone and the widgets use them."""
 import math
 
 import torch
 
-from course_utils.exercises import Case, Exercise, Mistake
-from course_utils.further import grad_norm_spikes, remaining_after_decay, warmup_cosine_lr
+from course_utils.further import grad_norm_spikes, remaining_after_decay
+from course_utils.harness.exercises import Case, Exercise, Mistake
 from course_utils.sampling import softmax_with_temperature
+from course_utils.training import warmup_cosine_lr
 
 CHAPTER = "8. Further questions (Further Questions)"
 
@@ -33,7 +34,8 @@ def _schedule_no_floor(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
 
 
 def _schedule_cases():
-    return [Case(f"step {s} of 100, warmup 10, min_lr 1e-4", (s, 1e-3, 10, 100, 1e-4)) for s in (0, 9, 10, 32, 55, 100, 150)] + [
+    return [Case(f"step {s} of 100, warmup 10, min_lr 1e-4", (s, 1e-3, 10, 100, 1e-4))
+            for s in (0, 9, 10, 32, 55, 100, 150)] + [
         Case("no warmup, step 0", (0, 3e-4, 0, 50, 0.0)),
     ]
 
@@ -102,7 +104,8 @@ def _spikes_from_start(norms, window, factor):
 
 
 def _spikes_lower_median(norms, window, factor):  # torch.median: the lower of the two middle values
-    return [i for i in range(window, len(norms)) if norms[i] > factor * float(torch.tensor(norms[i - window: i]).median())]
+    return [i for i in range(window, len(norms))
+            if norms[i] > factor * float(torch.tensor(norms[i - window: i]).median())]
 
 
 def _spike_cases():
@@ -157,7 +160,8 @@ EXERCISES = [
                     "get_cosine_schedule_with_warmup does) is common too. This exercise's contract is nanoGPT's: "
                     "max_lr * (step + 1) / warmup_steps, so step 0 already trains and the warmup ends at max_lr."),
             Mistake("cosine counted from step 0", _schedule_cosine_from_zero,
-                    "The cosine starts after the warmup: progress = (step - warmup_steps) / (total_steps - warmup_steps)."),
+                    "The cosine starts after the warmup: progress = (step - warmup_steps) / "
+                    "(total_steps - warmup_steps)."),
             Mistake("no floor", _schedule_no_floor, "The cosine goes from max_lr down to min_lr, not to 0."),
         ),
     ),
@@ -181,8 +185,10 @@ EXERCISES = [
                     "exp(z / T) overflows for small T (z / T > 88.7 in float32): subtract the row max first, or use "
                     "torch.softmax(z / T, dim=-1)."),
             Mistake("argmax at T = 0", _tempered_argmax_at_zero,
-                    "The limit T -> 0 of softmax(z / T) splits the mass equally between tied maxima; argmax picks one."),
-            Mistake("multiplied by T", _tempered_times_t, "Divide the logits by T: small T sharpens, large T flattens."),
+                    "The limit T -> 0 of softmax(z / T) splits the mass equally between tied maxima; "
+                    "argmax picks one."),
+            Mistake("multiplied by T", _tempered_times_t,
+                    "Divide the logits by T: small T sharpens, large T flattens."),
             Mistake("negative T accepted", _tempered_negative_accepted,
                     "A negative temperature turns the ranking upside down (the least likely token becomes the most "
                     "likely): the contract says raise ValueError for T < 0."),

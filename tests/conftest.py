@@ -15,7 +15,6 @@ os.environ.pop("COURSE_STRICT", None)  # learner mode unless a test asks for str
 os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
 import course_utils  # noqa: E402,F401  (switches on the Triton interpreter before triton is imported)
-
 from course_utils.runtime import triton_status  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@ import csv
 
 import torch
 
-from course_utils import bench
+from course_utils.harness import bench
 
 
 def test_byte_formulas():

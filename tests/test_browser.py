@@ -29,9 +29,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import NOTEBOOKS, REPO_ROOT
-from course_utils.lab import lab_command
+
+from course_utils.harness.lab import lab_command
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"

@@ -1,9 +1,9 @@
 """Every checker accepts its answer and rejects each realistic mistake with that mistake's hint."""
 import pytest
-
 from conftest import TRITON
+
 from course_utils import check
-from course_utils.exercises import checking_references, registry
+from course_utils.harness.exercises import checking_references, registry
 
 EXERCISES = list(registry().values())
 MISTAKES = [(ex, m) for ex in EXERCISES for m in ex.mistakes]

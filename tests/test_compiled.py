@@ -1,7 +1,7 @@
 """Compiled tier: every Triton kernel of the course, compiled by Triton's compiler for NVIDIA targets (sm_80,
 sm_89, sm_90) on this CPU, with the launches its launchers really make:
 
-- the benchmark's kernels at its GPU sizes and dtypes (``course_utils.bench``: row kernels at GPU_SHAPES in
+- the benchmark's kernels at its GPU sizes and dtypes (``course_utils.harness.bench``: row kernels at GPU_SHAPES in
   float32, float16 and bfloat16, forward and backward; AdamW at the same element counts; attention at
   ATTENTION_GPU in float16 with 64 x 64 blocks), walked through their launchers without running the kernels;
 - every Triton exercise's reference and each of its mistakes on the exercise's own cases, run in the
@@ -22,18 +22,18 @@ import pytest
 pytest.importorskip("triton")
 
 import torch  # noqa: E402
+from conftest import REPO_ROOT  # noqa: E402
 
 import course_utils  # noqa: E402, F401  (interpreter switch before triton)
-from conftest import REPO_ROOT  # noqa: E402
 
 ARTIFACT = REPO_ROOT / "test-artifacts" / "compiled_kernels.md"
 
 
 @pytest.fixture(scope="module")
 def reports():
-    from course_utils.bench import benchmark_launches
-    from course_utils.exercises import exercise_launches
-    from course_utils.kernels.compiled import compile_launches, notebook_launches, table
+    from course_utils.harness.bench import benchmark_launches
+    from course_utils.harness.compiled import compile_launches, notebook_launches, table
+    from course_utils.harness.exercises import exercise_launches
 
     launches = benchmark_launches()
     for more in (exercise_launches(), notebook_launches()):
@@ -120,9 +120,9 @@ def test_row_kernels_load_in_128_bit_vectors_at_benchmark_sizes(reports):
 
 def test_the_tier_reports_what_would_not_run_on_a_gpu():
     """Three kernels that run in the interpreter: one the compiler rejects (Python `if` on a tensor's
-    values), one that spills (a 16384-element row block for one warp), FlashAttention's forward in float32 with 128 x 128
-    blocks (more shared memory than any target allows); and one that is fine."""
-    from course_utils.kernels.compiled import TARGETS, Launch, compile_launches
+    values), one that spills (a 16384-element row block for one warp), FlashAttention's forward in float32 with
+    128 x 128 blocks (more shared memory than any target allows); and one that is fine."""
+    from course_utils.harness.compiled import TARGETS, Launch, compile_launches
 
     def launch(kernel, signature, constexprs, aligned=(), warps=4, source=None):
         return Launch(kernel, tuple(signature), tuple(constexprs), tuple(aligned), warps, 3, source)
@@ -138,14 +138,15 @@ def test_the_tier_reports_what_would_not_run_on_a_gpu():
                        ("n_cols", "i32")], [("BLOCK", 16384)], aligned=("x_ptr", "y_ptr"), warps=1)
     flash = [("q_ptr", "*fp32"), ("k_ptr", "*fp32"), ("v_ptr", "*fp32"), ("o_ptr", "*fp32"), ("lse_ptr", "*fp32"),
              ("count_ptr", "*i64"), ("n_ctx", "i32"), ("head_dim", "i32"), ("scale", "fp32")]
-    big_tiles = launch("course_utils.kernels.attention:_flash_fwd_kernel", flash,
+    big_tiles = launch("course_utils.kernels.flash_attention:_flash_fwd_kernel", flash,
                        [("CAUSAL", False), ("COUNT", False), ("BLOCK_M", 128), ("BLOCK_N", 128), ("BLOCK_D", 128),
                         ("PRECISION", "ieee")], aligned=("q_ptr", "k_ptr", "v_ptr", "o_ptr"), warps=8)
     fine = launch("course_utils.kernels.softmax:_softmax_fwd_kernel", spilling.signature, [("BLOCK", 1024)])
     found = compile_launches([data_dependent_if, big_tiles, fine])
     found += compile_launches([spilling], targets=TARGETS[-1:])  # ptxas takes 6 s on it: one target
     problems = {name: ["; ".join(r.problems()) for r in found if r.launch == case]
-                for name, case in [("if", data_dependent_if), ("spill", spilling), ("tiles", big_tiles), ("fine", fine)]}
+                for name, case in [("if", data_dependent_if), ("spill", spilling), ("tiles", big_tiles),
+                                   ("fine", fine)]}
     # the compiler's message, and the kernel line it points at
     assert len(problems["if"]) == 3 and all("ambiguous, at `if x > 0:`" in p for p in problems["if"]), problems["if"]
     assert len(problems["spill"]) == 1 and "spills registers" in problems["spill"][0], problems["spill"]
@@ -191,18 +192,19 @@ def softmax_with_break(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: 
 @pytest.mark.parametrize("kernel, said", [(softmax_with_plain_helper, "Unsupported function referenced"),
                                           (softmax_with_break, "unsupported AST node type: Break, at `break`")])
 def test_check_says_when_a_passing_kernel_would_not_compile(kernel, said, monkeypatch):
-    from course_utils.exercises import check
+    from course_utils.harness.exercises import check
 
     monkeypatch.setenv("COURSE_STRICT", "0")
     learner = check("1.4", kernel, display=False, record=False)
-    assert learner.passed and "⚠ It works in the interpreter" in learner.message and said in learner.message, learner.message
+    assert learner.passed and "⚠ It works in the interpreter" in learner.message and said in learner.message, \
+        learner.message
     monkeypatch.setenv("COURSE_STRICT", "1")
     strict = check("1.4", kernel, display=False, record=False, strict=False)
     assert strict.status == "failed" and said in strict.message
 
 
 def test_check_shows_what_a_correct_kernel_compiles_to():
-    from course_utils.exercises import check, checking_references, reference
+    from course_utils.harness.exercises import check, checking_references, reference
 
     with checking_references():
         result = check("1.4", reference("1.4"), display=False, record=False, strict=False)
@@ -210,7 +212,7 @@ def test_check_shows_what_a_correct_kernel_compiles_to():
 
 
 def test_compile_command_prints_a_notebooks_kernels(capsys):
-    from course_utils.__main__ import main
+    from course_utils.harness.cli import main
 
     assert main(["compile", "02_initialization.ipynb", "--target", "sm_90"]) == 0
     out = capsys.readouterr().out
@@ -219,7 +221,7 @@ def test_compile_command_prints_a_notebooks_kernels(capsys):
 
 
 def test_gpu_check_refuses_clearly_without_a_gpu(capsys, tmp_path):
-    from course_utils.__main__ import main
+    from course_utils.harness.cli import main
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: `make gpu-check` runs for real")

@@ -3,14 +3,20 @@ import pytest
 import torch
 
 from course_utils import check, use
-from course_utils.exercises import (ExerciseNotPassed, describe_mismatch, exercise_ids, reference,
-                                    solution_source, stub_source)
+from course_utils.harness.exercises import (
+    ExerciseNotPassed,
+    describe_mismatch,
+    exercise_ids,
+    reference,
+    solution_source,
+    stub_source,
+)
 from solutions import ch00_start_here, ch01_backpropagation
 
 
 def test_ids_in_course_order():
     """Chapters in order, each one's exercises numbered 1, 2, ... without a gap, and each in its chapter's module."""
-    from course_utils.exercises import registry
+    from course_utils.harness.exercises import registry
 
     ids = [tuple(map(int, i.split("."))) for i in exercise_ids()]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
@@ -24,7 +30,7 @@ def test_ids_in_course_order():
 
 def test_triton_exercises_are_known_by_their_reference():
     """needs_triton comes from the reference (a kernel, or a KernelReference), and with it the 120 s limit."""
-    from course_utils.exercises import registry
+    from course_utils.harness.exercises import registry
 
     triton_ids = [ex.id for ex in registry().values() if ex.needs_triton]
     assert triton_ids == ["1.4", "3.3", "4.5", "5.5", "6.6", "7.5"]
@@ -121,7 +127,7 @@ def test_hanging_code_is_stopped(monkeypatch):
 @pytest.fixture
 def no_sigalrm(monkeypatch):
     """The time limit as on Windows (or off the main thread): no SIGALRM, a worker thread instead."""
-    from course_utils import exercises
+    from course_utils.harness import exercises
 
     monkeypatch.setattr(exercises, "_signal_timer_usable", lambda: False)
 
@@ -192,7 +198,7 @@ def test_failure_names_case_error_and_hint(capsys):
 
 
 def test_pass_is_displayed_and_recorded(capsys, progress_file):
-    from course_utils import progress
+    from course_utils.harness import progress
 
     check("0.1", lambda prediction, target: ((prediction - target) ** 2).mean())  # a learner's answer
     assert "✅ 0.1 mean squared error: passed all 4 cases." in capsys.readouterr().out
@@ -348,7 +354,8 @@ def test_correct_answers_written_differently_are_accepted():
         return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
     def layer_norm_var(x, weight, bias, eps=1e-5):
-        return (x - x.mean(-1, keepdim=True)) * torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + eps) * weight + bias
+        return ((x - x.mean(-1, keepdim=True)) * torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + eps)
+                * weight + bias)
 
     for exercise, fn in [("6.3", min_p_probabilities), ("6.3", min_p_exp), ("6.2", top_p_float32),
                          ("3.1", layer_norm_builtin), ("3.1", layer_norm_var)]:
@@ -393,7 +400,7 @@ def test_wrong_rows_are_pointed_at():
 
 
 def test_strided_cases_keep_their_strides():
-    from course_utils.exercises import _clone
+    from course_utils.harness.exercises import _clone
 
     x = torch.randn(10, 40)[::2]
     copy = _clone(x)

@@ -5,13 +5,16 @@ import statistics
 import pytest
 import torch
 
-from course_utils import further, progress
-from course_utils.exercises import from_progress, reference
+from course_utils import further, training
+from course_utils.harness import progress
+from course_utils.harness.exercises import from_progress, reference
 from course_utils.runtime import triton_status
 
 
 def test_warmup_cosine_hand_values():
-    lr = lambda s: further.warmup_cosine_lr(s, 1.0, 10, 110, 0.1)
+    def lr(s):
+        return training.warmup_cosine_lr(s, 1.0, 10, 110, 0.1)
+
     assert lr(0) == pytest.approx(0.1) and lr(9) == pytest.approx(1.0) and lr(10) == pytest.approx(1.0)
     assert lr(60) == pytest.approx(0.55) and lr(110) == pytest.approx(0.1) and lr(500) == pytest.approx(0.1)
     values = [lr(s) for s in range(10, 111)]
@@ -19,7 +22,7 @@ def test_warmup_cosine_hand_values():
 
 
 def test_remaining_after_decay_matches_torch_adamw_on_an_unused_weight():
-    lrs = [further.warmup_cosine_lr(s, 3e-2, 20, 300, 3e-3) for s in range(300)]
+    lrs = [training.warmup_cosine_lr(s, 3e-2, 20, 300, 3e-3) for s in range(300)]
     p = torch.nn.Parameter(torch.ones(4))
     opt = torch.optim.AdamW([p], lr=lrs[0], weight_decay=0.5)
     for lr in lrs:
@@ -112,7 +115,7 @@ def test_check_records_the_passing_source_and_refuses_the_reference(progress_fil
 
 
 def test_every_non_triton_answer_survives_the_round_trip_through_the_progress_file(progress_file, capsys):
-    from course_utils.exercises import _is_triton, exercise_ids, solution_source
+    from course_utils.harness.exercises import _is_triton, exercise_ids, solution_source
 
     for exercise_id in exercise_ids():
         if _is_triton(reference(exercise_id)):

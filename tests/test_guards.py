@@ -1,13 +1,13 @@
-"""Guarded buffers for learners' Triton kernels (course_utils.guards): layout, and the messages that name a
+"""Guarded buffers for learners' Triton kernels (course_utils.harness.guards): layout, and the messages that name a
 write outside a tensor or an element never written."""
 import math
 
 import pytest
 import torch
-
 from conftest import requires_triton
-from course_utils.exercises import ContractError
-from course_utils.guards import SENTINEL, check_untouched, check_written, guarded
+
+from course_utils.harness.exercises import ContractError
+from course_utils.harness.guards import SENTINEL, check_untouched, check_written, guarded
 
 
 def test_an_input_sits_inside_its_guard_with_padded_rows():
@@ -56,7 +56,7 @@ def test_a_nan_guard_counts_only_non_nan_changes():
 def test_the_interpreter_names_a_load_outside_every_tensor():
     import os
 
-    from course_utils.guards import watch_accesses
+    from course_utils.harness.guards import watch_accesses
     from course_utils.runtime import import_triton
 
     if os.environ.get("TRITON_INTERPRET") != "1":

@@ -91,7 +91,7 @@ def test_swiglu_shape_mismatch_is_a_clear_error():
 
 
 def test_row_kernel_exercise_answer_matches_torch():
-    from course_utils.kernels.softmax import launch_row_kernel
+    from course_utils.harness.launchers import launch_row_kernel
     from solutions.ch01_backpropagation import softmax_row_kernel
 
     for shape in [(5, 123), (1, 1), (8, 256)]:
@@ -100,7 +100,7 @@ def test_row_kernel_exercise_answer_matches_torch():
 
 
 def test_launcher_refuses_a_plain_function():
-    from course_utils.kernels.softmax import launch_row_kernel
+    from course_utils.harness.launchers import launch_row_kernel
 
     with pytest.raises(TypeError, match="@triton.jit"):
         launch_row_kernel(lambda *a, **k: None, torch.randn(2, 3, device=DEVICE))
@@ -173,7 +173,7 @@ def test_norm_kernels_non_contiguous_constant_rows_and_errors():
 
 
 def test_rmsnorm_exercise_kernel_matches_torch():
-    from course_utils.kernels.rmsnorm import launch_rmsnorm_fwd
+    from course_utils.harness.launchers import launch_rmsnorm_fwd
     from solutions.ch03_normalization import rmsnorm_fwd_kernel
 
     for shape in [(5, 123), (1, 1), (8, 256)]:
@@ -186,7 +186,8 @@ def test_rmsnorm_exercise_kernel_matches_torch():
 def test_softmax_zero_dim_and_empty_rows():
     from course_utils.kernels.softmax import softmax_triton
 
-    torch.testing.assert_close(softmax_triton(torch.tensor(3.0, device=DEVICE)), torch.softmax(torch.tensor(3.0, device=DEVICE), -1))
+    torch.testing.assert_close(softmax_triton(torch.tensor(3.0, device=DEVICE)),
+                               torch.softmax(torch.tensor(3.0, device=DEVICE), -1))
     assert softmax_triton(torch.empty(2, 3, 0, device=DEVICE)).shape == (2, 3, 0)
 
 
@@ -225,7 +226,10 @@ def test_cross_entropy_extreme_logits_ignored_rows_and_in_place():
     w = torch.randn(8, 16, device=DEVICE, requires_grad=True)
     h = torch.randn(4, 8, device=DEVICE)
     target = torch.tensor([1, 5, -100, 15], device=DEVICE)
-    cross_entropy_triton(h @ w, target, inplace_grad=True).backward()
+    loss = cross_entropy_triton(h @ w, target, inplace_grad=True)
+    # the loss too: the target's logit is read before the gradient overwrites the logits
+    torch.testing.assert_close(loss, F.cross_entropy(h @ w, target))
+    loss.backward()
     w_ref = w.detach().clone().requires_grad_()
     F.cross_entropy(h @ w_ref, target).backward()
     torch.testing.assert_close(w.grad, w_ref.grad)
@@ -234,7 +238,7 @@ def test_cross_entropy_extreme_logits_ignored_rows_and_in_place():
 
 
 def test_cross_entropy_row_kernel_answer_matches_torch():
-    from course_utils.kernels.cross_entropy import launch_ce_row_kernel
+    from course_utils.harness.launchers import launch_ce_row_kernel
     from solutions.ch04_loss_functions import cross_entropy_row_kernel
 
     z, y = 5 * torch.randn(6, 123, device=DEVICE), torch.tensor([0, 5, -100, 122, 7, -100], device=DEVICE)
@@ -286,7 +290,8 @@ def test_triton_adamw_launcher_rejects_bad_input_and_skips_empty():
     with pytest.raises(ValueError, match="float32"):
         adamw_step_(p, p.half(), p.clone(), p.clone(), 1, lr=0.1)
     with pytest.raises(ValueError, match="contiguous"):
-        adamw_step_(torch.zeros(4, 4, device=DEVICE).t(), *(torch.zeros(4, 4, device=DEVICE) for _ in range(3)), 1, lr=0.1)
+        adamw_step_(torch.zeros(4, 4, device=DEVICE).t(),
+                    *(torch.zeros(4, 4, device=DEVICE) for _ in range(3)), 1, lr=0.1)
     with pytest.raises(ValueError, match="step counts from 1"):
         adamw_step_(p, p.clone(), p.clone(), p.clone(), 0, lr=0.1)
     with pytest.raises(TypeError, match="triton.jit"):

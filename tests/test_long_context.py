@@ -85,7 +85,8 @@ def test_yarn_keeps_fast_and_interpolates_slow_frequencies():
 def test_position_interpolation_is_rope_at_scaled_positions():
     x, inv = torch.randn(6, 8), rope.rope_inv_freq(8)
     pi_inv, _ = rope.scaled_inv_freq(inv, "pi", 4.0, 64)
-    torch.testing.assert_close(rope.rope_rotate(x, torch.arange(6), pi_inv), rope.rope_rotate(x, torch.arange(6) / 4, inv))
+    torch.testing.assert_close(rope.rope_rotate(x, torch.arange(6), pi_inv),
+                               rope.rope_rotate(x, torch.arange(6) / 4, inv))
 
 
 def test_rope_model_runs_past_its_context_and_scaling_changes_only_long_range():
@@ -98,7 +99,8 @@ def test_rope_model_runs_past_its_context_and_scaling_changes_only_long_range():
     model.set_rope_scaling("none")
     torch.testing.assert_close(model(ids)[0], plain)
     with pytest.raises(ValueError, match="position='rope'"):
-        TinyTransformer(TransformerConfig(vocab_size=16, block_size=8, n_head=2, d_model=16)).set_rope_scaling("pi", 2.0)
+        TinyTransformer(TransformerConfig(vocab_size=16, block_size=8, n_head=2, d_model=16)).set_rope_scaling(
+            "pi", 2.0)
 
 
 # ------------------------------------------------------------------------------ partial attention
@@ -145,7 +147,7 @@ needs_triton = pytest.mark.skipif(not triton_status().available, reason=triton_s
 @pytest.mark.parametrize("shape", [(1, 1, 1, 16), (1, 2, 37, 24), (2, 1, 50, 16), (1, 2, 130, 64)], ids=str)
 @pytest.mark.parametrize("causal", [False, True])
 def test_flash_forward_and_backward_match_sdpa(shape, causal):
-    from course_utils.kernels.attention import flash_attention_forward, flash_attention_triton
+    from course_utils.kernels.flash_attention import flash_attention_forward, flash_attention_triton
     from course_utils.runtime import device
 
     torch.manual_seed(0)
@@ -165,7 +167,7 @@ def test_flash_forward_and_backward_match_sdpa(shape, causal):
 
 @needs_triton
 def test_flash_forward_half_precision_and_huge_scores():
-    from course_utils.kernels.attention import flash_attention_forward
+    from course_utils.kernels.flash_attention import flash_attention_forward
 
     torch.manual_seed(1)
     q, k, v = (torch.randn(1, 2, 33, 16) for _ in range(3))
@@ -179,7 +181,7 @@ def test_flash_forward_half_precision_and_huge_scores():
 
 @needs_triton
 def test_flash_byte_counter_matches_the_tiling():
-    from course_utils.kernels.attention import flash_attention_forward
+    from course_utils.kernels.flash_attention import flash_attention_forward
 
     B, H, N, D, block = 1, 2, 128, 32, 32
     q = k = v = torch.randn(B, H, N, D)
@@ -196,7 +198,7 @@ def test_flash_backward_bytes_follow_from_its_loops():
     """dK/dV kernel: K, V read and dK, dV written once per key block; each key block streams Q, dO and the two
     row statistics of every query block it sees (all of them, or the causal ones from its own block on). dQ kernel:
     Q, dO, the statistics read and dQ written once, K and V streamed. Plus delta = rowsum(dO * O) in PyTorch."""
-    from course_utils.kernels.attention import flash_attention_backward, flash_attention_forward
+    from course_utils.kernels.flash_attention import flash_attention_backward, flash_attention_forward
 
     B, H, N, D, block = 1, 2, 96, 16, 32
     torch.manual_seed(0)
@@ -217,7 +219,7 @@ def test_flash_backward_bytes_follow_from_its_loops():
 def test_flash_backward_in_float16():
     """float16 inputs and gradients against float64 SDPA. (bfloat16 is compiled by the compiled tier; Triton 3.9's
     interpreter computes tl.dot on bfloat16 wrongly, forward included, so it cannot be checked numerically here.)"""
-    from course_utils.kernels.attention import flash_attention_triton
+    from course_utils.kernels.flash_attention import flash_attention_triton
 
     torch.manual_seed(2)
     q, k, v = (torch.randn(1, 2, 33, 16) for _ in range(3))
@@ -239,8 +241,8 @@ def test_ring_attention_refuses_a_length_that_does_not_split():
 
 @needs_triton
 def test_attention_exercise_launcher_reports_an_unmasked_store():
-    from course_utils.exercises import ContractError
-    from course_utils.kernels.attention import launch_attention_kernel
+    from course_utils.harness.exercises import ContractError
+    from course_utils.harness.launchers import launch_attention_kernel
     from course_utils.runtime import import_triton
 
     triton, tl = import_triton()
@@ -259,7 +261,7 @@ def test_attention_exercise_launcher_reports_an_unmasked_store():
 
 @needs_triton
 def test_flash_forward_rejects_mismatched_shapes():
-    from course_utils.kernels.attention import flash_attention_forward
+    from course_utils.kernels.flash_attention import flash_attention_forward
 
     with pytest.raises(ValueError, match="one \\(B, H, N, D\\) shape"):
         flash_attention_forward(torch.randn(1, 1, 4, 16), torch.randn(1, 1, 5, 16), torch.randn(1, 1, 5, 16))

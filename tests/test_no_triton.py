@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import NOTEBOOKS, REPO_ROOT
-from course_utils.notebook_runner import execute
+
+from course_utils.harness.notebook_runner import execute
 
 BLOCKER = Path(__file__).resolve().parent / "no_triton"
 NO_TRITON_ENV = {"PYTHONPATH": os.pathsep.join([str(BLOCKER), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
@@ -36,7 +36,7 @@ def test_registry_check_and_use_import_nothing_of_triton():
     out = _run(
         "import course_utils, solutions, sys\n"
         "from course_utils import check, use\n"
-        "from course_utils.exercises import exercise_ids, reference, registry\n"
+        "from course_utils.harness.exercises import exercise_ids, reference, registry\n"
         "from course_utils.runtime import triton_status\n"
         "assert triton_status().mode == 'unavailable'\n"
         "assert len(exercise_ids()) == 42\n"

@@ -1,14 +1,14 @@
 """The claims a notebook draws from a cell whose printed text is not compared exactly.
 
 A training run's last digits depend on the CPU's arithmetic order, and a compiler's register counts on its
-version, so such cells carry ``nbval-ignore-output``; what the prose concludes from them is asserted here, with stated margins, by
-re-running the same function the cell calls. ``.ci/run`` runs this file again with
+version, so such cells carry ``nbval-ignore-output``; what the prose concludes from them is asserted here,
+with stated margins, by re-running the same function the cell calls. ``.ci/run`` runs this file again with
 ``ATEN_CPU_CAPABILITY=default`` (another arithmetic order), next to the notebooks.
 """
 import nbformat
 import pytest
-
 from conftest import REPO_ROOT
+
 from course_utils import further, gradflow, normalization, optim
 from course_utils.runtime import triton_status
 
@@ -126,13 +126,15 @@ def test_chapter3_under_the_hood_claims():
 
     rows = {(r["n_cols"], r["warps"]): r for r in normalization.rmsnorm_kernel_compiled(rmsnorm_fwd_kernel)}
     assert all(r["loads per column"] == 2 for r in rows.values())
-    assert rows[1024, 1]["global loads"] == "16x ld.global.v4.b32" and rows[1024, 4]["global loads"] == "4x ld.global.v4.b32"
+    assert (rows[1024, 1]["global loads"] == "16x ld.global.v4.b32"
+            and rows[1024, 4]["global loads"] == "4x ld.global.v4.b32")
     assert rows[1000, 4]["global loads"] == "16x ld.global.b32"
     assert rows[1024, 1]["registers"] > rows[1024, 4]["registers"] > rows[1024, 8]["registers"]
     assert rows[16384, 4]["spilled bytes"] > 0 and rows[16384, 4]["registers"] == 255
     assert rows[16384, 16]["spilled bytes"] == 0
     assert all(r["spilled bytes"] == 0 for key, r in rows.items() if key != (16384, 4))
-    # shared memory: the cross-warp reduction's 4 bytes a warp (none with one warp); 2048 for the 1000-column layout change
+    # shared memory: the cross-warp reduction's 4 bytes a warp (none with one warp);
+    # 2048 for the 1000-column layout change
     assert all(r["shared bytes"] == (0 if warps == 1 else 4 * warps) for (n, warps), r in rows.items() if n != 1000)
     assert rows[1000, 4]["shared bytes"] == 2048
 
@@ -145,7 +147,7 @@ def test_chapter7_compiled_flash_kernels_claims():
     every target and at d = 64 on sm_80 only; the forward spills at d = 128 on sm_89 only; the dQ kernel never
     spills."""
     from course_utils.attention import flash_kernels_compiled
-    from course_utils.kernels.compiled import TARGETS
+    from course_utils.harness.compiled import TARGETS
 
     rows = {(r["kernel"], r["head_dim"], r["target"]): r for r in flash_kernels_compiled()}
     assert all(r["error"] is None for r in rows.values())

@@ -10,16 +10,17 @@ import re
 import matplotlib
 import nbformat
 import pytest
-
 from conftest import NOTEBOOKS
-from course_utils.exercises import exercise_ids, stub_source
-from course_utils.notebook_runner import execute, exercise_cells
+
+from course_utils.harness.exercises import exercise_ids, stub_source
+from course_utils.harness.notebook_runner import execute, exercise_cells
 
 NOTEBOOK_IDS = [p.name for p in NOTEBOOKS]
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS][:3] == ["00_start_here.ipynb", "01_backpropagation.ipynb", "02_initialization.ipynb"]
+    assert [p.name for p in NOTEBOOKS][:3] == ["00_start_here.ipynb", "01_backpropagation.ipynb",
+                                               "02_initialization.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
@@ -90,7 +91,7 @@ def _answer_lines(exercise_id: str) -> list[str]:
     """The reference's body (after its docstring), one whitespace-free string per substantial line."""
     import ast
 
-    from course_utils.exercises import solution_source
+    from course_utils.harness.exercises import solution_source
 
     source = solution_source(exercise_id)
     func = next(n for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.ClassDef)))
@@ -123,7 +124,8 @@ def test_series_styles_are_colour_blind_safe_and_differ_without_colour():
     from course_utils.plotting import OKABE_ITO, SERIES, series
 
     assert all(colour in OKABE_ITO for colour, _, _ in SERIES.values())
-    groups = [("no residual, no norm", "no residual", "post", "pre", "reference"), ("naive", "safe", "online", "reference"),
+    groups = [("no residual, no norm", "no residual", "post", "pre", "reference"),
+              ("naive", "safe", "online", "reference"),
               ("pre", "online", "post"), ("none", "pi", "ntk", "yarn", "llama3")]
     for group in groups:
         linestyles = [str(SERIES[key][1]) for key in group]

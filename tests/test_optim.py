@@ -79,7 +79,8 @@ def test_describe_groups_reports_duplicates_missing_and_foreign_tensors():
     model = _model()
     params = list(model.parameters())
     with pytest.raises(ValueError, match="more than one group"):
-        optim.describe_groups(model, [{"params": params, "weight_decay": 0.1}, {"params": params[:1], "weight_decay": 0.0}])
+        optim.describe_groups(model, [{"params": params, "weight_decay": 0.1},
+                                      {"params": params[:1], "weight_decay": 0.0}])
     with pytest.raises(ValueError, match="in no group"):
         optim.describe_groups(model, [{"params": params[1:], "weight_decay": 0.1}])
     with pytest.raises(ValueError, match="not one of the model's"):

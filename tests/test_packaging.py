@@ -1,13 +1,11 @@
 """pyproject.toml, environment.yml and constraints-cpu.txt describe the same environment."""
 import re
 import sys
-import tomllib
 
 import pytest
-
-from packaging.requirements import Requirement
-
+import tomllib
 from conftest import REPO_ROOT
+from packaging.requirements import Requirement
 
 
 def _pyproject():
@@ -57,11 +55,12 @@ def test_cpu_pins_satisfy_the_declared_ranges():
     project = _pyproject()["project"]
     for req in map(Requirement, project["dependencies"] + project["optional-dependencies"]["test"]):
         assert req.name.lower() in pins, f"{req.name} has no pinned version in constraints-cpu.txt"
-        assert req.specifier.contains(pins[req.name.lower()]), f"pin {req.name}=={pins[req.name.lower()]} outside {req.specifier}"
+        assert req.specifier.contains(pins[req.name.lower()]), \
+            f"pin {req.name}=={pins[req.name.lower()]} outside {req.specifier}"
 
 
 def test_make_lab_binds_localhost_and_keeps_the_token():
-    from course_utils.lab import lab_command
+    from course_utils.harness.lab import lab_command
 
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert "-m course_utils lab" in makefile.split("\nlab:")[1].split("\n\n")[0]

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from course_utils import progress
+from course_utils.harness import progress
+from course_utils.harness.exercises import progress_table
 
 
 def test_missing_file_is_empty_progress(progress_file):
@@ -63,10 +64,10 @@ def test_reset_one_and_all(progress_file):
 
 
 def test_table_lists_every_exercise_by_chapter(progress_file):
-    from course_utils.exercises import exercise_ids
+    from course_utils.harness.exercises import exercise_ids
 
     progress.record("1.2", "passed")
-    table = progress.table()
+    table = progress_table()
     assert "1. Backpropagation (역전파)  (1/6 passed)" in table
     for ex_id in exercise_ids():
         assert f" {ex_id} " in table

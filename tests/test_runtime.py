@@ -4,8 +4,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import requires_triton
+
 from course_utils import runtime
 from course_utils.runtime import import_triton, triton_status
 
@@ -77,7 +77,7 @@ def test_doctor_is_all_ok_here():
 
 
 def test_doctor_exits_non_zero_on_a_fail(monkeypatch, capsys):
-    from course_utils import __main__ as cli
+    from course_utils.harness import cli
 
     monkeypatch.setattr(cli, "_doctor_checks", lambda: iter([(True, "a", "fine"), (False, "b", "broken")]))
     assert cli.doctor() == 1
@@ -88,7 +88,7 @@ def test_doctor_notes_versions_that_differ_from_the_constraints(tmp_path, monkey
     """A learner whose torch differs from the pinned one is told why a stored digit may differ (issue 19)."""
     from importlib.metadata import version
 
-    from course_utils import __main__ as cli
+    from course_utils.harness import cli
 
     pins = tmp_path / "constraints-cpu.txt"
     pins.write_text(f"# comment\ntorch==0.0.1\npytest=={version('pytest')}\nnot-a-package-xyz==1.0\n")

@@ -17,7 +17,8 @@ def test_temperature_limits_are_greedy_and_uniform():
     z = torch.tensor([2.0, 1.0, 0.5, -1.0])
     torch.testing.assert_close(sampling.softmax_with_temperature(z, 1e-3), torch.tensor([1.0, 0, 0, 0]))
     torch.testing.assert_close(sampling.softmax_with_temperature(z, 1e6), torch.full((4,), 0.25), atol=1e-5, rtol=0)
-    torch.testing.assert_close(sampling.softmax_with_temperature(torch.tensor([1.0, 3.0, 3.0]), 0), torch.tensor([0, 0.5, 0.5]))
+    torch.testing.assert_close(sampling.softmax_with_temperature(torch.tensor([1.0, 3.0, 3.0]), 0),
+                               torch.tensor([0, 0.5, 0.5]))
     temps = [0.1, 0.5, 1.0, 2.0, 10.0]
     ent = [float(sampling.entropy(sampling.softmax_with_temperature(z, t))) for t in temps]
     assert ent == sorted(ent) and ent[-1] < math.log(4)
@@ -48,7 +49,10 @@ def test_top_p_matches_the_definition(seed):
 
 def test_filters_on_hand_made_distributions():
     z = torch.tensor([0.125, 0.5, 0.125, 0.25]).log()
-    finite = lambda t: torch.isfinite(t).tolist()
+
+    def finite(t):
+        return torch.isfinite(t).tolist()
+
     assert finite(sampling.top_p_filter(z, 0.75)) == [False, True, False, True]  # exactly on the boundary
     assert finite(sampling.top_p_filter(z, 0.76)) == [True, True, False, True]  # tie: lower id first
     assert finite(sampling.top_p_filter(z, 0.01)) == [False, True, False, False]  # top token always kept
@@ -204,7 +208,7 @@ def _chi_square(counts, probs):
 
 @needs_triton
 def test_triton_sampler_matches_the_distribution_and_torch_multinomial():
-    from course_utils.kernels.sampling import sample_triton
+    from course_utils.kernels.gumbel_sampling import sample_triton
 
     probs = torch.tensor([0.35, 0.25, 0.15, 0.1, 0.08, 0.07])
     n = 1200
@@ -219,7 +223,7 @@ def test_triton_sampler_matches_the_distribution_and_torch_multinomial():
 
 @needs_triton
 def test_triton_sampler_temperature_min_p_greedy_and_long_rows():
-    from course_utils.kernels.sampling import sample_triton
+    from course_utils.kernels.gumbel_sampling import sample_triton
 
     z = torch.tensor([[2.0, 1.9, -3.0, 0.0]]).repeat(300, 1)
     draws = sample_triton(z, min_p=0.5, seed=1).cpu()
@@ -236,7 +240,7 @@ def test_triton_sampler_temperature_min_p_greedy_and_long_rows():
 
 @needs_triton
 def test_gumbel_exercise_kernel_samples_the_softmax():
-    from course_utils.kernels.sampling import launch_gumbel_kernel
+    from course_utils.harness.launchers import launch_gumbel_kernel
     from solutions.ch06_token_prediction import gumbel_max_kernel
 
     probs = torch.tensor([0.5, 0.3, 0.2])

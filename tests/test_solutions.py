@@ -7,8 +7,7 @@ import torch.nn.functional as F
 
 from course_utils.stability import naive_softmax, online_softmax, safe_softmax, softmax_under_shift
 from solutions.ch00_start_here import mean_squared_error
-from solutions.ch01_backpropagation import (clip_grad_norm, online_softmax_update, residual_input_grad,
-                                            swiglu_grads)
+from solutions.ch01_backpropagation import clip_grad_norm, online_softmax_update, residual_input_grad, swiglu_grads
 
 
 def test_mse_matches_torch():

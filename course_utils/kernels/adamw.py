@@ -66,32 +66,6 @@ def adamw_step_(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tens
                                          1 - beta1 ** step, 1 - beta2 ** step, BLOCK=BLOCK)
 
 
-def launch_adamw_kernel(kernel, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
-    """Run a learner's kernel (``adamw_kernel``'s signature) on flat copies of p, g, m, v in guarded buffers
-    (:mod:`course_utils.guards`); returns the new (p, m, v) on the CPU, shaped like p.
-
-    Each buffer has a margin of more than a block on both sides, filled with a value of its own (so an
-    update computed from the margin differs from it): a store past n_elements is reported, never a crash.
-    """
-    from course_utils.guards import check_untouched, guarded, watch_accesses
-    from course_utils.runtime import device
-
-    require_triton_kernel(kernel)
-    n = p.numel()
-    margin = BLOCK + 16
-    fills = {"p": 7.0, "g": -3.0, "m": 0.5, "v": 2.0}
-    bufs = {name: guarded(t.detach().reshape(-1).float(), fills[name], margin=margin, device=device())
-            for name, t in zip(fills, (p, g, m, v))}
-    with watch_accesses(loads=bufs, stores={name: bufs[name] for name in ("p", "m", "v")}) as accesses:
-        kernel[(triton.cdiv(n, BLOCK),)](*(b.view for b in bufs.values()), n, lr, beta1, beta2, eps, weight_decay,
-                                         1 - beta1 ** step, 1 - beta2 ** step, BLOCK=BLOCK)
-    accesses.check()
-    for name in ("p", "m", "v", "g"):
-        check_untouched(bufs[name], name, "Lanes at or beyond n_elements must not be touched: "
-                                          "store with mask=offsets < n_elements.")
-    return tuple(bufs[name].view.view(p.shape).cpu().clone() for name in ("p", "m", "v"))
-
-
 class TritonAdamW(torch.optim.Optimizer):
     """AdamW with the fused Triton step, for float32 parameters; same defaults as torch.optim.AdamW."""
 

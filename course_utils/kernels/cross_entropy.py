@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from course_utils.kernels.common import as_rows, require_triton_kernel
+from course_utils.kernels.common import as_rows
 
 BLOCK_V = 4096  # vocabulary entries per loop iteration: large vocabularies are read in chunks
 
@@ -28,6 +28,16 @@ BLOCK_V = 4096  # vocabulary entries per loop iteration: large vocabularies are 
 @triton.jit
 def _cross_entropy_kernel(logits_ptr, grad_ptr, target_ptr, loss_ptr, logits_row_stride, grad_row_stride,
                           n_vocab, ignore_index, label_smoothing, inv_n_valid, BLOCK: tl.constexpr):
+    """Loss and gradient of one row (one program per row) of softmax cross-entropy with label smoothing.
+
+    With z the row's V logits, target t and smoothing eps, m = max z and d = sum_j exp(z_j - m):
+        loss = log d + (1 - eps) (m - z_t) - (eps / V) sum_j (z_j - m)   (= lse - (1-eps) z_t - eps mean z)
+        grad_j = (softmax(z)_j - eps / V - (1 - eps) [j == t]) * inv_n_valid
+    Pass 1 streams the row in chunks of BLOCK for m and d (the online softmax), pass 2 writes the gradient.
+    A row whose target is ignore_index gets loss 0 and a zero gradient.
+    logits_ptr, grad_ptr: (N, V) with row strides logits_row_stride, grad_row_stride (grad may alias logits);
+    target_ptr: (N,) int; loss_ptr: (N,) float32; inv_n_valid: 1 / (number of rows not ignored).
+    """
     row = tl.program_id(0).to(tl.int64)
     z_row = logits_ptr + row * logits_row_stride
     g_row = grad_ptr + row * grad_row_stride
@@ -49,6 +59,7 @@ def _cross_entropy_kernel(logits_ptr, grad_ptr, target_ptr, loss_ptr, logits_row
             d = d * tl.exp(m - m_safe) + tl.sum(tl.exp(z - m_safe), axis=0)
             m = m_new
         log_d = tl.log(d)  # lse = m + log_d, never formed: m + log_d rounds when |m| >> log_d
+        z_target = tl.load(z_row + target).to(tl.float32)  # before pass 2: the gradient may overwrite the logits
         shifted_sum = 0.0  # sum over the row of (z - m), for label smoothing
         for start in range(0, n_vocab, BLOCK):
             cols = start + offsets
@@ -56,9 +67,9 @@ def _cross_entropy_kernel(logits_ptr, grad_ptr, target_ptr, loss_ptr, logits_row
             z = tl.load(z_row + cols, mask=mask, other=-float("inf")).to(tl.float32)
             shifted = z - m
             shifted_sum += tl.sum(tl.where(mask, shifted, 0.0), axis=0)
-            grad = tl.exp(shifted - log_d) - label_smoothing / n_vocab - tl.where(cols == target, 1.0 - label_smoothing, 0.0)
+            grad = (tl.exp(shifted - log_d) - label_smoothing / n_vocab
+                    - tl.where(cols == target, 1.0 - label_smoothing, 0.0))
             tl.store(g_row + cols, (grad * inv_n_valid).to(grad_ptr.dtype.element_ty), mask=mask)
-        z_target = tl.load(z_row + target).to(tl.float32)
         # lse - (1-eps) z_t - (eps/V) sum z  ==  log_d + (1-eps)(m - z_t) - (eps/V) sum (z - m);
         # without smoothing the last term is skipped (a -inf logit would make it 0 * -inf = NaN)
         smooth = tl.where(label_smoothing > 0, label_smoothing / n_vocab * shifted_sum, 0.0)
@@ -116,30 +127,3 @@ def cross_entropy_triton(logits: torch.Tensor, target: torch.Tensor, ignore_inde
     rows) by the fused Triton kernel. ``inplace_grad=True`` overwrites the logits with their gradient:
     use it only when nothing else reads the logits afterwards."""
     return CrossEntropyFunction.apply(logits, target, ignore_index, label_smoothing, inplace_grad)
-
-
-def launch_ce_row_kernel(kernel, logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Launch a learner's single-block loss kernel: one program per row, BLOCK >= V; returns (N,) losses
-    on the CPU. Signature: ``(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK)``.
-
-    The logits lie in a NaN-guarded buffer whose margin also covers a read of ``row[ignore_index]``, the
-    losses in a sentinel-filled one that is checked afterwards (:mod:`course_utils.guards`).
-    """
-    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded, watch_accesses
-    from course_utils.runtime import device
-
-    require_triton_kernel(kernel)
-    if logits.dim() != 2 or target.shape != logits.shape[:1]:
-        raise ValueError(f"expected logits (N, V) and target (N,), got {tuple(logits.shape)} and {tuple(target.shape)}")
-    n_rows, n_vocab = logits.shape
-    block = triton.next_power_of_2(n_vocab)
-    margin = max(block, abs(ignore_index)) + 16
-    zg = guarded(logits, float("nan"), margin=margin, row_pad=block - n_vocab + 3, device=device())
-    target = target.to(zg.view.device).contiguous()
-    lg = guarded((n_rows,), SENTINEL, margin=margin, dtype=torch.float32, device=device())
-    with watch_accesses(loads={"logits": zg, "target": target}, stores={"loss": lg}) as accesses:
-        kernel[(n_rows,)](zg.view, target, lg.view, zg.view.stride(0), n_vocab, ignore_index, BLOCK=block)
-    accesses.check()
-    check_untouched(lg, "loss", "Store one value per row: tl.store(loss_ptr + row, ...).")
-    check_written(lg, "loss", "Every row stores its loss (0.0 for an ignored row).")
-    return lg.view.cpu().clone()

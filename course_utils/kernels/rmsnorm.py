@@ -15,8 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from course_utils.kernels.common import (as_rows, block_and_warps, check_row_params, reduction_programs,
-                                         require_triton_kernel)
+from course_utils.kernels.common import as_rows, block_and_warps, check_row_params, reduction_programs
 
 MAX_COLS = 65536
 
@@ -38,6 +37,14 @@ def _rmsnorm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_strid
 def _rmsnorm_bwd_kernel(x_ptr, w_ptr, dy_ptr, rstd_ptr, dx_ptr, dw_partial_ptr,
                         x_row_stride, dy_row_stride, dx_row_stride, n_rows, n_cols,
                         BLOCK: tl.constexpr):
+    """RMSNorm backward over rows pid, pid + n_programs, ... (a persistent grid): dx per row, and this
+    program's partial sum of dw.
+
+    With x_hat = x * rstd (rstd = 1 / sqrt(mean(x^2) + eps), saved by the forward) and g = dy * w:
+        dx = rstd * (g - x_hat * mean(g * x_hat))      dw = sum over rows of dy * x_hat
+    dw_partial_ptr: (n_programs, n_cols) float32, summed over programs on the host. x, dy, dx: 2-D with row
+    strides of their own; w: (n_cols,); BLOCK >= n_cols (one block holds a whole row).
+    """
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK)
@@ -101,31 +108,3 @@ class RMSNormFunction(torch.autograd.Function):
 def rmsnorm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``F.rms_norm(x, (N,), weight, eps)`` computed by the Triton kernels, differentiable in x and weight."""
     return RMSNormFunction.apply(x, weight, eps)
-
-
-def launch_rmsnorm_fwd(kernel, x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6):
-    """Launch a learner's forward kernel with ``_rmsnorm_fwd_kernel``'s signature on 2-D ``x``; returns
-    (y, rstd) on the CPU. The tensors lie in guarded buffers (:mod:`course_utils.guards`): inputs surrounded
-    by NaN, outputs by a sentinel that is checked afterwards."""
-    require_triton_kernel(kernel)
-    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded, watch_accesses
-    from course_utils.runtime import device
-
-    check_row_params(x, MAX_COLS, weight=weight)
-    shape, x = x.shape, x.reshape(-1, x.shape[-1])  # (rows, n_cols); a 2-D x keeps its row stride
-    n_rows, n_cols = x.shape
-    block = triton.next_power_of_2(n_cols)
-    margin = block + 16
-    xg = guarded(x, float("nan"), margin=margin, row_pad=block - n_cols + 3, device=device())
-    wg = guarded(weight, float("nan"), margin=margin, device=device())
-    yg = guarded((n_rows, n_cols), SENTINEL, margin=margin, row_pad=block - n_cols + 5, dtype=x.dtype, device=device())
-    rg = guarded((n_rows,), SENTINEL, margin=margin, dtype=torch.float32, device=device())
-    with watch_accesses(loads={"x": xg, "weight": wg}, stores={"y": yg, "rstd": rg}) as accesses:
-        kernel[(n_rows,)](xg.view, wg.view, yg.view, rg.view, xg.view.stride(0), yg.view.stride(0), n_cols, eps,
-                          BLOCK=block)
-    accesses.check()
-    check_untouched(yg, "y", "Mask the store: tl.store(..., mask=cols < n_cols), and use y_row_stride for y.")
-    check_untouched(rg, "rstd", "Store one value per row: tl.store(rstd_ptr + row, rstd).")
-    check_written(yg, "y", "Every y[row, :n_cols] must be stored.")
-    check_written(rg, "rstd", "Every row stores its rstd = 1 / sqrt(mean(x²) + eps).")
-    return yg.view.contiguous().cpu().view(shape), rg.view.cpu().clone()

@@ -16,13 +16,20 @@ import torch
 import triton
 import triton.language as tl
 
-from course_utils.kernels.common import as_rows, block_and_warps, require_triton_kernel
+from course_utils.kernels.common import as_rows, block_and_warps
 
 MAX_BLOCK = 4096  # columns per loop iteration; longer rows loop
 
 
 @triton.jit
 def _softmax_fwd_kernel(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
+    """y = softmax(x) along one row (one program per row): the online softmax in chunks of BLOCK columns.
+
+    Pass 1 keeps the running max m and the running sum d = sum exp(x - m); a chunk with a larger max m'
+    rescales d by exp(m - m'). Pass 2 writes y = exp(x - m) / d. So rows of any length work with a fixed
+    BLOCK, and a row of -inf values gives no NaN until the division (a fully masked row is the caller's).
+    x_ptr, y_ptr: 2-D with row strides x_row_stride, y_row_stride; n_cols: row length.
+    """
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * x_row_stride
     y_row = y_ptr + row.to(tl.int64) * y_row_stride
@@ -104,31 +111,3 @@ class SoftmaxFunction(torch.autograd.Function):
 def softmax_triton(x: torch.Tensor) -> torch.Tensor:
     """``torch.softmax(x, dim=-1)`` computed by the Triton kernels, differentiable."""
     return SoftmaxFunction.apply(x)
-
-
-def launch_row_kernel(kernel, x: torch.Tensor) -> torch.Tensor:
-    """Launch a learner's single-block row-softmax kernel on 2-D ``x`` (one program per row).
-
-    The kernel's signature is ``(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK)`` with
-    ``BLOCK = next_power_of_2(n_cols)``, so one block covers a whole row. x and y lie in guarded buffers
-    (:mod:`course_utils.guards`) with row strides of their own: a missing mask is a message, not a crash.
-    """
-    if x.dim() != 2:
-        raise ValueError(f"expected a 2-D tensor (rows, n_cols), got shape {tuple(x.shape)}")
-    require_triton_kernel(kernel)
-    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded, watch_accesses
-    from course_utils.runtime import device
-
-    n_rows, n_cols = x.shape
-    block = triton.next_power_of_2(n_cols)
-    margin = block + 16
-    # NaN around the input spoils any unmasked read; x and y get different row strides (a kernel that uses
-    # x_row_stride for y is caught too)
-    xg = guarded(x, float("nan"), margin=margin, row_pad=block - n_cols + 3, device=device())
-    yg = guarded((n_rows, n_cols), SENTINEL, margin=margin, row_pad=block - n_cols + 5, dtype=x.dtype, device=device())
-    with watch_accesses(loads={"x": xg}, stores={"y": yg}) as accesses:
-        kernel[(n_rows,)](xg.view, yg.view, xg.view.stride(0), yg.view.stride(0), n_cols, BLOCK=block)
-    accesses.check()
-    check_untouched(yg, "y", "Mask the store: tl.store(..., mask=cols < n_cols), and use y_row_stride for y.")
-    check_written(yg, "y", "Every y[row, :n_cols] must be stored (one program per row, BLOCK >= n_cols lanes).")
-    return yg.view.contiguous().cpu()

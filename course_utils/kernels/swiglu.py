@@ -28,6 +28,10 @@ def _swiglu_fwd_kernel(gate_ptr, up_ptr, h_ptr, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _swiglu_bwd_kernel(gate_ptr, up_ptr, dh_ptr, dgate_ptr, dup_ptr, n, BLOCK: tl.constexpr):
+    """SwiGLU backward on BLOCK elements: h = silu(gate) * up, so with s = sigmoid(gate)
+        d gate = dh * up * (s + gate * s * (1 - s))      d up = dh * silu(gate)
+    silu(gate) is recomputed, not stored. gate, up, dh, dgate, dup: flat, n elements each.
+    """
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
     gate = tl.load(gate_ptr + offsets, mask=mask, other=0.0).to(tl.float32)

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import filelock
 
+from course_utils.harness import REPO_ROOT
+
 FORMAT_VERSION = 1
 LOCK_TIMEOUT_S = 10.0  # a record takes milliseconds: a lock held this long is another process stuck
-REPO_ROOT = Path(__file__).resolve().parent.parent
 STATUS_SYMBOL = {"passed": "✅", "failed": "❌", "todo": "⏳", None: "·"}
 
 
@@ -175,23 +176,3 @@ def passed_source(exercise_id: str) -> str | None:
     entry = load()["exercises"].get(exercise_id, {})
     source = entry.get("source")
     return source if entry.get("status") == "passed" and isinstance(source, str) else None
-
-
-def table() -> str:
-    """A text table per chapter: one line per exercise with its status and attempts."""
-    from course_utils.exercises import registry
-
-    records = load()["exercises"]
-    lines, chapter = [], None
-    for ex in registry().values():
-        if ex.chapter != chapter:
-            chapter = ex.chapter
-            done = sum(records.get(e.id, {}).get("status") == "passed"
-                       for e in registry().values() if e.chapter == chapter)
-            total = sum(e.chapter == chapter for e in registry().values())
-            lines.append(f"{chapter}  ({done}/{total} passed)")
-        rec = records.get(ex.id, {})
-        lines.append(f"  {STATUS_SYMBOL.get(rec.get('status'), '?')} {ex.id:<5} {ex.title:<44} "
-                     f"attempts: {rec.get('attempts', 0)}")
-    lines.append(f"(progress file: {progress_path()})")
-    return "\n".join(lines)

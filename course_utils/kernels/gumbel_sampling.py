@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from course_utils.kernels.common import as_rows, require_triton_kernel
+from course_utils.kernels.common import as_rows
 
 MAX_BLOCK = 4096
 
@@ -25,6 +25,14 @@ MAX_BLOCK = 4096
 @triton.jit
 def _sample_kernel(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, log_min_p, seed,
                    BLOCK: tl.constexpr):
+    """One draw per row (one program per row) from softmax(z / T), restricted to min-p, by the Gumbel-max trick.
+
+    argmax_j (z_j / T + g_j) with g_j = -log(-log u_j), u_j uniform in (0, 1), is a sample from softmax(z / T).
+    Pass 1: the row max M of z / T; pass 2: the argmax over tokens with z_j / T >= M + log(min_p) (probability
+    at least min_p times the top one). Both passes stream the row in chunks of BLOCK, so any V works.
+    logits_ptr: (rows, V) with row_stride; out_ptr: (rows,) int64; inv_temperature: 1 / T; log_min_p: log(min_p)
+    (-inf for none); seed: u_j = tl.rand(seed, row * V + j).
+    """
     row = tl.program_id(0).to(tl.int64)
     start = logits_ptr + row * row_stride
     cols = tl.arange(0, BLOCK)
@@ -74,37 +82,3 @@ def sample_triton(logits: torch.Tensor, *, temperature: float = 1.0, min_p: floa
         _sample_kernel[(rows.shape[0],)](rows, out, rows.stride(0), rows.shape[1], 1.0 / temperature,
                                          math.log(min_p) if min_p > 0 else -math.inf, seed, BLOCK=block)
     return out.view(logits.shape[:-1])
-
-
-def launch_gumbel_kernel(kernel, logits: torch.Tensor, temperature: float, seed: int) -> torch.Tensor:
-    """Launch a learner's one-block kernel with :func:`solutions.ch06_token_prediction.gumbel_max_kernel`'s
-    signature on logits (rows, V); returns (rows,) int64 on the CPU.
-
-    The rows lie in a guarded buffer (:mod:`course_utils.guards`) whose padding holds +inf, a value that
-    wins every argmax: a lane at or beyond V that is not excluded is drawn, and reported as a token that
-    does not exist.
-    """
-    from course_utils.exercises import ContractError
-    from course_utils.guards import check_untouched, check_written, guarded, watch_accesses
-    from course_utils.runtime import device
-
-    require_triton_kernel(kernel)
-    if logits.dim() != 2 or logits.shape[1] > MAX_BLOCK:
-        raise ValueError(f"expected logits (rows, V) with V <= {MAX_BLOCK}, got {tuple(logits.shape)}")
-    n_rows, n_cols = logits.shape
-    block = triton.next_power_of_2(n_cols)
-    margin = block + 16
-    zg = guarded(logits.float(), float("inf"), margin=margin, row_pad=block - n_cols + 3, device=device())
-    og = guarded((n_rows,), -1, margin=margin, dtype=torch.int64, device=device())
-    with watch_accesses(loads={"logits": zg}, stores={"out": og}) as accesses:
-        kernel[(n_rows,)](zg.view, og.view, zg.view.stride(0), n_cols, 1.0 / temperature, seed, BLOCK=block)
-    accesses.check()
-    check_untouched(og, "out", "Store one token id per row: tl.store(out_ptr + row, ...).")
-    check_written(og, "out", "Every row stores the argmax of its scores.")
-    ids = og.view.cpu().clone()
-    bad = ((ids < 0) | (ids >= n_cols)).nonzero()
-    if len(bad):
-        row = int(bad[0, 0])
-        raise ContractError(f"row {row} drew token id {int(ids[row])}, but the vocabulary has {n_cols} tokens (ids 0 "
-                            f"to {n_cols - 1}): a lane at or beyond n_cols won the argmax.")
-    return ids

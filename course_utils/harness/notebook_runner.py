@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -28,15 +29,59 @@ def _environment(**values: str):
                 os.environ[k] = v
 
 
+def _is_exercise_cell(cell) -> bool:
+    return "exercise" in cell.get("metadata", {}).get("tags", [])
+
+
 def exercise_cells(nb) -> list:
     """The cells tagged ``exercise``, each with ``metadata.exercise`` set to its id."""
-    return [c for c in nb.cells if "exercise" in c.get("metadata", {}).get("tags", [])]
+    return [c for c in nb.cells if _is_exercise_cell(c)]
+
+
+def chapter_exercises(path: Path) -> list:
+    """The registry's exercises of a notebook's chapter (``03_normalization.ipynb``: the ids ``3.*``), in order."""
+    from course_utils.harness.exercises import registry
+
+    return [ex for ex in registry().values() if int(ex.id.split(".")[0]) == int(Path(path).name[:2])]
+
+
+def _new_exercise_cells(ex) -> list:
+    """A heading, the stub and its check cell, for an exercise the notebook has no cell for yet."""
+    from course_utils.harness.exercises import stub_source
+
+    stub = stub_source(ex.id).rstrip("\n")
+    name = next(line.split()[1].split("(")[0].rstrip(":") for line in stub.splitlines()
+                if line.startswith(("def ", "class ")))
+    stub_cell = nbformat.v4.new_code_cell(stub, metadata={"exercise": ex.id, "tags": ["exercise"]})
+    return [nbformat.v4.new_markdown_cell(f"**Exercise {ex.id}.** {ex.title[:1].upper()}{ex.title[1:]}."),
+            stub_cell, nbformat.v4.new_code_cell(f'check("{ex.id}", {name})\n{name} = use("{ex.id}", {name})')]
+
+
+def _order(exercise_id: str) -> list[int]:
+    return [int(n) for n in exercise_id.split(".")]
+
+
+def _insertion_point(nb, tagged: dict[str, int], exercise_id: str) -> int:
+    """Where a new exercise's cells go: after the check cell of the exercise before it; else before the markdown
+    cell that introduces the exercise after it; else before the closing summary (the last markdown cell)."""
+    earlier = [i for e, i in tagged.items() if _order(e) < _order(exercise_id)]
+    later = [i for e, i in tagged.items() if _order(e) > _order(exercise_id)]
+    if earlier:
+        at = max(earlier) + 1
+        previous = nb.cells[at - 1].metadata["exercise"]
+        return at + 1 if at < len(nb.cells) and f'check("{previous}"' in nb.cells[at].source else at
+    if later:
+        at = min(later)
+        return at - 1 if at > 0 and nb.cells[at - 1].cell_type == "markdown" else at
+    return max(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown")
 
 
 def sync_stubs(path: Path) -> list[str]:
-    """Rewrite the notebook's exercise cells from ``stub_source`` (the reference's signature and docstring);
-    returns the ids whose cell changed (the notebook is written only then)."""
-    from course_utils.exercises import stub_source
+    """Make the notebook's exercise cells the stubs of its chapter's exercises (``stub_source``: the reference's
+    signature and docstring): rewrite a tagged cell whose text differs, and add the cells of an exercise that has
+    none yet (heading, stub, check cell) where :func:`_insertion_point` says. Returns the ids whose cells changed
+    or were added (the notebook is written only then)."""
+    from course_utils.harness.exercises import stub_source
 
     nb = nbformat.read(path, as_version=4)
     changed = []
@@ -45,14 +90,37 @@ def sync_stubs(path: Path) -> list[str]:
         if cell.source != stub:
             cell.source = stub
             changed.append(cell.metadata["exercise"])
+    for ex in chapter_exercises(path):
+        tagged = {c.metadata["exercise"]: i for i, c in enumerate(nb.cells) if _is_exercise_cell(c)}
+        if ex.id not in tagged:
+            at = _insertion_point(nb, tagged, ex.id)
+            nb.cells[at:at] = _new_exercise_cells(ex)
+            changed.append(ex.id)
     if changed:
         nbformat.write(nb, path)
     return changed
 
 
+README_COUNT = re.compile(r"^(\| (\d) \| `\d\d_.*ready \()(\d+)( exercises\) \|)$", re.M)
+
+
+def sync_readme_counts(readme: Path) -> bool:
+    """Rewrite the "(N exercises)" of the README's chapter table from the registry; True if it changed."""
+    from course_utils.harness.exercises import exercise_ids
+
+    counts = {}
+    for exercise_id in exercise_ids():
+        counts[exercise_id.split(".")[0]] = counts.get(exercise_id.split(".")[0], 0) + 1
+    text = readme.read_text()
+    new = README_COUNT.sub(lambda m: f"{m[1]}{counts.get(m[2], 0)}{m[4]}", text)
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
 def solved(nb):
     """A copy of ``nb`` whose exercise cells hold the reference answers' source."""
-    from course_utils.exercises import solution_source
+    from course_utils.harness.exercises import solution_source
 
     nb = nbformat.from_dict(nb)
     for cell in exercise_cells(nb):
@@ -119,9 +187,8 @@ def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeo
             raise ValueError("extra_cells are for test runs: they are never written to the notebook")
         nb.cells.extend(nbformat.v4.new_code_cell(source) for source in extra_cells)
     record = {}
-    if write:  # the launches the stored run makes, for the compiled tier (course_utils.kernels.compiled)
-        from course_utils.kernels.compiled import NOTEBOOK_LAUNCHES
-        from course_utils.runtime import RECORD_LAUNCHES_ENV
+    if write:  # the launches the stored run makes, for the compiled tier (course_utils.harness.compiled)
+        from course_utils.harness.compiled import NOTEBOOK_LAUNCHES, RECORD_LAUNCHES_ENV
 
         NOTEBOOK_LAUNCHES.mkdir(parents=True, exist_ok=True)
         record = {RECORD_LAUNCHES_ENV: str(NOTEBOOK_LAUNCHES / f"{path.stem}.json")}

@@ -38,7 +38,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from course_utils.runtime import COMPILE_ONLY_ENV, RECORD_LAUNCHES_ENV
+from course_utils.harness import PACKAGE_DIR
+from course_utils.runtime import COMPILE_ONLY_ENV, triton_interpreting, triton_status
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _constant(value):
     return str(value)
 
 
-NOTEBOOK_LAUNCHES = Path(__file__).resolve().parents[1] / "data_files" / "kernel_launches"  # one JSON per notebook
+NOTEBOOK_LAUNCHES = PACKAGE_DIR / "data_files" / "kernel_launches"  # one JSON per notebook
 
 
 def notebook_launches(notebook: str = "*") -> list[Launch]:
@@ -197,6 +198,26 @@ def recording_launches(execute: bool = True):
             cls.run = original
 
 
+RECORD_LAUNCHES_ENV = "COURSE_RECORD_LAUNCHES"
+_RECORDING = None
+
+
+def record_launches_if_asked() -> None:
+    """With ``COURSE_RECORD_LAUNCHES=path`` (set by ``python -m course_utils execute`` for the notebook's kernel),
+    record every interpreted Triton launch of this process and write them to ``path`` as JSON at exit: the
+    compiled tier (tests/test_compiled.py) compiles the launches the notebooks really make."""
+    path = os.environ.get(RECORD_LAUNCHES_ENV)
+    if not path or not triton_interpreting() or not triton_status().available:
+        return
+    import atexit
+
+    global _RECORDING
+    _RECORDING = recording_launches()  # held for the life of the process (collected, it would stop recording)
+    launches = _RECORDING.__enter__()
+    atexit.register(lambda: Path(path).write_text(
+        "[\n" + ",\n".join(json.dumps(launch.to_json()) for launch in launches) + "\n]\n"))
+
+
 def compile_calls(run, targets: tuple[Target, ...] = TARGETS) -> list[CompileReport]:
     """Walk ``run()`` through its launchers without running a kernel (see :func:`recording_launches`) and compile
     every launch it makes for ``targets``."""
@@ -260,7 +281,7 @@ def compile_launches(launches: list[Launch], targets: tuple[Target, ...] = TARGE
     env = {**{k: v for k, v in os.environ.items() if k != RECORD_LAUNCHES_ENV}, "TRITON_INTERPRET": "0",
            "TRITON_DEFAULT_FP_FUSION": "1", COMPILE_ONLY_ENV: "1",
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())}
-    done = subprocess.run([sys.executable, "-m", "course_utils.kernels.compiled"], input=payload,
+    done = subprocess.run([sys.executable, "-m", "course_utils.harness.compiled"], input=payload,
                           capture_output=True, text=True, env=env, timeout=timeout_s)
     if done.returncode != 0:
         raise RuntimeError(f"the compiler process failed:\n{done.stderr[-3000:]}")

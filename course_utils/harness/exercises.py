@@ -26,13 +26,13 @@ import traceback
 import types
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy
 import torch
 
-from course_utils import progress
+from course_utils.harness import PACKAGE_DIR, REPO_ROOT, progress
+from course_utils.harness.errors import ContractError, ExerciseNotPassed, ExerciseTimeout
 
 # torch.testing.assert_close's defaults (rtol, atol) per dtype.
 DEFAULT_TOLERANCES = {
@@ -110,8 +110,9 @@ class Exercise:
     def __post_init__(self):
         if self.needs_triton is None:
             kind = type(self.reference).__name__
-            self.needs_triton = (isinstance(self.reference, KernelReference) or kind in ("JITFunction", "InterpretedFunction")
-                                 or hasattr(self.reference, "triton_unavailable"))  # the stand-in where Triton is absent
+            self.needs_triton = (isinstance(self.reference, KernelReference)
+                                 or kind in ("JITFunction", "InterpretedFunction")
+                                 or hasattr(self.reference, "triton_unavailable"))  # the stand-in without Triton
         if self.timeout_s is None:
             self.timeout_s = 120.0 if self.needs_triton else 30.0
 
@@ -144,22 +145,6 @@ class CheckResult:
 
     def __repr__(self) -> str:
         return f"<CheckResult {self.exercise_id}: {self.status}>"
-
-
-class ExerciseNotPassed(AssertionError):
-    """Raised by ``check`` in strict mode (``COURSE_STRICT=1``) when an exercise does not pass."""
-
-
-class ContractError(Exception):
-    """Raised by an exercise's ``call`` adapter when the learner's result breaks the stated contract
-    (wrong shape, a parameter missing from the groups, ...): shown as is, not as a crash."""
-
-
-class ExerciseTimeout(BaseException):
-    """Raised inside learner code that runs past its time limit (BaseException: a bare
-    ``except Exception`` in learner code must not swallow it)."""
-
-    abandoned = False  # True when the code could not be stopped and runs on in a background thread
 
 
 # ---------------------------------------------------------------------------------------- registry
@@ -215,6 +200,24 @@ def stub_source(exercise_id: str) -> str:
         raise ValueError(f"reference for {exercise_id} has no docstring to hand out")
     lines = source.splitlines()[: doc.end_lineno]
     return "\n".join(lines + ["    # YOUR CODE HERE", "    raise NotImplementedError"]) + "\n"
+
+
+def progress_table() -> str:
+    """A text table per chapter: one line per exercise with its status and attempts."""
+    records = progress.load()["exercises"]
+    lines, chapter = [], None
+    for ex in registry().values():
+        if ex.chapter != chapter:
+            chapter = ex.chapter
+            done = sum(records.get(e.id, {}).get("status") == "passed"
+                       for e in registry().values() if e.chapter == chapter)
+            total = sum(e.chapter == chapter for e in registry().values())
+            lines.append(f"{chapter}  ({done}/{total} passed)")
+        rec = records.get(ex.id, {})
+        lines.append(f"  {progress.STATUS_SYMBOL.get(rec.get('status'), '?')} {ex.id:<5} {ex.title:<44} "
+                     f"attempts: {rec.get('attempts', 0)}")
+    lines.append(f"(progress file: {progress.progress_path()})")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------- check
@@ -401,7 +404,7 @@ def exercise_launches() -> list:
     """The Triton launches of every Triton exercise's reference and mistakes on the exercise's cases, run in the
     interpreter as :func:`check` runs them (a mistake may fail its case: that is its point; its launches are
     recorded all the same)."""
-    from course_utils.kernels.compiled import recording_launches
+    from course_utils.harness.compiled import recording_launches
 
     with recording_launches() as launches:
         for ex in registry().values():
@@ -428,7 +431,7 @@ def _recording_candidate_launches(ex: Exercise):
     if not ex.needs_triton or not triton_interpreting() or os.environ.get("COURSE_COMPILE_CHECK") == "0":
         yield []
         return
-    from course_utils.kernels.compiled import recording_launches
+    from course_utils.harness.compiled import recording_launches
 
     with recording_launches() as launches:
         yield launches
@@ -438,7 +441,7 @@ def _with_compile_verdict(result: CheckResult, candidate: Any, launches: list) -
     """After a Triton kernel passed in the interpreter: compile the learner's own launches for a GPU. Code that
     the compiler rejects (or that would spill or overflow shared memory) is said with the compiler's line; it
     stays a pass for the numbers with a warning, and is a failure in strict mode."""
-    from course_utils.kernels.compiled import TARGETS, compile_launches
+    from course_utils.harness.compiled import TARGETS, compile_launches
 
     fn = getattr(candidate, "fn", candidate)
     own = [launch for launch in launches if launch.kernel == f"{fn.__module__}:{fn.__qualname__}"][:3]
@@ -453,7 +456,8 @@ def _with_compile_verdict(result: CheckResult, candidate: Any, launches: list) -
     problems = list(dict.fromkeys(p for r in reports for p in r.problems()))
     if not problems:
         r = reports[0]
-        result.message += (f"\n   Compiled for {target.name} ({target.cards}): {r.registers} registers a thread, no spills, "
+        result.message += (f"\n   Compiled for {target.name} ({target.cards}): {r.registers} registers a thread, "
+                           "no spills, "
                            f"{r.shared_bytes} bytes of shared memory; global loads: "
                            + (", ".join(f"{n}x {op}" for op, n in sorted(r.global_loads.items())) or "none") + ".")
         return result
@@ -505,7 +509,8 @@ def _check_cases(ex: Exercise, candidate: Any, cases: list[Case], label: str, fa
                 seen.append((case, exc))
                 continue
             return failed(f"case '{case.name}': your code raised {type(exc).__name__}: {exc}"
-                          f"{_where(exc)}", case, _matching_mistake(ex, seen, case, exc, candidate, _after(cases, case)))
+                          f"{_where(exc)}", case,
+                          _matching_mistake(ex, seen, case, exc, candidate, _after(cases, case)))
         if case.raises is not None:
             return failed(f"case '{case.name}': the contract says your code must raise {case.raises.__name__} here; "
                           f"it returned {type(got).__name__} instead.", case,
@@ -521,7 +526,7 @@ def _check_cases(ex: Exercise, candidate: Any, cases: list[Case], label: str, fa
                           "one would change the other (return `t.clone()` where nothing needs to change).", case)
         mismatch = describe_mismatch(expected, got, tolerances, names=ex.output_names)
         if mismatch and ex.needs_triton and "NaN" in mismatch:
-            from course_utils.guards import GUARD_NOTE
+            from course_utils.harness.guards import GUARD_NOTE
 
             mismatch += "\n" + GUARD_NOTE
         if mismatch:
@@ -611,7 +616,7 @@ def _raises(ex: Exercise, fn: Callable, case: Case) -> bool:
 
 def _where(exc: BaseException) -> str:
     """' (line N of your code: `...`)' for the deepest frame outside the course and libraries."""
-    course_dirs = (str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "solutions"))
+    course_dirs = (str(PACKAGE_DIR), str(REPO_ROOT / "solutions"))
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if not f.filename.startswith(course_dirs) and "site-packages" not in f.filename
               and "/lib/python" not in f.filename]
@@ -644,7 +649,8 @@ def describe_mismatch(expected: Any, got: Any, tolerances: dict | None = None, w
             if torch.equal(got_c, exp_c):
                 return None
             bad = (got_c != exp_c).nonzero()[0].tolist()
-            return f"{what}wrong value at index {bad}: expected {exp_c[tuple(bad)].item()}, got {got_c[tuple(bad)].item()}"
+            return (f"{what}wrong value at index {bad}: expected {exp_c[tuple(bad)].item()}, "
+                    f"got {got_c[tuple(bad)].item()}")
         rtol, atol = tolerances.get(exp_c.dtype, (1e-5, 1e-8))
         exp_f, got_f = exp_c.double(), got_c.double()
         new_nan = got_f.isnan() & ~exp_f.isnan()

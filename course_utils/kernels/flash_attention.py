@@ -25,13 +25,23 @@ import torch
 import triton
 import triton.language as tl
 
-from course_utils.kernels.common import require_triton_kernel
-
 
 @triton.jit
 def _flash_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, count_ptr, n_ctx, head_dim, scale,
                       CAUSAL: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """FlashAttention forward for BLOCK_M queries of one (batch, head): O = softmax(Q K^T * scale) V, and
+    the row log-sum-exp L of the scores (saved for the backward pass).
+
+    Streams K and V in tiles of BLOCK_N keys and keeps, per query row, the running max m, the running sum
+    l = sum exp(s - m) and the unnormalised output acc. A new tile with max m' rescales both by
+    exp(m - m'): l = l exp(m - m') + sum exp(s - m'), acc = acc exp(m - m') + exp(s - m') V. At the end
+    O = acc / l and L = m + log l. The (N, N) score matrix never exists in memory.
+    q/k/v/o_ptr: (B*H, n_ctx, head_dim) contiguous; lse_ptr: (B*H, n_ctx) float32; grid (cdiv(n_ctx, BLOCK_M),
+    B*H). CAUSAL: query i sees keys j <= i (tiles past the diagonal are skipped); BLOCK_D: head_dim padded to
+    a power of two; COUNT: add the bytes of every load and store to count_ptr; PRECISION: tl.dot's input
+    precision ("ieee" for float32).
+    """
     start_m = tl.program_id(0) * BLOCK_M
     head = tl.program_id(1).to(tl.int64)  # index over batch * heads; q, k, v, o are (B*H, N, D) contiguous
     base = head * n_ctx * head_dim
@@ -39,7 +49,8 @@ def _flash_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, count_ptr, n_ctx, hea
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < n_ctx
     d_ok = offs_d < head_dim
-    q = tl.load(q_ptr + base + offs_m[:, None] * head_dim + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q = tl.load(q_ptr + base + offs_m[:, None] * head_dim + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0)
     elt = q.dtype.primitive_bitwidth // 8
     if COUNT:
         tl.atomic_add(count_ptr, tl.sum(row_ok.to(tl.int64)) * head_dim * elt)
@@ -84,7 +95,8 @@ def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     from course_utils.runtime import device
 
     if not (q.shape == k.shape == v.shape) or q.dim() != 4:
-        raise ValueError(f"q, k, v must share one (B, H, N, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(f"q, k, v must share one (B, H, N, D) shape, "
+                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     B, H, N, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     q, k, v = (t.to(device()).contiguous() for t in (q, k, v))
@@ -120,8 +132,8 @@ def _recompute_p(q, k, lse, offs_m, offs_n, n_ctx, scale, CAUSAL: tl.constexpr, 
 
 @triton.jit
 def _flash_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, count_ptr, n_ctx, head_dim,
-                           scale, CAUSAL: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+                           scale, CAUSAL: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     """dK and dV of one block of BLOCK_N keys of one (batch, head), streaming the query blocks that see them:
     dV += P^T dO, then dS = P * (dO V^T - delta) with delta = rowsum(dO * O), and dK += dS^T Q * scale (P from
     :func:`_recompute_p`; dS is formed after dV: with dP computed first, the compiled tier measured spills at
@@ -218,7 +230,8 @@ def flash_attention_backward(q, k, v, o, lse, do, *, causal: bool, scale: float,
                     num_warps=8 if q.dtype == torch.float32 else 4)
         _flash_bwd_dkdv_kernel[(triton.cdiv(N, block_n), B * H)](q, k, v, do, lse, delta, dk, dv, counter, N, D, scale,
                                                                   **meta)
-        _flash_bwd_dq_kernel[(triton.cdiv(N, block_m), B * H)](q, k, v, do, lse, delta, dq, counter, N, D, scale, **meta)
+        _flash_bwd_dq_kernel[(triton.cdiv(N, block_m), B * H)](q, k, v, do, lse, delta, dq, counter, N, D, scale,
+                                                               **meta)
     moved = int(counter.item()) + B * H * N * (2 * D * q.element_size() + 4) if count_bytes else None
     return dq, dk, dv, moved
 
@@ -241,33 +254,3 @@ class FlashAttentionFunction(torch.autograd.Function):
 def flash_attention_triton(q, k, v, causal: bool = False, scale: float | None = None) -> torch.Tensor:
     """Drop-in for F.scaled_dot_product_attention(q, k, v, is_causal=causal) on (B, H, N, D)."""
     return FlashAttentionFunction.apply(q, k, v, causal, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
-
-
-def launch_attention_kernel(kernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = 16,
-                            scale: float | None = None) -> torch.Tensor:
-    """Launch a learner's non-causal kernel with the signature of the exercise's ``attention_kernel`` on
-    one head: q, k, v (N, D) with D a power of two >= 16, scores scaled by ``scale`` (default 1/sqrt(D));
-    returns o (N, D) on the CPU.
-
-    q, k, v and o lie in guarded buffers (:mod:`course_utils.guards`) with a margin of a whole block of rows
-    on both sides: NaN around the inputs, so a load without a mask spoils the output, and a sentinel around
-    o, so a row stored at or beyond n_ctx is reported instead of overwriting memory.
-    """
-    from course_utils.guards import SENTINEL, check_untouched, check_written, guarded, watch_accesses
-    from course_utils.runtime import device
-
-    require_triton_kernel(kernel)
-    if q.dim() != 2 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"expected q, k, v of one (N, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    n, d = q.shape
-    margin = (block + 1) * d  # a whole block of rows: the farthest an unmasked tile reaches past the end
-    qg, kg, vg = (guarded(t.float().contiguous().view(-1), float("nan"), margin=margin, device=device())
-                  for t in (q, k, v))
-    og = guarded((n * d,), SENTINEL, margin=margin, dtype=torch.float32, device=device())
-    with watch_accesses(loads={"q": qg, "k": kg, "v": vg}, stores={"o": og}) as accesses:
-        kernel[(triton.cdiv(n, block),)](qg.view, kg.view, vg.view, og.view, n, 1.0 / math.sqrt(d) if scale is None else scale,
-                                         BLOCK_M=block, BLOCK_N=block, HEAD_DIM=d)
-    accesses.check()
-    check_untouched(og, "o", "Rows at or beyond n_ctx must not be stored: mask the store with offs_m[:, None] < n_ctx.")
-    check_written(og, "o", "Every row of o below n_ctx must be stored.")
-    return og.view.view(n, d).cpu().clone()

@@ -1,6 +1,6 @@
 """Benchmarks of the course's Triton kernels against PyTorch eager and ``torch.compile``.
 
-    python -m course_utils.bench [--csv bench.csv] [--quick] [--no-compile]
+    python -m course_utils.harness.bench [--csv bench.csv] [--quick] [--no-compile]
 
 For each kernel, shape, dtype and pass (fwd, fwd+bwd) it prints the median time, the achieved
 bandwidth and that bandwidth as a fraction of this device's measured copy bandwidth
@@ -85,6 +85,8 @@ def _row_params(shape, dtype, dev, n):
     return tuple(torch.randn(shape[-1], dtype=dtype, device=dev) for _ in range(n))
 
 
+NORM_BYTES = "fwd: read x + write y = 2·N·b; fwd+bwd: + read x, dy + write dx = 5·N·b (weight vectors ignored)"
+
 KERNELS = [
     KernelBench(
         name="softmax",
@@ -105,18 +107,20 @@ KERNELS = [
     ),
     KernelBench(
         name="rmsnorm",
-        make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev), *_row_params(shape, dtype, dev, 1)),
+        make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev),
+                                               *_row_params(shape, dtype, dev, 1)),
         eager=lambda x, w: F.rms_norm(x, (x.shape[-1],), w, 1e-6),
         triton=_rmsnorm_triton,
-        bytes_formula="fwd: read x + write y = 2·N·b; fwd+bwd: + read x, dy + write dx = 5·N·b (weight vectors ignored)",
+        bytes_formula=NORM_BYTES,
         bytes=lambda shape, dtype, p: (2 if p == "fwd" else 5) * _numel(shape) * _elt(dtype),
     ),
     KernelBench(
         name="layernorm",
-        make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev), *_row_params(shape, dtype, dev, 2)),
+        make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev),
+                                               *_row_params(shape, dtype, dev, 2)),
         eager=lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b, 1e-5),
         triton=_layernorm_triton,
-        bytes_formula="fwd: read x + write y = 2·N·b; fwd+bwd: + read x, dy + write dx = 5·N·b (weight vectors ignored)",
+        bytes_formula=NORM_BYTES,
         bytes=lambda shape, dtype, p: (2 if p == "fwd" else 5) * _numel(shape) * _elt(dtype),
     ),
     KernelBench(
@@ -223,7 +227,8 @@ def run(shapes: list[tuple], dtypes: list[torch.dtype], *, use_compile: bool, re
                                    bytes=n_bytes)
                         rows.append(row)
                         print(f"  {impl:<8} {row['shape']:>15} {row['dtype']:<8} {pass_:<8} "
-                              f"{row['ms']:9.3f} ms {row['gb_per_s']:8.1f} GB/s {100 * row['frac_of_copy']:5.1f}% of copy")
+                              f"{row['ms']:9.3f} ms {row['gb_per_s']:8.1f} GB/s "
+                              f"{100 * row['frac_of_copy']:5.1f}% of copy")
     return rows
 
 
@@ -280,7 +285,7 @@ def run_attention(shapes: list[tuple], *, reps: int) -> list[dict]:
           + (f"; peak {peak:g} TFLOP/s ({name})" if peak else ""))
     impls = {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
     if gpu:
-        from course_utils.kernels.attention import flash_attention_forward, flash_attention_triton
+        from course_utils.kernels.flash_attention import flash_attention_forward, flash_attention_triton
 
         impls["triton"] = lambda q, k, v: (flash_attention_triton(q, k, v, causal=True) if q.requires_grad else
                                            flash_attention_forward(q, k, v, causal=True, block_m=64, block_n=64)[0])
@@ -306,11 +311,11 @@ def benchmark_launches() -> list:
     bfloat16, forward and backward; AdamW at the same element counts; attention at ATTENTION_GPU in float16 with
     64 x 64 blocks, and forward and backward as flash_attention_triton launches them, in float16 and bfloat16),
     recorded from the launchers without running a kernel
-    (:func:`course_utils.kernels.compiled.recording_launches`). Tensors are ``torch.empty``: their pages are
+    (:func:`course_utils.harness.compiled.recording_launches`). Tensors are ``torch.empty``: their pages are
     never touched, so gigabyte shapes cost nothing. Needs Triton's interpreter (no GPU)."""
+    from course_utils.harness.compiled import recording_launches
     from course_utils.kernels.adamw import TritonAdamW
-    from course_utils.kernels.attention import flash_attention_forward, flash_attention_triton
-    from course_utils.kernels.compiled import recording_launches
+    from course_utils.kernels.flash_attention import flash_attention_forward, flash_attention_triton
 
     with recording_launches(execute=False) as launches:
         for kernel in KERNELS:
@@ -345,7 +350,7 @@ def write_csv(rows: list[dict], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_utils.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m course_utils.harness.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--csv", default="bench.csv", help="where to write the figures (default bench.csv)")
     parser.add_argument("--quick", action="store_true", help="one small shape, few repetitions (smoke test)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to start on CPU)")
@@ -358,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = [torch.float32] + ([torch.float16, torch.bfloat16] if dev.type == "cuda" and not args.quick else [])
     rows = run(shapes, dtypes, use_compile=not args.no_compile, reps=reps)
     rows += run_adamw([math.prod(shape) for shape in shapes], reps=reps)
-    rows += run_attention(ATTENTION_QUICK if args.quick else (ATTENTION_GPU if dev.type == "cuda" else ATTENTION_CPU), reps=reps)
+    attention_shapes = ATTENTION_QUICK if args.quick else (ATTENTION_GPU if dev.type == "cuda" else ATTENTION_CPU)
+    rows += run_attention(attention_shapes, reps=reps)
     write_csv(rows, args.csv)
     print(f"\n{len(rows)} rows written to {args.csv}")
     return 0

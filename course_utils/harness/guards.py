@@ -80,7 +80,7 @@ def _changed(buf: Guarded) -> torch.Tensor:
 
 def check_untouched(buf: Guarded, name: str, fix: str) -> None:
     """Raise ContractError naming the first element outside ``name`` that the kernel changed."""
-    from course_utils.exercises import ContractError
+    from course_utils.harness.errors import ContractError
 
     changed = _changed(buf)
     count = int(changed.sum())
@@ -94,7 +94,7 @@ def check_untouched(buf: Guarded, name: str, fix: str) -> None:
 
 def check_written(buf: Guarded, name: str, fix: str) -> None:
     """Raise ContractError when some element of ``name`` still holds the sentinel: it was never written."""
-    from course_utils.exercises import ContractError
+    from course_utils.harness.errors import ContractError
 
     unwritten = buf.view == buf.fill
     if bool(unwritten.any()):
@@ -179,7 +179,7 @@ class AccessLog:
 
     def check(self) -> None:
         """Raise ContractError for the first kind of access that went outside."""
-        from course_utils.exercises import ContractError
+        from course_utils.harness.errors import ContractError
 
         if self.outside["load"]:
             raise ContractError(
@@ -199,7 +199,8 @@ _watching: list[tuple[threading.Thread, AccessLog]] = []  # the open watches, in
 
 def _install_watch() -> None:
     """Wrap the interpreter's masked load and store once; each call records into the watches of its thread."""
-    from triton.runtime.interpreter import InterpreterBuilder, interpreter_builder as builder
+    from triton.runtime.interpreter import InterpreterBuilder
+    from triton.runtime.interpreter import interpreter_builder as builder
 
     if "create_masked_load" in vars(builder):
         return
