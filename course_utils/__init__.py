@@ -9,22 +9,25 @@ concept (``gradflow``, ``stability``, ``initialization``, ``normalization``, ``l
 ``distributed``; ``kernels/`` holds the Triton kernels; ``harness/`` the machinery (exercises, progress,
 notebook runner, lab, benchmark, command line).
 """
+import os as _os
+
 from course_utils import runtime as _runtime
 
 _runtime.enable_triton_interpreter_if_no_gpu()
 
-from course_utils.harness.compiled import record_launches_if_asked  # noqa: E402
+if _os.environ.get("COURSE_RECORD_LAUNCHES"):  # harness.compiled.RECORD_LAUNCHES_ENV, set by `execute` for its kernel
+    from course_utils.harness.compiled import record_launches_if_asked
 
-record_launches_if_asked()  # only under `python -m course_utils execute` (COURSE_RECORD_LAUNCHES)
+    record_launches_if_asked()
 
 from course_utils.harness.exercises import (  # noqa: E402
-                                            check,
-                                            exercise_ids,
-                                            from_progress,
-                                            progress_table,
-                                            reference,
-                                            stub_source,
-                                            use,
+    check,
+    exercise_ids,
+    from_progress,
+    progress_table,
+    reference,
+    stub_source,
+    use,
 )
 from course_utils.runtime import setup  # noqa: E402
 

@@ -132,10 +132,13 @@ def value_per_parameter(model: nn.Module, groups, key: str) -> dict[str, float]:
         raise ValueError(f"expected a list of dicts with 'params' and '{key}', got {type(groups).__name__}")
     values = {}
     for i, group in enumerate(groups):
-        if not isinstance(group, dict) or "params" not in group:
-            raise ValueError(f"group {i} is not a dict with a 'params' list")
-        if key not in group:
-            raise ValueError(f"group {i} has no '{key}'{_UNSTATED.get(key, '')}")
+        if not isinstance(group, dict):
+            raise ValueError(f"group {i} is a {type(group).__name__}, not a dict with 'params' and '{key}'")
+        if "params" not in group or key not in group:
+            missing = [k for k in ("params", key) if k not in group]
+            why = _UNSTATED.get(key, "") if key in missing else ""
+            raise ValueError(f"group {i} has no {' and no '.join(repr(k) for k in missing)} "
+                             f"(its keys: {sorted(map(str, group))}){why}")
         params = group["params"]
         for param in [params] if isinstance(params, torch.Tensor) else params:  # torch.optim accepts both
             if id(param) not in names:

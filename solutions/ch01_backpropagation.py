@@ -162,7 +162,6 @@ def _kernel_unmasked_store(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLO
     _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK, False, True, True, False)
 
 
-
 def _kernel_cases():
     g = torch.Generator().manual_seed(4)
     return [

@@ -208,8 +208,9 @@ def mup_param_groups(model, base_lr, base_width):
 
 def _lr_per_parameter(fn, width, base_lr, base_width):
     model = WidthMLP(width)
+    groups = fn(model, base_lr, base_width)  # outside the try: an error in the learner's code is shown as theirs
     try:
-        lr_of = value_per_parameter(model, fn(model, base_lr, base_width), "lr")
+        lr_of = value_per_parameter(model, groups, "lr")
     except ValueError as exc:  # the groups torch.optim would refuse, or that leave a parameter out
         raise ContractError(str(exc)) from None
     return {f"lr of {name}": torch.tensor(lr, dtype=torch.float64) for name, lr in lr_of.items()}

@@ -161,7 +161,6 @@ def _kernel_unmasked_store(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_st
                      False, False)
 
 
-
 def _kernel_cases():
     g = torch.Generator().manual_seed(33)
     return [

@@ -267,7 +267,6 @@ def _ce_kernel_reads_ignored_target(logits_ptr, target_ptr, loss_ptr, row_stride
     _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, True, True, False)
 
 
-
 def _kernel_cases():
     g = torch.Generator().manual_seed(45)
     with_ignored = torch.randint(0, 100, (6,), generator=g)

@@ -242,7 +242,6 @@ def __getattr__(name):  # `from solutions.ch05_optimization import adamw_kernel`
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-
 @triton.jit
 def _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
                    bias_correction2, BLOCK: tl.constexpr, DECOUPLED: tl.constexpr, CORRECT_BIAS: tl.constexpr,
@@ -304,7 +303,6 @@ def _adamw_kernel_unmasked_load(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta
                                 bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
                    bias_correction2, BLOCK, True, True, True, True, False)
-
 
 
 def _kernel_cases():

@@ -331,7 +331,6 @@ def _gumbel_unmasked(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, s
     _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, True, True, False, False)
 
 
-
 def _gumbel_cases():
     g = torch.Generator().manual_seed(66)
     return [

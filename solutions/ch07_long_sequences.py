@@ -250,7 +250,6 @@ def _attention_unmasked_store(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M:
                        False)
 
 
-
 def _attention_cases():
     g = torch.Generator().manual_seed(75)
 

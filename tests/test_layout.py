@@ -9,7 +9,7 @@ import pytest
 from conftest import NOTEBOOKS, REPO_ROOT
 
 from course_utils.harness.exercises import stub_source
-from course_utils.harness.notebook_runner import exercise_cells, sync_readme_counts, sync_stubs
+from course_utils.harness.notebook_runner import _insertion_point, exercise_cells, sync_readme_counts, sync_stubs
 
 
 def _import_graph() -> dict[str, set[str]]:
@@ -37,7 +37,7 @@ def test_kernels_do_not_import_the_machinery():
     upward = {m: sorted(t for t in targets if t.startswith("course_utils.harness"))
               for m, targets in graph.items() if m.startswith("course_utils.kernels")}
     assert not any(upward.values()), upward
-    # the machinery lives where DESIGN.md says: exercises, progress and launchers in harness/
+    # the machinery lives in harness/: exercises, progress, the learners' launchers, the exception types
     assert {"course_utils.harness.exercises", "course_utils.harness.progress", "course_utils.harness.launchers",
             "course_utils.harness.errors"} <= set(graph)
     assert not any(m.startswith("course_utils.kernels.") and "launch_" in path.read_text()
@@ -66,8 +66,7 @@ def test_no_import_circle():
 
 def test_ruff_finds_nothing():
     ruff = shutil.which("ruff", path=str(REPO_ROOT / ".venv" / "bin")) or shutil.which("ruff")
-    if ruff is None:
-        pytest.skip("ruff is not installed (it comes with `pip install -e .[dev]`)")
+    assert ruff is not None, "ruff is a test dependency: `pip install -e .[dev]` installs it"
     out = subprocess.run([ruff, "check", "--no-cache", "."], cwd=REPO_ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-4000:]
 
@@ -94,7 +93,21 @@ def test_sync_stubs_writes_a_missing_exercise(tmp_path, missing, after):
     assert nb.cells[at + 1].source.startswith(f'check("{missing}", ')
     if after:
         assert nb.cells[at - 2].source.startswith(after)
+    else:  # the chapter's first: before the markdown that introduces the next exercise
+        assert nb.cells[at + 2].cell_type == "markdown" and nb.cells[at + 3].metadata.get("exercise") == "3.2"
     assert sync_stubs(path) == []  # written once
+
+
+def test_insertion_point_finds_a_check_cell_that_is_not_next_to_its_stub():
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    stub = code("def f():\n    raise NotImplementedError", metadata={"exercise": "1.1", "tags": ["exercise"]})
+    nb = nbformat.v4.new_notebook(cells=[md("# 1."), stub, md("Run the check:"), code('check("1.1", f)'),
+                                         md("## 1.2 More"), md("## Summary")])
+    assert _insertion_point(nb, {"1.1": 1}, "1.2") == 4  # after 0.1's layout: stub, explanation, check
+    assert _insertion_point(nb, {"1.1": 1}, "1.0") == 0  # before the introduction of the exercise after it
+    assert _insertion_point(nb, {}, "1.1") == 5  # no exercise yet: before the summary
+    nb.cells.pop()
+    assert _insertion_point(nb, {}, "1.1") == len(nb.cells)  # no summary: at the end
 
 
 def test_sync_stubs_rewrites_a_changed_stub(tmp_path):

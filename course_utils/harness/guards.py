@@ -193,7 +193,6 @@ class AccessLog:
                 f"{self.first['store']}). Mask every store to the output's own elements.")
 
 
-
 _watching: list[tuple[threading.Thread, AccessLog]] = []  # the open watches, innermost last
 
 

@@ -42,7 +42,11 @@ def chapter_exercises(path: Path) -> list:
     """The registry's exercises of a notebook's chapter (``03_normalization.ipynb``: the ids ``3.*``), in order."""
     from course_utils.harness.exercises import registry
 
-    return [ex for ex in registry().values() if int(ex.id.split(".")[0]) == int(Path(path).name[:2])]
+    prefix = Path(path).name[:2]
+    if not prefix.isdigit():
+        raise ValueError(f"{Path(path).name}: a chapter notebook's name starts with its number "
+                         "(03_normalization.ipynb)")
+    return [ex for ex in registry().values() if int(ex.id.split(".")[0]) == int(prefix)]
 
 
 def _new_exercise_cells(ex) -> list:
@@ -62,18 +66,24 @@ def _order(exercise_id: str) -> list[int]:
 
 
 def _insertion_point(nb, tagged: dict[str, int], exercise_id: str) -> int:
-    """Where a new exercise's cells go: after the check cell of the exercise before it; else before the markdown
-    cell that introduces the exercise after it; else before the closing summary (the last markdown cell)."""
+    """Where a new exercise's cells go: after the check cell of the exercise before it (the first cell, up to the
+    next exercise, that starts with its ``check(...)``; else right after its stub); failing that, before the
+    markdown cell that introduces the exercise after it; failing that, before the closing "## Summary" or "## Next"
+    heading, or at the end."""
     earlier = [i for e, i in tagged.items() if _order(e) < _order(exercise_id)]
     later = [i for e, i in tagged.items() if _order(e) > _order(exercise_id)]
     if earlier:
-        at = max(earlier) + 1
-        previous = nb.cells[at - 1].metadata["exercise"]
-        return at + 1 if at < len(nb.cells) and f'check("{previous}"' in nb.cells[at].source else at
+        stub = max(earlier)
+        previous = nb.cells[stub].metadata["exercise"]
+        end = min([i for i in tagged.values() if i > stub], default=len(nb.cells))
+        checks = [i for i in range(stub + 1, end) if nb.cells[i].source.lstrip().startswith(f'check("{previous}"')]
+        return (checks[0] if checks else stub) + 1
     if later:
         at = min(later)
         return at - 1 if at > 0 and nb.cells[at - 1].cell_type == "markdown" else at
-    return max(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown")
+    closing = [i for i, c in enumerate(nb.cells)
+               if c.cell_type == "markdown" and c.source.startswith(("## Summary", "## Next"))]
+    return closing[-1] if closing else len(nb.cells)
 
 
 def sync_stubs(path: Path) -> list[str]:
@@ -101,7 +111,7 @@ def sync_stubs(path: Path) -> list[str]:
     return changed
 
 
-README_COUNT = re.compile(r"^(\| (\d) \| `\d\d_.*ready \()(\d+)( exercises\) \|)$", re.M)
+README_COUNT = re.compile(r"^(\| (\d+) \| `\d\d_.*ready \()(\d+) exercises?(\) \|)$", re.M)
 
 
 def sync_readme_counts(readme: Path) -> bool:
@@ -112,7 +122,12 @@ def sync_readme_counts(readme: Path) -> bool:
     for exercise_id in exercise_ids():
         counts[exercise_id.split(".")[0]] = counts.get(exercise_id.split(".")[0], 0) + 1
     text = readme.read_text()
-    new = README_COUNT.sub(lambda m: f"{m[1]}{counts.get(m[2], 0)}{m[4]}", text)
+
+    def stated(m: re.Match) -> str:
+        n = counts.get(m[2], 0)
+        return f"{m[1]}{n} exercise{'' if n == 1 else 's'}{m[4]}"
+
+    new = README_COUNT.sub(stated, text)
     if new != text:
         readme.write_text(new)
     return new != text

@@ -39,8 +39,8 @@ def _flash_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, count_ptr, n_ctx, hea
     O = acc / l and L = m + log l. The (N, N) score matrix never exists in memory.
     q/k/v/o_ptr: (B*H, n_ctx, head_dim) contiguous; lse_ptr: (B*H, n_ctx) float32; grid (cdiv(n_ctx, BLOCK_M),
     B*H). CAUSAL: query i sees keys j <= i (tiles past the diagonal are skipped); BLOCK_D: head_dim padded to
-    a power of two; COUNT: add the bytes of every load and store to count_ptr; PRECISION: tl.dot's input
-    precision ("ieee" for float32).
+    a power of two, at least 16 (tl.dot's smallest); COUNT: add the bytes of every load and store to count_ptr;
+    PRECISION: tl.dot's input precision ("ieee" for float32).
     """
     start_m = tl.program_id(0) * BLOCK_M
     head = tl.program_id(1).to(tl.int64)  # index over batch * heads; q, k, v, o are (B*H, N, D) contiguous

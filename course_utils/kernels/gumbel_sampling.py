@@ -27,7 +27,8 @@ def _sample_kernel(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, log
                    BLOCK: tl.constexpr):
     """One draw per row (one program per row) from softmax(z / T), restricted to min-p, by the Gumbel-max trick.
 
-    argmax_j (z_j / T + g_j) with g_j = -log(-log u_j), u_j uniform in (0, 1), is a sample from softmax(z / T).
+    argmax_j (z_j / T + g_j) with g_j = -log(-log u_j), u_j uniform (``tl.rand``: [0, 1); u = 0 gives g = -inf,
+    a token not drawn), is a sample from softmax(z / T).
     Pass 1: the row max M of z / T; pass 2: the argmax over tokens with z_j / T >= M + log(min_p) (probability
     at least min_p times the top one). Both passes stream the row in chunks of BLOCK, so any V works.
     logits_ptr: (rows, V) with row_stride; out_ptr: (rows,) int64; inv_temperature: 1 / T; log_min_p: log(min_p)

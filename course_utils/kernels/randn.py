@@ -18,7 +18,7 @@ def _normal_init_kernel(out_ptr, n, seed, std, BLOCK: tl.constexpr):
     """out[i] = std * z_i for i in this program's block of BLOCK elements, z_i ~ N(0, 1) from ``tl.randn``.
 
     z_i is a function of (seed, i) alone (Philox counter-based), so the same weight comes out whatever
-    BLOCK, grid or device computed it.
+    BLOCK or grid computed it.
     out_ptr: flat output of n elements (any float dtype); n: element count; seed: int; std: float.
     """
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)

@@ -42,8 +42,8 @@ def _rmsnorm_bwd_kernel(x_ptr, w_ptr, dy_ptr, rstd_ptr, dx_ptr, dw_partial_ptr,
 
     With x_hat = x * rstd (rstd = 1 / sqrt(mean(x^2) + eps), saved by the forward) and g = dy * w:
         dx = rstd * (g - x_hat * mean(g * x_hat))      dw = sum over rows of dy * x_hat
-    dw_partial_ptr: (n_programs, n_cols) float32, summed over programs on the host. x, dy, dx: 2-D with row
-    strides of their own; w: (n_cols,); BLOCK >= n_cols (one block holds a whole row).
+    dw_partial_ptr: (n_programs, n_cols) float32, summed over programs afterwards by torch (dw_partial.sum(0)).
+    x, dy, dx: 2-D with row strides of their own; w: (n_cols,); BLOCK >= n_cols (one block holds a whole row).
     """
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)

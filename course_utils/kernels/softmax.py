@@ -27,7 +27,8 @@ def _softmax_fwd_kernel(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK:
 
     Pass 1 keeps the running max m and the running sum d = sum exp(x - m); a chunk with a larger max m'
     rescales d by exp(m - m'). Pass 2 writes y = exp(x - m) / d. So rows of any length work with a fixed
-    BLOCK, and a row of -inf values gives no NaN until the division (a fully masked row is the caller's).
+    BLOCK. Pass 1 exponentiates against 0 while the max is still -inf, so leading -inf chunks give no NaN; a row
+    that is -inf throughout has no softmax and comes out NaN in pass 2 (exp(-inf - -inf)), as in torch.
     x_ptr, y_ptr: 2-D with row strides x_row_stride, y_row_stride; n_cols: row length.
     """
     row = tl.program_id(0)
