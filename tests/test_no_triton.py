@@ -36,7 +36,7 @@ def test_registry_check_and_use_import_nothing_of_triton():
     out = _run(
         "import course_utils, solutions, sys\n"
         "from course_utils import check, use\n"
-        "from course_utils.harness.exercises import exercise_ids, reference, registry\n"
+        "from course_utils.exercises import exercise_ids, reference, registry\n"
         "from course_utils.runtime import triton_status\n"
         "assert triton_status().mode == 'unavailable'\n"
         "assert len(exercise_ids()) == 42\n"

@@ -85,7 +85,19 @@ def _row_params(shape, dtype, dev, n):
     return tuple(torch.randn(shape[-1], dtype=dtype, device=dev) for _ in range(n))
 
 
-NORM_BYTES = "fwd: read x + write y = 2·N·b; fwd+bwd: + read x, dy + write dx = 5·N·b (weight vectors ignored)"
+def _norm_bench(name: str, n_params: int, eager: Callable, triton: Callable) -> KernelBench:
+    """A row norm's benchmark entry: x and ``n_params`` weight vectors; the same traffic for RMSNorm and LayerNorm."""
+    return KernelBench(
+        name=name,
+        make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev),
+                                               *_row_params(shape, dtype, dev, n_params)),
+        eager=eager,
+        triton=triton,
+        bytes_formula="fwd: read x + write y = 2·N·b; fwd+bwd: + read x, dy + write dx = 5·N·b "
+                      "(weight vectors ignored)",
+        bytes=lambda shape, dtype, p: (2 if p == "fwd" else 5) * _numel(shape) * _elt(dtype),
+    )
+
 
 KERNELS = [
     KernelBench(
@@ -105,24 +117,8 @@ KERNELS = [
         bytes_formula="fwd: read gate, up + write h = 3·N·b; fwd+bwd: + read gate, up, dh + write 2 = 8·N·b",
         bytes=lambda shape, dtype, p: (3 if p == "fwd" else 8) * _numel(shape) * _elt(dtype),
     ),
-    KernelBench(
-        name="rmsnorm",
-        make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev),
-                                               *_row_params(shape, dtype, dev, 1)),
-        eager=lambda x, w: F.rms_norm(x, (x.shape[-1],), w, 1e-6),
-        triton=_rmsnorm_triton,
-        bytes_formula=NORM_BYTES,
-        bytes=lambda shape, dtype, p: (2 if p == "fwd" else 5) * _numel(shape) * _elt(dtype),
-    ),
-    KernelBench(
-        name="layernorm",
-        make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev),
-                                               *_row_params(shape, dtype, dev, 2)),
-        eager=lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b, 1e-5),
-        triton=_layernorm_triton,
-        bytes_formula=NORM_BYTES,
-        bytes=lambda shape, dtype, p: (2 if p == "fwd" else 5) * _numel(shape) * _elt(dtype),
-    ),
+    _norm_bench("rmsnorm", 1, lambda x, w: F.rms_norm(x, (x.shape[-1],), w, 1e-6), _rmsnorm_triton),
+    _norm_bench("layernorm", 2, lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b, 1e-5), _layernorm_triton),
     KernelBench(
         name="cross_entropy",
         make_inputs=lambda shape, dtype, dev: (torch.randn(shape, dtype=dtype, device=dev),),

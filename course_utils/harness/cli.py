@@ -149,12 +149,11 @@ def gpu_check(report: Path) -> int:
         print(f"gpu-check needs an NVIDIA GPU with Triton compiling for it; here: {status.reason}. "
               "Without one, the compiled tier of `make test` (tests/test_compiled.py) is the check.", file=sys.stderr)
         return 2
-    root = REPO_ROOT
     name = torch.cuda.get_device_name(0)
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *GPU_TESTS],
-                           cwd=root, capture_output=True, text=True)
+                           cwd=REPO_ROOT, capture_output=True, text=True)
     csv_path = report.with_suffix(".csv")
-    bench = subprocess.run([sys.executable, "-m", "course_utils.harness.bench", "--csv", str(csv_path)], cwd=root,
+    bench = subprocess.run([sys.executable, "-m", "course_utils.harness.bench", "--csv", str(csv_path)], cwd=REPO_ROOT,
                            capture_output=True, text=True)
     summary = (tests.stdout.strip().splitlines() or ["(no output)"])[-1]
     report.write_text(
