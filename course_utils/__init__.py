@@ -14,6 +14,7 @@ import os as _os
 from course_utils import runtime as _runtime
 
 _runtime.enable_triton_interpreter_if_no_gpu()
+_runtime.apply_thread_setting()  # one intra-op thread unless COURSE_THREADS says otherwise
 
 if _os.environ.get("COURSE_RECORD_LAUNCHES"):  # harness.compiled.RECORD_LAUNCHES_ENV, set by `execute` for its kernel
     from course_utils.harness.compiled import record_launches_if_asked

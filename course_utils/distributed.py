@@ -38,7 +38,8 @@ def run_workers(worker: str, world_size: int = 2, *, timeout_s: float = 90.0, **
     with tempfile.TemporaryDirectory(prefix="course_dist_") as tmp:
         folder = Path(tmp)
         torch.save(kwargs, folder / "kwargs.pt")
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread each: the ranks share the cores
+        # one thread each: the ranks share the cores
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "COURSE_THREADS": "1"}
         procs, logs = [], []
         for rank in range(world_size):
             log = open(folder / f"log_{rank}.txt", "w+")

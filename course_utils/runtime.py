@@ -30,6 +30,45 @@ def enable_triton_interpreter_if_no_gpu() -> None:
         os.environ["TRITON_INTERPRET"] = "1"
 
 
+THREADS_ENV = "COURSE_THREADS"  # PyTorch's intra-op threads here: a number, or "auto" for PyTorch's own choice
+DEFAULT_THREADS = 1
+
+
+def thread_setting() -> int | None:
+    """The intra-op thread count the course asks for: ``COURSE_THREADS`` (a positive number, or ``auto`` for PyTorch's
+    default of one thread per core), else 1.
+
+    One thread, because the course's tensors are tiny: on a quiet 2-core machine a second thread buys nothing, and
+    when another program keeps a core busy every parallel region waits for a descheduled thread, which made
+    notebook 05 16x slower (``python -m course_utils.harness.bench --notebooks`` measures it)."""
+    value = os.environ.get(THREADS_ENV, "").strip().lower()
+    if value == "auto":
+        return None
+    if not value:
+        return DEFAULT_THREADS
+    try:
+        threads = int(value)
+        if threads < 1:
+            raise ValueError
+    except ValueError:
+        import warnings
+
+        warnings.warn(f"{THREADS_ENV}={value!r} is neither a positive number nor 'auto'; using "
+                      f"{DEFAULT_THREADS} thread", stacklevel=2)
+        return DEFAULT_THREADS
+    return threads
+
+
+def apply_thread_setting() -> None:
+    """Set PyTorch's intra-op threads to :func:`thread_setting` in this process (every process that imports
+    course_utils: notebook kernels, worker processes, tests)."""
+    import torch
+
+    threads = thread_setting()
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 COMPILE_ONLY_ENV = "COURSE_TRITON_COMPILE_ONLY"  # set by course_utils.harness.compiled in its compiler process
 
 
@@ -134,7 +173,8 @@ def environment_lines() -> list[str]:
     gpu = f" ({torch.cuda.get_device_name(0)})" if dev.type == "cuda" else ""
     return [
         f"python  {sys.version.split()[0]} on {platform.system()} {platform.machine()}",
-        f"torch   {torch.__version__}, device {dev.type}{gpu}, {torch.get_num_threads()} CPU threads",
+        f"torch   {torch.__version__}, device {dev.type}{gpu}, {torch.get_num_threads()} CPU thread(s) "
+        f"({THREADS_ENV}={os.environ.get(THREADS_ENV, DEFAULT_THREADS)})",
         f"triton  {status.version or '-'}: {status.mode} - {status.reason}",
     ]
 

@@ -27,3 +27,108 @@ def test_kept_drops_the_oldest_beyond_its_size():
     kept(n=1)
     kept(n=2)
     assert calls == [1, 2, 3, 2]
+
+
+# ------------------------------------------------------------------------------------ prefetch
+
+def test_likely_positions_neighbours_first_then_the_range_coarse_to_fine():
+    from course_utils.widgets import choice, int_slider, likely_positions, log_slider
+
+    controls = {"n": int_slider("n", 5, 0, 10), "m": choice("m", ["a", "b"])}
+    found = likely_positions(controls, {"n": 5, "m": "a"})
+    assert found[:5] == [{"n": 6, "m": "a"}, {"n": 4, "m": "a"}, {"n": 7, "m": "a"}, {"n": 3, "m": "a"},
+                         {"n": 5, "m": "b"}]
+    assert found[5:8] == [{"n": 0, "m": "a"}, {"n": 10, "m": "a"}, {"n": 2, "m": "a"}]  # ends, then bisection
+    assert {"n": 5, "m": "a"} not in found, "the current position is not listed"
+    assert len(found) == 11 and len({tuple(sorted(p.items())) for p in found}) == 11, "every other position once"
+    # a log slider's neighbours are one exponent step away, as the browser's arrow key moves it
+    lr = likely_positions({"lr": log_slider("lr", 1e-3, 1e-4, 1e-1)}, {"lr": 1e-3})
+    assert abs(lr[0]["lr"] - 10 ** -2.95) < 1e-12 and abs(lr[1]["lr"] - 10 ** -3.05) < 1e-12
+
+
+def test_a_prefetch_step_fills_the_cache_and_leaves_random_state_alone():
+    import random
+
+    import numpy as np
+    import torch
+
+    from course_utils.widgets import _kept, _Prefetcher, int_slider
+
+    calls = []
+
+    def render(n):
+        calls.append(n)
+        torch.rand(3), np.random.rand(), random.random()  # a render that draws random numbers
+        return str(n)
+
+    kept = _kept(render)
+    prefetcher = _Prefetcher(kept, {"n": int_slider("n", 2, 0, 4)})
+    kept(n=2)
+    prefetcher.restart({"n": 2})
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    expected = torch.rand(1).item(), np.random.rand(), random.random()
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    assert prefetcher.step() and calls == [2, 3]
+    assert (torch.rand(1).item(), np.random.rand(), random.random()) == expected
+    while prefetcher.step():
+        pass
+    assert sorted(calls) == [0, 1, 2, 3, 4], "every position computed once"
+    assert kept(n=4) == "4" and len(calls) == 5, "a prefetched position is a kept one"
+
+
+def test_a_failing_position_does_not_stop_the_prefetch():
+    from course_utils.widgets import _kept, _Prefetcher, int_slider
+
+    def render(n):
+        if n == 3:
+            raise ValueError("no plot at 3")
+        return str(n)
+
+    kept = _kept(render)
+    prefetcher = _Prefetcher(kept, {"n": int_slider("n", 2, 0, 4)})
+    prefetcher.restart({"n": 2})
+    while prefetcher.step():
+        pass
+    assert kept.has(n=1) and kept.has(n=4) and not kept.has(n=3)
+
+
+def test_an_idle_kernel_prefetches_a_sliders_positions_and_a_busy_one_does_not():
+    """In a real kernel: after a slider cell, nothing is computed while cells keep running; once the kernel has been
+    idle, the neighbours are computed."""
+    import asyncio
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    async def run():
+        km = AsyncKernelManager(kernel_name="python3")
+        await km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=60)
+
+            async def execute(code):
+                msg_id = kc.execute(code)
+                text = ""
+                while True:
+                    msg = await kc.iopub_channel.get_msg(timeout=60)
+                    if msg["parent_header"].get("msg_id") != msg_id:
+                        continue
+                    if msg["msg_type"] == "stream":
+                        text += msg["content"]["text"]
+                    if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                        return text
+
+            await execute("from course_utils.widgets import int_slider, slider_html\ncalls = []\n"
+                          "w = slider_html(lambda n: calls.append(n) or f'<b>{n}</b>', n=int_slider('n', 5, 0, 10))")
+            busy = await execute("import time; time.sleep(1.5); print(sorted(calls))")
+            await asyncio.sleep(3)
+            idle = await execute("print(sorted(calls))")
+            return busy, idle
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    busy, idle = asyncio.run(run())
+    assert busy.strip() == "[5]", "nothing prefetched while a cell runs"
+    assert idle.strip() == str(list(range(11))), "every position prefetched once the kernel was idle"

@@ -1,6 +1,7 @@
 """Benchmarks of the course's Triton kernels against PyTorch eager and ``torch.compile``.
 
     python -m course_utils.harness.bench [--csv bench.csv] [--quick] [--no-compile]
+    python -m course_utils.harness.bench --notebooks [--threads 1 auto]   (course_utils.harness.notebook_bench)
 
 For each kernel, shape, dtype and pass (fwd, fwd+bwd) it prints the median time, the achieved
 bandwidth and that bandwidth as a fraction of this device's measured copy bandwidth
@@ -346,6 +347,11 @@ def write_csv(rows: list[dict], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--notebooks" in argv:  # the notebooks' times, quiet and with a busy core: a sibling benchmark
+        from course_utils.harness import notebook_bench
+
+        return notebook_bench.main([a for a in argv if a != "--notebooks"])
     parser = argparse.ArgumentParser(prog="python -m course_utils.harness.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--csv", default="bench.csv", help="where to write the figures (default bench.csv)")
     parser.add_argument("--quick", action="store_true", help="one small shape, few repetitions (smoke test)")

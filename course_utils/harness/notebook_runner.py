@@ -144,10 +144,72 @@ def solved(nb):
 
 
 SHELL_POLL_SLICE_S = 1.0
+STALL_S = float(os.environ.get("COURSE_STALL_S", "10"))  # an idle kernel that has not started a cell by then dropped it
+_STALLS: list[str] = []  # what the last execute() found, for last_stalls()
 
 
-def _poll_in_slices(channel) -> None:
-    """Make ``channel.get_msg`` (an async jupyter_client channel) wait in slices of SHELL_POLL_SLICE_S seconds.
+def last_stalls() -> list[str]:
+    """The dropped requests the last :func:`execute` detected and recovered from (one sentence each)."""
+    return list(_STALLS)
+
+
+class StallWatch:
+    """Detects an execute request the kernel never picked up, and recovers from it.
+
+    ipykernel issue #1554: a request that reaches the kernel's shell socket while the kernel is sending a reply on it
+    can stay unread, the kernel idle, until something else wakes the socket. A cell whose request has produced no
+    IOPub message at all (not even the kernel's "busy") after :data:`STALL_S` seconds is such a request: the watch
+    says so, wakes the socket with a ``kernel_info_request`` (the dropped request is then read and runs), and if the
+    cell has still not started after another :data:`STALL_S`, sends the request once more."""
+
+    def __init__(self, kc, log):
+        self.kc, self.log = kc, log
+        self.pending = None  # the execute_request last sent, its time, and what was done about it
+        self.seen: set[str] = set()
+        self.cell_index = None
+        self.events: list[str] = []
+        send, get_iopub = kc.shell_channel.send, kc.iopub_channel.get_msg
+        self._send = send
+
+        def sending(msg):
+            if msg["header"]["msg_type"] == "execute_request":
+                self.pending = {"msg": msg, "at": time.monotonic(), "woken": False, "resent": False}
+            return send(msg)
+
+        async def iopub(*args, **kwargs):
+            msg = await get_iopub(*args, **kwargs)
+            self.seen.add(msg.get("parent_header", {}).get("msg_id"))
+            return msg
+
+        kc.shell_channel.send, kc.iopub_channel.get_msg = sending, iopub
+
+    def check(self) -> None:
+        """Called each time a shell-channel slice passes without a message."""
+        pending = self.pending
+        if pending is None or pending["msg"]["header"]["msg_id"] in self.seen:
+            return
+        waited = time.monotonic() - pending["at"]
+        if waited < STALL_S or pending["resent"]:
+            return
+        where = f"cell {self.cell_index}" if self.cell_index is not None else "a cell"
+        if not pending["woken"]:
+            event = (f"{where}: the kernel is idle and has not started the request after {waited:.0f} s (a dropped "
+                     "request, ipykernel #1554); woke it with a kernel_info_request")
+            self.kc.kernel_info()
+            pending["woken"] = True
+        else:
+            event = f"{where}: still not started after the wake-up; sent the request again"
+            self._send(pending["msg"])
+            pending["resent"] = True
+        pending["at"] = time.monotonic()
+        self.events.append(event)
+        _STALLS.append(event)
+        self.log.warning(event)
+
+
+def _poll_in_slices(channel, on_empty=None) -> None:
+    """Make ``channel.get_msg`` (an async jupyter_client channel) wait in slices of SHELL_POLL_SLICE_S seconds,
+    calling ``on_empty()`` after each slice that found nothing.
 
     nbclient's stand-in for Output widgets (the slider cells' plots) sends on the shell socket while another task
     waits on that socket for the cell's reply; zmq signals readiness on an edge, and the send can consume the edge of
@@ -167,19 +229,28 @@ def _poll_in_slices(channel) -> None:
             except Empty:
                 if remaining is not None and remaining <= SHELL_POLL_SLICE_S:
                     raise
+                if on_empty is not None:
+                    on_empty()
 
     channel.get_msg = get_msg
 
 
 def _notebook_client(nb, **kwargs):
-    """An nbclient NotebookClient whose shell channel is polled in slices (:func:`_poll_in_slices`)."""
+    """An nbclient NotebookClient whose shell channel is polled in slices (:func:`_poll_in_slices`) and whose dropped
+    requests are detected and recovered (:class:`StallWatch`)."""
     from nbclient import NotebookClient
 
     class Client(NotebookClient):
         async def async_start_new_kernel_client(self):
             kc = await super().async_start_new_kernel_client()
-            _poll_in_slices(kc.shell_channel)
+            self.stall_watch = StallWatch(kc, self.log)
+            _poll_in_slices(kc.shell_channel, self.stall_watch.check)
             return kc
+
+        async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
+            if getattr(self, "stall_watch", None) is not None:
+                self.stall_watch.cell_index = cell_index
+            return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
 
     return Client(nb, **kwargs)
 
@@ -210,6 +281,7 @@ def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeo
     with tempfile.TemporaryDirectory() as tmp, _environment(
             COURSE_PROGRESS=str(Path(tmp) / "progress.json"), COURSE_STRICT="1" if solved_mode else "0",
             PYTHONHASHSEED="0", **record, **(env or {})):
+        _STALLS.clear()
         client = _notebook_client(nb, timeout=timeout, kernel_name="python3",
                                   resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()
