@@ -30,7 +30,7 @@ ANY_CPU := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
 
 test: $(STAMP)
 	$(PY) -m pytest
-	$(ANY_CPU) $(PY) -m pytest -p no:cacheprovider notebooks tests/test_notebook_claims.py
+	$(ANY_CPU) $(PY) -m pytest -p no:cacheprovider notebooks tests/test_notebook_claims.py tests/test_claims_*.py
 
 doctor: $(STAMP)
 	$(PY) -m course_utils doctor

@@ -51,14 +51,16 @@ def _key(values: dict) -> tuple:
     return tuple(sorted((name, float(f"{v:.10g}") if isinstance(v, float) else v) for name, v in values.items()))
 
 
-def _kept(compute: Callable[..., object], size: int = RENDER_CACHE_SIZE) -> Callable[..., object]:
-    """``compute(**values)`` with its last ``size`` results kept, keyed by the values (see :func:`_key`).
+def _kept(compute: Callable[..., object], size: int = RENDER_CACHE_SIZE,
+          snap: Callable[[dict], dict] = lambda values: values) -> Callable[..., object]:
+    """``compute(**values)`` with its last ``size`` results kept, keyed by the values (see :func:`_key`) after
+    ``snap`` (:func:`_snapper`: a value within rounding of a control's grid point is keyed as that point).
 
     ``call.has(**values)`` says whether a position is kept, without computing it."""
     kept: OrderedDict = OrderedDict()
 
     def call(**values):
-        key = _key(values)
+        key = _key(snap(values))
         if key in kept:
             kept.move_to_end(key)
         else:
@@ -67,8 +69,36 @@ def _kept(compute: Callable[..., object], size: int = RENDER_CACHE_SIZE) -> Call
                 kept.popitem(last=False)
         return kept[key]
 
-    call.has = lambda **values: _key(values) in kept
+    call.has = lambda **values: _key(snap(values)) in kept
     return call
+
+
+def _snapper(controls: dict[str, w.Widget]) -> Callable[[dict], dict]:
+    """``values`` with each slider value that lies within rounding of its grid replaced by the grid point.
+
+    The browser's slider (noUiSlider) rounds its position to 7 decimals, and a log slider sends base ** position:
+    10 ** 0.04794 where Python's grid has 10 ** 0.0479400086720376, equal to 8 digits only. Without snapping, a
+    position prefetched from Python's grid would never be found when the learner moves there."""
+    import math
+
+    grids = {name: _grid(c) for name, c in controls.items()
+             if isinstance(c, (w.IntSlider, w.FloatSlider, w.FloatLogSlider))}
+
+    def snap(values: dict) -> dict:
+        snapped = dict(values)
+        for name, grid in grids.items():
+            value = values.get(name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            control = controls[name]
+            position = (math.log(value, control.base) if isinstance(control, w.FloatLogSlider) and value > 0
+                        else value)
+            k = round((position - control.min) / control.step)
+            if 0 <= k < len(grid) and abs(control.min + k * control.step - position) <= 1e-4 * control.step:
+                snapped[name] = grid[k]
+        return snapped
+
+    return snap
 
 
 def _grid(control: w.Widget) -> list:
@@ -99,10 +129,12 @@ def _coarse_to_fine(n: int) -> list[int]:
 
 
 def likely_positions(controls: dict[str, w.Widget], values: dict) -> list[dict]:
-    """The positions a learner is likely to visit next from ``values``, most likely first: for each control, its
-    neighbours on the grid one step away, then two steps; then each control's whole range, coarse to fine. One
-    control moves at a time (the others keep their current values); ``values`` itself is not listed."""
-    near, far = [], []
+    """The positions a learner is likely to visit next from ``values``, most likely first: every position one move
+    away (each slider's grid neighbours one step away, each toggle's other options), then each slider's neighbours
+    two steps away, then each control's whole range, coarse to fine. One control moves at a time (the others keep
+    their current values); ``values`` itself is not listed."""
+    rings: list[list] = [[], []]
+    far = []
     for name, control in controls.items():
         grid = _grid(control)
         if not grid:
@@ -112,13 +144,13 @@ def likely_positions(controls: dict[str, w.Widget], values: dict) -> list[dict]:
             tolerance = 1e-9 * max(1.0, abs(current))
             below = [g for g in grid if g < current - tolerance]
             above = [g for g in grid if g > current + tolerance]
-            for distance in (1, 2):  # the grid values one step away on each side, then two
-                near += [(name, g) for g in above[distance - 1:distance] + below[len(below) - distance:][:1]]
+            for distance, ring in zip((1, 2), rings):  # the grid values one step away on each side, then two
+                ring += [(name, g) for g in above[distance - 1:distance] + below[len(below) - distance:][:1]]
         else:
-            near += [(name, g) for g in grid if g != current]
+            rings[0] += [(name, g) for g in grid if g != current]
         far += [(name, grid[i]) for i in _coarse_to_fine(len(grid))]
     found, seen = [], {_key(values)}
-    for name, value in near + far:
+    for name, value in rings[0] + rings[1] + far:
         position = {**values, name: value}
         if _key(position) not in seen:
             seen.add(_key(position))
@@ -261,7 +293,7 @@ def slider_plot(draw: Callable[..., None], **controls: w.Widget) -> w.interactiv
         finally:
             plt.close(figure)
 
-    kept_render = _kept(rendered)
+    kept_render = _kept(rendered, snap=_snapper(controls))
     shown = _with_prefetch(kept_render, controls)
 
     def update(**values):
@@ -285,7 +317,7 @@ def slider_html(render: Callable[..., str], **controls: w.Widget) -> w.interacti
     where a matplotlib figure costs 60 ms or more. Positions already shown are kept, and likely next ones
     prefetched while the kernel is idle, as in :func:`slider_plot`.
     """
-    kept_render = _kept(render)
+    kept_render = _kept(render, snap=_snapper(controls))
     shown = _with_prefetch(kept_render, controls)
 
     def update(**values):

@@ -40,3 +40,22 @@ def progress_file(tmp_path, monkeypatch):
 @pytest.fixture
 def strict(monkeypatch):
     monkeypatch.setenv("COURSE_STRICT", "1")
+
+
+# ------------------------------------------------------------------------------------ learner-mode times
+
+LEARNER_SECONDS: dict[str, float] = {}  # notebook name -> seconds its learner-mode (nbval) cells took in this run
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The browser tier last: it then knows how long each notebook takes on this machine (its Run All limit is a
+    multiple of that), and the nbval kernels it would otherwise compete with are gone."""
+    items.sort(key=lambda item: "test_browser.py" in item.nodeid)
+
+
+def pytest_runtest_logreport(report):
+    """Add up each notebook's nbval cell times (setup, call and teardown) into LEARNER_SECONDS."""
+    path = report.nodeid.split("::")[0]
+    if path.endswith(".ipynb"):
+        name = Path(path).name
+        LEARNER_SECONDS[name] = LEARNER_SECONDS.get(name, 0.0) + report.duration

@@ -98,3 +98,20 @@ def test_doctor_notes_versions_that_differ_from_the_constraints(tmp_path, monkey
     monkeypatch.setattr(cli, "_doctor_checks", lambda: iter([(True, "a", "fine")]))
     assert cli.doctor() == 0
     assert "NOTE  torch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("installed, warned", [("7.3.0", True), ("7.0.1", True), ("7.4.0", False), ("6.31.0", False),
+                                               ("7.10.0", False)])
+def test_doctor_warns_about_a_kernel_known_to_stall(monkeypatch, capsys, installed, warned):
+    """ipykernel 7.0-7.3 can leave a request unread (issue 33); doctor says so, and how to fix it."""
+    import importlib.metadata
+
+    from course_utils.harness import cli
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: installed if name == "ipykernel" else real(name))
+    assert bool(cli.kernel_stack_warnings()) is warned
+    monkeypatch.setattr(cli, "_doctor_checks", lambda: iter([(True, "a", "fine")]))
+    assert cli.doctor() == 0, "a warning is not a failure"
+    out = capsys.readouterr().out
+    assert ("WARN  kernel" in out and "ipykernel>=7.4" in out) is warned

@@ -36,8 +36,9 @@ def test_likely_positions_neighbours_first_then_the_range_coarse_to_fine():
 
     controls = {"n": int_slider("n", 5, 0, 10), "m": choice("m", ["a", "b"])}
     found = likely_positions(controls, {"n": 5, "m": "a"})
-    assert found[:5] == [{"n": 6, "m": "a"}, {"n": 4, "m": "a"}, {"n": 7, "m": "a"}, {"n": 3, "m": "a"},
-                         {"n": 5, "m": "b"}]
+    # one move away (a slider step, a toggle's other option), then two slider steps
+    assert found[:5] == [{"n": 6, "m": "a"}, {"n": 4, "m": "a"}, {"n": 5, "m": "b"}, {"n": 7, "m": "a"},
+                         {"n": 3, "m": "a"}]
     assert found[5:8] == [{"n": 0, "m": "a"}, {"n": 10, "m": "a"}, {"n": 2, "m": "a"}]  # ends, then bisection
     assert {"n": 5, "m": "a"} not in found, "the current position is not listed"
     assert len(found) == 11 and len({tuple(sorted(p.items())) for p in found}) == 11, "every other position once"
@@ -132,3 +133,23 @@ def test_an_idle_kernel_prefetches_a_sliders_positions_and_a_busy_one_does_not()
     busy, idle = asyncio.run(run())
     assert busy.strip() == "[5]", "nothing prefetched while a cell runs"
     assert idle.strip() == str(list(range(11))), "every position prefetched once the kernel was idle"
+
+
+def test_a_position_the_browser_rounds_finds_its_prefetched_render():
+    """noUiSlider rounds a slider's position to 7 decimals; a log slider sends base ** position, which then differs
+    from Python's grid value in the 8th digit. Snapping keys both as the same grid point."""
+    import math
+
+    from course_utils.widgets import _kept, _snapper, log_slider
+
+    controls = {"gain": log_slider("gain", 1.0, 0.25, 4.0)}
+    calls = []
+    kept = _kept(lambda gain: calls.append(gain) or gain, snap=_snapper(controls))
+    exponent = math.log10(0.25) + 13 * 0.05
+    kept(gain=10 ** exponent)  # Python's grid point (prefetched)
+    browser = 10 ** float(f"{exponent:.7f}")  # what the browser sends for the same position
+    assert browser != 10 ** exponent and kept.has(gain=browser)
+    kept(gain=browser)
+    assert len(calls) == 1
+    kept(gain=1.0)  # the slider's start, off the grid, is its own position
+    assert len(calls) == 2

@@ -88,6 +88,26 @@ def version_mismatches(constraints: Path = CONSTRAINTS) -> list[tuple[str, str, 
     return mismatches
 
 
+STALLING_KERNELS = ("7.0", "7.1", "7.2", "7.3")  # ipykernel releases that send shell replies raw (ipykernel #1554)
+
+
+def kernel_stack_warnings() -> list[str]:
+    """Why the installed notebook kernel may leave a request unread (a cell that never starts, kernel idle), if it
+    is one known to: ipykernel 7.0 to 7.3 send the shell reply raw on the socket the requests arrive on, which can
+    swallow the wake-up of a request arriving meanwhile (ipykernel issue #1554; fixed in 7.4 by pull request #1529,
+    which sends it through the socket's stream)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("ipykernel")
+    except PackageNotFoundError:
+        return []
+    if installed.startswith(tuple(f"{v}." for v in STALLING_KERNELS)) or installed in STALLING_KERNELS:
+        return [f"ipykernel {installed} can leave a cell's request unread, the kernel idle and the cell at [*] for "
+                "ever (ipykernel #1554): pip install 'ipykernel>=7.4' (the course pins it in constraints-cpu.txt)"]
+    return []
+
+
 def doctor() -> int:
     failures = 0
     for ok, name, detail in _doctor_checks():
@@ -96,6 +116,8 @@ def doctor() -> int:
     for name, pinned, installed in version_mismatches(CONSTRAINTS):
         print(f"NOTE  {name:<11} {installed} installed; the stored outputs were recorded with {pinned} "
               f"({CONSTRAINTS.name}): a printed digit may differ, a check will not")
+    for warning in kernel_stack_warnings():
+        print(f"WARN  {'kernel':<11} {warning}")
     print("all OK" if not failures else f"{failures} FAIL line(s): see above")
     return 1 if failures else 0
 

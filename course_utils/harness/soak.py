@@ -9,12 +9,15 @@ until something else wakes the socket).
 
 - ``--protocol N``: a kernel started by jupyter_client; N times, a transient client sends ``kernel_info_request``
   on shell and control and closes as soon as control answers (what jupyter_server does on every new websocket),
-  and right then the main client sends a small ``execute_request``. A stall is woken with a ``kernel_info_request``
+  and right then (every other run: 0-4 ms after the nudge, while the kernel answers it) the main client sends a
+  small ``execute_request``. A stall is woken with a ``kernel_info_request``
   on the main client, so the run goes on.
 - ``--lab N``: a JupyterLab server started as ``make lab`` starts it, one kernel, and N websocket connections in a
   row (as a browser tab that opens a notebook), each sending one ``execute_request`` and closing.
 - ``--notebooks ... --runs K``: the course's notebook runner on those notebooks K times; its stall detection
   (``notebook_runner.STALL_S``) reports every request the kernel dropped.
+- ``--plain ... --runs K``: plain nbclient on those notebooks K times (no sliced polling, no stall watch); a cell that
+  runs past a 120 s limit is a stall.
 
 Prints the kernel stack's versions and ``stalls / runs`` for each part.
 """
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import secrets
 import shutil
 import subprocess
@@ -95,9 +99,15 @@ async def protocol_soak(runs: int, stall_s: float) -> tuple[int, int]:
             msg = nudge.session.msg("kernel_info_request")
             control_id = msg["header"]["msg_id"]
             nudge.control_channel.send(msg)
-            await _reply(nudge.control_channel, control_id, 30)
-            nudge.stop_channels()  # the server closes the transient channels once control answers
+            if i % 2:  # every other run: the execute lands while the kernel answers the nudge (0-4 ms after it)
+                await asyncio.sleep(random.uniform(0, 0.004))
+            else:  # as jupyter_server does: close the transient channels once control has answered
+                await _reply(nudge.control_channel, control_id, 30)
+                nudge.stop_channels()
             msg_id = kc.execute(f"_soak = {i}", silent=True)
+            if i % 2:
+                await _reply(nudge.control_channel, control_id, 30)
+                nudge.stop_channels()
             if await _reply(kc.shell_channel, msg_id, stall_s) is None:
                 stalls += 1
                 print(f"  protocol run {i + 1}: no reply in {stall_s:.0f} s, kernel idle; waking it", flush=True)
@@ -177,12 +187,43 @@ async def lab_soak(runs: int, stall_s: float) -> tuple[int, int]:
     return stalls, runs
 
 
+def plain_nbclient_soak(names: list[str], runs: int, cell_timeout: int = 120) -> tuple[int, int]:
+    """``(stalls, runs)`` of plain nbclient (as nbconvert and many CI scripts use it, without the course runner's
+    sliced polling and stall watch): a cell that exceeds ``cell_timeout`` (every course cell takes far less) is a
+    stall; the run stops there."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError
+
+    copies = Path(tempfile.mkdtemp(prefix="course-soak-plain-"))
+    paths = [Path(shutil.copy(p, copies / p.name)) for p in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+             if any(p.name.startswith(n) for n in names)]
+    stalls = total = 0
+    for run in range(runs):
+        for path in paths:
+            nb = nbformat.read(path, as_version=4)
+            start = time.perf_counter()
+            try:
+                NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
+                               resources={"metadata": {"path": str(path.parent)}}).execute()
+                found = "no stall"
+            except CellTimeoutError as exc:
+                stalls += 1
+                found = f"STALL: {str(exc).splitlines()[0]}"
+            total += 1
+            print(f"  plain nbclient {path.name} run {run + 1}: {time.perf_counter() - start:.1f} s, {found}",
+                  flush=True)
+    return stalls, total
+
+
 def notebook_soak(names: list[str], runs: int) -> tuple[int, int]:
     """``(stalls, cells run)`` of the course's notebook runner over ``names`` (notebook numbers), ``runs`` times."""
     from course_utils.harness import notebook_runner
 
-    paths = [p for p in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-             if any(p.name.startswith(n) for n in names)]
+    originals = [p for p in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+                 if any(p.name.startswith(n) for n in names)]
+    copies = Path(tempfile.mkdtemp(prefix="course-soak-notebooks-"))  # a snapshot: edits meanwhile do not matter
+    paths = [Path(shutil.copy(p, copies / p.name)) for p in originals]
     stalls = cells = 0
     for run in range(runs):
         for path in paths:
@@ -199,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", type=int, default=300, help="transient-nudge races (0 to skip)")
     parser.add_argument("--lab", type=int, default=100, help="websocket connections to a JupyterLab kernel (0 to skip)")
     parser.add_argument("--notebooks", nargs="*", default=[], help="notebook numbers to run with the course's runner")
-    parser.add_argument("--runs", type=int, default=1, help="runs of each of --notebooks")
+    parser.add_argument("--plain", nargs="*", default=[], help="notebook numbers to run with plain nbclient")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each of --notebooks and --plain")
     parser.add_argument("--stall-s", type=float, default=10.0, help="seconds without a reply that count as a stall")
     args = parser.parse_args(argv)
     print(stack_versions(), flush=True)
@@ -210,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         results["lab (websocket per request)"] = asyncio.run(lab_soak(args.lab, args.stall_s))
     if args.notebooks:
         results[f"notebooks {' '.join(args.notebooks)} x{args.runs} (cells)"] = notebook_soak(args.notebooks, args.runs)
+    if args.plain:
+        results[f"plain nbclient {' '.join(args.plain)} x{args.runs} (runs)"] = plain_nbclient_soak(args.plain,
+                                                                                                     args.runs)
     for part, (stalls, runs) in results.items():
         print(f"{part}: {stalls} stall(s) in {runs}")
     return 0
