@@ -53,25 +53,38 @@ def cell_seconds(nb) -> list[tuple[int, float]]:
     return found
 
 
-def time_notebook(path: Path, threads: str, busy: bool, timeout: int = 900) -> dict:
-    """Run one notebook in learner mode; its wall time and slowest cell."""
+def time_notebook(path: Path, threads: str, busy: bool, cell_limit: int = 300) -> dict:
+    """Run one notebook in learner mode; its wall time and slowest cell. A cell that runs past ``cell_limit`` seconds
+    stops the run: its time is then reported as more than the time spent."""
+    from nbclient.exceptions import CellTimeoutError
+
     from course_utils.harness.notebook_runner import execute
 
+    start = time.perf_counter()
     with busy_core(busy):
-        nb, seconds = execute(path, timeout=timeout, env={"COURSE_THREADS": threads})
+        try:
+            nb, seconds = execute(path, timeout=cell_limit, env={"COURSE_THREADS": threads})
+        except CellTimeoutError:
+            return {"seconds": None, "at least": time.perf_counter() - start, "slowest cell": "?",
+                    "slowest cell s": float(cell_limit)}
     slowest = max(cell_seconds(nb), key=lambda c: c[1], default=(None, 0.0))
     return {"seconds": seconds, "slowest cell": slowest[0], "slowest cell s": slowest[1]}
 
 
-def run(paths: list[Path], thread_settings: list[str]) -> list[dict]:
+def _shown(result: dict) -> str:
+    return f"{result['seconds']:.1f}" if result["seconds"] is not None else f"> {result['at least']:.0f}"
+
+
+def run(paths: list[Path], thread_settings: list[str], cell_limit: int = 300) -> list[dict]:
     rows = []
     for path in paths:
         for threads in thread_settings:
-            quiet = time_notebook(path, threads, busy=False)
-            loaded = time_notebook(path, threads, busy=True)
-            row = {"notebook": path.name, "COURSE_THREADS": threads, "quiet s": round(quiet["seconds"], 1),
-                   "busy s": round(loaded["seconds"], 1),
-                   "busy / quiet": round(loaded["seconds"] / quiet["seconds"], 2),
+            quiet = time_notebook(path, threads, busy=False, cell_limit=cell_limit)
+            loaded = time_notebook(path, threads, busy=True, cell_limit=cell_limit)
+            both = quiet["seconds"] is not None and loaded["seconds"] is not None
+            row = {"notebook": path.name, "COURSE_THREADS": threads, "quiet s": _shown(quiet),
+                   "busy s": _shown(loaded),
+                   "busy / quiet": f"{loaded['seconds'] / quiet['seconds']:.2f}" if both else "-",
                    "slowest busy cell": f"{loaded['slowest cell']} ({loaded['slowest cell s']:.1f} s)"}
             rows.append(row)
             print(" | ".join(f"{k}: {v}" for k, v in row.items()), flush=True)
@@ -92,13 +105,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="COURSE_THREADS settings to compare (default: 1, the course's; 'auto' is PyTorch's)")
     parser.add_argument("--only", nargs="+", default=[], help="notebook numbers or names (default: all)")
     parser.add_argument("--csv", default=None, help="also write the figures to this CSV file")
+    parser.add_argument("--cell-limit", type=int, default=300, help="seconds a cell may run before the run stops")
     args = parser.parse_args(argv)
     paths = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.only:
         paths = [p for p in paths if any(p.name.startswith(o) for o in args.only)]
     if not paths:
         parser.error(f"no notebook matches {args.only}")
-    rows = run(paths, args.threads)
+    rows = run(paths, args.threads, args.cell_limit)
     print()
     print(markdown_table(rows))
     if args.csv:
