@@ -95,3 +95,72 @@ def test_verdicts_treat_equal_infinities_as_equal():
     masked = torch.tensor([1.0, float("-inf"), 2.0])
     assert agreement(masked, masked.clone(), 1e-6, "itself") == "matches itself within 1e-6"
     assert format_tolerance(2.5e-5) == "2.5e-5" and format_tolerance(1e-5) == "1e-5"
+
+
+@requires_triton
+def test_an_outside_access_says_stride_or_mask_as_the_addresses_show():
+    """A kernel that takes the number of columns for the row stride is told about the stride, not about masks; one
+    without a column mask is told about the mask (issue 29)."""
+    import os
+
+    from course_utils.harness.guards import watch_accesses
+    from course_utils.runtime import import_triton
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("access watching needs Triton's interpreter")
+    triton, tl = import_triton()
+
+    @triton.jit
+    def rows_copy(x_ptr, y_ptr, n_cols, x_stride, y_stride, BLOCK: tl.constexpr, USE_STRIDE: tl.constexpr,
+                  MASK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        mask = offs < n_cols if MASK else offs < BLOCK
+        start = row * x_stride if USE_STRIDE else row * n_cols
+        x = tl.load(x_ptr + start + offs, mask=mask, other=0.0)
+        tl.store(y_ptr + row * y_stride + offs, x, mask=offs < n_cols)
+
+    x = guarded(torch.arange(15.0).view(3, 5), float("nan"), margin=8, row_pad=3)
+    y = guarded((3, 5), SENTINEL, margin=8, row_pad=1)
+
+    def run(use_stride, mask):
+        with watch_accesses(loads={"x": x}, stores={"y": y}) as log:
+            rows_copy[(3,)](x.view, y.view, 5, x.view.stride(0), y.view.stride(0), BLOCK=8, USE_STRIDE=use_stride,
+                            MASK=mask)
+        return log
+
+    run(True, True).check()
+    with pytest.raises(ContractError, match=r"if its rows were 5 elements apart, but they are 8 apart") as stride:
+        run(False, True).check()
+    assert "mask" not in str(stride.value).split("(first:")[1].split(")")[1]
+    with pytest.raises(ContractError, match=r"past the last column of a row or past the last row: every lane of a "
+                                            r"load must be masked"):
+        run(True, False).check()
+
+
+@requires_triton
+def test_a_nan_from_the_kernels_own_arithmetic_is_not_blamed_on_a_mask(monkeypatch):
+    """In the interpreter every load is watched, so a NaN in the output came from the kernel's arithmetic (here exp
+    overflowing to inf, then inf / inf), not from the NaN guards: the note says so (issue 29)."""
+    import os
+
+    from course_utils import check
+    from course_utils.harness.guards import GUARD_NOTE
+    from course_utils.runtime import import_triton
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the access watch needs Triton's interpreter")
+    triton, tl = import_triton()
+
+    @triton.jit
+    def softmax_without_max(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * x_row_stride + cols, mask=cols < n_cols, other=-float("inf"))
+        e = tl.exp(x)
+        tl.store(y_ptr + row * y_row_stride + cols, e / tl.sum(e, axis=0), mask=cols < n_cols)
+
+    monkeypatch.setenv("COURSE_COMPILE_CHECK", "0")
+    result = check("1.4", softmax_without_max)
+    assert not result.passed and "huge logits" in result.message and "NaN" in result.message
+    assert "comes from its own arithmetic" in result.message and GUARD_NOTE not in result.message

@@ -123,6 +123,24 @@ class _Region:
         row, col = np.divmod(element, self.row_stride)
         return (rest == 0) & (element >= 0) & (row < self.rows) & (col < self.cols)
 
+    def contiguous_contains(self, addresses):
+        """numpy bool array: which addresses are elements of a *contiguous* tensor of this shape at this base (rows
+        ``cols`` elements apart), as a kernel that ignores the row stride would address it."""
+        import numpy as np
+
+        offset = addresses.astype(np.int64) - self.base
+        element, rest = np.divmod(offset, self.itemsize)
+        return (rest == 0) & (element >= 0) & (element < self.rows * self.cols)
+
+    def past_a_row_or_the_end(self, address: int) -> bool:
+        """Is ``address`` in a row's padding (a column at or past ``cols``) or past the last row: where a lane goes
+        that a mask should have stopped?"""
+        element = (address - self.base) // self.itemsize
+        if element < 0:
+            return False
+        row, col = divmod(element, self.row_stride)
+        return row >= self.rows or col >= self.cols
+
     def distance(self, address: int) -> int:
         """Bytes from ``address`` to this tensor's span (0 inside it, padding included)."""
         end = self.base + ((self.rows - 1) * self.row_stride + self.cols) * self.itemsize
@@ -156,6 +174,10 @@ class AccessLog:
         # element accesses inside each named tensor: counts[name]["load" or "store"]
         self.counts = {r.name: {"load": 0, "store": 0} for r in loads + stores}
         self.first: dict[str, str] = {}
+        self.first_at: dict[str, tuple[_Region, int]] = {}  # the first outside address of a kind, its nearest tensor
+        # (kind, tensor name) -> whether every access of that kind near that tensor would lie inside it if its rows
+        # were contiguous (``cols`` apart): the sign of a kernel that ignores the row stride
+        self.contiguous: dict[tuple[str, str], bool] = {}
 
     def _record(self, kind: str, regions: list[_Region], addresses, mask) -> None:
         import numpy as np
@@ -163,6 +185,9 @@ class AccessLog:
         active = np.asarray(addresses)[np.asarray(mask, dtype=bool)]
         if active.size == 0:
             return
+        near = min(self.loads + self.stores, key=lambda r: r.distance(int(active.reshape(-1)[0])))
+        key = (kind, near.name)
+        self.contiguous[key] = self.contiguous.get(key, True) and bool(near.contiguous_contains(active).all())
         inside = np.zeros(active.shape, dtype=bool)
         for region in regions:
             in_region = region.contains(active)
@@ -176,6 +201,25 @@ class AccessLog:
             address = int(bad.reshape(-1)[0])
             nearest = min(self.loads + self.stores, key=lambda r: r.distance(address))
             self.first[kind] = nearest.describe(address)
+            self.first_at[kind] = (nearest, address)
+
+    def _advice(self, kind: str) -> str:
+        """What the first outside access of ``kind`` shows, in one sentence: only what the addresses prove."""
+        region, address = self.first_at[kind]
+        if (region.rows > 1 and region.row_stride != region.cols
+                and self.contiguous.get((kind, region.name), False)):
+            return (f"Every {kind} your kernel made there would be inside {region.name} if its rows were {region.cols} "
+                    f"elements apart, but they are {region.row_stride} apart here: compute a row's start from the "
+                    "row stride your kernel is given (e.g. `row * stride`), not from the number of columns.")
+        if region.past_a_row_or_the_end(address):
+            if kind == "load":
+                return ("The address lies past the last column of a row or past the last row: every lane of a load "
+                        "must be masked to addresses inside its tensor (mask=..., other=...); a value loaded there "
+                        "is garbage, and on a GPU the address may not exist.")
+            return "The address lies past the last column of a row or past the last row: mask every store to the " \
+                   "output's own elements."
+        return ("The address is not one a missing mask explains (it is before the tensor, or between tensors): check "
+                "how your kernel computes it (the program id, the offsets, the strides).")
 
     def check(self) -> None:
         """Raise ContractError for the first kind of access that went outside."""
@@ -184,13 +228,12 @@ class AccessLog:
         if self.outside["load"]:
             raise ContractError(
                 f"your kernel loaded {self.outside['load']} value(s) from outside the tensors it was given (first: "
-                f"{self.first['load']}). Every lane of a load must be masked to addresses inside its tensor "
-                "(mask=..., other=...); a value loaded there is garbage, and on a GPU the address may not exist.")
+                f"{self.first['load']}). {self._advice('load')}")
         if self.outside["store"]:
             names = ", ".join(r.name for r in self.stores)
             raise ContractError(
                 f"your kernel stored {self.outside['store']} value(s) outside its output(s) {names} (first: "
-                f"{self.first['store']}). Mask every store to the output's own elements.")
+                f"{self.first['store']}). {self._advice('store')}")
 
 
 _watching: list[tuple[threading.Thread, AccessLog]] = []  # the open watches, innermost last
