@@ -212,6 +212,13 @@ def _factored_no_clamp(grad, row_var, col_var, beta2_t, eps1):
     return row_var, col_var, torch.outer(row_var, col_var) / row_var.mean()
 
 
+def _factored_eps_added(grad, row_var, col_var, beta2_t, eps1):
+    sq = grad * grad
+    row_var = torch.lerp(row_var, sq.mean(dim=1), 1 - beta2_t)
+    col_var = torch.lerp(col_var, sq.mean(dim=0), 1 - beta2_t)
+    return row_var, col_var, torch.outer(row_var, col_var) / (row_var.mean() + eps1)
+
+
 def _factored_cases():
     gen = torch.Generator().manual_seed(54)
     eps1 = torch.finfo(torch.float32).eps
@@ -226,6 +233,9 @@ def _factored_cases():
         Case("zero gradient at step 1", (torch.zeros(3, 3), torch.zeros(3), torch.zeros(3), 0.0, eps1)),
         Case("tiny gradient, eps1 = 1e-3 (the clamp decides)",
              (1e-3 * torch.randn(4, 5, generator=gen), torch.zeros(4), torch.zeros(5), 0.0, 1e-3)),
+        # values of order 0.1, far above any absolute tolerance, where max(mean, eps1) and mean + eps1 differ by 10 %
+        Case("eps1 = 10 above mean(row_var) ~ 1 (the clamp decides, v_hat ~ 0.1)",
+             (torch.randn(4, 5, generator=gen), torch.zeros(4), torch.zeros(5), 0.0, 10.0)),
     ]
 
 
@@ -385,6 +395,9 @@ EXERCISES = [
                     "torch.lerp(old, new_mean, 1 - beta2_t)."),
             Mistake("no clamp", _factored_no_clamp,
                     "A zero gradient makes mean(row_var) = 0 and v_hat = 0 / 0: clamp the denominator to eps1."),
+            Mistake("eps1 added", _factored_eps_added,
+                    "eps1 is a floor, not an offset: divide by max(mean(row_var), eps1) (`.clamp(min=eps1)`), which "
+                    "leaves the denominator alone whenever the mean is above eps1."),
         ),
     ),
     Exercise(
