@@ -231,8 +231,10 @@ def _factored_cases():
                                                                      torch.randn(2, generator=gen)),
                                                          torch.zeros(6), torch.zeros(2), 0.0, eps1)),
         Case("zero gradient at step 1", (torch.zeros(3, 3), torch.zeros(3), torch.zeros(3), 0.0, eps1)),
+        # values ~1e-6 to 1e-9: compared relatively (an absolute tolerance of 1e-5 would accept zeros)
         Case("tiny gradient, eps1 = 1e-3 (the clamp decides)",
-             (1e-3 * torch.randn(4, 5, generator=gen), torch.zeros(4), torch.zeros(5), 0.0, 1e-3)),
+             (1e-3 * torch.randn(4, 5, generator=gen), torch.zeros(4), torch.zeros(5), 0.0, 1e-3),
+             tolerances={torch.float32: (1e-5, 0.0)}),
         # values of order 0.1, far above any absolute tolerance, where max(mean, eps1) and mean + eps1 differ by 10 %
         Case("eps1 = 10 above mean(row_var) ~ 1 (the clamp decides, v_hat ~ 0.1)",
              (torch.randn(4, 5, generator=gen), torch.zeros(4), torch.zeros(5), 0.0, 10.0)),
