@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PINS   ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
 PORT   ?= 8888
 
-.PHONY: lab test setup doctor progress bench gpu-check clean-venv
+.PHONY: lab test setup doctor progress bench gpu-check update clean-venv
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ bench: $(STAMP)
 # On a machine with an NVIDIA GPU: the kernel tests compiled and the benchmark, in gpu-report.md
 gpu-check: $(STAMP)
 	$(PY) -m course_utils gpu-check --report gpu-report.md
+
+# bring in the latest course without losing a line written in the notebooks (backups in .course-backups/)
+update: $(STAMP)
+	$(PY) -m course_utils update
 
 progress: $(STAMP)
 	$(PY) -m course_utils progress

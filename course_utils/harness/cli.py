@@ -214,7 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--report", default="gpu-report.md", help="where to write it (default gpu-report.md)")
     lab = sub.add_parser("lab", help="open JupyterLab on notebooks/ (127.0.0.1, token auth)")
     lab.add_argument("--port", type=int, default=8888)
+    upd = sub.add_parser("update", help="bring in the latest course, keeping every line you wrote in the notebooks")
+    upd.add_argument("--no-install", action="store_true", help="do not re-install when the dependencies change")
     args = parser.parse_args(argv)
+    if args.command == "update":
+        from course_utils.harness.update import main as update_main
+
+        return update_main(["--no-install"] if args.no_install else [])
     if args.command == "lab":
         import os
 
