@@ -25,6 +25,7 @@ from course_utils.harness.exercises import (  # noqa: E402
     check,
     exercise_ids,
     from_progress,
+    hint,
     progress_table,
     reference,
     stub_source,
@@ -32,4 +33,5 @@ from course_utils.harness.exercises import (  # noqa: E402
 )
 from course_utils.runtime import setup  # noqa: E402
 
-__all__ = ["setup", "check", "use", "from_progress", "exercise_ids", "reference", "progress_table", "stub_source"]
+__all__ = ["setup", "check", "use", "hint", "from_progress", "exercise_ids", "reference", "progress_table",
+           "stub_source"]

@@ -50,6 +50,27 @@ def merge_partial_attention(o1, lse1, o2, lse2):
     return w1 * o1 + w2 * o2, lse
 
 
+def tiled_attention(q, k, v, block: int = 16):
+    """Non-causal attention computed one key block at a time with the online softmax, in plain PyTorch: the loop
+    that the FlashAttention kernel (exercise 7.5) runs per query block. q, k, v: (..., N, D); returns
+    softmax(q k^T / sqrt(D)) v. Per query row it keeps the running max m, the running sum of exp(s - m) and the
+    unnormalised output acc; a new block with a larger max rescales both by exp(m_old - m_new)."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    m = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32)  # (..., N) running max
+    total = torch.zeros(q.shape[:-1], dtype=torch.float32)  # (..., N) running sum of exp(s - m)
+    acc = torch.zeros(q.shape, dtype=torch.float32)  # (..., N, D) unnormalised output
+    for start in range(0, k.shape[-2], block):
+        kb, vb = k[..., start:start + block, :].float(), v[..., start:start + block, :].float()  # (..., B, D)
+        s = (q.float() @ kb.transpose(-2, -1)) * scale  # (..., N, B): one score tile
+        m_new = torch.maximum(m, s.amax(dim=-1))
+        p = torch.exp(s - m_new[..., None])  # (..., N, B)
+        correction = torch.exp(m - m_new)  # rescales what was summed under the old max
+        total = total * correction + p.sum(dim=-1)
+        acc = acc * correction[..., None] + p @ vb
+        m = m_new
+    return (acc / total[..., None]).to(q.dtype)
+
+
 def ring_attention_simulated(q, k, v, world_size: int, *, causal: bool = True):
     """Ring attention in one process, for checking the multi-process version: split the sequence into
     ``world_size`` blocks; rank r merges its queries' attention over the K/V block it holds at each
@@ -81,13 +102,23 @@ def naive_attention(q, k, v, *, causal: bool = False):
 FLASH_COMPILE_SETTINGS = [(64, 64), (128, 64)]  # (head_dim, rows per query and per key block)
 
 
-def flash_kernels_compiled(settings=FLASH_COMPILE_SETTINGS, dtype=torch.float16, n_ctx: int = 4096) -> list[dict]:
+def flash_kernels_compiled(settings=FLASH_COMPILE_SETTINGS, dtype=torch.float16, n_ctx: int = 4096,
+                           num_stages: int | None = None, kernels: tuple[str, ...] | None = None) -> list[dict]:
     """The course's FlashAttention kernels as Triton's compiler builds them for each NVIDIA target
     (:mod:`course_utils.harness.compiled`), causal, in ``dtype``, for each ``(head_dim, block)`` of ``settings``:
     the forward, and the backward's dK/dV and dQ kernels. One dict per kernel, setting and target: shared memory
-    (KiB), registers a thread, spilled bytes. Needs Triton (not a GPU)."""
-    from course_utils.harness.compiled import compile_calls
+    (KiB), registers a thread, spilled bytes. Needs Triton (not a GPU).
+
+    ``num_stages``: compile every launch with this software-pipelining depth instead of the launch's own (Triton's
+    default, 3): the K/V tiles of that many loop iterations are buffered in shared memory. ``kernels``: keep only
+    the launches with these names (``"flash_fwd"``, ``"flash_bwd_dkdv"``, ``"flash_bwd_dq"``)."""
+    import dataclasses
+
+    from course_utils.harness.compiled import compile_launches, recording_launches
     from course_utils.kernels.flash_attention import flash_attention_backward, flash_attention_forward
+
+    def name(launch):
+        return launch.name.strip("_").replace("_kernel", "")
 
     def walk():
         for head_dim, block in settings:
@@ -97,10 +128,15 @@ def flash_kernels_compiled(settings=FLASH_COMPILE_SETTINGS, dtype=torch.float16,
             flash_attention_backward(q, q, q, q, lse, q, causal=True, scale=head_dim ** -0.5, block_m=block,
                                      block_n=block)
 
+    with recording_launches(execute=False) as launches:
+        walk()
+    launches = [launch if num_stages is None else dataclasses.replace(launch, num_stages=num_stages)
+                for launch in launches if kernels is None or name(launch) in kernels]
     rows = []
-    for report in compile_calls(walk):
+    for report in compile_launches(launches):
         constants = dict(report.launch.constexprs)
-        rows.append({"kernel": report.launch.name.strip("_").replace("_kernel", ""), "head_dim": constants["BLOCK_D"],
+        rows.append({"kernel": name(report.launch), "head_dim": constants["BLOCK_D"],
+                     "stages": report.launch.num_stages,
                      "block": constants["BLOCK_M"], "target": report.target.name, "error": report.error,
                      "shared KiB": None if report.error else report.shared_bytes / 1024,
                      "fits": not report.problems(), "registers": report.registers, "spilled": report.spilled_bytes})

@@ -143,12 +143,14 @@ if __name__ == "__main__":
 
 @torch.no_grad()
 def loss_by_position(model: TinyTransformer, data: torch.Tensor, length: int, windows: int = 8,
-                     seed: int = 1) -> torch.Tensor:
+                     seed: int = 1, per_window: bool = False) -> torch.Tensor:
     """(length,) mean loss at each position of ``windows`` fixed random windows of ``length`` + 1 bytes
-    (the model reads ``length`` bytes, which may exceed its training context)."""
+    (the model reads ``length`` bytes, which may exceed its training context). ``per_window``: return the
+    (windows, length) losses instead, one row per window (for the spread across windows)."""
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(data) - length - 1, (windows,), generator=gen).tolist()
     x = torch.stack([data[s: s + length + 1] for s in starts])
     logits, _ = model.eval()(x[:, :-1])
     losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none")
-    return losses.view(windows, length).mean(dim=0)
+    losses = losses.view(windows, length)
+    return losses if per_window else losses.mean(dim=0)

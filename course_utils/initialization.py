@@ -4,8 +4,10 @@ and a learning-rate × width sweep under standard parameterisation and μP.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -76,14 +78,69 @@ def default_init_report(fan_in: int = 512, fan_out: int = 256, vocab: int = 1000
     }
 
 
-def tied_head_initial_loss(embedding_std: float, *, d_model: int = 256, vocab: int = 512, seed: int = 0) -> float:
-    """Cross-entropy at init of logits = E[x] @ E^T (a tied LM head on the raw embeddings)
-    against random targets; ln(vocab) is what a calibrated untrained model scores."""
+def pytorch_default_relu_stack(depth: int = 20, width: int = 512, batch: int = 256, *, bias: bool = True,
+                               seed: int = 0) -> dict[str, float]:
+    """``depth`` x (``nn.Linear(width, width, bias=bias)`` at PyTorch's default init, then ReLU) on unit-normal inputs.
+
+    Returns {"output_std": std of all final activations, "input_dependent_std": the per-feature std across the
+    batch, averaged over features (what still depends on the input), "output_mean_abs": mean |activation|}.
+    With the default bias, U(+-1/sqrt(fan_in)), the output is a bias-made constant: large std, tiny input part."""
+    torch.manual_seed(seed)
+    layers = [nn.Linear(width, width, bias=bias) for _ in range(depth)]
+    h = torch.randn(batch, width, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for layer in layers:
+            h = F.relu(layer(h))
+    return {"output_std": float(h.std()), "input_dependent_std": float(h.std(dim=0).mean()),
+            "output_mean_abs": float(h.abs().mean())}
+
+
+# The course's one table of initialisations, by name (TransformerConfig fields in brackets):
+#   "fan-in"      every Linear N(0, 1/fan_in), embeddings N(0, 1/2)           [init="fan_in"]
+#   "fixed 0.02"  every Linear and Embedding weight N(0, 0.02^2)             [init="gpt", depth_scaled_init=False]
+#   "GPT-2"       fixed 0.02, and N(0, (0.02/sqrt(2L))^2) on attn.proj and mlp.down
+#                                                                           [init="gpt", depth_scaled_init=True]
+#   "muP"         fan-in init, zero readout, Adam lr x base_width/width on hidden and output layers (WidthMLP here)
+INIT_RECIPES = {
+    "fan-in": dict(init="fan_in"),
+    "fixed 0.02": dict(init="gpt", init_std=0.02, depth_scaled_init=False),
+    "GPT-2": dict(init="gpt", init_std=0.02, depth_scaled_init=True),
+}
+RECIPE_LAYERS = ("attn.qkv", "attn.proj", "mlp.up", "mlp.down", "lm_head")
+
+
+def init_recipe_table(d_model: int = 64, n_layer: int = 4, *, batch: int = 4096, seed: int = 0) -> dict:
+    """For each recipe of INIT_RECIPES, the forward variance factor Var(x W^T) / Var(x) of each kind of layer of a
+    TinyTransformer (block 0's attn.qkv, attn.proj, mlp.up, mlp.down, and the lm_head), measured on unit-normal
+    inputs. Returns {recipe: {layer: factor}}; a factor 1 keeps the signal's scale, fan_in * std^2 in general."""
+    from course_utils.models import TinyTransformer, TransformerConfig
+
+    table = {}
+    for name, fields in INIT_RECIPES.items():
+        torch.manual_seed(seed)
+        model = TinyTransformer(TransformerConfig(vocab_size=64, block_size=16, n_layer=n_layer, d_model=d_model,
+                                                  n_head=4, **fields))
+        modules = dict(model.named_modules())
+        row = {}
+        for layer in RECIPE_LAYERS:
+            module = modules[layer if layer == "lm_head" else f"blocks.0.{layer}"]
+            x = torch.randn(batch, module.in_features, generator=torch.Generator().manual_seed(seed))
+            with torch.no_grad():
+                row[layer] = float(module(x).var() / x.var())
+        table[name] = row
+    return table
+
+
+def tied_head_initial_loss(embedding_std: float, *, d_model: int = 256, vocab: int = 512, seed: int = 0,
+                           head_scale: float = 1.0) -> float:
+    """Cross-entropy at init of logits = head_scale * LN(E[x]) @ E^T (a tied LM head on the layer-normed
+    embeddings) against random targets; ln(vocab) is what a calibrated untrained model scores. T5 ties with an
+    N(0, 1) embedding and head_scale = d_model ** -0.5."""
     g = torch.Generator().manual_seed(seed)
     E = embedding_std * torch.randn(vocab, d_model, generator=g)
     tokens = torch.randint(vocab, (256,), generator=g)
     targets = torch.randint(vocab, (256,), generator=g)
-    return float(F.cross_entropy(F.layer_norm(E[tokens], (d_model,)) @ E.T, targets))
+    return float(F.cross_entropy(head_scale * F.layer_norm(E[tokens], (d_model,)) @ E.T, targets))
 
 
 # ------------------------------------------------------------------------------------------ μP
@@ -140,42 +197,138 @@ def train_width_mlp(width: int, lr: float, param_groups, *, zero_output: bool, s
 class WidthSweep:
     widths: list[int]
     lrs: list[float]
-    losses: dict[int, list[float]]  # width -> final loss per learning rate
+    losses: dict[int, list[list[float]]]  # width -> per seed, the final loss at each learning rate
+    seeds: tuple = (0,)
 
-    def best_lr(self, width: int) -> float:
-        row = self.losses[width]
-        finite = [(v, lr) for v, lr in zip(row, self.lrs) if math.isfinite(v)]
+    def best_lr(self, width: int, seed_index: int | None = None) -> float:
+        """The learning rate with the lowest final loss: of one seed, or of the loss averaged over seeds."""
+        rows = self.losses[width] if seed_index is None else [self.losses[width][seed_index]]
+        mean = [sum(r[i] for r in rows) / len(rows) for i in range(len(self.lrs))]
+        finite = [(v, lr) for v, lr in zip(mean, self.lrs) if math.isfinite(v)]
         return min(finite)[1]
+
+    def best_lrs(self, width: int) -> list[float]:
+        """The best learning rate of each seed."""
+        return [self.best_lr(width, i) for i in range(len(self.seeds))]
+
+    def mean_losses(self, width: int) -> list[float]:
+        rows = self.losses[width]
+        return [sum(r[i] for r in rows) / len(rows) for i in range(len(self.lrs))]
+
+
+def _layer_lr_factors(param_groups, width: int, base_width: int) -> dict[str, float]:
+    """The learning rate that ``param_groups`` gives each layer of a WidthMLP, relative to the base rate."""
+    model = WidthMLP(width)
+    lr_of = {}
+    for group in param_groups(model, 1.0, base_width):
+        for p in group["params"]:
+            lr_of[id(p)] = group.get("lr", 1.0)
+    return {name: lr_of[id(getattr(model, name).weight)] for name in ("input", "hidden", "output")}
+
+
+def train_width_mlp_batched(width: int, lrs, param_groups, *, zero_output: bool, steps: int = 80,
+                            base_width: int = 32, seeds=(0, 1, 2)) -> list[list[float]]:
+    """``train_width_mlp`` for every (seed, lr) at once: the len(seeds) x len(lrs) networks are stacked along a
+    leading dimension and trained by one batched Adam (the same update as torch.optim.Adam, elementwise, with each
+    layer's rate from ``param_groups``). Returns losses[seed index][lr index], the mean of the last 20 steps."""
+    factors = _layer_lr_factors(param_groups, width, base_width)
+    weights, data = {name: [] for name in factors}, []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        teacher = torch.randn(16, 8, generator=g)
+        torch.manual_seed(seed)
+        model = WidthMLP(width, zero_output=zero_output)  # the same draws as train_width_mlp
+        for name in factors:
+            weights[name] += [getattr(model, name).weight.detach()] * len(lrs)
+        batches = []
+        for _ in range(steps):
+            x = torch.randn(32, 16, generator=g)
+            y = (x @ teacher + 0.5 * torch.randn(32, 8, generator=g)).argmax(-1)
+            batches.append((x, y))
+        data.append(batches)
+    n = len(seeds) * len(lrs)
+    params = {name: torch.stack(ws).clone().requires_grad_() for name, ws in weights.items()}  # (n, out, in)
+    rate = {name: torch.tensor([lr * f for _ in seeds for lr in lrs]).view(n, 1, 1) for name, f in factors.items()}
+    m = {name: torch.zeros_like(p) for name, p in params.items()}
+    v = {name: torch.zeros_like(p) for name, p in params.items()}
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    losses = []
+    for t in range(1, steps + 1):
+        x = torch.stack([data[i][t - 1][0] for i in range(len(seeds)) for _ in lrs])  # (n, 32, 16)
+        y = torch.stack([data[i][t - 1][1] for i in range(len(seeds)) for _ in lrs])  # (n, 32)
+        h = F.relu(x @ params["input"].transpose(1, 2))
+        h = F.relu(h @ params["hidden"].transpose(1, 2))
+        logits = h @ params["output"].transpose(1, 2)  # (n, 32, classes)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(n, -1)
+        loss = loss.mean(1)  # (n,): each network's own mean loss
+        grads = torch.autograd.grad(loss.sum(), list(params.values()))
+        losses.append(loss.detach())
+        with torch.no_grad():
+            for (name, p), grad in zip(params.items(), grads):
+                m[name].mul_(beta1).add_(grad, alpha=1 - beta1)
+                v[name].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (v[name].sqrt() / math.sqrt(1 - beta2 ** t)).add_(eps)
+                p.sub_(rate[name] / (1 - beta1 ** t) * m[name] / denom)
+    tail = torch.stack(losses[-20:]).mean(0).view(len(seeds), len(lrs))
+    return [[v if math.isfinite(v) else math.nan for v in row] for row in tail.tolist()]
 
 
 def width_sweep(param_groups, *, zero_output: bool, widths=(32, 128, 512),
-                lrs=tuple(10 ** (k / 2) for k in range(-7, 0)), progress: bool = True) -> WidthSweep:
+                lrs=tuple(10 ** (k / 4) for k in range(-14, -1)), seeds=(0, 1, 2),
+                progress: bool = True) -> WidthSweep:
+    """Final loss of ``train_width_mlp`` for every width x lr x seed (batched over lr and seed per width)."""
     from tqdm.auto import tqdm
 
     losses = {}
-    bar = tqdm(total=len(widths) * len(lrs), disable=not progress, leave=False, desc="width × lr")
-    for width in widths:
-        row = []
-        for lr in lrs:
-            row.append(train_width_mlp(width, lr, param_groups, zero_output=zero_output))
-            bar.update()
-        losses[width] = row
-    bar.close()
-    return WidthSweep(list(widths), list(lrs), losses)
+    for width in tqdm(widths, disable=not progress, leave=False, desc="widths (all lrs and seeds at once)"):
+        losses[width] = train_width_mlp_batched(width, lrs, param_groups, zero_output=zero_output, seeds=seeds)
+    return WidthSweep(list(widths), list(lrs), losses, tuple(seeds))
+
+
+WIDTH_SWEEP_CACHE = Path(__file__).resolve().parent / "data_files" / "ch02_width_sweeps.json"
+
+
+def compute_width_sweeps(mup_groups=None, *, progress: bool = True) -> dict[str, WidthSweep]:
+    """The notebook's two sweeps, SP and μP, over widths (32, 128, 512) x 13 learning rates x seeds 0, 1, 2.
+    ``mup_groups`` defaults to the reference answer of exercise 2.5. About a minute and a half on 2 cores."""
+    if mup_groups is None:
+        from solutions.ch02_initialization import mup_param_groups as mup_groups
+    return {"standard (SP)": width_sweep(standard_param_groups, zero_output=False, progress=progress),
+            "μP": width_sweep(mup_groups, zero_output=True, progress=progress)}
+
+
+def save_width_sweeps(sweeps: dict[str, WidthSweep], path=WIDTH_SWEEP_CACHE) -> None:
+    payload = {name: {"widths": sw.widths, "lrs": sw.lrs, "seeds": list(sw.seeds),
+                      "losses": {str(w): rows for w, rows in sw.losses.items()}} for name, sw in sweeps.items()}
+    Path(path).write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
+
+
+def load_width_sweeps(path=WIDTH_SWEEP_CACHE) -> dict[str, WidthSweep]:
+    """The stored result of ``compute_width_sweeps()`` (tests/test_claims_ch02.py recomputes it and checks that it
+    agrees), so that the notebook does not spend a minute and a half on it."""
+    payload = json.loads(Path(path).read_text())
+    return {name: WidthSweep(d["widths"], d["lrs"], {int(w): rows for w, rows in d["losses"].items()},
+                             tuple(d["seeds"])) for name, d in payload.items()}
 
 
 def figure_width_sweeps(sweeps: dict[str, WidthSweep]):
-    """Final loss against learning rate, one line per width, one panel per parameterisation."""
+    """Final loss against learning rate, one line per width (mean over seeds, band = min to max over seeds),
+    one panel per parameterisation; stars mark the best rate of the seed-mean curve."""
     fig, axes = subplots(len(sweeps), width=5 * len(sweeps), sharey=True)
     shades = ["#c6dbef", "#6baed6", "#2171b5", "#08306b"]
     for ax, (name, sweep) in zip(axes, sweeps.items()):
         for shade, width in zip(shades, sweep.widths):
-            ax.plot(sweep.lrs, sweep.losses[width], "o-", color=shade, label=f"width {width}")
+            rows = sweep.losses[width]
+            mean = sweep.mean_losses(width)
+            low = [min(r[i] for r in rows) for i in range(len(sweep.lrs))]
+            high = [max(r[i] for r in rows) for i in range(len(sweep.lrs))]
+            ax.plot(sweep.lrs, mean, "o-", ms=3, color=shade, label=f"width {width}")
+            ax.fill_between(sweep.lrs, low, high, color=shade, alpha=0.3, lw=0)
             best = sweep.best_lr(width)
-            ax.plot([best], [sweep.losses[width][sweep.lrs.index(best)]], "*", ms=14, color=shade,
-                    markeredgecolor="k")
+            ax.plot([best], [mean[sweep.lrs.index(best)]], "*", ms=14, color=shade, markeredgecolor="k")
         log_scale(ax, "x")
-        ax.set(xlabel="Adam learning rate", title=f"{name}: ★ = best learning rate per width")
-    axes[0].set_ylabel("training loss after 80 steps")
+        ax.set(xlabel="Adam learning rate", ylim=(None, 2.2),
+               title=f"{name}: ★ = best rate (mean of {len(sweep.seeds)} seeds)")
+    axes[0].set_ylabel("training loss after 80 steps (band: seed range)")
     axes[0].legend()
     return fig

@@ -115,41 +115,65 @@ def figure_label_smoothing(eps: float = 0.1, n_classes: int = 10):
 
 # ------------------------------------------------------------------------ memory kept for backward
 
-def smoothing_calibration(eps: float, *, steps: int = 1000, n_train: int = 256, seed: int = 0) -> dict[str, float]:
-    """Label smoothing on a small classifier that can overfit: a linear softmax model on 256 noisy examples of a
-    10-class problem (labels = argmax of a random linear teacher plus noise, so no predictor is always right),
-    trained full-batch with Adam for ``steps`` steps, scored on 4096 fresh examples. Returns accuracy, mean
-    confidence (the top probability), expected calibration error (15 equal-width bins of confidence) and the
-    test cross-entropy (nats)."""
-    gen = torch.Generator().manual_seed(seed)
+def _smoothing_runs(configs, *, steps: int, n_train: int) -> list[dict[str, float]]:
+    """One run of ``smoothing_calibration`` per (eps, seed) in ``configs``, all trained at once: the K linear
+    models are stacked into one (K, 20, 10) weight and stepped by one Adam, which is per element, so each model
+    follows exactly its own full-batch Adam trajectory (the summed loss gives each its own gradient)."""
     n_features, n_classes = 20, 10
-    teacher = torch.randn(n_features, n_classes, generator=gen)
+    xs, ys, tests, weights, biases = [], [], [], [], []
+    for _, seed in configs:
+        gen = torch.Generator().manual_seed(seed)
+        teacher = torch.randn(n_features, n_classes, generator=gen)
 
-    def examples(n):
-        x = torch.randn(n, n_features, generator=gen)
-        return x, (x @ teacher + 1.5 * torch.randn(n, n_classes, generator=gen)).argmax(dim=1)
+        def examples(n, gen=gen, teacher=teacher):
+            x = torch.randn(n, n_features, generator=gen)
+            return x, (x @ teacher + 1.5 * torch.randn(n, n_classes, generator=gen)).argmax(dim=1)
 
-    (x_train, y_train), (x_test, y_test) = examples(n_train), examples(4096)
-    torch.manual_seed(seed)
-    model = torch.nn.Linear(n_features, n_classes)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        (x_train, y_train), test = examples(n_train), examples(4096)
+        xs.append(x_train)
+        ys.append(y_train)
+        tests.append(test)
+        torch.manual_seed(seed)
+        linear = torch.nn.Linear(n_features, n_classes)
+        weights.append(linear.weight.detach().T)
+        biases.append(linear.bias.detach()[None])
+    x_train, y_train = torch.stack(xs), torch.stack(ys)  # (K, n_train, 20), (K, n_train)
+    weight = torch.stack(weights).clone().requires_grad_()  # (K, 20, 10)
+    bias = torch.stack(biases).clone().requires_grad_()  # (K, 1, 10)
+    eps = torch.tensor([e for e, _ in configs])[:, None]  # (K, 1)
+    opt = torch.optim.Adam([weight, bias], lr=3e-3)
     for _ in range(steps):
-        loss = F.cross_entropy(model(x_train), y_train, label_smoothing=eps)
+        log_p = torch.baddbmm(bias, x_train, weight).log_softmax(dim=-1)  # (K, n_train, 10)
+        nll = -log_p.gather(-1, y_train[..., None])[..., 0]  # (K, n_train)
+        # F.cross_entropy(label_smoothing=eps): (1 - eps) * CE + eps * mean_j(-log p_j), mean over the rows
+        loss = ((1 - eps) * nll + eps * (-log_p.mean(dim=-1))).mean(dim=1).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
+    results = []
     with torch.no_grad():
-        logits = model(x_test)
-        confidence, predicted = logits.softmax(dim=-1).max(dim=-1)
-        correct = (predicted == y_test).float()
-        edges = torch.linspace(0, 1, 16)
-        ece = 0.0
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            in_bin = (confidence > lo) & (confidence <= hi)
-            if in_bin.any():
-                ece += float(in_bin.float().mean() * (confidence[in_bin].mean() - correct[in_bin].mean()).abs())
-        return {"accuracy": float(correct.mean()), "confidence": float(confidence.mean()), "ece": ece,
-                "test_loss": float(F.cross_entropy(logits, y_test))}
+        for k, (x_test, y_test) in enumerate(tests):
+            logits = x_test @ weight[k] + bias[k]
+            confidence, predicted = logits.softmax(dim=-1).max(dim=-1)
+            correct = (predicted == y_test).float()
+            edges = torch.linspace(0, 1, 16)
+            ece = 0.0
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                in_bin = (confidence > lo) & (confidence <= hi)
+                if in_bin.any():
+                    ece += float(in_bin.float().mean() * (confidence[in_bin].mean() - correct[in_bin].mean()).abs())
+            results.append({"accuracy": float(correct.mean()), "confidence": float(confidence.mean()), "ece": ece,
+                            "test_loss": float(F.cross_entropy(logits, y_test))})
+    return results
+
+
+def smoothing_calibration(eps: float, *, steps: int = 1000, n_train: int = 256, seed: int = 0) -> dict[str, float]:
+    """Label smoothing on a small classifier that can overfit: a linear softmax model on ``n_train`` noisy
+    examples of a 10-class problem (labels = argmax of a random linear teacher plus noise, so no predictor is
+    always right), trained full-batch with Adam (lr 3e-3) for ``steps`` steps, scored on 4096 fresh examples.
+    Returns accuracy, mean confidence (the top probability), expected calibration error (15 equal-width bins of
+    confidence) and the test cross-entropy (nats)."""
+    return _smoothing_runs([(eps, seed)], steps=steps, n_train=n_train)[0]
 
 
 def smoothing_loss_floor(transitions: torch.Tensor, stationary: torch.Tensor, eps: float) -> float:
@@ -160,3 +184,111 @@ def smoothing_loss_floor(transitions: torch.Tensor, stationary: torch.Tensor, ep
     q = (1 - eps) * p + eps / p.shape[-1]
     weights = stationary.double()[:, None] * p
     return float((weights * (-q.log())).sum() - (weights * (-p.log())).sum())
+
+
+SMOOTHING_SETTINGS = ((200, 256), (1000, 256), (1000, 1024))  # (full-batch Adam steps, training examples)
+
+
+def smoothing_over_seeds(eps: float = 0.1, *, settings=SMOOTHING_SETTINGS, seeds=(0, 1, 2)) -> dict:
+    """``smoothing_calibration`` with and without label smoothing ``eps``, per (steps, n_train) setting and seed.
+
+    Returns {(steps, n_train): {metric: (values at eps 0 per seed, values at eps per seed)}} for the metrics
+    accuracy, confidence, ece and test_loss; the same seed gives both runs the same data and initial weights, so
+    the per-seed differences are paired."""
+    out = {}
+    for steps, n_train in settings:
+        flat = _smoothing_runs([(e, seed) for e in (0.0, eps) for seed in seeds], steps=steps, n_train=n_train)
+        runs = [flat[:len(seeds)], flat[len(seeds):]]
+        out[(steps, n_train)] = {key: tuple([r[key] for r in per_eps] for per_eps in runs)
+                                 for key in ("accuracy", "confidence", "ece", "test_loss")}
+    return out
+
+
+def paired_change(before: list[float], after: list[float]) -> tuple[float, float, float]:
+    """(mean, smallest, largest) of the per-seed differences after - before."""
+    diffs = [b - a for a, b in zip(before, after)]
+    return sum(diffs) / len(diffs), min(diffs), max(diffs)
+
+
+def backward_allocated_bytes(loss: torch.Tensor, inputs: torch.Tensor) -> int:
+    """Bytes of new tensor storage that ``torch.autograd.grad(loss, inputs)`` allocates: every ATen op's output
+    whose storage is none of that op's inputs' (an in-place ``mul_`` counts 0, an out-of-place ``mul`` its
+    result's size). Runs the backward pass once."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class NewStorage(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            seen = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                    if isinstance(t, torch.Tensor)}
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                    self.bytes += t.untyped_storage().nbytes()
+            return out
+
+    with NewStorage() as counter:
+        torch.autograd.grad(loss, inputs)
+    return counter.bytes
+
+
+def lm_head_memory(loss_fn, *, n: int = 128, v: int = 32768, d: int = 8, seed: int = 0) -> dict[str, int]:
+    """Tensor memory of a loss on an LM head's logits, in bytes, from forward to backward.
+
+    Runs ``logits = h @ W`` ((n, d) @ (d, v), only ``h`` requires a gradient, so the head's own backward writes
+    just (n, d)), ``loss = loss_fn(logits, target)``, drops the Python reference to the logits (in a real model
+    they are dead after the loss unless the loss keeps them), then ``loss.backward()``. Every storage that an ATen
+    op creates is counted from its creation until it is freed (the logits included; views and in-place results,
+    which reuse an input's storage, add nothing). Returns the peak of live bytes during the forward pass
+    ("forward_peak"), the bytes still alive when the backward pass starts ("held"), and the peak during the
+    backward pass ("backward_peak"); ``h``, ``W`` and the target, made before, are not counted."""
+    import gc
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class LiveStorage(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live, self.peak, self.alive = 0, 0, set()
+
+        def _free(self, ptr, nbytes):
+            self.alive.discard(ptr)
+            self.live -= nbytes
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                      if isinstance(t, torch.Tensor)}
+            for t in tree_flatten(out)[0]:
+                if not isinstance(t, torch.Tensor):
+                    continue
+                storage = t.untyped_storage()
+                ptr = storage.data_ptr()
+                if ptr and ptr not in inputs and ptr not in self.alive:
+                    self.alive.add(ptr)
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, ptr, storage.nbytes())
+            return out
+
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=gen).requires_grad_()
+    weight = torch.randn(d, v, generator=gen)
+    target = torch.randint(0, v, (n,), generator=gen)
+    with LiveStorage() as mode:
+        logits = h @ weight
+        loss = loss_fn(logits, target)
+        forward_peak = mode.peak
+        del logits
+        gc.collect()
+        held = mode.live
+        mode.peak = mode.live
+        loss.backward()
+        backward_peak = mode.peak
+    return {"forward_peak": forward_peak, "held": held, "backward_peak": backward_peak}

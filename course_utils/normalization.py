@@ -1,17 +1,21 @@
 """Measurements behind chapter 3 (normalisation): BatchNorm vs LayerNorm on causal sequences and
-padding, eager speed of LayerNorm vs RMSNorm, and the Pre-LN scale problem with its remedies."""
+padding, eager speed of LayerNorm vs RMSNorm, whether centring matters (with a stream offset that lets it), and
+the three scale problems of section 3.4: Pre-LN stream growth, attention-logit growth (QK-norm, at init and in
+training), output logits (soft-capping)."""
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
+from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from course_utils.models import TinyTransformer, TransformerConfig
 from course_utils.plotting import COLORS, log_scale, series, subplots
-from course_utils.stability import attention_score_max
 
 
 def _batch_norm_over_bt(t: torch.Tensor) -> torch.Tensor:
@@ -105,20 +109,126 @@ def norm_speed(rows: int = 4096, cols: int = 1024, reps: int = 30, seed: int = 0
     }
 
 
-def centring_comparison(*, depth: int = 4, steps: int = 150, lr: float = 3e-3,
-                        seeds=(0, 1, 2)) -> dict[str, list[float]]:
+class OffsetStreamTransformer(TinyTransformer):
+    """A TinyTransformer whose residual stream carries a fixed shared offset: ``offset`` is added to every feature
+    of every position after the embeddings (a constant along the all-ones direction, not trained). LayerNorm
+    subtracts it exactly (LN(x + c1) = LN(x)), so a LayerNorm model computes the same function as without it;
+    RMSNorm divides by an RMS the offset inflates. The stress test that lets the centring comparison fail."""
+
+    def __init__(self, config: TransformerConfig, offset: float = 1.0):
+        super().__init__(config)
+        self.offset = offset
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        return super().embed(idx) + self.offset  # (B, T, C)
+
+
+def centring_comparison(*, depth: int = 4, steps: int = 150, lr: float = 3e-3, seeds=(0, 1, 2),
+                        offset: float | None = None) -> dict[str, list[float]]:
     """Does LayerNorm's centring matter for the loss? The same Pre-LN stack of ``depth`` blocks trained on the
     Markov chain with LayerNorm and with RMSNorm, once per seed (same init draws and batches for both).
-    Returns {"layernorm": [...], "rmsnorm": [...]}: the mean training loss of the last 20 steps, per seed."""
+    Returns {"layernorm": [...], "rmsnorm": [...]}: the mean training loss of the last 20 steps, per seed. With
+    ``offset``, also "rmsnorm, offset": RMSNorm on OffsetStreamTransformer (LayerNorm's runs would be identical
+    to its plain ones, since it removes the offset exactly)."""
     from course_utils.gradflow import stack_config
     from course_utils.training import train_markov_lm
 
-    finals = {}
-    for norm in ("layernorm", "rmsnorm"):
-        runs = [train_markov_lm(stack_config("pre", depth, norm=norm), steps=steps, lr=lr, seed=seed, progress=False)
-                for seed in seeds]
-        finals[norm] = [r.final_loss for r in runs]
+    def runs(norm, make_model=None):
+        return [train_markov_lm(stack_config("pre", depth, norm=norm), steps=steps, lr=lr, seed=seed,
+                                progress=False, make_model=make_model).final_loss for seed in seeds]
+
+    finals = {norm: runs(norm) for norm in ("layernorm", "rmsnorm")}
+    if offset is not None:
+        finals["rmsnorm, offset"] = runs("rmsnorm", lambda config: OffsetStreamTransformer(config, offset))
     return finals
+
+
+def offset_invariance(offset: float = 1.0, seed: int = 0) -> dict[str, float]:
+    """Largest change of the logits at init when the stream gets the shared offset, for a LayerNorm and an
+    RMSNorm model (same weights): 0 up to rounding for LayerNorm, large for RMSNorm."""
+    from course_utils.gradflow import stack_config
+
+    tokens = torch.randint(0, 32, (4, 16), generator=torch.Generator().manual_seed(seed))
+    change = {}
+    for norm in ("layernorm", "rmsnorm"):
+        torch.manual_seed(seed)
+        plain = TinyTransformer(stack_config("pre", 4, norm=norm))
+        shifted = OffsetStreamTransformer(stack_config("pre", 4, norm=norm), offset)
+        shifted.load_state_dict(plain.state_dict())
+        with torch.no_grad():
+            change[norm] = float((shifted(tokens)[0] - plain(tokens)[0]).abs().max())
+    return change
+
+
+def attention_logit_growth(weight_scales=(1, 2, 4, 8), *, stream_scales=(1, 50), seed: int = 0) -> list[dict]:
+    """Where attention logits come from in a Pre-LN block. Block 0 of a fan-in-initialised TinyTransformer
+    (d_model 64, 4 heads of 16) reads LN(x) with x = stream_scale * (token + position embeddings), and W_q, W_k
+    are multiplied by weight_scale (what weight growth during training does). For every (stream_scale,
+    weight_scale), per head: the largest |logit| q.k/sqrt(hs), the attention entropy as a fraction of its
+    maximum ln(t + 1) (mean over positions t >= 1 and the batch), and the same two with QK-norm (RMS-normalised q
+    and k, no gain). Returns a list of dicts with keys stream_scale, weight_scale, max_logit, entropy,
+    max_logit_qk, entropy_qk (the last four: lists over heads)."""
+    torch.manual_seed(seed)
+    model = TinyTransformer(TransformerConfig(vocab_size=64, block_size=32, n_layer=1, d_model=64, n_head=4,
+                                              init="fan_in"))
+    block = model.blocks[0]
+    tokens = torch.randint(0, 64, (8, 32), generator=torch.Generator().manual_seed(seed))
+    C, nh = 64, 4
+    hs = C // nh
+    T = tokens.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    max_entropy = torch.log(torch.arange(1, T + 1, dtype=torch.float32))  # ln(t + 1) at position t
+
+    def head_stats(scores):  # scores: (B, nh, T, T)
+        scores = scores.masked_fill(~causal, float("-inf"))
+        p = torch.softmax(scores, dim=-1)
+        ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # (B, nh, T)
+        frac = (ent[..., 1:] / max_entropy[1:]).mean(dim=(0, 2))  # (nh,)
+        top = scores.masked_fill(~causal, 0.0).abs().amax(dim=(0, 2, 3))  # (nh,)
+        return [float(v) for v in top], [float(v) for v in frac]
+
+    rows = []
+    with torch.no_grad():
+        x0 = model.embed(tokens)
+        w_q, w_k, _ = block.attn.qkv.weight.split(C, dim=0)
+        for stream_scale in stream_scales:
+            h = block.ln1(stream_scale * x0)  # (B, T, C): what the attention reads in a Pre-LN block
+            for weight_scale in weight_scales:
+                q = (h @ (weight_scale * w_q).T).view(-1, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+                k = (h @ (weight_scale * w_k).T).view(-1, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+                top, ent = head_stats(q @ k.transpose(-2, -1) / math.sqrt(hs))
+                qn, kn = F.rms_norm(q, (hs,), eps=1e-6), F.rms_norm(k, (hs,), eps=1e-6)
+                top_qk, ent_qk = head_stats(qn @ kn.transpose(-2, -1) / math.sqrt(hs))
+                rows.append(dict(stream_scale=stream_scale, weight_scale=weight_scale, max_logit=top,
+                                 entropy=ent, max_logit_qk=top_qk, entropy_qk=ent_qk))
+    return rows
+
+
+def figure_attention_logit_growth(weight_scales=(1, 2, 4, 8, 16)):
+    """Per head: largest attention logit and attention entropy against the growth of W_q and W_k, plain and
+    with QK-norm, in a Pre-LN block at stream scale 1."""
+    rows = [r for r in attention_logit_growth(weight_scales, stream_scales=(1,))]
+    fig, (ax_l, ax_e) = subplots(2, width=10)
+    for head in range(len(rows[0]["max_logit"])):
+        label = head == 0
+        ax_l.plot(weight_scales, [r["max_logit"][head] for r in rows], **series("naive"),
+                  label="plain q·k/√d (one line per head)" if label else None)
+        ax_l.plot(weight_scales, [r["max_logit_qk"][head] for r in rows], **series("safe"),
+                  label="QK-norm (no gain)" if label else None)
+        ax_e.plot(weight_scales, [r["entropy"][head] for r in rows], **series("naive"),
+                  label="plain" if label else None)
+        ax_e.plot(weight_scales, [r["entropy_qk"][head] for r in rows], **series("safe"),
+                  label="QK-norm" if label else None)
+    ax_l.plot(weight_scales, [rows[0]["max_logit"][0] * s ** 2 for s in weight_scales], "k:", lw=1, label="∝ s²")
+    log_scale(ax_l, "xy")
+    log_scale(ax_e, "x")
+    ax_l.set(xlabel="scale s of W_q and W_k", ylabel="largest |attention logit|",
+             title="logits grow with the weights, ∝ s²")
+    ax_e.set(xlabel="scale s of W_q and W_k", ylabel="attention entropy / ln(t+1)", ylim=(0, 1.05),
+             title="attention collapses toward one key")
+    ax_l.legend(fontsize=8)
+    ax_e.legend(fontsize=8)
+    return fig
 
 
 # Pre-LN variants compared in the scale-growth plot; keys are labels.
@@ -206,22 +316,6 @@ def figure_pre_ln_scale(depth: int = 24):
     return fig
 
 
-def figure_qk_norm(scales=(0.5, 1, 2, 4, 8, 16)):
-    """Largest attention logit against activation scale, with and without QK-norm (d_k = 64)."""
-    fig, ax = subplots()
-    plain = [attention_score_max(s) for s in scales]
-    normed = [attention_score_max(s, qk_norm=True) for s in scales]
-    ax.plot(scales, plain, **series("naive"), label="plain q·k/√d")
-    ax.plot(scales, normed, **series("safe"), label="QK-norm")
-    ax.axhline(88.72, color="k", ls=":", lw=0.8, label="exp overflows in float32 (88.7)")
-    ax.axhline(11.09, color="grey", ls="--", lw=0.8, label="exp overflows in float16 (11.1)")
-    log_scale(ax, "xy")
-    ax.set(xlabel="scale of q and k activations", ylabel="largest |attention logit|",
-           title="QK-norm bounds attention logits by √d = 8")
-    ax.legend(fontsize=8)
-    return fig
-
-
 def figure_soft_cap(cap: float = 30.0):
     """Left: cap·tanh(z/cap) against z. Right: softmax of a peaked logit vector with and without it."""
     fig, (ax_c, ax_p) = subplots(2, width=10)
@@ -237,4 +331,120 @@ def figure_soft_cap(cap: float = 30.0):
     ax_p.set(xlabel="token (logits 60, 45, 40, 20, 0, -20)", ylabel="probability", ylim=(0, 1.05),
              title="softmax of the logits")
     ax_p.legend()
+    return fig
+
+
+# ------------------------------------------------------------------ QK-norm in training (problem 2 of section 3.4)
+
+class ProbedAttention(nn.Module):
+    """Causal self-attention that reuses a CausalSelfAttention's ``qkv`` and ``proj``, computes the softmax
+    explicitly, optionally applies QK-norm as OLMo 2 / Gemma 3 / Qwen 3 do (RMSNorm of each head's q and k with a
+    learned gain per channel, initialised to 1), and records, at every forward, the largest |logit| and each head's
+    attention entropy as a fraction of its maximum ln(t + 1) (mean over positions t >= 1 and the batch)."""
+
+    def __init__(self, attn: nn.Module, n_head: int, qk_norm: bool):
+        super().__init__()
+        self.qkv, self.proj, self.n_head, self.qk_norm = attn.qkv, attn.proj, n_head, qk_norm
+        head_size = attn.proj.in_features // n_head
+        if qk_norm:
+            self.q_gain, self.k_gain = nn.Parameter(torch.ones(head_size)), nn.Parameter(torch.ones(head_size))
+        self.log: list[tuple[float, list[float]]] = []  # per forward: (largest |logit|, entropy fraction per head)
+
+    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))  # (B, nh, T, hs)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (hs,), self.q_gain, 1e-6), F.rms_norm(k, (hs,), self.k_gain, 1e-6)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        scores = (q @ k.transpose(-2, -1) / math.sqrt(hs)).masked_fill(~causal, float("-inf"))  # (B, nh, T, T)
+        p = torch.softmax(scores, dim=-1)
+        with torch.no_grad():
+            entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)[..., 1:]  # (B, nh, T - 1)
+            entropy = entropy / torch.log(torch.arange(2, T + 1, dtype=p.dtype, device=x.device))
+            self.log.append((float(scores.masked_fill(~causal, 0.0).abs().max()), entropy.mean(dim=(0, 2)).tolist()))
+        y = (p @ v).transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.proj(y)
+
+
+QK_INITS = {"fixed 0.02": dict(init="gpt"), "fan-in": dict(init="fan_in")}
+
+
+def qk_norm_run(init: str, lr: float, qk_norm: bool, seed: int, *, steps: int = 150) -> dict:
+    """Train a 2-block Pre-LN TinyTransformer (d_model 64, 4 heads) on the Markov chain with AdamW at ``lr``, with
+    or without QK-norm, from the ``init`` of QK_INITS. Returns the final loss (mean of the last 20 steps), whether it
+    diverged, and at the last step the largest |attention logit| and the entropy fraction of every head (both
+    blocks, 8 values)."""
+    from course_utils.training import train_markov_lm
+
+    built = []
+
+    def make_model(config):
+        model = TinyTransformer(config)
+        for block in model.blocks:
+            block.attn = ProbedAttention(block.attn, config.n_head, qk_norm)
+        built.append(model)
+        return model
+
+    config = TransformerConfig(vocab_size=32, block_size=16, n_layer=2, n_head=4, d_model=64, **QK_INITS[init])
+    result = train_markov_lm(config, steps=steps, lr=lr, seed=seed, progress=False, make_model=make_model)
+    last = [block.attn.log[-1] for block in built[0].blocks]
+    return {"loss": result.final_loss, "diverged": result.diverged, "max_logit": max(m for m, _ in last),
+            "head_entropy": [e for _, heads in last for e in heads]}
+
+
+QK_TRAINING_CACHE = Path(__file__).resolve().parent / "data_files" / "ch03_qk_norm_training.json"
+QK_GRID = dict(inits=tuple(QK_INITS), lrs=(3e-3, 3e-2, 1e-1), seeds=(0, 1, 2))
+
+
+def qk_norm_training(*, inits=QK_GRID["inits"], lrs=QK_GRID["lrs"], seeds=QK_GRID["seeds"],
+                     progress: bool = True) -> list[dict]:
+    """qk_norm_run over init x lr x QK-norm x seed: a list of dicts with those four keys and the run's results.
+    36 runs, about a minute on 2 cores; the notebook loads the stored result (load_qk_norm_training)."""
+    from tqdm.auto import tqdm
+
+    grid = [(i, lr, qk, seed) for i in inits for lr in lrs for qk in (False, True) for seed in seeds]
+    return [dict(init=i, lr=lr, qk_norm=qk, seed=seed, **qk_norm_run(i, lr, qk, seed))
+            for i, lr, qk, seed in tqdm(grid, disable=not progress, leave=False, desc="init x lr x QK-norm x seed")]
+
+
+def save_qk_norm_training(rows: list[dict], path=QK_TRAINING_CACHE) -> None:
+    Path(path).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def load_qk_norm_training(path=QK_TRAINING_CACHE) -> list[dict]:
+    """The stored result of ``qk_norm_training()``; tests/test_claims_ch03.py recomputes it and checks it."""
+    return json.loads(Path(path).read_text())
+
+
+def qk_norm_summary(rows: list[dict]) -> dict:
+    """{(init, lr, qk_norm): {"min_entropy": per seed the smallest head entropy fraction, "max_logit": per seed,
+    "loss": per seed}} from qk_norm_training's rows."""
+    out = {}
+    for r in rows:
+        cell = out.setdefault((r["init"], r["lr"], r["qk_norm"]), {"min_entropy": [], "max_logit": [], "loss": []})
+        cell["min_entropy"].append(min(r["head_entropy"]))
+        cell["max_logit"].append(r["max_logit"])
+        cell["loss"].append(r["loss"])
+    return out
+
+
+def figure_qk_norm_training(rows: list[dict]):
+    """Per init: the smallest head's attention entropy at the end of training against the learning rate, mean of
+    the seeds with their range as a band, without and with QK-norm."""
+    summary = qk_norm_summary(rows)
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    lrs = sorted({r["lr"] for r in rows})
+    fig, axes = subplots(len(inits), width=5 * len(inits), sharey=True)
+    for ax, init in zip(axes, inits):
+        for qk, key, label in ((False, "naive", "plain"), (True, "safe", "QK-norm (learned gains)")):
+            values = [summary[(init, lr, qk)]["min_entropy"] for lr in lrs]
+            mean = [sum(v) / len(v) for v in values]
+            ax.plot(lrs, mean, **series(key), label=label)
+            ax.fill_between(lrs, [min(v) for v in values], [max(v) for v in values], color=COLORS[key], alpha=0.2,
+                            lw=0)
+        log_scale(ax, "x")
+        ax.set(xlabel="AdamW learning rate", ylim=(0, 1), title=f"{init} init, after 150 steps (band: 3 seeds)")
+    axes[0].set_ylabel("smallest head's attention entropy / ln(t+1)")
+    axes[0].legend()
     return fig

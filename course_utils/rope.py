@@ -1,7 +1,10 @@
 """Rotary position embeddings (RoPE) and the ways to stretch them past the training context (chapter 7).
 
-Convention: "rotate half" (GPT-NeoX, Llama): feature i of a head is paired with feature i + d/2 and the
-pair is rotated by the angle position * inv_freq[i], with inv_freq[i] = base^(-2i/d), i < d/2.
+Convention: "rotate half" (GPT-NeoX, and Hugging Face's Llama): feature i of a head is paired with feature
+i + d/2 and the pair is rotated by the angle position * inv_freq[i], with inv_freq[i] = base^(-2i/d), i < d/2.
+Meta's reference Llama code pairs adjacent features (2i, 2i + 1) instead (GPT-J does too); Hugging Face's
+conversion script permutes the q and k projection rows so that rotate-half gives the same attention. Both pairings
+make scores depend on relative position only, but they are not interchangeable on trained weights.
 Each scaling method returns new inverse frequencies (and, for YaRN, a factor on the attention
 logits); it changes nothing else in the model, which is why it can be applied to a trained one.
 """
@@ -35,10 +38,12 @@ def rope_rotate(x, positions, inv_freq):
 
 
 def ntk_scaled_inv_freq(inv_freq, factor):
-    """NTK-aware scaling: raise the base to base * factor^(d / (d - 2)), d = 2 * len(inv_freq).
+    """NTK-aware RoPE scaling (bloc97, 2023, "NTK-Aware Scaled RoPE"): the frequencies RoPE would have with
+    its base b raised to b * factor^(d / (d - 2)), d = 2 * len(inv_freq), where inv_freq[i] = b^(-2i/d).
 
-    The highest frequency (i = 0) is unchanged, the lowest (i = d/2 - 1) is divided by exactly
-    ``factor``, and the ones between by factor^(2i / (d - 2)). Returns a new (d/2,) tensor.
+    inv_freq: a float (d/2,) tensor; factor: the context extension (> 0). Returns a new (d/2,) tensor of the
+    same dtype; inv_freq is not modified. Two properties pin it down: the highest frequency (i = 0) is
+    unchanged, and the lowest (i = d/2 - 1) is divided by exactly ``factor``. hint("7.2") derives it.
     """
     d = 2 * inv_freq.shape[-1]
     i = torch.arange(inv_freq.shape[-1], dtype=torch.float64)
@@ -46,13 +51,15 @@ def ntk_scaled_inv_freq(inv_freq, factor):
 
 
 def llama3_scaled_inv_freq(inv_freq, factor, original_context, low_freq_factor=1.0, high_freq_factor=4.0):
-    """Llama 3.1's RoPE scaling, per frequency, by its wavelength 2*pi / inv_freq.
+    """Llama 3.1's RoPE scaling (Meta, July 2024; Hugging Face's rope_type "llama3"), per frequency, by its
+    wavelength 2*pi / inv_freq.
 
-    wavelength < original_context / high_freq_factor: unchanged (many turns inside the context);
-    wavelength > original_context / low_freq_factor: divided by ``factor`` (as position interpolation);
-    in between: a linear blend with weight s = (original_context / wavelength - low_freq_factor) /
-    (high_freq_factor - low_freq_factor): (1 - s) * inv_freq / factor + s * inv_freq. No attention
-    scaling. Returns a new tensor.
+    Wavelengths shorter than original_context / high_freq_factor are kept (many turns inside the original
+    context); wavelengths longer than original_context / low_freq_factor are divided by ``factor``, as
+    position interpolation does; in between, the scaled inverse frequency moves linearly, in the ratio
+    original_context / wavelength, from inv_freq / factor (at the long end) to inv_freq (at the short end),
+    so the rule is continuous. No attention scaling. inv_freq: a float tensor; returns a new tensor of the
+    same shape and dtype. hint("7.3") gives the formula.
     """
     wavelength = 2 * math.pi / inv_freq
     smooth = ((original_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)

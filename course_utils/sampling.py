@@ -29,10 +29,15 @@ def softmax_with_temperature(logits, temperature):
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    if temperature == 0:
+    if temperature == 0 or torch.tensor(temperature, dtype=dtype) == 0:  # also a T that is 0 in the dtype (1e-300)
         top = logits == logits.max(dim=-1, keepdim=True).values
         return top.to(dtype) / top.sum(dim=-1, keepdim=True)
-    return torch.softmax(logits.to(dtype) / temperature, dim=-1)
+    # Subtract the row max BEFORE dividing by T: (z - max) / T is 0 at the maxima and <= 0 elsewhere, so a tiny T
+    # (down to float32's 1e-38 and below, where z / T alone overflows to inf and softmax returns NaN) gives the
+    # T -> 0 limit, ties split, instead of inf - inf.
+    shifted = logits.to(dtype)
+    shifted = shifted - shifted.max(dim=-1, keepdim=True).values
+    return torch.softmax(shifted / temperature, dim=-1)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -292,3 +297,298 @@ def next_token_distributions(model, data: torch.Tensor, windows: int = 4, seed: 
     x = batch(data, windows, torch.Generator().manual_seed(seed))
     logits, _ = model(x[:, :-1])
     return torch.softmax(logits.flatten(0, 1).float(), dim=-1)
+
+
+# ------------------------------------------------------------------ key/value cache, batched decoding
+
+class KVCacheDecoder:
+    """Incremental decoding for a pre-LN rotary course model (``charlm``'s), with a key/value cache.
+
+    The full forward re-reads the whole context at every step (what ``model_logits`` does). Here each
+    block keeps the keys and values of the positions already seen, (B, nh, T, hs), so a step feeds only the
+    new tokens: the rotation of a key depends on its own position only, so a cached key never changes.
+    ``prefill(ids (B, T))`` reads the prompts, ``step(ids (B,))`` one token per row; both return the next-token
+    logits (B, V). ``reorder(index)`` keeps rows ``index`` of every cache (beam search's survivors).
+    """
+
+    def __init__(self, model):
+        config = model.config
+        if config.position != "rope" or config.norm_position != "pre" or not config.residual:
+            raise ValueError("KVCacheDecoder handles pre-LN rotary models with residuals (the course's byte model)")
+        self.model, self.keys, self.values, self.length = model.eval(), [], [], 0
+
+    @torch.inference_mode()
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        model, first = self.model, not self.keys
+        B, T = ids.shape
+        if self.length + T > model.config.block_size:
+            raise ValueError(f"{self.length + T} positions exceed the model's context {model.config.block_size}")
+        positions = torch.arange(self.length, self.length + T)
+        inv_freq, factor = model.rope_inv_freq, model.rope_factor
+        x = model.tok_emb(ids)  # (B, T, C)
+        for i, block in enumerate(model.blocks):
+            attn, C = block.attn, x.shape[-1]
+            q, k, v = attn.qkv(block.ln1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+            q, k = rope_rotate_half(q, positions, inv_freq) * factor, rope_rotate_half(k, positions, inv_freq) * factor
+            if first:
+                self.keys.append(k)
+                self.values.append(v)
+            else:
+                self.keys[i] = torch.cat([self.keys[i], k], dim=2)
+                self.values[i] = torch.cat([self.values[i], v], dim=2)
+            # query at position length + t sees the keys at positions <= length + t
+            mask = torch.arange(self.length + T)[None, :] <= positions[:, None]  # (T, length + T)
+            y = torch.nn.functional.scaled_dot_product_attention(q, self.keys[i], self.values[i], attn_mask=mask)
+            x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
+            x = x + block.mlp(block.ln2(x))
+        self.length += T
+        return model.lm_head(model.norm_f(x[:, -1])).float()  # (B, V)
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._forward(ids)
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._forward(ids[:, None])
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.keys = [k[index] for k in self.keys]
+        self.values = [v[index] for v in self.values]
+
+
+def rope_rotate_half(x, positions, inv_freq):
+    """RoPE as the course's models apply it (``course_utils.rope.rope_rotate``, imported late: a light module)."""
+    from course_utils.rope import rope_rotate
+
+    return rope_rotate(x, positions, inv_freq)
+
+
+def decode_batch(model, prompts: list[list[int]], n_new: int, *, temperature: float = 0.0, top_p: float | None = None,
+                 samples: int = 1, seed: int = 0, return_loglik: bool = False):
+    """``samples`` continuations of ``n_new`` tokens for each prompt (all prompts of one length), all rows in one
+    batch with a key/value cache: ``out[prompt][sample]``. Temperature 0 is greedy (first of tied maxima);
+    otherwise temperature, then top-p, then a draw (one torch.Generator seeded with ``seed`` for the batch).
+    ``return_loglik``: also return each continuation's mean log-likelihood per token under the model itself
+    (T = 1, unfiltered), ``loglik[prompt][sample]``, collected as it decodes."""
+    if len({len(p) for p in prompts}) != 1:
+        raise ValueError("decode_batch needs prompts of one length")
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.tensor(prompts, dtype=torch.long).repeat_interleave(samples, dim=0)  # (P * samples, T)
+    decoder = KVCacheDecoder(model)
+    z, out, total = decoder.prefill(rows), [], torch.zeros(len(rows), dtype=torch.float64)
+    for i in range(n_new):
+        if temperature == 0:
+            nxt = z.argmax(dim=-1)
+        else:
+            probs = torch.softmax(process_logits(z, temperature=temperature, top_p=top_p), dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=gen)[:, 0]
+        out.append(nxt)
+        total += torch.log_softmax(z, dim=-1).gather(-1, nxt[:, None])[:, 0].double()
+        if i < n_new - 1:
+            z = decoder.step(nxt)
+    ids = torch.stack(out, dim=1).view(len(prompts), samples, n_new).tolist()
+    if return_loglik:
+        return ids, (total / n_new).view(len(prompts), samples).tolist()
+    return ids
+
+
+def beam_search_batch(model, prompts: list[list[int]], beam_width: int,
+                      steps: int) -> list[list[tuple[list[int], float]]]:
+    """Beam search for many prompts at once (no end token, so every beam has ``steps`` tokens and the length
+    normalisation of exercise 6.5 divides all scores alike): per prompt, the final beams as (continuation, total
+    log-probability), best first. Same rule as exercise 6.5 (expand every beam by every token, keep the best
+    ``beam_width`` over all of them; ties: earlier beam, then lower token id), with a key/value cache."""
+    decoder = KVCacheDecoder(model)
+    log_probs = torch.log_softmax(decoder.prefill(torch.tensor(prompts, dtype=torch.long)), dim=-1).double()
+    beams = [[([], 0.0)] for _ in prompts]
+    for step in range(steps):
+        keep_rows, next_tokens, row = [], [], 0
+        for p, alive in enumerate(beams):
+            vocab = log_probs.shape[-1]
+            scores = torch.tensor([s for _, s in alive], dtype=torch.float64)[:, None]
+            totals = scores + log_probs[row: row + len(alive)]
+            order = torch.sort(totals.flatten(), descending=True, stable=True).indices[:beam_width].tolist()
+            beams[p] = [(alive[i // vocab][0] + [i % vocab], float(totals.flatten()[i])) for i in order]
+            keep_rows += [row + i // vocab for i in order]
+            next_tokens += [i % vocab for i in order]
+            row += len(alive)
+        if step == steps - 1:
+            break
+        decoder.reorder(torch.tensor(keep_rows))
+        log_probs = torch.log_softmax(decoder.step(torch.tensor(next_tokens)), dim=-1).double()
+    return beams
+
+
+@torch.inference_mode()
+def continuation_log_probs(model, prompts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
+    """(len(prompts), n_new) log p(continuation[i] | prompt + continuation[:i]) for each pair (equal lengths),
+    from one teacher-forced forward pass (the whole sequence must fit the model's context)."""
+    seqs = torch.tensor([p + c for p, c in zip(prompts, continuations)], dtype=torch.long)
+    logits, _ = model.eval()(seqs[:, :-1])
+    n_new = len(continuations[0])
+    lp = torch.log_softmax(logits[:, -n_new:].float(), dim=-1)
+    return lp.gather(-1, seqs[:, -n_new:, None])[..., 0]
+
+
+# ------------------------------------------------------------------------- decoding over many prompts
+
+def ngram_set(ids: list[int], n: int = 4) -> set:
+    return {tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)}
+
+
+def pairwise_ngram_diversity(outputs: list[list[int]], n: int = 4) -> float:
+    """Diversity *across* outputs for one prompt: 1 - the mean Jaccard overlap |A & B| / |A | B| of the n-gram sets
+    of every pair of outputs (0: the outputs share all their n-grams, 1: no n-gram in common). Needs 2+ outputs."""
+    sets = [ngram_set(o, n) for o in outputs]
+    pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]
+    return 1.0 - sum(len(a & b) / max(len(a | b), 1) for a, b in pairs) / len(pairs)
+
+
+_WORD = None
+
+
+def corpus_words() -> set:
+    """The set of words (letter runs of 2+ letters, lower case) of the byte model's training text."""
+    global _WORD
+    if _WORD is None:
+        import re
+
+        from course_utils.charlm import training_text
+
+        _WORD = {w.lower() for w in re.findall(r"[A-Za-z]{2,}", training_text())}
+    return _WORD
+
+
+def word_validity(ids: list[int]) -> float:
+    """Fraction of the continuation's complete words (letter runs of 2+ letters, not touching either end, since
+    those may be cut) that occur in the training text: a judge of "invented words" that is not the model's
+    likelihood. nan when the text has no complete word."""
+    import re
+
+    text = bytes(ids).decode("latin-1")
+    words = [m for m in re.finditer(r"[A-Za-z]+", text) if m.start() > 0 and m.end() < len(text)]
+    words = [m.group().lower() for m in words if len(m.group()) >= 2]
+    return sum(w in corpus_words() for w in words) / len(words) if words else math.nan
+
+
+def evaluation_prompts(data: torch.Tensor, n: int = 24, length: int = 24, seed: int = 0) -> list[list[int]]:
+    """``n`` prompts of ``length`` bytes from ``data`` (held-out text), each starting after a space at a seeded
+    random place, so that a prompt begins with a word."""
+    gen, prompts = torch.Generator().manual_seed(seed), []
+    spaces = (data[:-length - 1] == 32).nonzero()[:, 0]
+    for i in torch.randperm(len(spaces), generator=gen)[:n].tolist():
+        start = int(spaces[i]) + 1
+        prompts.append(data[start: start + length].tolist())
+    return prompts
+
+
+def _nanmean(values) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def _mean_sd(values) -> tuple[float, float]:
+    t = torch.tensor([v for v in values if not math.isnan(v)], dtype=torch.float64)
+    return float(t.mean()), float(t.std())
+
+
+def decoding_evaluation(model, prompts: list[list[int]], *, n_new: int = 40, beam_width: int = 4, samples: int = 8,
+                        temperatures=(0.7, 1.0, 1.2), seed: int = 0) -> dict:
+    """Greedy, beam search and sampling at each temperature on every prompt (batched, key/value cache).
+
+    Returns {"per_prompt": {method: {metric: [value per prompt]}}, "best_of": {N: {metric: [...]}}, "texts": {method:
+    [first output per prompt]}}. Metrics: ``loglik`` (mean log-likelihood per byte under the model), ``distinct4``
+    (distinct 4-grams within one text: low = loops), ``words`` (:func:`word_validity`), ``diversity``
+    (:func:`pairwise_ngram_diversity` of ``beam_width`` outputs for the prompt: the final beams, or the first
+    ``beam_width`` samples; greedy has one output, so 0). A method's value for a prompt is its best beam for beam
+    search and the mean over the ``samples`` samples for sampling. ``best_of[N]``: best-of-N by the model's own
+    likelihood among the T = 1.0 samples, averaged over the ``samples // N`` disjoint groups of N (an estimate of
+    what a best-of-N pick is worth, not a max over nested prefixes)."""
+    P = len(prompts)
+    outputs, lls = {}, {}
+    outputs["greedy"], lls["greedy"] = decode_batch(model, prompts, n_new, temperature=0, return_loglik=True)
+    beams = beam_search_batch(model, prompts, beam_width, n_new)
+    outputs[f"beam {beam_width}"] = [[c for c, _ in b] for b in beams]
+    lls[f"beam {beam_width}"] = [[s / n_new for _, s in b] for b in beams]
+    for t in temperatures:
+        outputs[f"sample T={t:g}"], lls[f"sample T={t:g}"] = decode_batch(
+            model, prompts, n_new, temperature=t, samples=samples, seed=seed, return_loglik=True)
+    per_prompt = {}
+    for m, outs in outputs.items():
+        use = [o[:1] if m.startswith(("greedy", "beam")) else o for o in outs]
+        per_prompt[m] = {
+            "loglik": [sum(x[:len(u)]) / len(u) for x, u in zip(lls[m], use)],
+            "distinct4": [sum(distinct_ngram_fraction(s) for s in u) / len(u) for u in use],
+            "words": [_nanmean([word_validity(s) for s in u]) for u in use],
+            "diversity": [0.0 if len(o) == 1 else pairwise_ngram_diversity(o[:beam_width]) for o in outs],
+        }
+    best_of, ref = {}, "sample T=1"
+    for n in (1, 2, 4, 8):
+        if n > samples:
+            break
+        metrics = {"loglik": [], "distinct4": [], "words": []}
+        for outs, scores in zip(outputs[ref], lls[ref]):
+            picks = [max(range(g, g + n), key=scores.__getitem__) for g in range(0, samples - n + 1, n)]
+            metrics["loglik"].append(sum(scores[i] for i in picks) / len(picks))
+            metrics["distinct4"].append(sum(distinct_ngram_fraction(outs[i]) for i in picks) / len(picks))
+            metrics["words"].append(_nanmean([word_validity(outs[i]) for i in picks]))
+        best_of[n] = metrics
+    texts = {m: [o[0] for o in outs] for m, outs in outputs.items()}
+    return {"per_prompt": per_prompt, "best_of": best_of, "texts": texts, "prompts": P, "outputs": outputs}
+
+
+def mean_sd(values) -> tuple[float, float]:
+    """(mean, sample standard deviation) over prompts, ignoring nan."""
+    return _mean_sd(values)
+
+
+def paired_difference(a: list[float], b: list[float]) -> dict:
+    """Per-prompt differences a - b: mean, sample sd across prompts, standard error of the mean, and the number of
+    prompts where the difference has the opposite sign to the mean ("reversed"), ignoring prompts where either is
+    nan."""
+    d = [x - y for x, y in zip(a, b) if not (math.isnan(x) or math.isnan(y))]
+    mean, sd = _mean_sd(d)
+    return {"mean": mean, "sd": sd, "se": sd / math.sqrt(len(d)), "n": len(d),
+            "reversed": sum(x * mean < 0 for x in d)}
+
+
+def evaluation_table(evaluation: dict) -> str:
+    """The per-method means ± sd over prompts of :func:`decoding_evaluation`, as text."""
+    lines = [f"{'mean ± sd over ' + str(evaluation['prompts']) + ' prompts':<26} {'log-lik/byte':>13} "
+             f"{'distinct 4-grams':>17} {'words in corpus':>16} {'diversity across outputs':>25}"]
+    for method, metrics in evaluation["per_prompt"].items():
+        cells = ["{:.2f} ± {:.2f}".format(*mean_sd(metrics[k])) for k in ("loglik", "distinct4", "words")]
+        div = "0 (one output)" if method == "greedy" else "{:.2f} ± {:.2f}".format(*mean_sd(metrics["diversity"]))
+        lines.append(f"{method:<26} {cells[0]:>13} {cells[1]:>17} {cells[2]:>16} {div:>25}")
+    return "\n".join(lines)
+
+
+def describe_difference(label: str, diff: dict, unit: str = "") -> str:
+    """One line: the mean paired difference ± its sd across prompts, the standard error, and the reversals."""
+    return (f"{label}: {diff['mean']:+.2f}{unit} ± {diff['sd']:.2f} (sd over prompts; standard error "
+            f"{diff['se']:.2f}); the other way on {diff['reversed']} of {diff['n']} prompts")
+
+
+def figure_decoding(evaluation: dict):
+    """Likelihood per byte against diversity across outputs, mean ± sd over prompts, one point per method."""
+    from course_utils.plotting import COLORS, subplots
+
+    fig, ax = subplots(1, width=6, height=3.4)
+    colors = list(dict.fromkeys(COLORS[k] for k in ("reference", "pre", "online", "ntk", "post", "no residual")))
+    for i, (method, metrics) in enumerate(evaluation["per_prompt"].items()):
+        (x, dx), (y, dy) = mean_sd(metrics["diversity"]), mean_sd(metrics["loglik"])
+        ax.errorbar(x, y, xerr=0 if method == "greedy" else dx, yerr=dy, fmt="o", capsize=3,
+                    color=colors[i % len(colors)], label=method)
+    ax.set(xlabel="diversity across 4 outputs for one prompt (1 - 4-gram overlap)",
+           ylabel="log-likelihood per byte", title=f"decoding over {evaluation['prompts']} prompts (mean ± sd)")
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def apply_presence_penalty(logits, previous, presence: float = 0.0, frequency: float = 0.0):
+    """Additive penalties (the presence_penalty and frequency_penalty of OpenAI's API): subtract ``presence`` from
+    the logit of every distinct token in ``previous`` and ``frequency`` times its count. Adding a constant to every
+    logit changes neither softmax nor this penalty's effect, unlike the multiplicative repetition penalty.
+    logits: (V,); previous: (N,) int64. Returns new logits."""
+    counts = torch.bincount(previous, minlength=logits.shape[-1]).to(logits.dtype)
+    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts

@@ -81,15 +81,16 @@ class TrainResult:
 def train_markov_lm(config: TransformerConfig, *, steps: int = 150, lr: float = 3e-3,
                     warmup_steps: int = 0, batch: int = 16, clip: float | None = None,
                     seed: int = 0, chain: MarkovChain | None = None, progress: bool = True,
-                    optimizer: str = "adamw") -> TrainResult:
+                    optimizer: str = "adamw", make_model=None) -> TrainResult:
     """Train a TinyTransformer on Markov-chain text; deterministic for a given seed. ``optimizer`` is "adamw"
     (betas 0.9, 0.95, no decay) or "adafactor" (``torch.optim.Adafactor`` with its defaults: no momentum, factored
-    second moment, steps relative to each parameter's RMS)."""
+    second moment, steps relative to each parameter's RMS). ``make_model(config)`` builds the model instead of
+    ``TinyTransformer(config)`` (a variant, e.g. chapter 3's stream with a shared offset), after the same seeding."""
     if optimizer not in ("adamw", "adafactor"):
         raise ValueError(f"optimizer must be 'adamw' or 'adafactor', got {optimizer!r}")
     torch.manual_seed(seed)
     chain = chain or MarkovChain(vocab_size=config.vocab_size)
-    model = TinyTransformer(config)
+    model = (make_model or TinyTransformer)(config)
     if optimizer == "adafactor":
         opt = torch.optim.Adafactor(model.parameters(), lr=lr)
     else:

@@ -49,10 +49,13 @@ STAT_TOLERANCE = {torch.float64: (0.03, 0.03)}  # sampling noise of std/kurtosis
 # ---------------------------------------------------------------------------- 2.1 Xavier uniform
 
 def xavier_uniform(fan_out, fan_in, gain=1.0):
-    """A new (fan_out, fan_in) float32 weight drawn from U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out)).
+    """A new (fan_out, fan_in) float32 weight with Glorot & Bengio's uniform initialisation (2010, "Understanding
+    the difficulty of training deep feedforward neural networks", their normalised initialisation; PyTorch's
+    nn.init.xavier_uniform_ with the same ``gain``).
 
-    This is Glorot & Bengio's compromise between keeping forward variance (Var W = 1/fan_in) and
-    backward variance (Var W = 1/fan_out): Var W = 2 / (fan_in + fan_out), and U(-a, a) has variance a^2 / 3.
+    It draws from a uniform distribution centred on 0 whose variance is gain^2 times the compromise between
+    keeping the forward variance (which needs Var W = 1/fan_in) and the backward variance (Var W = 1/fan_out).
+    hint("2.1") derives the bound, one step per call.
     """
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
     return torch.empty(fan_out, fan_in).uniform_(-bound, bound)
@@ -70,11 +73,12 @@ def _xavier_cases():
 # ---------------------------------------------------------------------------- 2.2 Kaiming normal
 
 def kaiming_normal(fan_out, fan_in, mode="fan_in", nonlinearity="relu"):
-    """A new (fan_out, fan_in) float32 weight drawn from N(0, std^2), std = gain / sqrt(fan).
+    """A new (fan_out, fan_in) float32 weight with He et al.'s normal initialisation (2015, "Delving Deep into
+    Rectifiers"; PyTorch's nn.init.kaiming_normal_ with the same ``mode`` and ``nonlinearity``).
 
-    fan is fan_in (mode="fan_in": keeps the forward activations' variance) or fan_out
-    (mode="fan_out": keeps the backward gradients' variance). gain = sqrt(2) for "relu" (ReLU zeroes
-    half of its inputs, halving the second moment), 1 for "linear", 5/3 for "tanh".
+    mode "fan_in" keeps the forward activations' variance from layer to layer, "fan_out" the backward
+    gradients'. nonlinearity is "relu", "linear" or "tanh", with PyTorch's gains (nn.init.calculate_gain).
+    hint("2.2") gives the pieces, one per call.
     """
     gain = {"relu": math.sqrt(2.0), "linear": 1.0, "tanh": 5.0 / 3.0}[nonlinearity]
     fan = fan_in if mode == "fan_in" else fan_out
@@ -149,27 +153,36 @@ def tie_weights(model):
     """Make the LM head use the token embedding's matrix: one nn.Parameter, used twice.
 
     model: a TinyTransformer; tok_emb.weight and lm_head.weight are both (vocab, d_model).
-    Afterwards ``model.lm_head.weight is model.tok_emb.weight``, the model has one parameter fewer,
-    and the optimizer sees the sum of both uses' gradients. Returns nothing.
+    Afterwards ``model.lm_head.weight is model.tok_emb.weight``, holding the embedding's values (the head's
+    own initial matrix is dropped), the model has one parameter fewer, and the optimizer sees the sum of both
+    uses' gradients. Returns nothing.
     """
     model.lm_head.weight = model.tok_emb.weight
 
 
 def _tying_statistics(fn, vocab, d_model):
-    """(same Parameter, same memory, number of parameters, gradient = sum of both uses) after ``fn``."""
+    """What ``fn`` did to a fresh model, by name: one Parameter, one memory, the number of parameters, whether both
+    uses get a gradient, and whether the shared matrix holds the embedding's values (tying the other way round keeps
+    the head's and loses the embedding's)."""
     torch.manual_seed(0)
     config = TransformerConfig(vocab_size=vocab, d_model=d_model, n_layer=1, block_size=8)
     model = TinyTransformer(config)
+    embedding = model.tok_emb.weight.detach().clone()
     fn(model)
     same = model.lm_head.weight is model.tok_emb.weight
     shared = model.lm_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
+    kept = isinstance(model.tok_emb, nn.Embedding) and torch.equal(model.tok_emb.weight.detach(), embedding)
     tokens = torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(1))
     try:
         model(tokens, tokens.roll(-1, 1))[1].backward()
         trains = model.tok_emb.weight.grad is not None and model.lm_head.weight.grad is not None
     except Exception:  # e.g. the whole head module replaced by the embedding module
         trains = False
-    return torch.tensor([float(same), float(shared), float(len(list(model.parameters()))), float(trains)])
+    return {"lm_head.weight is tok_emb.weight": torch.tensor(float(same)),
+            "one memory": torch.tensor(float(shared)),
+            "number of parameters": torch.tensor(float(len(list(model.parameters())))),
+            "both uses get a gradient": torch.tensor(float(trains)),
+            "the matrix holds the embedding's values": torch.tensor(float(kept))}
 
 
 def _tie_by_copy(model):
@@ -178,6 +191,10 @@ def _tie_by_copy(model):
 
 def _tie_by_data(model):
     model.lm_head.weight.data = model.tok_emb.weight.data
+
+
+def _tie_wrong_way(model):
+    model.tok_emb.weight = model.lm_head.weight
 
 
 def _tie_modules(model):
@@ -240,6 +257,9 @@ def _mup_inverted(model, base_lr, base_width):
 EXERCISES = [
     Exercise(
         id="2.1", title="Xavier/Glorot uniform", reference=xavier_uniform, cases=_xavier_cases,
+        hints=("The compromise is the harmonic mean of the two variances: Var W = 2 / (fan_in + fan_out).",
+               "U(-a, a) has variance a**2 / 3: solve a**2 / 3 = gain**2 * 2 / (fan_in + fan_out) for a.",
+               "a = gain * sqrt(6 / (fan_in + fan_out)); torch.empty(fan_out, fan_in).uniform_(-a, a)."),
         call=_sample_statistics, tolerances=STAT_TOLERANCE, output_names=SAMPLE_STATISTICS,
         mistakes=(
             Mistake("normal instead of uniform", lambda o, i, gain=1.0: torch.randn(o, i) * gain * math.sqrt(
@@ -260,6 +280,10 @@ EXERCISES = [
     ),
     Exercise(
         id="2.2", title="He/Kaiming normal", reference=kaiming_normal, cases=_kaiming_cases,
+        hints=("fan is fan_in in mode 'fan_in' and fan_out in mode 'fan_out'; the weight's shape is (fan_out, fan_in).",
+               "The gains: ReLU zeroes half of its inputs, halving the second moment, so sqrt(2); 'linear' 1; "
+               "'tanh' 5/3.",
+               "std = gain / sqrt(fan); torch.randn(fan_out, fan_in) * std."),
         call=_sample_statistics, tolerances=STAT_TOLERANCE, output_names=SAMPLE_STATISTICS,
         mistakes=(
             Mistake("mode ignored", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) * (
@@ -296,6 +320,10 @@ EXERCISES = [
             Mistake("shared .data", _tie_by_data,
                     "Sharing .data keeps two Parameters: each gets only its own gradient and the optimizer "
                     "updates the memory twice. Assign the Parameter itself."),
+            Mistake("tied the other way round", _tie_wrong_way,
+                    "Both names now hold the LM head's matrix and the embedding's values are gone: assign the "
+                    "embedding's Parameter to the head (model.lm_head.weight = model.tok_emb.weight), not the "
+                    "reverse."),
             Mistake("module swapped", _tie_modules,
                     "Share the weight, not the module: an nn.Embedding looks tokens up, it cannot map vectors "
                     "to logits. model.lm_head.weight = model.tok_emb.weight."),

@@ -151,8 +151,9 @@ def assistant_only_labels(ids, roles):
     """Labels for instruction tuning: the token id where the token belongs to the assistant, else -100.
 
     ids: (T,) int64 token ids; roles: list of T strings ("system", "user", "assistant" or "template"
-    for the role headers). Returns a new (T,) int64 tensor. Shifting for next-token prediction is done
-    later, by the loss (logits[:-1] against labels[1:]).
+    for the role headers). Mask the role headers, but keep the assistant's end-of-turn token <|end|>
+    (render_chat tags it "assistant"): the model must learn when to stop. Returns a new (T,) int64
+    tensor. Shifting for next-token prediction is done later, by the loss (logits[:-1] against labels[1:]).
     """
     keep = torch.tensor([role == "assistant" for role in roles], dtype=torch.bool)
     return torch.where(keep, ids, torch.full_like(ids, -100))
@@ -180,6 +181,13 @@ def _labels_inverted(ids, roles):
 
 def _labels_keep_system(ids, roles):
     keep = torch.tensor([role in ("assistant", "system") for role in roles], dtype=torch.bool)
+    return torch.where(keep, ids, torch.full_like(ids, -100))
+
+
+def _labels_end_masked(ids, roles):
+    from course_utils.losses import SPECIAL_TOKENS
+
+    keep = torch.tensor([role == "assistant" for role in roles], dtype=torch.bool) & (ids != SPECIAL_TOKENS["<|end|>"])
     return torch.where(keep, ids, torch.full_like(ids, -100))
 
 
@@ -320,6 +328,9 @@ EXERCISES = [
                     "Mask the system prompt too: only the assistant's tokens count."),
             Mistake("headers kept", _labels_with_headers,
                     "Role headers are template, not something the model should learn to produce: mask them."),
+            Mistake("end-of-turn masked", _labels_end_masked,
+                    "Keep the assistant's <|end|>: it is a template token, but it is how the model learns to stop "
+                    "(masking it is the classic SFT bug of a model that never ends its answer)."),
         ),
     ),
     Exercise(

@@ -337,6 +337,13 @@ def _kernel_cases():
 EXERCISES = [
     Exercise(
         id="5.1", title="AdamW step from scratch", reference=adamw_update, cases=_adamw_cases,
+        hints=("Update the moments first: exponential moving averages of g and of g**2, with weights beta1 and beta2 "
+               "on the old values.",
+               "Bias correction divides each moment by (1 - beta**step): at step 1 that undoes the pull towards the "
+               "zero start.",
+               "The decay multiplies p by (1 - lr * weight_decay) before the Adam step.",
+               "p = p * (1 - lr * wd) - lr * m_hat / (sqrt(v_hat) + eps), with m_hat = m / (1 - beta1**step) and "
+               "v_hat = v / (1 - beta2**step); m = beta1 * m + (1 - beta1) * g, v = beta2 * v + (1 - beta2) * g**2."),
         output_names=("p", "m", "v"),
         mistakes=(
             Mistake("no bias correction", _adamw_no_bias_correction,
@@ -388,6 +395,13 @@ EXERCISES = [
     ),
     Exercise(
         id="5.4", title="Adafactor's factored second moment", reference=factored_second_moment, cases=_factored_cases,
+        hints=("Square the gradient, then average it along each axis: a mean over columns per row (n,), a mean over "
+               "rows per column (m,).",
+               "Each running mean moves towards today's mean: new = beta2_t * old + (1 - beta2_t) * today "
+               "(torch.lerp(old, today, 1 - beta2_t)).",
+               "The outer product of the row and column means counts the overall scale twice: divide it once by the "
+               "mean of row_var.",
+               "v_hat = torch.outer(row_var, col_var) / row_var.mean().clamp(min=eps1)."),
         output_names=("row_var", "col_var", "v_hat"),
         mistakes=(
             Mistake("no normaliser", _factored_no_normaliser,

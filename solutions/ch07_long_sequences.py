@@ -20,7 +20,7 @@ __all__ = ["rope_rotate", "ntk_scaled_inv_freq", "llama3_scaled_inv_freq", "merg
 
 # ------------------------------------------------------------------------------------- 7.1 RoPE
 
-def _rope_interleaved(x, positions, inv_freq):  # pairs (2i, 2i+1), GPT-J style: another convention
+def _rope_interleaved(x, positions, inv_freq):  # pairs (2i, 2i+1), Meta's Llama / GPT-J: another convention
     angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
     cos, sin = angles.cos(), angles.sin()
     a, b = x[..., 0::2], x[..., 1::2]
@@ -270,8 +270,9 @@ EXERCISES = [
         id="7.1", title="rotary position embedding", reference=rope_rotate, cases=_rope_cases,
         mistakes=(
             Mistake("interleaved pairs", _rope_interleaved,
-                    "This course (like Llama and GPT-NeoX) pairs feature i with feature i + d/2 (\"rotate half\"), "
-                    "not (2i, 2i+1); both work, but weights trained with one need the same one."),
+                    "The contract pairs feature i with feature i + d/2 (\"rotate half\", as GPT-NeoX and Hugging "
+                    "Face's Llama do), not (2i, 2i+1) as Meta's reference Llama and GPT-J do; both pairings work, but "
+                    "weights trained with one need the same one."),
             Mistake("rotated backwards", _rope_backwards,
                     "The rotation by t maps (a, b) to (a cos t - b sin t, a sin t + b cos t)."),
             Mistake("angle without the position", _rope_no_position,
@@ -284,6 +285,11 @@ EXERCISES = [
     ),
     Exercise(
         id="7.2", title="NTK-aware RoPE scaling", reference=ntk_scaled_inv_freq, cases=_ntk_cases,
+        hints=("Write the new inverse frequency of pair i as (b * s)^(-2i/d) with s = factor^(d/(d-2)), and compare it "
+               "with the old b^(-2i/d): their ratio does not depend on b.",
+               "The ratio is factor^(-2i/(d-2)): 1 at i = 0, 1/factor at i = d/2 - 1.",
+               "i = torch.arange(len(inv_freq)); return inv_freq * factor ** (-2 * i / (d - 2)) (compute in float64, "
+               "return in inv_freq's dtype)."),
         mistakes=(
             Mistake("base times factor", _ntk_base_times_factor,
                     "The new base is base * factor^(d / (d - 2)), chosen so that the *lowest* frequency is divided "
@@ -295,6 +301,12 @@ EXERCISES = [
     ),
     Exercise(
         id="7.3", title="Llama 3.1 RoPE scaling", reference=llama3_scaled_inv_freq, cases=_llama3_cases,
+        hints=("Compute each frequency's wavelength 2*pi / inv_freq and compare it with the two thresholds "
+               "original_context / high_freq_factor and original_context / low_freq_factor.",
+               "In between, a weight s = (original_context / wavelength - low_freq_factor) / (high_freq_factor - "
+               "low_freq_factor) runs from 0 at the long threshold to 1 at the short one.",
+               "Between the thresholds: (1 - s) * inv_freq / factor + s * inv_freq; torch.where picks the three "
+               "regimes."),
         mistakes=(
             Mistake("wavelength without 2 pi", _llama3_no_2pi,
                     "A frequency's wavelength (positions per full turn) is 2 * pi / inv_freq."),

@@ -93,13 +93,42 @@ def test_default_init_report_measures_pytorch():
 def test_tied_head_initial_loss_is_near_ln_v_only_for_small_embeddings():
     assert abs(init.tied_head_initial_loss(0.02) - math.log(512)) < 0.5
     assert init.tied_head_initial_loss(1.0) > 10 * math.log(512)
+    t5 = init.tied_head_initial_loss(1.0, head_scale=256 ** -0.5)  # T5's d^-1/2 head rescale
+    assert math.log(512) < t5 < init.tied_head_initial_loss(1.0) / 10
 
 
-def test_width_sweep_best_lr_drifts_under_sp_and_not_under_mup():
-    sp = init.width_sweep(init.standard_param_groups, zero_output=False, progress=False)
-    mup = init.width_sweep(mup_param_groups, zero_output=True, progress=False)
-    assert sp.best_lr(512) < sp.best_lr(32) / 3
-    assert mup.best_lr(512) == mup.best_lr(32)
+@pytest.mark.parametrize("groups,zero_output", [(init.standard_param_groups, False), (mup_param_groups, True)])
+def test_batched_width_sweep_matches_the_plain_adam_loop(groups, zero_output):
+    """train_width_mlp_batched (the notebook's sweep) against train_width_mlp (torch.optim.Adam), per seed and lr."""
+    lrs, seeds = (1e-2, 1e-1), (0, 1)
+    batched = init.train_width_mlp_batched(64, lrs, groups, zero_output=zero_output, steps=30, seeds=seeds)
+    for i, seed in enumerate(seeds):
+        for j, lr in enumerate(lrs):
+            plain = init.train_width_mlp(64, lr, groups, zero_output=zero_output, steps=30, seed=seed)
+            assert abs(batched[i][j] - plain) < 1e-4, (seed, lr)  # bmm vs mm: another summation order
+
+
+def test_width_sweep_cache_has_the_notebook_shape():
+    sweeps = init.load_width_sweeps()
+    assert list(sweeps) == ["standard (SP)", "μP"]
+    for sweep in sweeps.values():
+        assert sweep.widths == [32, 128, 512] and len(sweep.lrs) == 13 and sweep.seeds == (0, 1, 2)
+        assert all(len(rows) == 3 and all(len(r) == 13 for r in rows) for rows in sweep.losses.values())
+
+
+def test_pytorch_default_relu_stack_forgets_its_input():
+    with_bias, without = init.pytorch_default_relu_stack(bias=True), init.pytorch_default_relu_stack(bias=False)
+    assert without["output_std"] < 1e-6
+    assert with_bias["output_std"] > 1e-3 and with_bias["input_dependent_std"] < 1e-6
+
+
+def test_init_recipe_table_follows_fan_in_times_variance():
+    table = init.init_recipe_table()
+    assert all(0.9 < v < 1.1 for v in table["fan-in"].values())
+    for layer, fan_in in (("attn.qkv", 64), ("attn.proj", 64), ("mlp.up", 64), ("mlp.down", 256), ("lm_head", 64)):
+        assert abs(table["fixed 0.02"][layer] / (fan_in * 0.02 ** 2) - 1) < 0.1, layer  # sampling noise
+        expected = table["fixed 0.02"][layer] / (8 if layer in ("attn.proj", "mlp.down") else 1)
+        assert abs(table["GPT-2"][layer] / expected - 1) < 0.1, layer
 
 
 @pytest.mark.skipif(not triton_status().available, reason=triton_status().reason)

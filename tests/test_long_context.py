@@ -265,3 +265,15 @@ def test_flash_forward_rejects_mismatched_shapes():
 
     with pytest.raises(ValueError, match="one \\(B, H, N, D\\) shape"):
         flash_attention_forward(torch.randn(1, 1, 4, 16), torch.randn(1, 1, 5, 16), torch.randn(1, 1, 5, 16))
+
+
+@pytest.mark.parametrize("block", [1, 8, 16, 64])
+def test_tiled_attention_matches_sdpa(block):
+    from course_utils.attention import tiled_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 37, 16, generator=g) for _ in range(3))
+    torch.testing.assert_close(tiled_attention(q, k, v, block), F.scaled_dot_product_attention(q, k, v))
+    big = q * 100  # scores in the thousands: the running max keeps exp finite
+    torch.testing.assert_close(tiled_attention(big, k, v, block), F.scaled_dot_product_attention(big, k, v),
+                               atol=1e-4, rtol=1e-4)  # float32 scores of ~1e3 carry ~1e-4 absolute rounding

@@ -83,3 +83,22 @@ def test_smoothing_raises_the_reachable_loss_on_real_data():
     chain = MarkovChain(32)
     floors = [losses.smoothing_loss_floor(chain.transitions, chain.stationary(), eps) for eps in (0.0, 0.1, 0.2)]
     assert abs(floors[0]) < 1e-9 and 0 < floors[1] < floors[2]
+
+
+def test_batched_smoothing_runs_equal_separate_runs():
+    """smoothing_over_seeds trains its models stacked under one Adam: each must follow its own separate run."""
+    batched = losses._smoothing_runs([(0.0, 3), (0.1, 4)], steps=50, n_train=64)
+    for (eps, seed), stacked in zip([(0.0, 3), (0.1, 4)], batched):
+        alone = losses.smoothing_calibration(eps, steps=50, n_train=64, seed=seed)
+        for key in ("confidence", "test_loss"):
+            assert abs(stacked[key] - alone[key]) < 1e-5, (key, stacked, alone)
+
+
+def test_paired_change():
+    assert losses.paired_change([1.0, 2.0, 3.0], [1.5, 1.0, 3.0]) == (pytest.approx(-0.5 / 3), -1.0, 0.5)
+
+
+def test_backward_allocated_bytes_sees_out_of_place_results_only():
+    z = torch.randn(16, 100).requires_grad_() * 1.0
+    assert losses.backward_allocated_bytes((z * 2).sum(), z) >= 16 * 100 * 4  # MulBackward writes a new (16, 100)
+    assert losses.backward_allocated_bytes(F.cross_entropy(z, torch.randint(0, 100, (16,))), z) >= 2 * 16 * 100 * 4

@@ -1,4 +1,5 @@
 """Chapter 5: optimizers from scratch against torch.optim, decay groups, accumulation, DDP."""
+import math
 import time
 
 import pytest
@@ -251,3 +252,19 @@ def test_a_hint_needs_agreement_on_the_cases_after_the_failure_too():
 
     result = check("6.3", two_slips, display=False)
     assert result.status == "failed" and result.mistake is None  # the hint would not fit the whole behaviour
+
+
+def test_stored_adafactor_grid_is_complete():
+    """The notebook reads the grid from data_files (tests/test_claims_ch05.py reruns it): every cell, 3 seeds."""
+    grid = optim.adafactor_grid()
+    g = optim.ADAFACTOR_GRID
+    assert len(grid) == len(g["optimizers"]) * len(g["inits"]) * len(g["lrs"]) * len(g["warmups"])
+    assert all(len(v) == len(g["seeds"]) and all(math.isfinite(x) for x in v) for v in grid.values())
+    import matplotlib.pyplot as plt
+
+    plt.close(optim.figure_adafactor_grid(grid))
+
+
+def test_adam_step_on_noise_starts_at_lr_and_falls():
+    sizes = optim.adam_step_on_noise(0.95, checkpoints=(1, 20), size=2000)
+    assert abs(sizes[1] - 1.0) < 1e-4 and sizes[20] < 0.5

@@ -246,3 +246,52 @@ def test_gumbel_exercise_kernel_samples_the_softmax():
     probs = torch.tensor([0.5, 0.3, 0.2])
     draws = launch_gumbel_kernel(gumbel_max_kernel, probs.log().repeat(900, 1), 1.0, 5)
     assert _chi_square(torch.bincount(draws, minlength=3).double(), probs.double()) < 13.8  # 2 dof, p = 0.001
+
+
+def test_kv_cache_decoder_matches_the_full_forward():
+    model = charlm.load()
+    _, held_out = charlm.split(charlm.encode(charlm.training_text()))
+    prompts = sampling.evaluation_prompts(held_out, n=3, length=10)
+    full = sampling.model_logits(model)
+    decoder = sampling.KVCacheDecoder(model)
+    seqs = [list(p) for p in prompts]
+    torch.testing.assert_close(decoder.prefill(torch.tensor(seqs)), full(seqs), atol=1e-4, rtol=1e-4)
+    for token in (32, 101, 10):
+        seqs = [s + [token] for s in seqs]
+        torch.testing.assert_close(decoder.step(torch.tensor([token] * 3)), full(seqs), atol=1e-4, rtol=1e-4)
+    decoder.reorder(torch.tensor([2, 2, 0]))
+    seqs = [seqs[2], seqs[2], seqs[0]]
+    seqs = [s + [97] for s in seqs]
+    torch.testing.assert_close(decoder.step(torch.tensor([97] * 3)), full(seqs), atol=1e-4, rtol=1e-4)
+
+
+def test_batched_decoding_agrees_with_the_single_prompt_functions():
+    model = charlm.load()
+    _, held_out = charlm.split(charlm.encode(charlm.training_text()))
+    prompts = sampling.evaluation_prompts(held_out, n=2, length=12)
+    full = sampling.model_logits(model)
+    greedy, ll = sampling.decode_batch(model, prompts, 12, temperature=0, return_loglik=True)
+    beams = sampling.beam_search_batch(model, prompts, 3, 12)
+    for i, p in enumerate(prompts):
+        assert greedy[i][0] == sampling.generate(full, p, 12, temperature=0)
+        assert abs(ll[i][0] - sampling.sequence_log_likelihood(full, p, greedy[i][0]) / 12) < 1e-4
+        ids, score = sampling.beam_search(sampling.log_probs_of(full), p, 3, 12)
+        assert beams[i][0][0] == ids and abs(beams[i][0][1] / 12 - score) < 1e-4
+    lp = sampling.continuation_log_probs(model, prompts, [g[0] for g in greedy]).mean(dim=1)
+    torch.testing.assert_close(lp.double(), torch.tensor([x[0] for x in ll], dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_diversity_and_word_metrics():
+    assert sampling.pairwise_ngram_diversity([[1, 2, 3, 4, 5]] * 3) == 0.0
+    assert sampling.pairwise_ngram_diversity([[1, 2, 3, 4], [5, 6, 7, 8]]) == 1.0
+    ids = list(b" the class xqzv method ")
+    assert sampling.word_validity(ids) == 3 / 4  # the, class, method found, xqzv not (no word touches an end)
+    assert math.isnan(sampling.word_validity(list(b"abc")))
+    d = sampling.paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 4.0])
+    assert d["n"] == 3 and d["reversed"] == 1 and abs(d["mean"] - 2 / 3) < 1e-12
+
+
+def test_presence_penalty_is_additive():
+    z = torch.tensor([1.0, 2.0, 3.0])
+    out = sampling.apply_presence_penalty(z, torch.tensor([0, 0, 2]), presence=0.5, frequency=0.25)
+    torch.testing.assert_close(out, torch.tensor([1.0 - 0.5 - 0.5, 2.0, 3.0 - 0.5 - 0.25]))

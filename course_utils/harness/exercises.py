@@ -105,6 +105,7 @@ class Exercise:
     needs_triton: bool | None = None  # None: derived from the reference (a Triton kernel, or a KernelReference)
     timeout_s: float | None = None  # None: 30 s, or 120 s for a Triton exercise (its interpreter is slow)
     output_names: tuple[str, ...] = ()  # names of the outputs of a tuple-returning answer, for messages
+    hints: tuple[str, ...] = ()  # progressive hints for hint(id): the first a nudge, the last close to the answer
     chapter: str = ""  # filled in by the registry: the chapter title
 
     def __post_init__(self):
@@ -214,10 +215,29 @@ def progress_table() -> str:
             total = sum(e.chapter == chapter for e in registry().values())
             lines.append(f"{chapter}  ({done}/{total} passed)")
         rec = records.get(ex.id, {})
+        hints = f", hints: {rec['hints']}/{len(ex.hints)}" if rec.get("hints") else ""
         lines.append(f"  {progress.STATUS_SYMBOL.get(rec.get('status'), '?')} {ex.id:<5} {ex.title:<44} "
-                     f"attempts: {rec.get('attempts', 0)}")
+                     f"attempts: {rec.get('attempts', 0)}{hints}")
     lines.append(f"(progress file: {progress.progress_path()})")
     return "\n".join(lines)
+
+
+def hint(exercise_id: str, *, display: bool = True) -> str:
+    """Show the next hint of an exercise: the first call the first hint, the next call the second, ...; the last one
+    is close to the answer. Hints taken are recorded in the progress file (the progress table shows them)."""
+    ex = _get(exercise_id)
+    if not ex.hints:
+        text = f"💡 {ex.id} {ex.title}: this exercise has no hints; its docstring is the whole contract."
+    else:
+        n = progress.take_hint(ex.id, len(ex.hints))
+        if n:
+            text = f"💡 {ex.id} hint {n} of {len(ex.hints)}: {ex.hints[n - 1]}"
+        else:
+            text = (f"💡 {ex.id}: all {len(ex.hints)} hints shown already:\n"
+                    + "\n".join(f"  {i}. {h}" for i, h in enumerate(ex.hints, 1)))
+    if display:
+        print(text)
+    return text
 
 
 # ------------------------------------------------------------------------------------------- check

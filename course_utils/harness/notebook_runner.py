@@ -255,6 +255,31 @@ def _notebook_client(nb, **kwargs):
     return Client(nb, **kwargs)
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def tidy(nb) -> None:
+    """What a stored notebook keeps of a run, so that re-recording a notebook whose code did not change leaves a small
+    diff: no widget state (random model ids, 50-190 KB per notebook) and no widget views (they show nothing without
+    that state; every slider has a static figure beside it), consecutive stream outputs merged (tqdm's redraws), no
+    run timestamps."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.get("metadata", {}).pop("execution", None)
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.get("outputs", []):
+            if WIDGET_VIEW in output.get("data", {}):
+                continue
+            if (kept and output.output_type == "stream" and kept[-1].output_type == "stream"
+                    and kept[-1].name == output.name):
+                kept[-1].text += output.text
+                continue
+            kept.append(output)
+        cell.outputs = kept
+
+
 def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeout: int = 600,
             env: dict[str, str] | None = None, extra_cells: list[str] = ()):
     """Run every cell of the notebook at ``path``; returns ``(notebook, seconds)``.
@@ -282,13 +307,12 @@ def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeo
             COURSE_PROGRESS=str(Path(tmp) / "progress.json"), COURSE_STRICT="1" if solved_mode else "0",
             PYTHONHASHSEED="0", **record, **(env or {})):
         _STALLS.clear()
-        client = _notebook_client(nb, timeout=timeout, kernel_name="python3",
+        client = _notebook_client(nb, timeout=timeout, kernel_name="python3", store_widget_state=not write,
                                   resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()
         client.execute()
         seconds = time.perf_counter() - start
     if write:
-        for cell in nb.cells:  # run timestamps would make every re-run a diff of every cell
-            cell.get("metadata", {}).pop("execution", None)
+        tidy(nb)
         nbformat.write(nb, path)
     return nb, seconds

@@ -71,7 +71,8 @@ def _empty() -> dict:
 
 def _valid_entry(entry) -> bool:
     return (isinstance(entry, dict) and entry.get("status") in ("passed", "failed", "todo", None)
-            and isinstance(entry.get("attempts", 0), int) and isinstance(entry.get("source", ""), str))
+            and isinstance(entry.get("attempts", 0), int) and isinstance(entry.get("source", ""), str)
+            and isinstance(entry.get("hints", 0), int))
 
 
 def _valid(data) -> bool:
@@ -154,6 +155,25 @@ def record(exercise_id: str, status: str, source: str | None = None) -> None:
             entry["source"] = source
         entry["updated"] = _dt.datetime.now().isoformat(timespec="seconds")
         _write(data)
+
+
+def take_hint(exercise_id: str, available: int) -> int:
+    """Record that the next of ``available`` hints of ``exercise_id`` was shown; returns its number (1-based), or 0 when
+    every hint has been shown already (nothing recorded then)."""
+    with locked():
+        data = load()
+        entry = data["exercises"].setdefault(exercise_id, {"status": None, "attempts": 0})
+        taken = int(entry.get("hints", 0))
+        if taken >= available:
+            return 0
+        entry["hints"] = taken + 1
+        entry["updated"] = _dt.datetime.now().isoformat(timespec="seconds")
+        _write(data)
+        return taken + 1
+
+
+def hints_taken(exercise_id: str) -> int:
+    return int(load()["exercises"].get(exercise_id, {}).get("hints", 0))
 
 
 def reset(exercise_id: str | None = None) -> None:

@@ -116,9 +116,11 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
-        if ctx.inplace_grad:  # scale the buffer we already own: no new (N, V) tensor (backward runs once)
-            return grad.mul_(grad_loss), None, None, None, None
-        return grad * grad_loss, None, None, None, None
+        # Scale the buffer in place in both modes: it is the kernel's own (the logits' memory with inplace_grad,
+        # else the one the forward allocated) and nothing else reads it, so no new (N, V) tensor is allocated here.
+        # A second backward (retain_graph=True) finds the saved buffer modified and autograd raises, rather than
+        # scaling it twice.
+        return grad.mul_(grad_loss), None, None, None, None
 
 
 def cross_entropy_triton(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
