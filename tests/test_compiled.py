@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("triton")
 
 import torch  # noqa: E402
-from conftest import REPO_ROOT  # noqa: E402
+from conftest import REPO_ROOT, requires_triton  # noqa: E402
 
 import course_utils  # noqa: E402, F401  (interpreter switch before triton)
 
@@ -227,3 +227,37 @@ def test_gpu_check_refuses_clearly_without_a_gpu(capsys, tmp_path):
         pytest.skip("this machine has a GPU: `make gpu-check` runs for real")
     assert main(["gpu-check", "--report", str(tmp_path / "report.md")]) == 2
     assert "needs an NVIDIA GPU" in capsys.readouterr().err and not (tmp_path / "report.md").exists()
+
+
+@requires_triton
+def test_a_passing_kernel_in_the_learners_own_module_is_compiled_not_misreported(tmp_path, monkeypatch):
+    """A learner who keeps a kernel in a .py file next to the notebook (importable there only because the notebook's
+    folder is on the path) gets the compiled verdict, not a false 'does not compile' (issue 29)."""
+    import importlib
+    import sys
+    import textwrap
+
+    from course_utils import check
+
+    (tmp_path / "my_kernels.py").write_text(textwrap.dedent('''
+        import triton
+        import triton.language as tl
+
+
+        @triton.jit
+        def my_softmax(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
+            row = tl.program_id(0)
+            cols = tl.arange(0, BLOCK)
+            x = tl.load(x_ptr + row * x_row_stride + cols, mask=cols < n_cols, other=-float("inf"))
+            e = tl.exp(x - tl.max(x, axis=0))
+            tl.store(y_ptr + row * y_row_stride + cols, e / tl.sum(e, axis=0), mask=cols < n_cols)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("COURSE_COMPILE_CHECK", raising=False)
+    module = importlib.import_module("my_kernels")
+    try:
+        result = check("1.4", module.my_softmax, strict=True)
+    finally:
+        sys.modules.pop("my_kernels", None)
+    assert result.passed, result.message
+    assert "Compiled for sm_90" in result.message, result.message

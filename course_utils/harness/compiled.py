@@ -136,6 +136,21 @@ def source_with_helpers(fn) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _compiler_can_import(module: str) -> bool:
+    """Can the compiler's process (a fresh Python, started from the repository) import ``module``? The course's own
+    packages and installed ones, yes; a notebook cell (``__main__``) or a learner's own ``.py`` file next to the
+    notebook (importable here only because the notebook's folder is on this process's path), no: their source
+    travels with the launch instead."""
+    if module == "__main__":
+        return False
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return False
+    origin = Path(spec.origin).resolve()
+    course = [PACKAGE_DIR.resolve(), (PACKAGE_DIR.parent / "solutions").resolve()]
+    return any(origin.is_relative_to(root) for root in course) or "site-packages" in origin.parts
+
+
 def launch_of(fn, args: tuple, kwargs: dict) -> Launch:
     """The :class:`Launch` that ``kernel[grid](*args, **kwargs)`` of the Python function ``fn`` makes."""
     from triton.backends.nvidia.compiler import CUDABackend
@@ -160,7 +175,7 @@ def launch_of(fn, args: tuple, kwargs: dict) -> Launch:
             aligned.append(name)
     module = fn.__module__
     source = None
-    if module == "__main__" or importlib.util.find_spec(module) is None:
+    if not _compiler_can_import(module):
         source = source_with_helpers(fn)
     return Launch(f"{module}:{fn.__qualname__}", tuple(signature), tuple(constexprs), tuple(aligned),
                   options.get("num_warps", 4), options.get("num_stages", 3), source)

@@ -465,7 +465,9 @@ def _with_compile_verdict(result: CheckResult, candidate: Any, launches: list) -
 
     fn = getattr(candidate, "fn", candidate)
     own = [launch for launch in launches if launch.kernel == f"{fn.__module__}:{fn.__qualname__}"][:3]
-    if not own:
+    if not own:  # its launches could not be recorded: the source of the kernel could not be read
+        result.message += (f"\n   (not compiled for {COMPILE_TARGET}: the source of your kernel could not be read, "
+                           "so the compiler cannot see it; the pass in the interpreter stands)")
         return result
     target = next(t for t in TARGETS if t.name == COMPILE_TARGET)
     try:
