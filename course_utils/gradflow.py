@@ -90,17 +90,18 @@ def depth_sweep(arch: str, depths: list[int], *, seed: int = 0, **config_overrid
     return out
 
 
-def depth_sweep_over_seeds(arch: str, depths: list[int], *, seeds=range(3),
+def depth_sweep_over_seeds(arch: str, depths: list[int], *, seeds=range(3), return_seeds: bool = False,
                            **config_overrides) -> dict[str, list[float]]:
     """:func:`depth_sweep` for each seed, combined by the geometric mean (the sweep's quantities are scales,
-    compared on log axes). Same keys as depth_sweep."""
+    compared on log axes). Same keys as depth_sweep. With ``return_seeds``, returns (combined, the list of
+    per-seed sweeps) so that a caller can show the seed spread."""
     sweeps = [depth_sweep(arch, depths, seed=seed, **config_overrides) for seed in seeds]
     combined = {"depth": list(depths)}
     for key in sweeps[0]:
         if key != "depth":
             combined[key] = [math.exp(sum(math.log(s[key][i]) for s in sweeps) / len(sweeps))
                              for i in range(len(depths))]
-    return combined
+    return (combined, sweeps) if return_seeds else combined
 
 
 def layernorm_jacobian(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -110,7 +111,8 @@ def layernorm_jacobian(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
     The bracket is the orthogonal projection onto the vectors orthogonal to 1 and to y (y is orthogonal
     to 1 and |y|^2 = d), so the Jacobian's largest singular value is exactly 1 / sqrt(sigma^2 + eps):
-    LayerNorm divides every gradient through it by its input's RMS (about sigma, for a mean near 0)."""
+    LayerNorm divides every gradient through it by its input's centred standard deviation (plus eps), which is
+    the input's RMS only when the input's mean is 0."""
     d = x.numel()
     sigma2 = x.var(unbiased=False)
     y = (x - x.mean()) / torch.sqrt(sigma2 + eps)
@@ -118,12 +120,29 @@ def layernorm_jacobian(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (eye - torch.ones(d, d, dtype=x.dtype) / d - torch.outer(y, y) / d) / torch.sqrt(sigma2 + eps)
 
 
+# The course's initialisations, by the names the prose uses (DESIGN.md's one vocabulary), as TransformerConfig fields.
+INITS = {
+    "fan-in": dict(init="fan_in"),  # every Linear N(0, 1/fan_in): Xiong et al. (2020)'s setting
+    "fixed 0.02": dict(init="gpt", init_std=0.02),  # every weight N(0, 0.02^2): GPT-2 without its residual scaling
+    "GPT-2": dict(init="gpt", init_std=0.02, depth_scaled_init=True),  # fixed 0.02, attn.proj/mlp.down / sqrt(2L)
+}
+
+
+def init_fields(init: str) -> dict:
+    """The TransformerConfig fields of the initialisation named ``init`` (a key of INITS)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
+    return dict(INITS[init])
+
+
 def warmup_comparison(*, depth: int = 6, steps: int = 120, lr: float = 1e-2, warmup_steps: int = 40,
-                      seeds=(0, 1, 2)) -> tuple[dict[str, list["TrainResult"]], MarkovChain]:  # noqa: F821
+                      seeds=(0, 1, 2), init: str = "fixed 0.02",
+                      d_model: int = 64) -> tuple[dict[str, list["TrainResult"]], MarkovChain]:  # noqa: F821
     """Chapter 1's warmup experiment: Post-LN and Pre-LN stacks of ``depth`` blocks, each trained with and
     without a linear warmup of ``warmup_steps`` on the same Markov chain, once per seed (the seed sets the
-    init and the batches). Returns (runs by label, one TrainResult per seed in ``seeds`` order; chain);
-    labels are "post-LN, no warmup", "post-LN, warmup 40", "pre-LN, ...". Deterministic."""
+    init and the batches), at the initialisation named ``init`` (a key of INITS). Returns (runs by label, one
+    TrainResult per seed in ``seeds`` order; chain); labels are "post-LN, no warmup", "post-LN, warmup 40",
+    "pre-LN, ...". Deterministic."""
     from course_utils.training import train_markov_lm
 
     chain = MarkovChain(vocab_size=32)
@@ -131,10 +150,184 @@ def warmup_comparison(*, depth: int = 6, steps: int = 120, lr: float = 1e-2, war
     for arch in ("post", "pre"):
         for warmup in (0, warmup_steps):
             label = f"{arch}-LN, " + (f"warmup {warmup}" if warmup else "no warmup")
-            config = stack_config(arch, depth=depth, block_size=16)
+            config = stack_config(arch, depth=depth, block_size=16, d_model=d_model, **init_fields(init))
             runs[label] = [train_markov_lm(config, steps=steps, lr=lr, warmup_steps=warmup, chain=chain, seed=seed,
                                            progress=False) for seed in seeds]
     return runs, chain
+
+
+def _warmup_cell(args):
+    init, lr, arch, warmup, seed, depth, steps = args
+    from course_utils.training import train_markov_lm
+
+    config = stack_config(arch, depth=depth, block_size=16, **init_fields(init))
+    run = train_markov_lm(config, steps=steps, lr=lr, warmup_steps=warmup, chain=MarkovChain(vocab_size=32),
+                          seed=seed, progress=False)
+    return float("inf") if run.diverged else run.final_loss
+
+
+def warmup_grid(*, inits=tuple(INITS), lrs=(1e-3, 3e-3, 1e-2), seeds=(0, 1, 2), depth: int = 6, steps: int = 120,
+                warmup_steps: int = 40, processes: int = 1) -> dict[tuple, list[float]]:
+    """The warmup experiment over init x learning rate: for each (init, lr, arch, warmup) with arch "post"/"pre" and
+    warmup 0 or ``warmup_steps``, the final loss (mean of the last 20 steps; inf if it diverged) of one run per seed,
+    in ``seeds`` order. ``processes`` > 1 spreads the runs over worker processes of one thread each. Deterministic for
+    a given arithmetic order (CPU and thread count).
+
+    This is what :data:`WARMUP_GRID` stores (the notebook reads the stored table: its 108 runs take minutes);
+    tests/test_claims_ch01.py re-runs it and checks the stored numbers and the verdicts drawn from them."""
+    keys = [(init, lr, arch, warmup) for init in inits for lr in lrs for arch in ("post", "pre")
+            for warmup in (0, warmup_steps)]
+    jobs = [(*key, seed, depth, steps) for key in keys for seed in seeds]
+    if processes > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(processes, initializer=torch.set_num_threads,
+                                                        initargs=(1,)) as pool:
+            finals = pool.map(_warmup_cell, jobs)
+    else:
+        finals = [_warmup_cell(job) for job in jobs]
+    return {key: finals[i * len(seeds):(i + 1) * len(seeds)] for i, key in enumerate(keys)}
+
+
+# What warmup_grid(processes=2) returned on the course CPU (torch 2.13, one thread per run, 2026-12-05):
+# (init, lr, arch, warmup steps) -> final loss (mean of the last 20 of 120 steps) for seeds 0, 1, 2. Chapter 1
+# reads it, since the 108 runs take minutes; tests/test_claims_ch01.py re-runs the grid and asserts the claims the
+# chapter draws from this table on the fresh runs too. Some lr 1e-2 runs sit at the edge of stability: their
+# final loss moves by up to 0.3 with the arithmetic order (another CPU or thread count), so the claims have margins.
+WARMUP_GRID: dict[tuple, list[float]] = {
+    ('fan-in', 0.001, 'post', 0): [3.230, 3.037, 2.976],
+    ('fan-in', 0.001, 'post', 40): [3.154, 3.041, 3.004],
+    ('fan-in', 0.001, 'pre', 0): [2.747, 2.729, 2.718],
+    ('fan-in', 0.001, 'pre', 40): [2.793, 2.779, 2.768],
+    ('fan-in', 0.003, 'post', 0): [3.434, 3.442, 3.439],
+    ('fan-in', 0.003, 'post', 40): [3.444, 3.157, 2.876],
+    ('fan-in', 0.003, 'pre', 0): [2.701, 2.680, 2.663],
+    ('fan-in', 0.003, 'pre', 40): [2.711, 2.693, 2.673],
+    ('fan-in', 0.01, 'post', 0): [3.438, 3.444, 3.437],
+    ('fan-in', 0.01, 'post', 40): [3.441, 3.448, 3.438],
+    ('fan-in', 0.01, 'pre', 0): [2.723, 2.714, 2.687],
+    ('fan-in', 0.01, 'pre', 40): [2.707, 2.684, 2.671],
+    ('fixed 0.02', 0.001, 'post', 0): [2.692, 2.681, 2.677],
+    ('fixed 0.02', 0.001, 'post', 40): [2.723, 2.716, 2.713],
+    ('fixed 0.02', 0.001, 'pre', 0): [2.774, 2.755, 2.755],
+    ('fixed 0.02', 0.001, 'pre', 40): [2.788, 2.777, 2.774],
+    ('fixed 0.02', 0.003, 'post', 0): [2.665, 2.640, 2.644],
+    ('fixed 0.02', 0.003, 'post', 40): [2.681, 2.654, 2.656],
+    ('fixed 0.02', 0.003, 'pre', 0): [2.765, 2.747, 2.746],
+    ('fixed 0.02', 0.003, 'pre', 40): [2.748, 2.744, 2.725],
+    ('fixed 0.02', 0.01, 'post', 0): [2.708, 2.690, 2.949],
+    ('fixed 0.02', 0.01, 'post', 40): [2.742, 2.724, 2.703],
+    ('fixed 0.02', 0.01, 'pre', 0): [3.037, 2.939, 2.984],
+    ('fixed 0.02', 0.01, 'pre', 40): [2.764, 2.751, 2.755],
+    ('GPT-2', 0.001, 'post', 0): [2.692, 2.680, 2.678],
+    ('GPT-2', 0.001, 'post', 40): [2.725, 2.716, 2.715],
+    ('GPT-2', 0.001, 'pre', 0): [2.764, 2.747, 2.744],
+    ('GPT-2', 0.001, 'pre', 40): [2.778, 2.768, 2.763],
+    ('GPT-2', 0.003, 'post', 0): [2.655, 2.632, 2.636],
+    ('GPT-2', 0.003, 'post', 40): [2.670, 2.646, 2.648],
+    ('GPT-2', 0.003, 'pre', 0): [2.756, 2.759, 2.754],
+    ('GPT-2', 0.003, 'pre', 40): [2.749, 2.733, 2.716],
+    ('GPT-2', 0.01, 'post', 0): [2.713, 2.690, 2.667],
+    ('GPT-2', 0.01, 'post', 40): [2.739, 2.737, 2.700],
+    ('GPT-2', 0.01, 'pre', 0): [2.953, 3.211, 2.865],
+    ('GPT-2', 0.01, 'pre', 40): [2.759, 2.743, 2.734],
+}
+
+
+def unigram_entropy(chain: MarkovChain) -> float:
+    """Nats per token of the chain's stationary distribution: the loss of a model that predicts token frequencies
+    and ignores the context (what a stalled run reaches)."""
+    pi = chain.stationary()
+    return float(-(pi * torch.log(pi)).sum())
+
+
+def warmup_verdicts(grid: dict[tuple, list[float]]) -> dict[tuple, dict[str, dict]]:
+    """For each (init, lr) of a :func:`warmup_grid` result and each arch ("post", "pre"): the warmup effect
+    (mean over seeds of final loss without warmup minus with, paired by seed: > 0 means warmup helped), the seed
+    spread (the larger max - min over seeds of the two arms), the per-seed differences ``diffs``, and the verdict:
+    "helps" when every seed's difference is positive and the mean exceeds the spread, "hurts" for the mirror case,
+    otherwise "within the seed spread"."""
+    out = {}
+    for init, lr, arch, warmup in grid:
+        if warmup == 0:
+            continue
+        cold, warm = grid[(init, lr, arch, 0)], grid[(init, lr, arch, warmup)]
+        diffs = [c - w for c, w in zip(cold, warm)]
+        effect = sum(diffs) / len(diffs)
+        spread = max(max(cold) - min(cold), max(warm) - min(warm))
+        if all(d > 0 for d in diffs) and effect > spread:
+            verdict = "helps"
+        elif all(d < 0 for d in diffs) and -effect > spread:
+            verdict = "hurts"
+        else:
+            verdict = "within the seed spread"
+        out.setdefault((init, lr), {})[arch] = dict(effect=effect, spread=spread, verdict=verdict, diffs=diffs,
+                                                    no_warmup=sum(cold) / len(cold), warmup=sum(warm) / len(warm))
+    return out
+
+
+def figure_warmup_grid(grid: dict[tuple, list[float]], floor: float, unigram: float):
+    """Final loss (mean over seeds, bars = min to max) of each wiring with and without warmup, one panel per init,
+    learning rates along x."""
+    inits = list(dict.fromkeys(k[0] for k in grid))
+    lrs = list(dict.fromkeys(k[1] for k in grid))
+    warmups = sorted(dict.fromkeys(k[3] for k in grid))
+    fig, axes = subplots(len(inits), width=4.0 * len(inits), sharey=True)
+    axes = list(axes) if len(inits) > 1 else [axes]
+    for ax, init in zip(axes, inits):
+        for j, (arch, warmup) in enumerate((a, w) for a in ("post", "pre") for w in warmups):
+            xs = [i + (j - 1.5) * 0.12 for i in range(len(lrs))]
+            finals = [grid[(init, lr, arch, warmup)] for lr in lrs]
+            means = [sum(f) / len(f) for f in finals]
+            err = [[m - min(f) for m, f in zip(means, finals)], [max(f) - m for m, f in zip(means, finals)]]
+            style = series(arch)
+            ax.errorbar(xs, means, yerr=err, color=style["color"], fmt="o" if warmup == 0 else "s",
+                        mfc="white" if warmup else style["color"], capsize=3, ms=5,
+                        label=f"{arch}-LN, " + (f"warmup {warmup}" if warmup else "no warmup"))
+        ax.axhline(floor, color="k", lw=0.8, ls=":")
+        ax.axhline(unigram, color="k", lw=0.8, ls="--")
+        ax.set_xticks(range(len(lrs)), labels=[f"{lr:g}" for lr in lrs])
+        ax.set(xlabel="peak learning rate", title=f"{init} init")
+    axes[0].set_ylabel("final loss (nats), mean and seed range")
+    axes[0].text(0.02, floor + 0.02, "entropy rate", transform=axes[0].get_yaxis_transform(), fontsize=8)
+    axes[0].text(0.02, unigram + 0.02, "unigram entropy", transform=axes[0].get_yaxis_transform(), fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=4, bbox_to_anchor=(0.5, 0.0), fontsize=9)
+    return fig
+
+
+# parameter groups of a TinyTransformer block stack, by the suffix of the parameter's name
+PARAM_GROUPS = {"embeddings": ("tok_emb.weight", "pos_emb.weight"), "attn qkv": ("attn.qkv.weight",),
+                "attn out-proj": ("attn.proj.weight",), "MLP up": ("mlp.up.weight",),
+                "MLP down": ("mlp.down.weight",), "LM head": ("lm_head.weight",)}
+
+
+def update_to_data_ratios(arch: str, init: str, *, lr: float = 1e-2, steps: int = 1, depth: int = 6,
+                          seed: int = 0) -> dict[str, float]:
+    """The update-to-data ratio ||theta_t - theta_0|| / ||theta_0|| of each parameter group (PARAM_GROUPS) after
+    ``steps`` AdamW steps (betas 0.9, 0.95, no decay, no warmup, as in chapter 1's warmup runs) from the init named
+    ``init``, on Markov-chain batches of 16. At step 1 Adam moves every entry by about ``lr`` whatever its gradient,
+    so the ratio is about lr / (the group's init std): what the init decides about the first steps."""
+    torch.manual_seed(seed)
+    config = stack_config(arch, depth=depth, block_size=16, **init_fields(init))
+    model = TinyTransformer(config)
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    chain, data_gen = MarkovChain(vocab_size=config.vocab_size), torch.Generator().manual_seed(seed + 1)
+    for _ in range(steps):
+        tokens = chain.sample(16, config.block_size, data_gen)
+        _, loss = model(tokens[:, :-1], tokens[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    ratios = {}
+    for group, suffixes in PARAM_GROUPS.items():
+        names = [n for n in start if n.endswith(suffixes)]
+        moved = math.sqrt(sum(float((dict(model.named_parameters())[n].detach() - start[n]).pow(2).sum())
+                              for n in names))
+        size = math.sqrt(sum(float(start[n].pow(2).sum()) for n in names))
+        ratios[group] = moved / size
+    return ratios
 
 
 def loglog_slope(xs: list[float], ys: list[float]) -> float:
@@ -187,10 +380,14 @@ class SpikeRun:
 
 
 def swiglu_spike_run(spike_scale: float, clip: float | None, *, steps: int = 80, spike_step: int = 30,
-                     lr: float = 0.05, seed: int = 0, clip_fn=None) -> SpikeRun:
+                     lr: float = 0.05, seed: int = 0, clip_fn=None, optimizer: str = "sgd",
+                     betas: tuple[float, float] = (0.9, 0.95)) -> SpikeRun:
     """Train a SwiGLU MLP regressor with SGD; at ``spike_step`` the batch's inputs are multiplied by
     ``spike_scale`` (a bad batch). With ``clip`` set, gradients are clipped to that global norm by
-    ``clip_fn(grads, max_norm) -> (clipped, norm)`` (default: the course's clip_grad_norm)."""
+    ``clip_fn(grads, max_norm) -> (clipped, norm)`` (default: the course's clip_grad_norm).
+    ``optimizer="adam"`` steps with Adam (``betas``, bias-corrected, eps 1e-8) instead of plain SGD."""
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     from course_utils.training import clip_grad_norm
 
     clip_fn = clip_fn or clip_grad_norm
@@ -208,6 +405,7 @@ def swiglu_spike_run(spike_scale: float, clip: float | None, *, steps: int = 80,
     x_eval = torch.randn(256, d, generator=g_)
     y_eval = torch.tanh(x_eval @ teacher)
     losses, norms = [], []
+    moments = ([torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params])
     for step in range(steps):
         x = torch.randn(32, d, generator=g_)
         y = torch.tanh(x @ teacher)
@@ -219,11 +417,42 @@ def swiglu_spike_run(spike_scale: float, clip: float | None, *, steps: int = 80,
         if clip is not None:
             grads, _ = clip_fn(list(grads), clip)
         with torch.no_grad():
-            for p, gr in zip(params, grads):
-                p -= lr * gr
+            if optimizer == "adam":
+                for p, gr, m, v in zip(params, grads, moments[0], moments[1]):
+                    m.mul_(betas[0]).add_((1 - betas[0]) * gr)
+                    v.mul_(betas[1]).add_((1 - betas[1]) * gr * gr)
+                    m_hat, v_hat = m / (1 - betas[0] ** (step + 1)), v / (1 - betas[1] ** (step + 1))
+                    p -= lr * m_hat / (v_hat.sqrt() + 1e-8)
+            else:
+                for p, gr in zip(params, grads):
+                    p -= lr * gr
             losses.append(float(F.mse_loss(predict(x_eval), y_eval)))
         norms.append(float(norm))
     return SpikeRun(losses, norms)
+
+
+def spike_study(*, seeds=(0, 1, 2), spike_scale: float = 10.0, spike_step: int = 30,
+                thresholds=(None, 1.0, 5.0)) -> dict[tuple, list[dict]]:
+    """The bad-batch run of :func:`swiglu_spike_run` under SGD (lr 0.05) and Adam (lr 1e-2, betas 0.9, 0.95), for
+    each clipping threshold in ``thresholds`` (None: no clipping) and seed. Per (optimizer, threshold), one dict per
+    seed: ``before`` (eval loss after the step before the spike), ``after`` (10 steps after it), ``final``,
+    ``blew_up`` (a loss above 1e3 or not finite), ``median_norm`` (median global gradient norm of the clean steps
+    before the spike) and ``clipped`` (fraction of those clean steps whose norm exceeds the threshold)."""
+    out = {}
+    for optimizer, lr in (("sgd", 0.05), ("adam", 1e-2)):
+        for clip in thresholds:
+            rows = []
+            for seed in seeds:
+                run = swiglu_spike_run(spike_scale, clip, lr=lr, seed=seed, optimizer=optimizer,
+                                       spike_step=spike_step)
+                clean = sorted(run.grad_norms[:spike_step])
+                rows.append(dict(before=run.losses[spike_step - 1], after=run.losses[spike_step + 10],
+                                 final=run.losses[-1],
+                                 blew_up=not all(math.isfinite(v) and v < 1e3 for v in run.losses),
+                                 median_norm=clean[len(clean) // 2],
+                                 clipped=0.0 if clip is None else sum(v > clip for v in clean) / len(clean)))
+            out[(optimizer, clip)] = rows
+    return out
 
 
 # ------------------------------------------------------------------------- figures (chapter 1)
@@ -246,7 +475,8 @@ def figure_jacobian_products(depth: int = 24, sigma: float = 0.5):
 
 def figure_layer_stats(depth: int = 12, init: str = "fan_in", init_std: float = 0.02):
     """Per-block parameter-gradient norm and residual-stream RMS at init, for every wiring.
-    ``init`` is "fan_in" (unit scale) or "gpt" (every weight N(0, init_std^2))."""
+    ``init`` is "fan_in" (unit scale) or "gpt" (every weight N(0, init_std^2): "fixed 0.02" at the default std, GPT-2's
+    init without its residual scaling)."""
     fig, (ax_g, ax_s) = subplots(2, width=10)
     for arch in ARCHITECTURES:
         stats = layer_stats(arch, depth, init=init, init_std=init_std)
@@ -255,7 +485,7 @@ def figure_layer_stats(depth: int = 12, init: str = "fan_in", init_std: float = 
         ax_s.plot(layers, stats.stream_rms, **series(arch), label=arch)
     log_scale(ax_g)
     log_scale(ax_s)
-    setting = "fan-in init" if init == "fan_in" else f"GPT init, std {init_std:.3g}"
+    setting = "fan-in init" if init == "fan_in" else f"fixed-std init, std {init_std:.3g}"
     ax_g.set(xlabel="block (1 = next to the embedding)", ylabel="||dL/dθ_block||",
              title=f"parameter gradients at init, depth {depth}, {setting}")
     ax_s.set(xlabel="block", ylabel="RMS of the residual stream", title="residual stream after each block")

@@ -51,6 +51,7 @@ def _top_k_cases():
         Case("tie at the boundary: [3, 2, 2, 1], k = 2", (torch.tensor([3.0, 2.0, 2.0, 1.0]), 2)),
         Case("k larger than the vocabulary", (torch.randn(6, generator=g), 10)),
         Case("k = 1", (torch.randn(2, 7, generator=g), 1)),
+        Case("k = 0 (the contract says: ValueError)", (torch.randn(5, generator=g), 0), raises=ValueError),
     ]
 
 

@@ -140,3 +140,40 @@ def test_post_ln_buries_the_embedding_at_the_add_and_pre_ln_keeps_it():
     pre = gradflow.layer_stats("pre", 16, init="fan_in").embedding_cosine
     assert post[0] > 0.5 and abs(post[-1]) < 0.05 and pre[-1] > 0.15
     assert gradflow.layer_stats("post", 16, init="gpt").embedding_cosine[-1] > 0.9
+
+
+def test_init_names_map_to_config_fields():
+    assert gradflow.init_fields("GPT-2") == dict(init="gpt", init_std=0.02, depth_scaled_init=True)
+    assert gradflow.stack_config("pre", 2, **gradflow.init_fields("fan-in")).init == "fan_in"
+    with pytest.raises(ValueError, match="init must be one of"):
+        gradflow.init_fields("gpt")
+
+
+def test_warmup_grid_keys_and_determinism_on_a_tiny_grid():
+    kwargs = dict(inits=("fixed 0.02",), lrs=(1e-2,), seeds=(0, 1), depth=1, steps=4, warmup_steps=2)
+    grid = gradflow.warmup_grid(**kwargs)
+    assert set(grid) == {("fixed 0.02", 1e-2, arch, w) for arch in ("post", "pre") for w in (0, 2)}
+    assert all(len(v) == 2 and all(math.isfinite(x) for x in v) for v in grid.values())
+    assert grid == gradflow.warmup_grid(**kwargs)
+
+
+def test_warmup_verdicts_compare_the_effect_with_the_seed_spread():
+    grid = {("fan-in", 1e-2, "pre", 0): [3.0, 3.1, 3.05], ("fan-in", 1e-2, "pre", 40): [2.7, 2.71, 2.72],
+            ("fan-in", 1e-2, "post", 0): [2.7, 2.9, 2.8], ("fan-in", 1e-2, "post", 40): [2.75, 2.8, 2.85]}
+    verdicts = gradflow.warmup_verdicts(grid)[("fan-in", 1e-2)]
+    assert verdicts["pre"]["verdict"] == "helps" and abs(verdicts["pre"]["spread"] - 0.1) < 1e-9
+    assert verdicts["post"]["verdict"] == "within the seed spread"
+    fig = gradflow.figure_warmup_grid(grid, 2.485, 3.417)
+    assert all(ax.has_data() for ax in fig.axes)
+
+
+def test_unigram_entropy_lies_between_the_entropy_rate_and_uniform():
+    chain = gradflow.MarkovChain(32)
+    assert chain.entropy_rate() < gradflow.unigram_entropy(chain) < math.log(32)
+
+
+def test_spike_run_refuses_an_unknown_optimizer_and_adam_does_not_overflow():
+    with pytest.raises(ValueError, match="optimizer must be"):
+        gradflow.swiglu_spike_run(10.0, None, optimizer="lion")
+    run = gradflow.swiglu_spike_run(10.0, None, optimizer="adam", lr=1e-2)
+    assert all(math.isfinite(v) for v in run.losses) and max(run.grad_norms) > 100

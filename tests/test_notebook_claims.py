@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from conftest import REPO_ROOT
 
-from course_utils import further, gradflow, normalization, optim
+from course_utils import normalization
 from course_utils.runtime import triton_status
 
 
@@ -29,11 +29,7 @@ def _ignored_cells():
 # the cells that print a training outcome or a compiler's figures and are not compared exactly: (notebook, the call
 # whose claims a test below asserts). Such a cell says so in a comment naming this file, and then it must be listed.
 UNCOMPARED_OUTPUT_CELLS = [
-    ("01_backpropagation.ipynb", "gradflow.warmup_comparison("),
     ("03_normalization.ipynb", "norms.centring_comparison("),
-    ("05_optimization.ipynb", "optim.adafactor_against_adam("),
-    ("08_further_questions.ipynb", "further.clipping_by_learning_rate("),
-    ("08_further_questions.ipynb", "further.norm_warmup_comparison("),
     ("03_normalization.ipynb", "norms.rmsnorm_kernel_compiled("),
     ("07_long_sequences.ipynb", "flash_kernels_compiled("),
 ]
@@ -50,67 +46,21 @@ def test_every_cell_that_skips_comparison_is_covered_here():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_chapter1_warmup_claims(seed):
-    """01, fact check "Post-LN needs warmup", for each of the cell's three seeds: Post-LN trains as well
-    without warmup (within 0.1); Pre-LN without warmup ends well above the other three runs; with warmup it
-    catches up; nothing beats the entropy rate."""
-    runs, chain = gradflow.warmup_comparison(depth=6, steps=120, lr=1e-2, warmup_steps=40, seeds=(seed,))
-    loss = {label: _last20(seed_runs[0].losses) for label, seed_runs in runs.items()}
-    assert not any(r.diverged for seed_runs in runs.values() for r in seed_runs)
-    assert abs(loss["post-LN, no warmup"] - loss["post-LN, warmup 40"]) < 0.1, loss
-    others = [v for k, v in loss.items() if k != "pre-LN, no warmup"]
-    assert loss["pre-LN, no warmup"] > max(others) + 0.15, loss  # stored: 2.95 to 3.07 against at most 2.76
-    assert loss["pre-LN, warmup 40"] < min(loss["post-LN, no warmup"], loss["post-LN, warmup 40"]) + 0.15, loss
-    assert all(v > chain.entropy_rate() for v in loss.values())
-
-
-@pytest.mark.slow
 def test_chapter3_centring_hardly_matters():
-    """03, "Does centring matter?": LayerNorm and RMSNorm end within 0.02 of each other on every seed, and both learn
-    (below 3.0 nats, uniform guessing being 3.47, and above the entropy rate 2.485)."""
-    finals = normalization.centring_comparison(depth=4, steps=150, seeds=(0, 1, 2))
-    for layernorm, rmsnorm in zip(finals["layernorm"], finals["rmsnorm"]):
-        assert abs(layernorm - rmsnorm) < 0.02, finals  # stored: at most 0.002
+    """03, "Does centring matter?": LayerNorm and RMSNorm end within 0.01 of each other on every seed (stored: at most
+    0.002, against a seed spread of 0.023), and both learn (below 3.0 nats, uniform guessing being 3.47, and above the
+    entropy rate 2.485). The test can fail: with a shared offset of 1.0 in the stream, RMSNorm ends at least 0.03
+    above LayerNorm on every seed (stored: 0.07 to 0.13), more than the seeds' own spread; LayerNorm's logits do not
+    change with the offset at all."""
+    change = normalization.offset_invariance(offset=1.0)
+    assert change["layernorm"] < 1e-4 and change["rmsnorm"] > 0.1, change
+    finals = normalization.centring_comparison(depth=4, steps=150, seeds=(0, 1, 2), offset=1.0)
+    for layernorm, rmsnorm, offset in zip(finals["layernorm"], finals["rmsnorm"], finals["rmsnorm, offset"]):
+        assert abs(layernorm - rmsnorm) < 0.01, finals  # stored: at most 0.002
         assert 2.485 < min(layernorm, rmsnorm) and max(layernorm, rmsnorm) < 3.0, finals
-
-
-@pytest.mark.slow
-def test_chapter8_pre_and_post_ln_with_and_without_warmup():
-    """08, after the Pre-LN/Post-LN comparison: Post-LN ends about 0.3 nats/byte above Pre-LN with and
-    without warmup; warmup moves where either ends by less than 0.1; it cuts the largest gradient norm 2-3x."""
-    results = further.norm_warmup_comparison(further.reference_pieces(), n_layer=4, steps=100, warmup_steps=20,
-                                             max_lr=1e-2)
-    loss = {key: _last20(r.losses) for key, r in results.items()}
-    peak = {key: max(r.grad_norms) for key, r in results.items()}
-    assert not any(r.diverged for r in results.values())
-    for warmup in (0, 20):
-        assert 0.15 < loss[("post", warmup)] - loss[("pre", warmup)] < 0.5, loss  # stored: 0.32 and 0.30
-    for norm in ("pre", "post"):
-        assert abs(loss[(norm, 20)] - loss[(norm, 0)]) < 0.1, loss
-        assert 1.8 < peak[(norm, 0)] / peak[(norm, 20)] < 3.2, peak  # stored: 2.6 (Pre-LN) and 2.1 (Post-LN)
-
-
-@pytest.mark.slow
-def test_chapter8_a_clipped_norm_does_not_mean_the_lr_is_too_high():
-    """08, Q4 "always near max_norm -> lower the lr": under AdamW the smallest lr has its norm at the threshold at
-    (nearly) every step and trains; the largest has its norm far below it and has stalled."""
-    result = further.clipping_by_learning_rate((3e-2, 3e-3, 1e-3), steps=120, clip=1.0)
-    assert result[1e-3]["clipped"] > 0.9 and result[3e-2]["clipped"] < 0.1, result  # stored: 1.0 and 0.0
-    assert result[3e-2]["median_norm"] < result[3e-3]["median_norm"] < result[1e-3]["median_norm"], result
-    assert result[3e-2]["loss"] > result[1e-3]["loss"] + 0.2, result  # stored: 3.06 against 2.73
-
-
-@pytest.mark.slow
-def test_chapter5_adafactor_against_adam():
-    """05, "Adafactor's drawbacks": at its own lr (10x AdamW's) Adafactor ends within 0.1 of AdamW at AdamW's;
-    at AdamW's lr it is far behind; warmup moves Adafactor by less than 0.1 and helps AdamW at the high lr."""
-    finals = optim.adafactor_against_adam(lrs=(3e-3, 3e-2), warmups=(0, 30), steps=120)
-    assert abs(finals[("adafactor", 3e-2, 0)] - finals[("adamw", 3e-3, 0)]) < 0.1, finals  # stored: 2.67, 2.70
-    assert finals[("adafactor", 3e-3, 0)] > finals[("adamw", 3e-3, 0)] + 0.25, finals  # stored: 3.10 against 2.70
-    for lr in (3e-3, 3e-2):
-        assert abs(finals[("adafactor", lr, 30)] - finals[("adafactor", lr, 0)]) < 0.1, finals
-    assert finals[("adamw", 3e-2, 0)] > finals[("adamw", 3e-2, 30)] + 0.2, finals  # stored: 3.07 against 2.73
+        assert offset > layernorm + 0.03, finals
+    spread = max(finals["layernorm"]) - min(finals["layernorm"])
+    assert min(o - a for o, a in zip(finals["rmsnorm, offset"], finals["layernorm"])) > spread, (finals, spread)
 
 
 needs_triton = pytest.mark.skipif(not triton_status().available, reason=triton_status().reason)
