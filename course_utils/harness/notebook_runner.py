@@ -307,7 +307,7 @@ def execute(path: Path, *, solved_mode: bool = False, write: bool = False, timeo
             COURSE_PROGRESS=str(Path(tmp) / "progress.json"), COURSE_STRICT="1" if solved_mode else "0",
             PYTHONHASHSEED="0", **record, **(env or {})):
         _STALLS.clear()
-        client = _notebook_client(nb, timeout=timeout, kernel_name="python3", store_widget_state=not write,
+        client = _notebook_client(nb, timeout=timeout, kernel_name="python3",
                                   resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()
         client.execute()
