@@ -102,3 +102,12 @@ def test_backward_allocated_bytes_sees_out_of_place_results_only():
     z = torch.randn(16, 100).requires_grad_() * 1.0
     assert losses.backward_allocated_bytes((z * 2).sum(), z) >= 16 * 100 * 4  # MulBackward writes a new (16, 100)
     assert losses.backward_allocated_bytes(F.cross_entropy(z, torch.randint(0, 100, (16,))), z) >= 2 * 16 * 100 * 4
+
+
+def test_lm_head_memory_counts_the_logits_and_the_log_softmax():
+    """F.cross_entropy on an LM head: logits + log-softmax in forward (2 (N, V) tensors), the log-softmax held, and
+    two more (N, V) tensors in backward (3), each within 0.05 of an (N, V) tensor."""
+    n, v = 8, 1024
+    memory = losses.lm_head_memory(lambda z, y: F.cross_entropy(z, y), n=n, v=v)
+    measured = [memory[key] / (n * v * 4) for key in ("forward_peak", "held", "backward_peak")]
+    assert all(abs(m - e) < 0.05 for m, e in zip(measured, (2, 1, 3))), measured
