@@ -23,7 +23,8 @@ def signal_propagation(depth: int, gain: float, activation: str = "tanh", *, wid
     """Forward and backward through ``depth`` layers h <- act(h W), W ~ N(0, gain^2 / width).
 
     Returns {"activation_std": std of each layer's output, "gradient_std": std of dL/dh at each
-    layer's input}, with L = sum(output * r) for a fixed random r, so dL/d(output) has unit scale.
+    layer's input, "inf_count" and "nan_count": how many of each layer's outputs are inf and NaN}, with
+    L = sum(output * r) for a fixed random r, so dL/d(output) has unit scale.
     """
     g = torch.Generator().manual_seed(seed)
     act = ACTIVATIONS[activation]
@@ -40,8 +41,11 @@ def signal_propagation(depth: int, gain: float, activation: str = "tanh", *, wid
     grads = []
     for x, y in zip(reversed(inputs), reversed(outputs)):
         (grad,) = torch.autograd.grad(y, x, grad)
-        grads.append(float(grad.std()))
-    return {"activation_std": [float(o.detach().std()) for o in outputs], "gradient_std": grads[::-1]}
+        grads.append(float(grad.double().std()))
+    # std in float64: squaring a finite float32 activation of 1e37 would overflow and report inf
+    return {"activation_std": [float(o.detach().double().std()) for o in outputs], "gradient_std": grads[::-1],
+            "inf_count": [int(torch.isinf(o).sum()) for o in outputs],
+            "nan_count": [int(torch.isnan(o).sum()) for o in outputs]}
 
 
 def figure_signal_propagation(depth: int = 20, gain: float = 1.0, activation: str = "tanh"):
@@ -79,20 +83,57 @@ def default_init_report(fan_in: int = 512, fan_out: int = 256, vocab: int = 1000
 
 
 def pytorch_default_relu_stack(depth: int = 20, width: int = 512, batch: int = 256, *, bias: bool = True,
-                               seed: int = 0) -> dict[str, float]:
-    """``depth`` x (``nn.Linear(width, width, bias=bias)`` at PyTorch's default init, then ReLU) on unit-normal inputs.
+                               weight_std: float | None = None, seed: int = 0) -> dict[str, float]:
+    """``depth`` x (``nn.Linear(width, width, bias=bias)`` then ReLU) on unit-normal inputs, at PyTorch's default
+    init, or with the weights redrawn from N(0, weight_std^2) (e.g. He's sqrt(2 / width)); biases keep PyTorch's.
 
     Returns {"output_std": std of all final activations, "input_dependent_std": the per-feature std across the
-    batch, averaged over features (what still depends on the input), "output_mean_abs": mean |activation|}.
-    With the default bias, U(+-1/sqrt(fan_in)), the output is a bias-made constant: large std, tiny input part."""
+    batch, averaged over features (what still depends on the input), "input_dependent_ratio": the two's ratio,
+    "output_mean_abs": mean |activation|}. Without bias a ReLU stack is positively homogeneous, so the weight scale
+    only rescales the output and leaves the ratio alone; with the default bias, U(+-1/sqrt(fan_in)), at the default
+    weight scale the output is a bias-made constant: large std, tiny input-dependent part."""
     torch.manual_seed(seed)
     layers = [nn.Linear(width, width, bias=bias) for _ in range(depth)]
+    if weight_std is not None:
+        with torch.no_grad():
+            for layer in layers:
+                layer.weight.normal_(0.0, weight_std)
     h = torch.randn(batch, width, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         for layer in layers:
             h = F.relu(layer(h))
-    return {"output_std": float(h.std()), "input_dependent_std": float(h.std(dim=0).mean()),
-            "output_mean_abs": float(h.abs().mean())}
+    output_std, input_dependent = float(h.std()), float(h.std(dim=0).mean())
+    return {"output_std": output_std, "input_dependent_std": input_dependent,
+            "input_dependent_ratio": input_dependent / output_std, "output_mean_abs": float(h.abs().mean())}
+
+
+def swiglu_block_ratios(gate_up_std: float, down_std: float, *, gains=(1.0, 1.0, 1.0), d: int = 256,
+                        hidden: int = 1024, batch: int = 2048, seed: int = 0,
+                        backward: bool = True) -> dict[str, float]:
+    """One SwiGLU block out = (silu(x W_gate) * (x W_up)) W_down, d -> hidden -> d, in float64, with
+    W_gate, W_up ~ N(0, gate_up_std^2), W_down ~ N(0, down_std^2), each then multiplied by its entry of
+    ``gains`` (gate, up, down). Returns {"forward": E[out^2] / E[x^2] on unit-normal x, "backward":
+    E[(dL/dx)^2] / E[(dL/dout)^2] for a unit-normal dL/dout (NaN with ``backward=False``)}: 1 keeps the scale."""
+    g = torch.Generator().manual_seed(seed)
+    w_gate = gains[0] * gate_up_std * torch.randn(d, hidden, generator=g, dtype=torch.float64)
+    w_up = gains[1] * gate_up_std * torch.randn(d, hidden, generator=g, dtype=torch.float64)
+    w_down = gains[2] * down_std * torch.randn(hidden, d, generator=g, dtype=torch.float64)
+    x = torch.randn(batch, d, generator=g, dtype=torch.float64).requires_grad_(backward)
+    out = (F.silu(x @ w_gate) * (x @ w_up)) @ w_down
+    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    ratio = math.nan
+    if backward:
+        (grad_x,) = torch.autograd.grad(out, x, grad_out)
+        ratio = float(grad_x.pow(2).mean() / grad_out.pow(2).mean())
+    x, out = x.detach(), out.detach()
+    return {"forward": float(out.pow(2).mean() / x.pow(2).mean()), "backward": ratio}
+
+
+SWIGLU_INITS = {  # (std of W_gate and W_up, std of W_down) for a d -> hidden -> d block
+    "He fan_out": lambda d, hidden: (math.sqrt(2 / hidden), math.sqrt(2 / d)),
+    "He fan_in": lambda d, hidden: (math.sqrt(2 / d), math.sqrt(2 / hidden)),
+    "fan-in": lambda d, hidden: (math.sqrt(1 / d), math.sqrt(1 / hidden)),
+}
 
 
 # The course's one table of initialisations, by name (TransformerConfig fields in brackets):
@@ -129,6 +170,32 @@ def init_recipe_table(d_model: int = 64, n_layer: int = 4, *, batch: int = 4096,
                 row[layer] = float(module(x).var() / x.var())
         table[name] = row
     return table
+
+
+def residual_stream_growth(depths=(2, 4, 8, 16, 32), *, depth_scaled_init: bool = False, seed: int = 0,
+                           arch: str = "pre") -> dict[str, list[float]]:
+    """Mean square of the residual stream at init, for the course's depth-sweep model (gradflow.stack_config):
+    {"embedding": E[x_0^2] (token + position embeddings), "final": E[x_L^2], "blocks": their difference, what the
+    L blocks added}, one entry per depth. Fixed 0.02 by default, GPT-2 with ``depth_scaled_init``."""
+    from course_utils.data import MarkovChain
+    from course_utils.gradflow import stack_config
+    from course_utils.models import TinyTransformer
+
+    out = {"depth": list(depths), "embedding": [], "final": [], "blocks": []}
+    for depth in depths:
+        torch.manual_seed(seed)
+        config = stack_config(arch, depth, depth_scaled_init=depth_scaled_init)
+        model = TinyTransformer(config)
+        tokens = MarkovChain(config.vocab_size).sample(4, config.block_size, torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            x = x_0 = model.embed(tokens[:, :-1])
+            for block in model.blocks:
+                x = block(x)
+        e, f = float(x_0.pow(2).mean()), float(x.pow(2).mean())
+        out["embedding"].append(e)
+        out["final"].append(f)
+        out["blocks"].append(f - e)
+    return out
 
 
 def tied_head_initial_loss(embedding_std: float, *, d_model: int = 256, vocab: int = 512, seed: int = 0,
@@ -297,18 +364,38 @@ def compute_width_sweeps(mup_groups=None, *, progress: bool = True) -> dict[str,
             "μP": width_sweep(mup_groups, zero_output=True, progress=progress)}
 
 
+MAIN_SWEEPS = ("standard (SP)", "μP")
+ABLATION_SWEEPS = ("μP rates, fan-in readout", "SP rates, zero readout")
+
+
+def compute_readout_ablation(mup_groups=None, *, progress: bool = True) -> dict[str, WidthSweep]:
+    """μP changes two things at once, the per-layer learning rates and the zero readout; these two sweeps change one
+    each: μP's rates with the fan-in readout, and SP's single rate with the zero readout, at widths 32 and 512
+    (13 learning rates, seeds 0, 1, 2). About two minutes on 2 cores; stored next to the main sweeps."""
+    if mup_groups is None:
+        from solutions.ch02_initialization import mup_param_groups as mup_groups
+    return {ABLATION_SWEEPS[0]: width_sweep(mup_groups, zero_output=False, widths=(32, 512), progress=progress),
+            ABLATION_SWEEPS[1]: width_sweep(standard_param_groups, zero_output=True, widths=(32, 512),
+                                            progress=progress)}
+
+
 def save_width_sweeps(sweeps: dict[str, WidthSweep], path=WIDTH_SWEEP_CACHE) -> None:
-    payload = {name: {"widths": sw.widths, "lrs": sw.lrs, "seeds": list(sw.seeds),
-                      "losses": {str(w): rows for w, rows in sw.losses.items()}} for name, sw in sweeps.items()}
-    Path(path).write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
+    """Store ``sweeps`` in ``path``, keeping the sweeps already stored there under other names."""
+    path = Path(path)
+    payload = json.loads(path.read_text()) if path.exists() else {}
+    payload.update({name: {"widths": sw.widths, "lrs": sw.lrs, "seeds": list(sw.seeds),
+                           "losses": {str(w): rows for w, rows in sw.losses.items()}} for name, sw in sweeps.items()})
+    path.write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
 
 
-def load_width_sweeps(path=WIDTH_SWEEP_CACHE) -> dict[str, WidthSweep]:
-    """The stored result of ``compute_width_sweeps()`` (tests/test_claims_ch02.py recomputes it and checks that it
-    agrees), so that the notebook does not spend a minute and a half on it."""
+def load_width_sweeps(path=WIDTH_SWEEP_CACHE, names=MAIN_SWEEPS) -> dict[str, WidthSweep]:
+    """The stored result of ``compute_width_sweeps()`` (``names=ABLATION_SWEEPS``: of ``compute_readout_ablation()``;
+    tests/test_claims_ch02.py recomputes both and checks that they agree), so that the notebook does not spend two
+    and a half minutes on them."""
     payload = json.loads(Path(path).read_text())
-    return {name: WidthSweep(d["widths"], d["lrs"], {int(w): rows for w, rows in d["losses"].items()},
-                             tuple(d["seeds"])) for name, d in payload.items()}
+    return {name: WidthSweep(payload[name]["widths"], payload[name]["lrs"],
+                             {int(w): rows for w, rows in payload[name]["losses"].items()},
+                             tuple(payload[name]["seeds"])) for name in names}
 
 
 def figure_width_sweeps(sweeps: dict[str, WidthSweep]):

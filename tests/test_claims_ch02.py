@@ -38,19 +38,106 @@ def test_chapter2_mup_keeps_the_best_lr_and_sp_does_not():
     assert min(sp_shifts) - max(mup_shifts) >= 0.5 - 1e-9, (sp_shifts, mup_shifts)
 
 
+@pytest.mark.slow
+def test_chapter2_mup_transfer_comes_from_the_learning_rates():
+    """02, μP fact check, ablation: recomputes the stored readout ablation (widths 32 and 512, 13 rates, seeds 0-2),
+    checks the stored numbers, and asserts that μP's rates with the fan-in readout keep every seed's best rate within
+    one grid step from width 32 to 512 (at 1e-2 at 512), while SP's rate with the zero readout falls by at least 0.75
+    decade on every seed (to 1e-3), as plain SP's does."""
+    fresh = init.compute_readout_ablation(progress=False)
+    stored = init.load_width_sweeps(names=init.ABLATION_SWEEPS)
+    for name in fresh:
+        for width in fresh[name].widths:
+            for a_row, b_row in zip(fresh[name].losses[width], stored[name].losses[width]):
+                for a, b in zip(a_row, b_row):
+                    # as in the main sweep: another arithmetic order moves 80 Adam steps a little
+                    assert (math.isnan(a) and math.isnan(b)) or abs(a - b) < 0.02, (name, width, a, b)
+    mup_rates, sp_zero = (fresh[name] for name in init.ABLATION_SWEEPS)
+    for i in range(3):
+        assert abs(math.log10(mup_rates.best_lr(32, i) / mup_rates.best_lr(512, i))) <= 0.25 + 1e-9
+        assert abs(mup_rates.best_lr(512, i) - 1e-2) < 1e-9
+        assert math.log10(sp_zero.best_lr(32, i) / sp_zero.best_lr(512, i)) >= 0.75 - 1e-9
+        assert abs(sp_zero.best_lr(512, i) - 1e-3) < 1e-12
+
+
 def test_chapter2_tanh_gain_4_gradient_growth():
     """02, section 2.1: at gain 4 a 20-layer tanh stack's gradient grows about 3500x from layer 20 to layer 1."""
     stats = init.signal_propagation(20, 4.0, "tanh")
     assert 2500 < stats["gradient_std"][0] / stats["gradient_std"][-1] < 5000
 
 
-def test_chapter2_pytorch_defaults_forget_the_input_with_or_without_bias():
-    """02, fact check "nn.Linear: Kaiming uniform": without bias the output is ~1e-8; with the default bias it is
-    ~1e-2, and its input-dependent part ~1e-8 (a millionth of it)."""
-    without, with_bias = init.pytorch_default_relu_stack(bias=False), init.pytorch_default_relu_stack(bias=True)
-    assert 1e-9 < without["output_std"] < 1e-7
-    assert 5e-3 < with_bias["output_std"] < 5e-2
-    assert with_bias["input_dependent_std"] < 1e-5 * with_bias["output_std"]  # stored: 8e-9 against 1.6e-2 (5e-7)
+def test_chapter2_pytorch_defaults_forget_the_input_only_with_bias():
+    """02, fact check "nn.Linear: Kaiming uniform": without bias the default weights shrink the output to ~1e-8 but a
+    bias-free ReLU stack is positively homogeneous, so the input-dependent share (per-feature std over the batch /
+    output std) is the same as under He's weights (stored 0.23 and 0.21); with the default bias it collapses to ~5e-7
+    at the default weights and stays at He's share (0.20) with He's weights."""
+    he = math.sqrt(2 / 512)
+    default_nb = init.pytorch_default_relu_stack(bias=False)
+    he_nb = init.pytorch_default_relu_stack(bias=False, weight_std=he)
+    default_b = init.pytorch_default_relu_stack(bias=True)
+    he_b = init.pytorch_default_relu_stack(bias=True, weight_std=he)
+    assert 1e-9 < default_nb["output_std"] < 1e-7
+    assert 5e-3 < default_b["output_std"] < 5e-2
+    # no bias: the same share within 30% (two different weight draws), both far from 0
+    assert 0.1 < default_nb["input_dependent_ratio"] < 0.4 and 0.1 < he_nb["input_dependent_ratio"] < 0.4
+    assert abs(default_nb["input_dependent_ratio"] / he_nb["input_dependent_ratio"] - 1) < 0.3
+    # with bias: the default weights leave a millionth, He's weights keep the no-bias share
+    assert default_b["input_dependent_ratio"] < 1e-5  # stored 4.7e-7
+    assert 0.1 < he_b["input_dependent_ratio"] < 0.4
+
+
+def test_chapter2_explosion_turns_into_nan_past_float32_range():
+    """02, fact check "too large a weight -> explode -> NaN": a linear stack at gain 4 is finite up to layer 62, has its
+    first inf (float32 overflow) at layer 63 and its first NaN (inf - inf) at layer 64; ReLU at gain 4 is finite after
+    60 layers (std ~4e26); gain 0.25 vanishes (std ~1e-12 after 20 layers)."""
+    stats = init.signal_propagation(70, 4.0, "linear")
+    act = stats["activation_std"]
+    first_inf = next(layer for layer, n in enumerate(stats["inf_count"], 1) if n)
+    first_nan = next(layer for layer, n in enumerate(stats["nan_count"], 1) if n)
+    assert (first_inf, first_nan) == (63, 64) and 1e36 < act[61] < 1e38, (first_inf, first_nan, act[60:63])
+    assert all(math.isfinite(v) for v in act[:62])
+    relu = init.signal_propagation(60, 4.0, "relu")["activation_std"]
+    assert all(math.isfinite(v) for v in relu) and 1e25 < relu[-1] < 1e28
+    small = init.signal_propagation(20, 0.25, "linear")
+    assert small["activation_std"][-1] < 1e-11 and small["gradient_std"][0] < 1e-11
+
+
+def test_chapter2_swiglu_he_modes_and_where_the_gain_goes():
+    """02, fact check "N(0, 2/fan_out) for SwiGLU": a 256 -> 1024 -> 256 SwiGLU block keeps neither its forward nor
+    its backward scale under He fan_out (0.64, 1.30), He fan_in (3.2, 6.6) or plain fan-in (0.36, 0.74); the gain G
+    gives ~1 on W_down or on W_up alone, 1.11 as sqrt(G) on W_gate and W_up, and 3.4 as G on both (above 0.354 G^4)."""
+    ratios = {name: init.swiglu_block_ratios(*stds(256, 1024)) for name, stds in init.SWIGLU_INITS.items()}
+    assert 0.55 < ratios["He fan_out"]["forward"] < 0.75 and 1.15 < ratios["He fan_out"]["backward"] < 1.45
+    assert 2.8 < ratios["He fan_in"]["forward"] < 3.6 and 5.8 < ratios["He fan_in"]["backward"] < 7.4
+    assert 0.32 < ratios["fan-in"]["forward"] < 0.40 and 0.65 < ratios["fan-in"]["backward"] < 0.82
+    for r in ratios.values():  # none keeps the scale in either direction: every ratio at least 20% away from 1
+        assert abs(r["forward"] - 1) > 0.2 and abs(r["backward"] - 1) > 0.2, ratios
+    z = torch.randn(1_000_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    m = float((torch.nn.functional.silu(z) * z.roll(1)).pow(2).mean())
+    G = 1 / math.sqrt(m)
+    stds = init.SWIGLU_INITS["fan-in"](256, 1024)
+
+    def forward(gains):
+        return init.swiglu_block_ratios(*stds, gains=gains)["forward"]
+
+    assert abs(forward((1, 1, G)) - 1) < 0.05 and abs(forward((1, G, 1)) - 1) < 0.05
+    assert 1.05 < forward((G ** 0.5, G ** 0.5, 1)) < 1.2
+    both = forward((G, G, 1))
+    assert m * G ** 4 + 0.3 < both < 4.0, both  # above the identity-silu 2.83 by more than the 2% sampling noise
+
+
+def test_chapter2_blocks_share_of_the_residual_stream():
+    """02, fact check on depth-scaled projections: the blocks' share Var(x_L) - Var(x_0) grows like L^0.98 under fixed
+    0.02 and stays flat (~0.0004, exponent 0.06) under GPT-2; the embeddings give ~0.0008."""
+    from course_utils import gradflow
+
+    depths = [2, 4, 8, 16, 32]
+    plain = init.residual_stream_growth(depths)
+    scaled = init.residual_stream_growth(depths, depth_scaled_init=True)
+    assert 0.85 < gradflow.loglog_slope(depths[1:], plain["blocks"][1:]) < 1.1
+    assert abs(gradflow.loglog_slope(depths[1:], scaled["blocks"][1:])) < 0.15
+    assert all(3e-4 < v < 5e-4 for v in scaled["blocks"][1:]), scaled["blocks"]
+    assert all(6e-4 < v < 1e-3 for v in scaled["embedding"]), scaled["embedding"]
 
 
 def test_chapter2_init_table_and_depth_scaling():
@@ -69,13 +156,16 @@ def test_chapter2_init_table_and_depth_scaling():
 
 
 def test_chapter2_embedding_n01_needs_a_head_rescale():
-    """02, fact check "Embedding N(0, 1)": far above ln V at std 1 (254), near it at 0.02; T5's d^-1/2 head rescale
-    cuts std 1's loss more than tenfold (about 16) but not to ln V in this toy."""
+    """02, fact check "Embedding N(0, 1)": far above ln V at std 1 (254), near it at 0.02 only at (d, V) = (256, 512);
+    at d = 768 std 0.02 starts at 15 (> 2 ln V). T5's d^-1/2 head rescale cuts std 1's loss more than tenfold at
+    d = 256 (about 16) but not to ln V, and leaves 27 at d = 768: it shrinks d*sigma to sqrt(d)*sigma."""
     ln_v = math.log(512)
     assert init.tied_head_initial_loss(1.0) > 30 * ln_v
     assert abs(init.tied_head_initial_loss(0.02) - ln_v) < 0.5
     t5 = init.tied_head_initial_loss(1.0, head_scale=256 ** -0.5)
     assert ln_v < t5 < init.tied_head_initial_loss(1.0) / 10
+    assert init.tied_head_initial_loss(0.02, d_model=768) > 2 * ln_v  # stored 15.05
+    assert 3 * ln_v < init.tied_head_initial_loss(1.0, d_model=768, head_scale=768 ** -0.5) < 40  # stored 27.49
 
 
 def test_chapter2_xavier_keeps_variance_only_on_square_layers():

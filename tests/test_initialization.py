@@ -149,3 +149,25 @@ def test_triton_normal_init_is_counter_based_and_normal():
     ks = torch.maximum(torch.arange(1, n + 1) / n - cdf, cdf - torch.arange(n) / n).max()
     assert ks < 1.63 / math.sqrt(n)
     assert normal_init_triton((0, 3), 1.0, seed=1).shape == (0, 3)
+
+
+def test_readout_ablation_cache_has_the_notebook_shape():
+    sweeps = init.load_width_sweeps(names=init.ABLATION_SWEEPS)
+    assert list(sweeps) == list(init.ABLATION_SWEEPS)
+    for sweep in sweeps.values():
+        assert sweep.widths == [32, 512] and len(sweep.lrs) == 13 and sweep.seeds == (0, 1, 2)
+        assert all(len(rows) == 3 and all(len(r) == 13 for r in rows) for rows in sweep.losses.values())
+
+
+def test_swiglu_block_ratios_match_the_identity_case():
+    # the block is linear in W_down: doubling it multiplies both second-moment ratios by 4
+    base = init.swiglu_block_ratios(0.0625, 1 / 32)
+    doubled = init.swiglu_block_ratios(0.0625, 1 / 32, gains=(1, 1, 2))
+    assert abs(doubled["forward"] / base["forward"] - 4) < 1e-9
+    assert abs(doubled["backward"] / base["backward"] - 4) < 1e-9
+
+
+def test_signal_propagation_std_does_not_overflow_when_finite():
+    # float32 activations near 1e37 are finite; their std must be too (computed in float64)
+    act = init.signal_propagation(62, 4.0, "linear")["activation_std"]
+    assert all(math.isfinite(v) for v in act)
