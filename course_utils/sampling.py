@@ -363,26 +363,59 @@ def rope_rotate_half(x, positions, inv_freq):
     return rope_rotate(x, positions, inv_freq)
 
 
+class CroppedDecoder:
+    """The ``prefill`` / ``step`` interface of :class:`KVCacheDecoder` without a cache: every call re-reads the last
+    ``block_size`` tokens of each row, as :func:`model_logits` (and so :func:`generate`) does. For continuations that
+    run past the model's context, where a cache of keys computed from a longer context would give other numbers."""
+
+    def __init__(self, model):
+        self.model, self.ids = model.eval(), None
+
+    @torch.inference_mode()
+    def _forward(self) -> torch.Tensor:
+        logits, _ = self.model(self.ids[:, -self.model.config.block_size:])
+        return logits[:, -1].float()
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        self.ids = ids
+        return self._forward()
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        self.ids = torch.cat([self.ids, ids[:, None]], dim=1)
+        return self._forward()
+
+
 def decode_batch(model, prompts: list[list[int]], n_new: int, *, temperature: float = 0.0, top_p: float | None = None,
-                 samples: int = 1, seed: int = 0, return_loglik: bool = False):
+                 min_p: float | None = None, repetition_penalty: float = 1.0, samples: int = 1, seed: int = 0,
+                 return_loglik: bool = False):
     """``samples`` continuations of ``n_new`` tokens for each prompt (all prompts of one length), all rows in one
     batch with a key/value cache: ``out[prompt][sample]``. Temperature 0 is greedy (first of tied maxima);
-    otherwise temperature, then top-p, then a draw (one torch.Generator seeded with ``seed`` for the batch).
-    ``return_loglik``: also return each continuation's mean log-likelihood per token under the model itself
-    (T = 1, unfiltered), ``loglik[prompt][sample]``, collected as it decodes."""
+    otherwise temperature, then top-p, then min-p, then a draw (one torch.Generator seeded with ``seed`` for the
+    batch). ``repetition_penalty``: Hugging Face's sign-aware penalty on the raw logits of every distinct token in the
+    row so far (prompt included), as :func:`generate` applies it. Prompt + continuation longer than the model's
+    context: no cache, each step re-reads the last ``block_size`` tokens (:class:`CroppedDecoder`), as
+    :func:`generate` does. ``return_loglik``: also return each continuation's mean log-likelihood per token under
+    the model itself (T = 1, unfiltered, no penalty), ``loglik[prompt][sample]``, collected as it decodes."""
     if len({len(p) for p in prompts}) != 1:
         raise ValueError("decode_batch needs prompts of one length")
     gen = torch.Generator().manual_seed(seed)
     rows = torch.tensor(prompts, dtype=torch.long).repeat_interleave(samples, dim=0)  # (P * samples, T)
-    decoder = KVCacheDecoder(model)
+    fits = rows.shape[1] + n_new - 1 <= model.config.block_size
+    decoder = KVCacheDecoder(model) if fits else CroppedDecoder(model)
+    seen = torch.zeros(len(rows), model.config.vocab_size, dtype=torch.bool)
+    seen.scatter_(1, rows, True)
     z, out, total = decoder.prefill(rows), [], torch.zeros(len(rows), dtype=torch.float64)
     for i in range(n_new):
+        zp = z
+        if repetition_penalty != 1.0:
+            zp = torch.where(seen, torch.where(z > 0, z / repetition_penalty, z * repetition_penalty), z)
         if temperature == 0:
-            nxt = z.argmax(dim=-1)
+            nxt = zp.argmax(dim=-1)
         else:
-            probs = torch.softmax(process_logits(z, temperature=temperature, top_p=top_p), dim=-1)
+            probs = torch.softmax(process_logits(zp, temperature=temperature, top_p=top_p, min_p=min_p), dim=-1)
             nxt = torch.multinomial(probs, 1, generator=gen)[:, 0]
         out.append(nxt)
+        seen[torch.arange(len(rows)), nxt] = True
         total += torch.log_softmax(z, dim=-1).gather(-1, nxt[:, None])[:, 0].double()
         if i < n_new - 1:
             z = decoder.step(nxt)
@@ -471,9 +504,45 @@ def word_validity(ids: list[int]) -> float:
     return sum(w in corpus_words() for w in words) / len(words) if words else math.nan
 
 
-def evaluation_prompts(data: torch.Tensor, n: int = 24, length: int = 24, seed: int = 0) -> list[list[int]]:
-    """``n`` prompts of ``length`` bytes from ``data`` (held-out text), each starting after a space at a seeded
-    random place, so that a prompt begins with a word."""
+def _letters(ids) -> int:
+    return sum(65 <= b <= 90 or 97 <= b <= 122 for b in ids)
+
+
+def evaluation_windows(data: torch.Tensor, n: int = 24, length: int = 24, continuation: int = 40, seed: int = 0,
+                       min_letters: int = 12) -> tuple[list[list[int]], list[list[int]]]:
+    """``n`` prose prompts of ``length`` bytes from ``data`` (held-out text) and the text's own next ``continuation``
+    bytes after each (the reference), at seeded random places after a space, so that a prompt begins at a word.
+
+    Prose only: a prompt needs at least ``min_letters`` ASCII letters, and neither it nor its reference may contain
+    "|" (the help text's ASCII tables, whose true continuation is a border that a repetition metric scores as a loop).
+    The windows (prompt + reference) do not overlap, so no two prompts share text."""
+    gen, prompts, refs, taken = torch.Generator().manual_seed(seed), [], [], []
+    span = length + continuation
+    spaces = (data[:-span - 1] == 32).nonzero()[:, 0]
+    for i in torch.randperm(len(spaces), generator=gen).tolist():
+        start = int(spaces[i]) + 1
+        window = data[start: start + span].tolist()
+        if _letters(window[:length]) < min_letters or 124 in window or any(abs(start - t) < span for t in taken):
+            continue
+        taken.append(start)
+        prompts.append(window[:length])
+        refs.append(window[length:])
+        if len(prompts) == n:
+            break
+    if len(prompts) < n:
+        raise ValueError(f"only {len(prompts)} prose windows of {span} bytes in the data, {n} asked")
+    return prompts, refs
+
+
+def evaluation_prompts(data: torch.Tensor, n: int = 24, length: int = 24, seed: int = 0,
+                       min_letters: int | None = None) -> list[list[int]]:
+    """``n`` prompts of ``length`` bytes from ``data`` (held-out text) at seeded random places after a space.
+
+    ``min_letters`` given: the prose prompts of :func:`evaluation_windows` (at least that many letters, no table, no
+    overlap). Without it (the earlier behaviour), any place after a space: in this help text that includes ASCII
+    tables and indentation, which do not begin with a word."""
+    if min_letters is not None:
+        return evaluation_windows(data, n, length, seed=seed, min_letters=min_letters)[0]
     gen, prompts = torch.Generator().manual_seed(seed), []
     spaces = (data[:-length - 1] == 32).nonzero()[:, 0]
     for i in torch.randperm(len(spaces), generator=gen)[:n].tolist():
@@ -493,7 +562,7 @@ def _mean_sd(values) -> tuple[float, float]:
 
 
 def decoding_evaluation(model, prompts: list[list[int]], *, n_new: int = 40, beam_width: int = 4, samples: int = 8,
-                        temperatures=(0.7, 1.0, 1.2), seed: int = 0) -> dict:
+                        temperatures=(0.7, 1.0, 1.2), seed: int = 0, references: list[list[int]] | None = None) -> dict:
     """Greedy, beam search and sampling at each temperature on every prompt (batched, key/value cache).
 
     Returns {"per_prompt": {method: {metric: [value per prompt]}}, "best_of": {N: {metric: [...]}}, "texts": {method:
@@ -503,11 +572,19 @@ def decoding_evaluation(model, prompts: list[list[int]], *, n_new: int = 40, bea
     ``beam_width`` samples; greedy has one output, so 0). A method's value for a prompt is its best beam for beam
     search and the mean over the ``samples`` samples for sampling. ``best_of[N]``: best-of-N by the model's own
     likelihood among the T = 1.0 samples, averaged over the ``samples // N`` disjoint groups of N (an estimate of
-    what a best-of-N pick is worth, not a max over nested prefixes)."""
+    what a best-of-N pick is worth, not a max over nested prefixes). ``references`` (the held-out text's own
+    continuations): ``reference`` holds their ``distinct4`` and ``words``, the values the right answer scores.
+    ``seconds``: wall time of the greedy and the beam search decode (all prompts in one batch each)."""
+    import time
+
     P = len(prompts)
-    outputs, lls = {}, {}
+    outputs, lls, seconds = {}, {}, {}
+    start = time.perf_counter()
     outputs["greedy"], lls["greedy"] = decode_batch(model, prompts, n_new, temperature=0, return_loglik=True)
+    seconds["greedy"] = time.perf_counter() - start
+    start = time.perf_counter()
     beams = beam_search_batch(model, prompts, beam_width, n_new)
+    seconds[f"beam {beam_width}"] = time.perf_counter() - start
     outputs[f"beam {beam_width}"] = [[c for c, _ in b] for b in beams]
     lls[f"beam {beam_width}"] = [[s / n_new for _, s in b] for b in beams]
     for t in temperatures:
@@ -534,7 +611,61 @@ def decoding_evaluation(model, prompts: list[list[int]], *, n_new: int = 40, bea
             metrics["words"].append(_nanmean([word_validity(outs[i]) for i in picks]))
         best_of[n] = metrics
     texts = {m: [o[0] for o in outs] for m, outs in outputs.items()}
-    return {"per_prompt": per_prompt, "best_of": best_of, "texts": texts, "prompts": P, "outputs": outputs}
+    result = {"per_prompt": per_prompt, "best_of": best_of, "texts": texts, "prompts": P, "outputs": outputs,
+              "seconds": seconds}
+    if references is not None:
+        result["reference"] = {"distinct4": [distinct_ngram_fraction(r) for r in references],
+                               "words": [word_validity(r) for r in references]}
+    return result
+
+
+def same_as_greedy(evaluation: dict, method: str) -> list[int]:
+    """Per prompt, how many of ``method``'s outputs are byte for byte the greedy text."""
+    outs, greedy = evaluation["outputs"][method], evaluation["outputs"]["greedy"]
+    return [sum(o == g[0] for o in os) for os, g in zip(outs, greedy)]
+
+
+def within_prompt_sd(evaluation: dict, method: str, metric: str = "words") -> list[float]:
+    """Per prompt, the sample sd of ``metric`` (``words`` or ``distinct4``) across that prompt's samples: how much
+    the quality varies from one sample to the next for one prompt (nan with fewer than 2 defined values)."""
+    fn = word_validity if metric == "words" else distinct_ngram_fraction
+    result = []
+    for outs in evaluation["outputs"][method]:
+        values = [v for v in map(fn, outs) if not math.isnan(v)]
+        result.append(float(torch.tensor(values, dtype=torch.float64).std()) if len(values) >= 2 else math.nan)
+    return result
+
+
+def repetition_penalty_evaluation(model, prompts: list[list[int]], *, lengths=(40, 150), penalty: float = 1.3) -> dict:
+    """Greedy with and without the repetition penalty on every prompt, for each continuation length:
+    ``{n_new: {"greedy": {metric: [per prompt]}, f"penalty {penalty:g}": {...}}}``, metrics ``distinct4`` and
+    ``words``. Batched (continuations past the model's context re-read the last ``block_size`` bytes, as
+    :func:`generate` does)."""
+    result = {}
+    for n_new in lengths:
+        result[n_new] = {}
+        for name, pen in (("greedy", 1.0), (f"penalty {penalty:g}", penalty)):
+            outs = [o[0] for o in decode_batch(model, prompts, n_new, temperature=0, repetition_penalty=pen)]
+            result[n_new][name] = {"distinct4": [distinct_ngram_fraction(o) for o in outs],
+                                   "words": [word_validity(o) for o in outs], "texts": outs}
+    return result
+
+
+def filter_evaluation(model, prompts: list[list[int]], *, temperatures=(1.0, 1.5), top_p: float = 0.9,
+                      min_p: float = 0.1, n_new: int = 40, samples: int = 8, diversity_of: int = 4,
+                      seed: int = 0) -> dict:
+    """Top-p against min-p when sampling: ``{T: {"top-p 0.9" | "min-p 0.1": {metric: [per prompt]}}}``, metrics
+    ``words`` (mean over the samples, :func:`word_validity`), ``distinct4`` and ``diversity`` (across the first
+    ``diversity_of`` samples). Both filters draw with the same seed, each in one batch with a key/value cache."""
+    result = {}
+    for t in temperatures:
+        result[t] = {}
+        for name, kw in ((f"top-p {top_p:g}", {"top_p": top_p}), (f"min-p {min_p:g}", {"min_p": min_p})):
+            outs = decode_batch(model, prompts, n_new, temperature=t, samples=samples, seed=seed, **kw)
+            result[t][name] = {"words": [_nanmean([word_validity(s) for s in o]) for o in outs],
+                               "distinct4": [sum(map(distinct_ngram_fraction, o)) / len(o) for o in outs],
+                               "diversity": [pairwise_ngram_diversity(o[:diversity_of]) for o in outs]}
+    return result
 
 
 def mean_sd(values) -> tuple[float, float]:
@@ -555,11 +686,20 @@ def paired_difference(a: list[float], b: list[float]) -> dict:
 def evaluation_table(evaluation: dict) -> str:
     """The per-method means ± sd over prompts of :func:`decoding_evaluation`, as text."""
     lines = [f"{'mean ± sd over ' + str(evaluation['prompts']) + ' prompts':<26} {'log-lik/byte':>13} "
-             f"{'distinct 4-grams':>17} {'words in corpus':>16} {'diversity across outputs':>25}"]
+             f"{'distinct 4-grams':>17} {'words in corpus':>22} {'diversity across outputs':>25}"]
+    def cell(values):
+        defined = sum(not math.isnan(v) for v in values)
+        text = "{:.2f} ± {:.2f}".format(*mean_sd(values))
+        return text if defined == len(values) else f"{text} (n={defined})"
+
     for method, metrics in evaluation["per_prompt"].items():
-        cells = ["{:.2f} ± {:.2f}".format(*mean_sd(metrics[k])) for k in ("loglik", "distinct4", "words")]
+        cells = [cell(metrics[k]) for k in ("loglik", "distinct4", "words")]
         div = "0 (one output)" if method == "greedy" else "{:.2f} ± {:.2f}".format(*mean_sd(metrics["diversity"]))
-        lines.append(f"{method:<26} {cells[0]:>13} {cells[1]:>17} {cells[2]:>16} {div:>25}")
+        lines.append(f"{method:<26} {cells[0]:>13} {cells[1]:>17} {cells[2]:>22} {div:>25}")
+    if "reference" in evaluation:
+        ref = evaluation["reference"]
+        lines.append(f"{'held-out text (the answer)':<26} {'':>13} {cell(ref['distinct4']):>17} "
+                     f"{cell(ref['words']):>22}".rstrip())
     return "\n".join(lines)
 
 
@@ -592,3 +732,28 @@ def apply_presence_penalty(logits, previous, presence: float = 0.0, frequency: f
     logits: (V,); previous: (N,) int64. Returns new logits."""
     counts = torch.bincount(previous, minlength=logits.shape[-1]).to(logits.dtype)
     return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n of a 1-D tensor, tied values sharing the mean of their ranks (as Spearman's rho needs)."""
+    order = torch.sort(x.double(), stable=True)
+    values, ranks = order.values, torch.empty(len(x), dtype=torch.float64)
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        ranks[order.indices[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson's correlation of two 1-D tensors (linear: one outlier can move it)."""
+    return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation (Pearson's of the average ranks, ties shared): monotone, not only linear,
+    and robust to a single outlier."""
+    return pearson(_average_ranks(a), _average_ranks(b))

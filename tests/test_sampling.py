@@ -295,3 +295,37 @@ def test_presence_penalty_is_additive():
     z = torch.tensor([1.0, 2.0, 3.0])
     out = sampling.apply_presence_penalty(z, torch.tensor([0, 0, 2]), presence=0.5, frequency=0.25)
     torch.testing.assert_close(out, torch.tensor([1.0 - 0.5 - 0.5, 2.0, 3.0 - 0.5 - 0.25]))
+
+
+def test_batched_penalty_min_p_and_long_continuations_agree_with_generate():
+    """decode_batch's repetition penalty and min-p are generate's, and past the context it re-reads the last
+    block_size bytes as generate does (CroppedDecoder)."""
+    model = charlm.load()
+    _, held_out = charlm.split(charlm.encode(charlm.training_text()))
+    prompts = sampling.evaluation_prompts(held_out, n=2, length=24, min_letters=12)
+    full = sampling.model_logits(model)
+    for n_new in (20, 80):  # 24 + 80 - 1 > 96: the cropped path
+        batch = sampling.decode_batch(model, prompts, n_new, temperature=0, repetition_penalty=1.3)
+        for p, out in zip(prompts, batch):
+            assert out[0] == sampling.generate(full, p, n_new, temperature=0, repetition_penalty=1.3)
+    single = sampling.decode_batch(model, prompts[:1], 10, temperature=1.0, min_p=0.3, seed=3)[0][0]
+    assert single == sampling.generate(full, prompts[0], 10, temperature=1.0, min_p=0.3, seed=3)
+
+
+def test_evaluation_windows_are_prose_and_do_not_overlap():
+    _, held_out = charlm.split(charlm.encode(charlm.training_text()))
+    prompts, refs = sampling.evaluation_windows(held_out, n=24, length=24, continuation=40, min_letters=12)
+    assert len(prompts) == 24 and all(len(p) == 24 and len(r) == 40 for p, r in zip(prompts, refs))
+    assert all(sampling._letters(p) >= 12 and 124 not in p + r for p, r in zip(prompts, refs))
+    assert sampling.evaluation_prompts(held_out, n=24, length=24, min_letters=12) == prompts
+    # without min_letters: the earlier draw, unchanged
+    assert len(sampling.evaluation_prompts(held_out, n=5, length=10)) == 5
+
+
+def test_spearman_handles_ties_and_is_robust_to_one_outlier():
+    a = torch.tensor([1.0, 1.0, 2.0, 3.0, 4.0])
+    assert sampling._average_ranks(a).tolist() == [1.5, 1.5, 3.0, 4.0, 5.0]
+    x = torch.arange(10.0)
+    y = x.clone()
+    y[-1] = 1000.0
+    assert abs(sampling.spearman(x, y) - 1.0) < 1e-12 and sampling.pearson(x, y) < 0.7
