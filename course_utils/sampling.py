@@ -51,7 +51,7 @@ def top_k_filter(logits, k):
     """Keep the k largest logits of each row (last dim), set the rest to -inf; returns a new tensor.
 
     A token tied with the k-th largest logit is kept too (so ties at the boundary may keep more than
-    k). k >= V keeps everything; k must be at least 1.
+    k). k >= V keeps everything; k < 1 raises ValueError.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
