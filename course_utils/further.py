@@ -20,21 +20,93 @@ from course_utils.models import TinyTransformer, TransformerConfig
 
 # ------------------------------------------------------------------------------- Q1: depth
 
-def depth_effects(depth: int, variant: str, *, init_std: float = 0.1, seed: int = 0) -> dict:
-    """For a Pre-LN TinyTransformer at init (``normalization.PRE_LN_VARIANTS``): the std of the logits,
-    the largest softmax probability (saturation), the loss and the global gradient norm on random tokens."""
+# The initialisations Q1 runs over, by the course's names: "fixed 0.1" / "fixed 0.02" (every weight N(0, std^2)),
+# and "fan-in" (std 1/sqrt(fan_in)). "+ depth-scaled init" adds GPT-2's 1/sqrt(2L) on the residual projections.
+DEPTH_INITS = {"fixed 0.1": dict(init_std=0.1), "fixed 0.02": dict(init_std=0.02), "fan-in": dict(init="fan_in")}
+
+
+def depth_effects(depth: int, variant: str, *, init_std: float = 0.1, seed: int = 0, init: str | None = None) -> dict:
+    """For a Pre-LN TinyTransformer at init (``normalization.PRE_LN_VARIANTS``) on random tokens: the std of the
+    logits, the largest softmax probability (saturation), the loss, the global gradient norm ("grad_norm", over all
+    parameters: it grows with their number), the gradient norm of the first, middle and last block's parameters
+    ("grad_first", "grad_middle", "grad_last"), and "out_grad": the mean over positions of |p - y|, the gradient of
+    each position's own loss with respect to its logits (between 0 and sqrt(2)).
+    ``init``: a key of DEPTH_INITS (overrides ``init_std``)."""
     from course_utils.normalization import PRE_LN_VARIANTS
 
     torch.manual_seed(seed)
+    init_fields = DEPTH_INITS[init] if init is not None else dict(init_std=init_std)
     model = TinyTransformer(TransformerConfig(vocab_size=64, block_size=16, n_layer=depth, d_model=64, n_head=4,
-                                              init_std=init_std, **PRE_LN_VARIANTS[variant]))
+                                              **init_fields, **PRE_LN_VARIANTS[variant]))
     tokens = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(seed))
     logits, loss = model(tokens[:, :-1], tokens[:, 1:])
     loss.backward()
-    grad_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
+
+    def norm(params):
+        return math.sqrt(sum(float((p.grad.detach() ** 2).sum()) for p in params))
+
     logits = logits.detach()
-    return {"logit_std": float(logits.std()), "max_prob": float(torch.softmax(logits, -1).max(-1).values.mean()),
-            "loss": float(loss.detach()), "grad_norm": float(grad_norm)}
+    probs = torch.softmax(logits, -1)
+    out_grad = (probs - F.one_hot(tokens[:, 1:], 64).to(probs.dtype)).norm(dim=-1)  # (B, T): |p - y| per position
+    return {"logit_std": float(logits.std()), "max_prob": float(probs.max(-1).values.mean()),
+            "loss": float(loss.detach()), "grad_norm": norm(model.parameters()),
+            "grad_first": norm(model.blocks[0].parameters()),
+            "grad_middle": norm(model.blocks[depth // 2].parameters()),
+            "grad_last": norm(model.blocks[-1].parameters()), "out_grad": float(out_grad.mean())}
+
+
+def depth_table(depths=(4, 16, 64), variants=None, inits=("fixed 0.1",), seeds=(0, 1, 2)) -> dict:
+    """Q1 over seeds: {(init, variant, depth): {statistic: (mean, min, max) over seeds}} of ``depth_effects``.
+    ``variants``: keys of ``normalization.PRE_LN_VARIANTS`` (default: all)."""
+    from course_utils.normalization import PRE_LN_VARIANTS
+
+    table = {}
+    for init in inits:
+        for variant in variants or PRE_LN_VARIANTS:
+            for depth in depths:
+                runs = [depth_effects(depth, variant, init=init, seed=seed) for seed in seeds]
+                table[(init, variant, depth)] = {k: (sum(r[k] for r in runs) / len(runs), min(r[k] for r in runs),
+                                                     max(r[k] for r in runs)) for k in runs[0]}
+    return table
+
+
+def pm(stat, digits: int = 2) -> str:
+    """A (mean, min, max) over seeds as "mean±half-range"."""
+    mean, lo, hi = stat
+    return f"{mean:.{digits}f}±{(hi - lo) / 2:.{digits}f}"
+
+
+def figure_depth_gradients(table: dict):
+    """Q1: the last block's gradient norm against depth (log-log, mean and min-max over seeds) for every
+    (init, variant) of a ``depth_table``, with a 1/sqrt(L) guide through the first final-norm point."""
+    import matplotlib.pyplot as plt
+
+    from course_utils.plotting import OKABE_ITO, subplots
+
+    fig, ax = subplots(1, width=7, height=3.4)
+    keys = sorted({(init, variant) for init, variant, _ in table}, key=lambda k: ("final" not in k[1], k))
+    colours = ["blue", "bluish green", "orange", "vermillion", "reddish purple", "grey"]
+    markers = ["o", "s", "^", "v", "D", "x"]
+    guide = None
+    labels = {"Pre-LN, no final norm": "no final norm", "+ depth-scaled init": "no final norm, depth-scaled init",
+              "+ final norm": "final norm"}
+    for (init, variant), colour, marker in zip(keys, colours, markers):
+        depths = sorted(d for i, v, d in table if (i, v) == (init, variant))
+        stats = [table[(init, variant, d)]["grad_last"] for d in depths]
+        mean = [m for m, _, _ in stats]
+        err = [[m - lo for m, lo, _ in stats], [hi - m for m, _, hi in stats]]
+        ax.errorbar(depths, mean, yerr=err, color=OKABE_ITO[colour], marker=marker, markersize=4, capsize=3,
+                    ls="-" if "final" in variant else "--", label=f"{init}, {labels[variant]}")
+        if guide is None and "final" in variant:
+            guide = [mean[0] * math.sqrt(depths[0] / d) for d in depths]
+            ax.plot(depths, guide, color="black", ls=":", label=r"$\propto 1/\sqrt{L}$")
+    ax.set(xscale="log", yscale="log", xlabel="depth L (blocks)", ylabel="last block's gradient norm",
+           title="at init, mean and min-max over 3 seeds")
+    ax.set_xticks(sorted({d for _, _, d in table}), [str(d) for d in sorted({d for _, _, d in table})])
+    ax.minorticks_off()
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    plt.close(fig)
+    return fig
 
 
 # ------------------------------------------------------------------- 8.4 spike detector
@@ -108,19 +180,27 @@ class CapstoneResult:
 def capstone_run(pieces: Pieces, *, config: TransformerConfig = CAPSTONE_CONFIG, steps: int = 150,
                  micro_batches: int = 2, micro_batch_size: int = 8, max_lr: float = 3e-3, warmup_steps: int = 15,
                  weight_decay: float = 0.1, clip: float | None = 1.0, bad_batch_step: int | None = None,
-                 seed: int = 0, progress: bool = True, on_step: Callable | None = None) -> CapstoneResult:
+                 seed: int = 0, progress: bool = True, on_step: Callable | None = None,
+                 init: str = "GPT-2") -> CapstoneResult:
     """Train a TinyTransformer on the byte data with the given pieces; deterministic for a seed.
 
     Each step accumulates ``micro_batches`` micro-batches, clips the global norm to ``clip`` (None:
     no clipping), and applies AdamW with the scheduled lr to two groups (decay / no decay).
     ``bad_batch_step``: at that step the inputs are replaced by one byte repeated (a corrupt batch).
-    ``on_step(step, result)`` is called after every step (for a live plot).
+    ``on_step(step, result)`` is called after every step (for a live plot). ``init``: "GPT-2" (the learner's 2.3:
+    fixed 0.02 plus 1/sqrt(2L) on the residual projections) or "fan-in" (std 1/sqrt(fan_in), ``fan_in_init_``).
     """
     from course_utils import charlm
+    from course_utils.models import fan_in_init_
 
+    if init not in ("GPT-2", "fan-in"):
+        raise ValueError(f"init must be 'GPT-2' or 'fan-in', got {init!r}")
     torch.manual_seed(seed)
     model = TinyTransformer(config)
-    pieces.init(model, 0.02, True)
+    if init == "GPT-2":
+        pieces.init(model, 0.02, True)
+    else:
+        fan_in_init_(model)
     groups = [dict(g) for g in pieces.groups(model, weight_decay)]
     state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for g in groups for p in g["params"]}
     train_data, _ = charlm.split(charlm.encode(charlm.training_text()))
@@ -162,7 +242,8 @@ def capstone_run(pieces: Pieces, *, config: TransformerConfig = CAPSTONE_CONFIG,
 
 
 def norm_warmup_comparison(pieces: Pieces, *, n_layer: int = 4, steps: int = 100, warmup_steps: int = 20,
-                           max_lr: float = 1e-2) -> dict[tuple[str, int], CapstoneResult]:
+                           max_lr: float = 1e-2, seed: int = 0, init: str = "GPT-2",
+                           ) -> dict[tuple[str, int], CapstoneResult]:
     """Chapter 1's question on the capstone model: Pre-LN and Post-LN with ``n_layer`` blocks, each trained
     ``steps`` steps (one micro-batch per step) with no warmup and with ``warmup_steps``. Keys: (norm position,
     warmup steps)."""
@@ -171,23 +252,379 @@ def norm_warmup_comparison(pieces: Pieces, *, n_layer: int = 4, steps: int = 100
         for warmup in (0, warmup_steps):
             config = dataclasses.replace(CAPSTONE_CONFIG, norm_position=norm_position, n_layer=n_layer)
             results[(norm_position, warmup)] = capstone_run(pieces, config=config, steps=steps, warmup_steps=warmup,
-                                                            max_lr=max_lr, micro_batches=1, progress=False)
+                                                            max_lr=max_lr, micro_batches=1, progress=False,
+                                                            seed=seed, init=init)
     return results
 
 
 def clipping_by_learning_rate(lrs=(3e-2, 3e-3, 1e-3), *, steps: int = 120, clip: float = 1.0, depth: int = 2,
-                              seed: int = 0) -> dict[float, dict[str, float]]:
+                              seed: int = 0, init: str = "fixed 0.02") -> dict[float, dict[str, float]]:
     """Q4's "gradient norm always near max_norm -> lower the lr", tested: chapter 1's Pre-LN model of ``depth``
     blocks trained on the Markov chain with AdamW, clipping at ``clip``, once per learning rate. For each lr:
     "clipped" (fraction of the steps after the first third whose norm reached ``clip``), "median_norm" (their
-    median gradient norm) and "loss" (mean training loss of the last 20 steps)."""
+    median gradient norm) and "loss" (mean training loss of the last 20 steps). ``init``: "fixed 0.02" (chapter 1's
+    default) or "fan-in"."""
     from course_utils.gradflow import stack_config
     from course_utils.training import train_markov_lm
 
+    overrides = {"fixed 0.02": {}, "fan-in": {"init": "fan_in"}}[init]
     out = {}
     for lr in lrs:
-        run = train_markov_lm(stack_config("pre", depth), steps=steps, lr=lr, clip=clip, seed=seed, progress=False)
+        run = train_markov_lm(stack_config("pre", depth, **overrides), steps=steps, lr=lr, clip=clip, seed=seed,
+                              progress=False)
         late = run.grad_norms[steps // 3:]
         out[lr] = {"clipped": sum(n >= clip for n in late) / len(late), "median_norm": sorted(late)[len(late) // 2],
                    "loss": run.final_loss}
     return out
+
+
+# ------------------------------------------------------------- Q4 and the Pre/Post-LN question over seeds and a grid
+# Each verdict of Q4 and of the Pre-/Post-LN comparison is drawn from 3 seeds on a small grid of init x learning rate.
+# The full grid takes minutes on a CPU, so the notebook prints SEED_GRIDS, the stored result of ``seed_grids()``;
+# tests/test_claims_ch08.py re-runs ``seed_grids()``, checks it against SEED_GRIDS and asserts the verdicts on it.
+
+GRID_SEEDS = (0, 1, 2)
+BAD_BATCH_GRID = dict(inits=("GPT-2", "fan-in"), lrs=(3e-3, 1e-2), steps=100, bad_batch_step=60)
+CLIPPING_GRID = dict(inits=("fixed 0.02", "fan-in"), lrs=(3e-2, 3e-3, 1e-3), steps=120)
+NORM_WARMUP_GRID = dict(inits=("GPT-2", "fan-in"), lrs=(1e-2, 3e-3), n_layer=4, steps=100, warmup_steps=20)
+
+
+def bad_batch_runs(pieces: Pieces, *, init: str, lr: float, seed: int, steps: int = 100,
+                   bad_batch_step: int = 60) -> dict[str, dict[str, float]]:
+    """The capstone model (one micro-batch per step) with a corrupt batch at ``bad_batch_step``, clipped at 1.0 and
+    not clipped. Per run: "spike" (the bad step's gradient norm over the median of the 20 before), "jump" (loss one
+    step after minus one step before), "end" (mean loss of the last 10 steps), "flagged" (1.0 if the 8.4 detector,
+    window 10 and factor 3, flags the bad step), "diverged" (1.0 or 0.0)."""
+    import statistics
+
+    out = {}
+    for name, clip in (("clip 1.0", 1.0), ("no clipping", None)):
+        r = capstone_run(pieces, steps=steps, micro_batches=1, max_lr=lr, clip=clip, bad_batch_step=bad_batch_step,
+                         seed=seed, init=init, progress=False)
+        b = bad_batch_step
+        if r.diverged:
+            out[name] = {"spike": math.nan, "jump": math.nan, "end": math.nan, "flagged": 0.0, "diverged": 1.0}
+            continue
+        out[name] = {"spike": r.grad_norms[b] / statistics.median(r.grad_norms[b - 20: b]),
+                     "jump": r.losses[b + 1] - r.losses[b - 1], "end": sum(r.losses[-10:]) / 10,
+                     "flagged": float(b in grad_norm_spikes(r.grad_norms, 10, 3.0)), "diverged": 0.0}
+    return out
+
+
+def seed_grids(pieces: Pieces | None = None, seeds=GRID_SEEDS) -> dict:
+    """Every run behind the Q4 and Pre/Post-LN verdicts, rounded to 3 decimals: {"bad_batch": {(init, lr, seed):
+    {clip: stats}}, "clipping": {(init, lr, seed): stats}, "norm_warmup": {(init, lr, seed): {"pre, warmup 0":
+    {"loss": last-20 mean, "peak": largest grad norm, "diverged": 0/1}, ...}}}. Takes a few minutes."""
+    pieces = pieces or reference_pieces()
+
+    def rounded(d):
+        return {k: round(float(v), 3) for k, v in d.items()}
+
+    grids = {"bad_batch": {}, "clipping": {}, "norm_warmup": {}}
+    g = BAD_BATCH_GRID
+    for init in g["inits"]:
+        for lr in g["lrs"]:
+            for seed in seeds:
+                runs = bad_batch_runs(pieces, init=init, lr=lr, seed=seed, steps=g["steps"],
+                                      bad_batch_step=g["bad_batch_step"])
+                grids["bad_batch"][(init, lr, seed)] = {k: rounded(v) for k, v in runs.items()}
+    g = CLIPPING_GRID
+    for init in g["inits"]:
+        for seed in seeds:
+            for lr, r in clipping_by_learning_rate(g["lrs"], steps=g["steps"], seed=seed, init=init).items():
+                grids["clipping"][(init, lr, seed)] = rounded(r)
+    g = NORM_WARMUP_GRID
+    for init in g["inits"]:
+        for lr in g["lrs"]:
+            for seed in seeds:
+                runs = norm_warmup_comparison(pieces, n_layer=g["n_layer"], steps=g["steps"],
+                                              warmup_steps=g["warmup_steps"], max_lr=lr, seed=seed, init=init)
+                grids["norm_warmup"][(init, lr, seed)] = {
+                    f"{norm}, warmup {warmup}": rounded({"loss": sum(r.losses[-20:]) / 20 if r.losses else math.nan,
+                                                         "peak": max(r.grad_norms) if r.grad_norms else math.nan,
+                                                         "diverged": r.diverged})
+                    for (norm, warmup), r in runs.items()}
+    return grids
+
+
+LONGER_GRID = dict(steps=(150, 600), seeds=(0, 1, 2))
+
+
+def capstone_longer(pieces: Pieces | None = None, steps=LONGER_GRID["steps"], seeds=LONGER_GRID["seeds"]) -> dict:
+    """The capstone's config trained for each number of ``steps`` (its schedule stretched to the run), per seed:
+    {(steps, seed): held-out loss (nats/byte, windows of 64 bytes), rounded to 3 decimals}. Minutes on a CPU;
+    the notebook prints LONGER_RUNS, its stored result, which tests/test_claims_ch08.py checks."""
+    from course_utils import charlm
+
+    pieces = pieces or reference_pieces()
+    _, held_out = charlm.split(charlm.encode(charlm.training_text()))
+    out = {}
+    for n in steps:
+        for seed in seeds:
+            run = capstone_run(pieces, steps=n, seed=seed, progress=False)
+            out[(n, seed)] = round(float(charlm.evaluate(run.model, held_out, length=64)), 3)
+    return out
+
+
+# the stored result of seed_grids() (reference pieces), checked by tests/test_claims_ch08.py
+SEED_GRIDS = {
+    'bad_batch': {
+        ('GPT-2', 0.003, 0): {
+            'clip 1.0': {'spike': 20.151, 'jump': -0.251, 'end': 2.727, 'flagged': 1.0, 'diverged': 0.0},
+            'no clipping': {'spike': 26.775, 'jump': -0.214, 'end': 2.796, 'flagged': 1.0, 'diverged': 0.0},
+        },
+        ('GPT-2', 0.003, 1): {
+            'clip 1.0': {'spike': 18.701, 'jump': -0.096, 'end': 2.788, 'flagged': 1.0, 'diverged': 0.0},
+            'no clipping': {'spike': 19.328, 'jump': -0.076, 'end': 2.862, 'flagged': 1.0, 'diverged': 0.0},
+        },
+        ('GPT-2', 0.003, 2): {
+            'clip 1.0': {'spike': 26.894, 'jump': -0.239, 'end': 2.714, 'flagged': 1.0, 'diverged': 0.0},
+            'no clipping': {'spike': 14.201, 'jump': -0.236, 'end': 2.76, 'flagged': 1.0, 'diverged': 0.0},
+        },
+        ('GPT-2', 0.01, 0): {
+            'clip 1.0': {'spike': 36.594, 'jump': -0.107, 'end': 2.85, 'flagged': 1.0, 'diverged': 0.0},
+            'no clipping': {'spike': 16.209, 'jump': -0.166, 'end': 2.848, 'flagged': 1.0, 'diverged': 0.0},
+        },
+        ('GPT-2', 0.01, 1): {
+            'clip 1.0': {'spike': 24.74, 'jump': -0.096, 'end': 2.865, 'flagged': 1.0, 'diverged': 0.0},
+            'no clipping': {'spike': 12.769, 'jump': -0.033, 'end': 2.943, 'flagged': 1.0, 'diverged': 0.0},
+        },
+        ('GPT-2', 0.01, 2): {
+            'clip 1.0': {'spike': 16.881, 'jump': -0.271, 'end': 3.027, 'flagged': 1.0, 'diverged': 0.0},
+            'no clipping': {'spike': 88.524, 'jump': -0.27, 'end': 2.968, 'flagged': 1.0, 'diverged': 0.0},
+        },
+        ('fan-in', 0.003, 0): {
+            'clip 1.0': {'spike': 33.815, 'jump': -0.242, 'end': 2.501, 'flagged': 1.0, 'diverged': 0.0},
+            'no clipping': {'spike': 29.389, 'jump': -0.242, 'end': 2.535, 'flagged': 1.0, 'diverged': 0.0},
+        },
+        ('fan-in', 0.003, 1): {
+            'clip 1.0': {'spike': 25.088, 'jump': -0.166, 'end': 2.467, 'flagged': 1.0, 'diverged': 0.0},
+            'no clipping': {'spike': 24.039, 'jump': -0.161, 'end': 2.528, 'flagged': 1.0, 'diverged': 0.0},
+        },
+        ('fan-in', 0.003, 2): {
+            'clip 1.0': {'spike': 25.481, 'jump': -0.242, 'end': 2.506, 'flagged': 1.0, 'diverged': 0.0},
+            'no clipping': {'spike': 24.885, 'jump': -0.246, 'end': 2.54, 'flagged': 1.0, 'diverged': 0.0},
+        },
+        ('fan-in', 0.01, 0): {
+            'clip 1.0': {'spike': 23.987, 'jump': -0.228, 'end': 2.391, 'flagged': 1.0, 'diverged': 0.0},
+            'no clipping': {'spike': 27.828, 'jump': -0.248, 'end': 2.431, 'flagged': 1.0, 'diverged': 0.0},
+        },
+        ('fan-in', 0.01, 1): {
+            'clip 1.0': {'spike': 27.271, 'jump': -0.169, 'end': 2.368, 'flagged': 1.0, 'diverged': 0.0},
+            'no clipping': {'spike': 54.649, 'jump': -0.167, 'end': 2.438, 'flagged': 1.0, 'diverged': 0.0},
+        },
+        ('fan-in', 0.01, 2): {
+            'clip 1.0': {'spike': 37.624, 'jump': -0.263, 'end': 2.389, 'flagged': 1.0, 'diverged': 0.0},
+            'no clipping': {'spike': 30.113, 'jump': -0.308, 'end': 2.43, 'flagged': 1.0, 'diverged': 0.0},
+        },
+    },
+    'clipping': {
+        ('fixed 0.02', 0.03, 0): {'clipped': 0.0, 'median_norm': 0.308, 'loss': 3.07},
+        ('fixed 0.02', 0.003, 0): {'clipped': 0.312, 'median_norm': 0.968, 'loss': 2.698},
+        ('fixed 0.02', 0.001, 0): {'clipped': 1.0, 'median_norm': 1.38, 'loss': 2.732},
+        ('fixed 0.02', 0.03, 1): {'clipped': 0.013, 'median_norm': 0.272, 'loss': 3.164},
+        ('fixed 0.02', 0.003, 1): {'clipped': 0.338, 'median_norm': 0.968, 'loss': 2.671},
+        ('fixed 0.02', 0.001, 1): {'clipped': 1.0, 'median_norm': 1.356, 'loss': 2.715},
+        ('fixed 0.02', 0.03, 2): {'clipped': 0.0, 'median_norm': 0.25, 'loss': 3.213},
+        ('fixed 0.02', 0.003, 2): {'clipped': 0.25, 'median_norm': 0.941, 'loss': 2.668},
+        ('fixed 0.02', 0.001, 2): {'clipped': 1.0, 'median_norm': 1.375, 'loss': 2.71},
+        ('fan-in', 0.03, 0): {'clipped': 0.0, 'median_norm': 0.265, 'loss': 2.761},
+        ('fan-in', 0.003, 0): {'clipped': 0.0, 'median_norm': 0.727, 'loss': 2.671},
+        ('fan-in', 0.001, 0): {'clipped': 0.113, 'median_norm': 0.943, 'loss': 2.745},
+        ('fan-in', 0.03, 1): {'clipped': 0.0, 'median_norm': 0.271, 'loss': 2.782},
+        ('fan-in', 0.003, 1): {'clipped': 0.0, 'median_norm': 0.704, 'loss': 2.653},
+        ('fan-in', 0.001, 1): {'clipped': 0.025, 'median_norm': 0.888, 'loss': 2.738},
+        ('fan-in', 0.03, 2): {'clipped': 0.0, 'median_norm': 0.285, 'loss': 2.768},
+        ('fan-in', 0.003, 2): {'clipped': 0.0, 'median_norm': 0.716, 'loss': 2.65},
+        ('fan-in', 0.001, 2): {'clipped': 0.013, 'median_norm': 0.895, 'loss': 2.729},
+    },
+    'norm_warmup': {
+        ('GPT-2', 0.01, 0): {
+            'pre, warmup 0': {'loss': 2.927, 'peak': 7.716, 'diverged': 0.0},
+            'pre, warmup 20': {'loss': 2.947, 'peak': 2.968, 'diverged': 0.0},
+            'post, warmup 0': {'loss': 3.25, 'peak': 4.069, 'diverged': 0.0},
+            'post, warmup 20': {'loss': 3.252, 'peak': 1.947, 'diverged': 0.0},
+        },
+        ('GPT-2', 0.01, 1): {
+            'pre, warmup 0': {'loss': 2.982, 'peak': 4.779, 'diverged': 0.0},
+            'pre, warmup 20': {'loss': 2.978, 'peak': 5.26, 'diverged': 0.0},
+            'post, warmup 0': {'loss': 3.298, 'peak': 3.198, 'diverged': 0.0},
+            'post, warmup 20': {'loss': 3.188, 'peak': 8.682, 'diverged': 0.0},
+        },
+        ('GPT-2', 0.01, 2): {
+            'pre, warmup 0': {'loss': 3.01, 'peak': 6.157, 'diverged': 0.0},
+            'pre, warmup 20': {'loss': 2.708, 'peak': 7.56, 'diverged': 0.0},
+            'post, warmup 0': {'loss': 3.249, 'peak': 1.833, 'diverged': 0.0},
+            'post, warmup 20': {'loss': 3.249, 'peak': 6.202, 'diverged': 0.0},
+        },
+        ('GPT-2', 0.003, 0): {
+            'pre, warmup 0': {'loss': 2.698, 'peak': 28.426, 'diverged': 0.0},
+            'pre, warmup 20': {'loss': 2.748, 'peak': 5.322, 'diverged': 0.0},
+            'post, warmup 0': {'loss': 2.759, 'peak': 33.718, 'diverged': 0.0},
+            'post, warmup 20': {'loss': 3.25, 'peak': 24.241, 'diverged': 0.0},
+        },
+        ('GPT-2', 0.003, 1): {
+            'pre, warmup 0': {'loss': 2.717, 'peak': 9.551, 'diverged': 0.0},
+            'pre, warmup 20': {'loss': 2.71, 'peak': 4.208, 'diverged': 0.0},
+            'post, warmup 0': {'loss': 2.629, 'peak': 8.023, 'diverged': 0.0},
+            'post, warmup 20': {'loss': 2.781, 'peak': 62.304, 'diverged': 0.0},
+        },
+        ('GPT-2', 0.003, 2): {
+            'pre, warmup 0': {'loss': 2.685, 'peak': 8.958, 'diverged': 0.0},
+            'pre, warmup 20': {'loss': 2.686, 'peak': 18.934, 'diverged': 0.0},
+            'post, warmup 0': {'loss': 3.243, 'peak': 173.79, 'diverged': 0.0},
+            'post, warmup 20': {'loss': 3.246, 'peak': 45.86, 'diverged': 0.0},
+        },
+        ('fan-in', 0.01, 0): {
+            'pre, warmup 0': {'loss': 2.453, 'peak': 3.311, 'diverged': 0.0},
+            'pre, warmup 20': {'loss': 2.412, 'peak': 4.065, 'diverged': 0.0},
+            'post, warmup 0': {'loss': 3.253, 'peak': 5.749, 'diverged': 0.0},
+            'post, warmup 20': {'loss': 2.567, 'peak': 5.388, 'diverged': 0.0},
+        },
+        ('fan-in', 0.01, 1): {
+            'pre, warmup 0': {'loss': 2.417, 'peak': 3.666, 'diverged': 0.0},
+            'pre, warmup 20': {'loss': 2.408, 'peak': 4.309, 'diverged': 0.0},
+            'post, warmup 0': {'loss': 3.045, 'peak': 5.524, 'diverged': 0.0},
+            'post, warmup 20': {'loss': 2.468, 'peak': 5.237, 'diverged': 0.0},
+        },
+        ('fan-in', 0.01, 2): {
+            'pre, warmup 0': {'loss': 2.422, 'peak': 3.981, 'diverged': 0.0},
+            'pre, warmup 20': {'loss': 2.367, 'peak': 3.981, 'diverged': 0.0},
+            'post, warmup 0': {'loss': 3.248, 'peak': 4.878, 'diverged': 0.0},
+            'post, warmup 20': {'loss': 2.415, 'peak': 4.878, 'diverged': 0.0},
+        },
+        ('fan-in', 0.003, 0): {
+            'pre, warmup 0': {'loss': 2.508, 'peak': 3.311, 'diverged': 0.0},
+            'pre, warmup 20': {'loss': 2.504, 'peak': 4.048, 'diverged': 0.0},
+            'post, warmup 0': {'loss': 2.521, 'peak': 4.068, 'diverged': 0.0},
+            'post, warmup 20': {'loss': 2.559, 'peak': 5.258, 'diverged': 0.0},
+        },
+        ('fan-in', 0.003, 1): {
+            'pre, warmup 0': {'loss': 2.496, 'peak': 3.711, 'diverged': 0.0},
+            'pre, warmup 20': {'loss': 2.509, 'peak': 4.454, 'diverged': 0.0},
+            'post, warmup 0': {'loss': 2.543, 'peak': 4.745, 'diverged': 0.0},
+            'post, warmup 20': {'loss': 2.514, 'peak': 5.67, 'diverged': 0.0},
+        },
+        ('fan-in', 0.003, 2): {
+            'pre, warmup 0': {'loss': 2.447, 'peak': 3.981, 'diverged': 0.0},
+            'pre, warmup 20': {'loss': 2.498, 'peak': 3.981, 'diverged': 0.0},
+            'post, warmup 0': {'loss': 2.484, 'peak': 5.529, 'diverged': 0.0},
+            'post, warmup 20': {'loss': 2.515, 'peak': 4.878, 'diverged': 0.0},
+        },
+    },
+}
+
+
+# ------------------------------------------------------------------------------------ printing the stored grids
+
+def _spread(values) -> tuple[float, float, float]:
+    values = list(values)
+    return sum(values) / len(values), min(values), max(values)
+
+
+def bad_batch_table(grids: dict | None = None) -> str:
+    """Q4's bad batch over the grid: per (init, lr) and clipping, mean±half-range over seeds of the spike ratio, the
+    loss jump across the bad step and the final loss; how many seeds the detector flagged and how many diverged."""
+    grids = grids or SEED_GRIDS
+    runs = grids["bad_batch"]
+    lines = [f"{'init':<7} {'lr':>6} {'clipping':<12} {'norm / median':>13} {'loss jump':>11} {'final loss':>11} "
+             f"{'flagged':>8} {'diverged':>8}"]
+    for init in BAD_BATCH_GRID["inits"]:
+        for lr in BAD_BATCH_GRID["lrs"]:
+            seeds = [runs[(init, lr, seed)] for seed in GRID_SEEDS]
+            for clip in ("clip 1.0", "no clipping"):
+                r = [s[clip] for s in seeds]
+                ok = [x for x in r if not x["diverged"]]
+                cells = [pm(_spread(x[k] for x in ok), d) if ok else "-" for k, d in
+                         (("spike", 0), ("jump", 2), ("end", 2))]
+                lines.append(f"{init:<7} {lr:>6g} {clip:<12} {cells[0]:>13} {cells[1]:>11} {cells[2]:>11} "
+                             f"{sum(x['flagged'] for x in r):>6.0f}/3 {sum(x['diverged'] for x in r):>6.0f}/3")
+    return "\n".join(lines)
+
+
+def clipping_table(grids: dict | None = None) -> str:
+    """Q4's "near max_norm -> lower the lr" over the grid: per (init, lr), mean±half-range over seeds of the fraction
+    of late steps at max_norm, the median norm and the last-20-step loss."""
+    grids = grids or SEED_GRIDS
+    runs = grids["clipping"]
+    lines = [f"{'init':<10} {'lr':>6} {'at max_norm':>12} {'median norm':>12} {'last-20 loss':>13}"]
+    for init in CLIPPING_GRID["inits"]:
+        for lr in CLIPPING_GRID["lrs"]:
+            r = [runs[(init, lr, seed)] for seed in GRID_SEEDS]
+            lines.append(f"{init:<10} {lr:>6g} {pm(_spread(x['clipped'] for x in r)):>12} "
+                         f"{pm(_spread(x['median_norm'] for x in r)):>12} {pm(_spread(x['loss'] for x in r)):>13}")
+    return "\n".join(lines)
+
+
+def _run_label(name: str) -> str:
+    """"pre, warmup 0" -> "Pre-LN, warmup 0"."""
+    norm, rest = name.split(", ")
+    return f"{norm.capitalize()}-LN, {rest}"
+
+
+def norm_warmup_table(grids: dict | None = None) -> str:
+    """Pre-LN against Post-LN, with and without warmup, over the grid: per (init, lr) and run, mean±half-range over
+    seeds of the last-20-step loss and the largest gradient norm; how many seeds diverged."""
+    grids = grids or SEED_GRIDS
+    runs = grids["norm_warmup"]
+    lines = [f"{'init':<7} {'lr':>6} {'run':<19} {'last-20 loss':>13} {'largest norm':>13} {'diverged':>8}"]
+    for init in NORM_WARMUP_GRID["inits"]:
+        for lr in NORM_WARMUP_GRID["lrs"]:
+            seeds = [runs[(init, lr, seed)] for seed in GRID_SEEDS]
+            for name in seeds[0]:
+                r = [s[name] for s in seeds]
+                ok = [x for x in r if not x["diverged"]]
+                loss = pm(_spread(x["loss"] for x in ok)) if ok else "-"
+                peak = pm(_spread(x["peak"] for x in ok), 1) if ok else "-"
+                lines.append(f"{init:<7} {lr:>6g} {_run_label(name):<19} {loss:>13} {peak:>13} "
+                             f"{sum(x['diverged'] for x in r):>6.0f}/3")
+    return "\n".join(lines)
+
+
+def figure_norm_warmup(grids: dict | None = None):
+    """The last-20-step loss of the four runs (Pre/Post-LN, warmup 0/20) per (init, lr): mean and min-max over seeds."""
+    import matplotlib.pyplot as plt
+
+    from course_utils.plotting import COLORS, subplots
+
+    grids = grids or SEED_GRIDS
+    runs = grids["norm_warmup"]
+    fig, ax = subplots(1, width=7, height=3.2)
+    cells = [(init, lr) for init in NORM_WARMUP_GRID["inits"] for lr in NORM_WARMUP_GRID["lrs"]]
+    names = list(runs[(*cells[0], GRID_SEEDS[0])])
+    for j, name in enumerate(names):
+        xs, means, errs = [], [], [[], []]
+        for i, cell in enumerate(cells):
+            vals = [runs[(*cell, seed)][name]["loss"] for seed in GRID_SEEDS
+                    if not runs[(*cell, seed)][name]["diverged"]]
+            if not vals:
+                continue
+            m, lo, hi = _spread(vals)
+            xs.append(i + (j - 1.5) * 0.15)
+            means.append(m)
+            errs[0].append(m - lo)
+            errs[1].append(hi - m)
+        norm = name.split(",")[0]
+        ax.errorbar(xs, means, yerr=errs, ls="none", marker="o" if "warmup 0" in name else "s", capsize=3,
+                    color=COLORS[norm], mfc="white" if "warmup 0" in name else COLORS[norm], label=_run_label(name))
+    ax.set_xticks(range(len(cells)), [f"{init}, lr {lr:g}" for init, lr in cells])
+    ax.set(ylabel="last-20-step loss", title="4 blocks, 100 steps: mean and min-max over 3 seeds")
+    ax.legend(fontsize=7)
+    plt.close(fig)
+    return fig
+
+
+# the stored result of capstone_longer() (reference pieces), checked by tests/test_claims_ch08.py
+LONGER_RUNS = {(150, 0): 2.094, (150, 1): 2.193, (150, 2): 2.141, (600, 0): 1.447, (600, 1): 1.46, (600, 2): 1.479}
+
+
+def longer_table(longer: dict | None = None) -> str:
+    """The capstone config's held-out loss after each number of steps, mean±half-range over the seeds."""
+    longer = longer or LONGER_RUNS
+    lines = []
+    for n in LONGER_GRID["steps"]:
+        vals = [longer[(n, seed)] for seed in LONGER_GRID["seeds"]]
+        lines.append(f"capstone config, {n:>3} steps ({n * 2 * 8 * 64:>7,} bytes read): held-out loss "
+                     f"{pm(_spread(vals))} (seeds {', '.join(str(s) for s in LONGER_GRID['seeds'])}: "
+                     f"{', '.join(f'{v:.2f}' for v in vals)})")
+    return "\n".join(lines)

@@ -57,6 +57,14 @@ def _tempered_times_t(logits, temperature):
     return torch.softmax(logits * temperature, dim=-1) if temperature > 0 else softmax_with_temperature(logits, 0)
 
 
+def _tempered_divide_first(logits, temperature):
+    if temperature == 0:
+        return softmax_with_temperature(logits, 0.0)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    return torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
+
+
 def _tempered_negative_accepted(logits, temperature):
     if temperature == 0:
         return softmax_with_temperature(logits, 0.0)
@@ -71,6 +79,9 @@ def _temperature_cases():
         Case("T = 0.5", (2 * torch.randn(12, generator=g), 0.5)),
         Case("T = 0.01, logits around 5 (exp overflows naively)", (5 + torch.randn(2, 8, generator=g), 0.01)),
         Case("T = 0, a tie at the top", (torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 0.0, 1.0, 1.0]]), 0.0)),
+        # z / T overflows float32 here (|z| / 1e-40 > 3.4e38): only subtracting the max before dividing survives
+        Case("T = 1e-40, float32 (z / T overflows; a tie in row 1, negative logits in row 2)",
+             (torch.tensor([[10.0, 9.0, 10.0, 0.0], [-10.0, -9.0, -30.0, -9.5]]), 1e-40)),
         Case("T = 50, float64", (torch.randn(6, generator=g, dtype=torch.float64), 50.0)),
     ]
 
@@ -182,8 +193,12 @@ EXERCISES = [
         cases=_temperature_cases,
         mistakes=(
             Mistake("exp without the max", _tempered_naive,
-                    "exp(z / T) overflows for small T (z / T > 88.7 in float32): subtract the row max first, or use "
-                    "torch.softmax(z / T, dim=-1)."),
+                    "exp(z / T) overflows for small T (z / T > 88.7 in float32): subtract the row max first, then "
+                    "divide by T."),
+            Mistake("divided by T before subtracting the max", _tempered_divide_first,
+                    "z / T itself overflows float32 to +-inf when |z| / T > 3.4e38 (z = 10 at T = 1e-40), and "
+                    "softmax returns NaN (inf - inf): subtract the row max first, (z - max) / T is 0 at the maxima "
+                    "and <= 0 elsewhere."),
             Mistake("argmax at T = 0", _tempered_argmax_at_zero,
                     "The limit T -> 0 of softmax(z / T) splits the mass equally between tied maxima; "
                     "argmax picks one."),

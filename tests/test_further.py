@@ -83,6 +83,57 @@ def test_depth_effects_final_norm_keeps_logits_flat():
     assert deep["logit_std"] > 3 * normed["logit_std"] and deep["grad_norm"] > normed["grad_norm"]
 
 
+def test_depth_effects_per_block_and_per_position_instruments():
+    """The per-block norms are pieces of the global one; "out_grad" is |dL_i/dz_i| of each position's own loss,
+    computed here independently with autograd on a copy of the logits."""
+    import torch.nn.functional as F
+
+    from course_utils.models import TinyTransformer, TransformerConfig
+
+    r = further.depth_effects(6, "+ final norm", init="fixed 0.02", seed=1)
+    assert max(r["grad_first"], r["grad_middle"], r["grad_last"]) < r["grad_norm"]
+    assert r["grad_first"] ** 2 + r["grad_middle"] ** 2 + r["grad_last"] ** 2 < r["grad_norm"] ** 2
+    torch.manual_seed(1)
+    model = TinyTransformer(TransformerConfig(vocab_size=64, block_size=16, n_layer=6, d_model=64, n_head=4,
+                                              init_std=0.02, final_norm=True))
+    tokens = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(1))
+    logits = model(tokens[:, :-1])[0].detach().requires_grad_(True)
+    F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").backward()
+    assert r["out_grad"] == pytest.approx(float(logits.grad.norm(dim=-1).mean()), rel=1e-5)
+
+
+def test_depth_table_spreads_over_seeds():
+    table = further.depth_table((2,), variants=["+ final norm"], inits=("fan-in",), seeds=(0, 1))
+    runs = [further.depth_effects(2, "+ final norm", init="fan-in", seed=s)["grad_last"] for s in (0, 1)]
+    mean, lo, hi = table[("fan-in", "+ final norm", 2)]["grad_last"]
+    assert (lo, hi) == (min(runs), max(runs)) and mean == pytest.approx(sum(runs) / 2)
+    assert further.pm((1.0, 0.5, 1.5)) == "1.00±0.50"
+
+
+def test_grid_tables_print_every_cell_of_the_stored_grids():
+    for text, grid in ((further.bad_batch_table(), further.BAD_BATCH_GRID),
+                       (further.clipping_table(), further.CLIPPING_GRID),
+                       (further.norm_warmup_table(), further.NORM_WARMUP_GRID)):
+        for init in grid["inits"]:
+            assert init in text
+        for lr in grid["lrs"]:
+            assert f"{lr:g}" in text
+
+
+def test_temperature_softmax_survives_a_tiny_temperature():
+    """8.3's reference (course_utils.sampling): the max is subtracted before dividing by T, so float32 logits give
+    the T -> 0 limit (ties split) at T = 1e-40 where softmax(z / T) is NaN, and the usual T agree with torch."""
+    from course_utils.sampling import softmax_with_temperature
+
+    z = torch.tensor([[10.0, 9.0, 10.0, 0.0], [-10.0, -9.0, -30.0, -9.5]])
+    assert torch.isnan(torch.softmax(z / 1e-40, dim=-1)).all()
+    expected = torch.tensor([[0.5, 0.0, 0.5, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    for t in (1e-40, 1e-300, 0.0):
+        torch.testing.assert_close(softmax_with_temperature(z, t), expected)
+    for t in (0.01, 0.7, 50.0):
+        torch.testing.assert_close(softmax_with_temperature(z, t), torch.softmax(z / t, dim=-1))
+
+
 def test_from_progress_reloads_passed_code_and_falls_back(progress_file, capsys):
     source = (
         "def clip_grad_norm(grads, max_norm):\n"
