@@ -152,13 +152,17 @@ def _ddp_config():
 
 
 def ring_attention(rank: int, world_size: int, *, batch: int = 1, heads: int = 2, seq: int = 64, head_dim: int = 16,
-                   causal: bool = True, seed: int = 0) -> dict:
+                   causal: bool = True, seed: int = 0, overlap: bool = False) -> dict:
     """Ring attention: rank r holds block r of the sequence (queries, keys, values); at each of
     world_size steps it attends its queries to the K/V block it holds, merges the partial result with
     log-sum-exp, then passes that K/V block to rank r + 1 and receives one from rank r - 1.
 
     Every rank makes the same seeded (batch, heads, seq, head_dim) q, k, v (see :func:`ring_inputs`) and
-    keeps only its block. Returns its output block, its LSE and the bytes it sent.
+    keeps only its block (a demo: each rank briefly holds the whole sequence while it draws it). With
+    ``overlap=False`` (the default) a step computes first and then sends, receives and waits: nothing hides the
+    transfer. With ``overlap=True`` it posts the send and receive of the block before computing on it and waits
+    after, as Liu et al.'s ring attention does. Returns its output block, its LSE, the bytes it sent, the blocks it
+    computed, and the seconds it spent computing (``compute_s``) and waiting for transfers (``wait_s``).
     """
     import torch.distributed as dist
 
@@ -170,21 +174,32 @@ def ring_attention(rank: int, world_size: int, *, batch: int = 1, heads: int = 2
     o = torch.zeros_like(q)
     lse = torch.full(q.shape[:-1], float("-inf"))
     kv = torch.stack([k, v]).contiguous()  # the block that travels: (2, batch, heads, seq / P, head_dim)
-    sent, computed = 0, 0
+    sent, computed, compute_s, wait_s = 0, 0, 0.0, 0.0
+    dist.barrier()  # start the clocks together
     for step in range(world_size):
         src = (rank - step) % world_size  # whose block this rank holds now
+        requests = []
+        if step < world_size - 1:
+            incoming = torch.empty_like(kv)
+            if overlap:
+                requests = [dist.isend(kv, (rank + 1) % world_size), dist.irecv(incoming, (rank - 1) % world_size)]
+        start = time.perf_counter()
         if not (causal and src > rank):  # causal: blocks after this rank's own are fully masked
             partial = attention_with_lse(q, kv[0], kv[1], causal=causal and src == rank)
             o, lse = merge_partial_attention(o, lse, *partial)
             computed += 1
+        compute_s += time.perf_counter() - start
         if step < world_size - 1:
-            incoming = torch.empty_like(kv)
-            requests = [dist.isend(kv, (rank + 1) % world_size), dist.irecv(incoming, (rank - 1) % world_size)]
+            start = time.perf_counter()
+            if not overlap:
+                requests = [dist.isend(kv, (rank + 1) % world_size), dist.irecv(incoming, (rank - 1) % world_size)]
             for request in requests:
                 request.wait()
+            wait_s += time.perf_counter() - start
             sent += kv.numel() * kv.element_size()
             kv = incoming
-    return {"o": o, "lse": lse, "bytes_sent": sent, "blocks_computed": computed}
+    return {"o": o, "lse": lse, "bytes_sent": sent, "blocks_computed": computed, "compute_s": compute_s,
+            "wait_s": wait_s}
 
 
 def ring_inputs(batch: int, heads: int, seq: int, head_dim: int, seed: int = 0):

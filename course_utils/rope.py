@@ -66,26 +66,60 @@ def llama3_scaled_inv_freq(inv_freq, factor, original_context, low_freq_factor=1
     return (1 - smooth) * inv_freq / factor + smooth * inv_freq
 
 
-def yarn_scaled_inv_freq(inv_freq, factor, original_context, alpha=1.0, beta=32.0, temperature=True):
+def yarn_correction_range(head_dim: int, base: float, original_context: int, beta_fast: float = 32.0,
+                          beta_slow: float = 1.0) -> tuple[int, int]:
+    """The pair indices between which YaRN's reference code ramps (YaRN's repository,
+    ``_yarn_find_correction_range``; Hugging Face's ``_compute_yarn_parameters``, ``truncate=True``).
+
+    The pair that makes exactly r turns in ``original_context`` has the fractional index
+    head_dim * ln(original_context / (2 pi r)) / (2 ln base); the ramp starts at the floor of that index for
+    ``beta_fast`` turns and ends at the ceiling of the index for ``beta_slow`` turns, clamped to [0, head_dim - 1]
+    (the reference code clamps with the head dimension, not the number of pairs)."""
+    def index(turns):
+        return head_dim * math.log(original_context / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+    return max(math.floor(index(beta_fast)), 0), min(math.ceil(index(beta_slow)), head_dim - 1)
+
+
+def yarn_scaled_inv_freq(inv_freq, factor, original_context, alpha=1.0, beta=32.0, temperature=True, ramp="turns",
+                         base=None):
     """YaRN's "NTK-by-parts" frequencies and its attention factor (Peng et al., 2023).
 
     r = original_context / wavelength counts the turns a frequency makes inside the training context.
-    gamma = clamp((r - alpha) / (beta - alpha), 0, 1); new = (1 - gamma) * inv_freq / factor + gamma * inv_freq:
-    frequencies with many turns (r > beta) are kept, those with less than alpha turns are interpolated.
+    ``ramp="turns"`` (the default) is the paper's formula: gamma = clamp((r - alpha) / (beta - alpha), 0, 1);
+    new = (1 - gamma) * inv_freq / factor + gamma * inv_freq: frequencies with many turns (r > beta) are kept,
+    those with less than alpha turns are interpolated, and gamma is linear in r in between.
+    ``ramp="index"`` is what the reference code runs (YaRN's repository, Hugging Face's rope_type "yarn",
+    DeepSeek-V3): gamma is linear in the pair *index* i between the rounded bounds of
+    :func:`yarn_correction_range` (beta = beta_fast, alpha = beta_slow), i.e. linear in log r, and the rounding
+    widens the band of kept frequencies; it needs the RoPE ``base`` (default: read off inv_freq[1]).
     Returns (new inv_freq, attention factor 0.1 ln(factor) + 1), the factor multiplying q and k
     (so the logits by its square) to keep the attention's entropy; 1.0 with ``temperature=False``.
     The published defaults alpha = 1, beta = 32 were chosen for contexts of thousands of tokens.
     """
-    r = original_context * inv_freq / (2 * math.pi)
-    gamma = ((r - alpha) / (beta - alpha)).clamp(0, 1)
     attention_factor = 0.1 * math.log(factor) + 1.0 if temperature else 1.0
+    if ramp == "turns":
+        r = original_context * inv_freq / (2 * math.pi)
+        gamma = ((r - alpha) / (beta - alpha)).clamp(0, 1)
+        return (1 - gamma) * inv_freq / factor + gamma * inv_freq, attention_factor
+    if ramp != "index":
+        raise ValueError(f"ramp must be 'turns' (the paper's formula) or 'index' (the reference code), not {ramp!r}")
+    pairs = inv_freq.shape[-1]
+    if base is None:  # inv_freq[i] = base^(-2i/d): inv_freq[1] = base^(-2/d)
+        base = float(inv_freq[1].double()) ** (-pairs)
+    low, high = yarn_correction_range(2 * pairs, base, original_context, beta_fast=beta, beta_slow=alpha)
+    if low == high:
+        high += 0.001  # as the reference code does
+    index = torch.arange(pairs, dtype=torch.float64)
+    gamma = (1 - ((index - low) / (high - low)).clamp(0, 1)).to(inv_freq.dtype)  # 1 = keep the frequency
     return (1 - gamma) * inv_freq / factor + gamma * inv_freq, attention_factor
 
 
 def scaled_inv_freq(inv_freq: torch.Tensor, method: str, factor: float, original_context: int,
                     **options) -> tuple[torch.Tensor, float]:
     """(inverse frequencies, attention factor on q and k) for a scaling method of ``METHODS``; ``options`` go to
-    the method's function (YaRN's alpha, beta, temperature; Llama 3.1's low_freq_factor, high_freq_factor)."""
+    the method's function (YaRN's alpha, beta, temperature, ramp, base; Llama 3.1's low_freq_factor,
+    high_freq_factor)."""
     if method == "none" or factor == 1.0:
         return inv_freq, 1.0
     if method == "pi":
@@ -101,16 +135,21 @@ def scaled_inv_freq(inv_freq: torch.Tensor, method: str, factor: float, original
 
 def figure_scaling(factor: float = 8.0, head_dim: int = 128, base: float = 500000.0, original_context: int = 8192):
     """Per-frequency factor by which each method divides RoPE's frequencies, against the wavelength
-    (Llama-3-like defaults: head_dim 128, base 500000, trained at 8192 tokens)."""
+    (Llama-3-like defaults: head_dim 128, base 500000, trained at 8192 tokens). YaRN is drawn twice, with the
+    published defaults (alpha 1, beta 32): the paper's ramp in turns and the reference code's ramp in pair index."""
     from course_utils.plotting import log_scale, series, subplots
 
     inv = rope_inv_freq(head_dim, base)
     wavelength = (2 * math.pi / inv).tolist()
     fig, ax = subplots(1, width=8, height=3.6)
-    for method in ("pi", "ntk", "yarn", "llama3"):
-        new, attention = scaled_inv_freq(inv, method, factor, original_context)
-        label = f"{method}" + (f" (q, k × {attention:.2f})" if attention != 1.0 else "")
-        ax.plot(wavelength, (inv / new).tolist(), **series(method), label=label)
+    variants = [("pi", "pi", {}, series("pi")), ("ntk", "ntk", {}, series("ntk")),
+                ("yarn, paper's γ(r)", "yarn", {}, series("yarn")),
+                ("yarn, reference code", "yarn", {"ramp": "index", "base": base}, {**series("yarn"), "linestyle": "-"}),
+                ("llama3", "llama3", {}, series("llama3"))]
+    for name, method, options, style in variants:
+        new, attention = scaled_inv_freq(inv, method, factor, original_context, **options)
+        label = name + (f" (q, k × {attention:.2f})" if attention != 1.0 else "")
+        ax.plot(wavelength, (inv / new).tolist(), **style, label=label)
     ax.axvline(original_context, color="grey", lw=1, ls=":")
     ax.text(original_context, factor * 1.02, " training context", color="grey", va="bottom", fontsize=8)
     log_scale(ax, "xy")

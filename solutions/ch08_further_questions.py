@@ -119,6 +119,15 @@ def _spikes_lower_median(norms, window, factor):  # torch.median: the lower of t
             if norms[i] > factor * float(torch.tensor(norms[i - window: i]).median())]
 
 
+def _spikes_upper_median(norms, window, factor):  # the upper of the two middle values for an even count
+    found = []
+    for i in range(window, len(norms)):
+        recent = sorted(norms[i - window: i])
+        if norms[i] > factor * recent[len(recent) // 2]:
+            found.append(i)
+    return found
+
+
 def _spike_cases():
     flat = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 9.0, 1.0, 1.1]
     two = [1.0] * 6 + [12.0, 1.0, 1.2, 11.0, 1.0, 0.9]
@@ -134,6 +143,8 @@ def _spike_cases():
         Case("exactly factor x median is not a spike", ([1.0, 1.0, 1.0, 3.0, 3.1], 3, 3.0)),
         Case("one small and one large value in the window", ([1.0, 1.0, 1.0, 6.0, 1.0, 2.5, 1.0], 3, 2.0)),
         Case("an even window: the median of [1, 3] is 2", ([1.0, 3.0, 5.0], 2, 3.0)),
+        # 7 > 3 x 2 is a spike for the median 2; the upper middle value (3) would miss it, the lower (1) not
+        Case("an even window: 7 after [1, 3] is a spike (3 x 2 = 6)", ([1.0, 3.0, 7.0], 2, 3.0)),
     ]
 
 
@@ -219,6 +230,9 @@ EXERCISES = [
                     "Use the median: one earlier spike inside the window drags the mean up and hides the next spike."),
             Mistake("flags before a full window", _spikes_from_start,
                     "Start at i = window: with fewer steps behind it there is no full window to compare with."),
+            Mistake("upper median", _spikes_upper_median,
+                    "For an even count the median is the mean of the two middle values (as statistics.median): 2 for "
+                    "[1, 3], not the upper one, 3."),
             Mistake("lower median", _spikes_lower_median,
                     "torch.median returns the lower of the two middle values for an even count; the contract's "
                     "median is their mean (as statistics.median): 2 for [1, 3], not 1."),
