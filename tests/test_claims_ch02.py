@@ -10,6 +10,7 @@ from course_utils import initialization as init
 
 
 @pytest.mark.slow
+@pytest.mark.rerun
 def test_chapter2_mup_keeps_the_best_lr_and_sp_does_not():
     """02, fact check "μP: a learning rate found on a small model applies to a large one": recomputes the stored
     sweep (3 widths x 13 learning rates a quarter decade apart x seeds 0, 1, 2, SP and μP), checks that the
@@ -39,6 +40,7 @@ def test_chapter2_mup_keeps_the_best_lr_and_sp_does_not():
 
 
 @pytest.mark.slow
+@pytest.mark.rerun
 def test_chapter2_mup_transfer_comes_from_the_learning_rates():
     """02, μP fact check, ablation: recomputes the stored readout ablation (widths 32 and 512, 13 rates, seeds 0-2),
     checks the stored numbers, and asserts that μP's rates with the fan-in readout keep every seed's best rate within

@@ -86,6 +86,7 @@ def _close(fresh, stored, key):
 
 
 @pytest.mark.slow
+@pytest.mark.rerun
 def test_chapter8_stored_grids_reproduce(grids):
     """The notebook prints further.SEED_GRIDS: every stored statistic is what a re-run gives (within 0.05 for losses
     and fractions, 15% for gradient norms; flags and divergence exactly)."""
@@ -103,6 +104,7 @@ def test_chapter8_stored_grids_reproduce(grids):
 
 
 @pytest.mark.slow
+@pytest.mark.rerun
 def test_chapter8_stored_longer_runs_reproduce():
     """The capstone config trained 150 and 600 steps (further.LONGER_RUNS, printed by the notebook): a re-run gives
     each held-out loss within 0.05; 600 steps end below 150 steps on every seed, by more than 0.4 nats/byte (stored:
@@ -181,6 +183,7 @@ def test_chapter8_verdicts_hold_on_the_stored_grids(verdict):
 
 
 @pytest.mark.slow
+@pytest.mark.rerun
 @pytest.mark.parametrize("verdict", VERDICTS)
 def test_chapter8_verdicts_hold_on_a_re_run(grids, verdict):
     """The same verdicts on a fresh run of the grids (another CPU's arithmetic order moves the last digits)."""
