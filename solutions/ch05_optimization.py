@@ -375,8 +375,9 @@ EXERCISES = [
                     "lets the embedding decide (it registered the tensor first): no decay. Decaying it would also "
                     "decay the embedding."),
             Mistake("only biases spared", _groups_by_bias_name,
-                    "Norm weights (LayerNorm/RMSNorm gains) and embeddings must not decay either: pulling a gain "
-                    "towards 0 shrinks the whole normalised activation."),
+                    "Norm weights (LayerNorm/RMSNorm gains) and embeddings are not decayed in this exercise "
+                    "either: pulling a gain towards 0 shrinks the whole normalised activation, and sparing "
+                    "embeddings is this exercise's choice (recipes differ)."),
         ),
     ),
     Exercise(

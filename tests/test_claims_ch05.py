@@ -1,6 +1,6 @@
 """The verdicts of notebook 05 (optimization), asserted over seeds and over the grid the notebook states them for.
 
-The Adafactor grid (2 inits x 3 learning rates x warmup 0/30 x 3 seeds, 72 runs) is stored in
+The Adafactor grid (2 inits x 5 AdamW or 6 Adafactor learning rates x warmup 0/30 x 3 seeds, 132 runs) is stored in
 course_utils/data_files/adafactor_grid.json because the notebook cannot afford to run it; the slow test below
 reruns it, checks the stored file against it, and asserts the fact check's verdicts on the fresh runs.
 """
@@ -24,6 +24,7 @@ def fresh_grid():
 
 
 @pytest.mark.slow
+@pytest.mark.rerun
 def test_chapter5_stored_adafactor_grid_matches_a_rerun(fresh_grid):
     """The notebook prints the stored grid: every stored run is within 0.02 of a fresh one (training outcomes move in
     their last digits with the CPU's arithmetic order; the verdicts below rest on gaps of 0.012 or more per seed)."""
@@ -34,42 +35,81 @@ def test_chapter5_stored_adafactor_grid_matches_a_rerun(fresh_grid):
             assert abs(a - b) < 0.02, (key, values, fresh_grid[key])
 
 
+def _best(grid, optimizer, init):
+    """The rate with the lowest mean loss over the seeds, without warmup."""
+    return min(G["lrs"][optimizer], key=lambda lr: _mean(grid[(optimizer, init, lr, 0)]))
+
+
+def _gains(grid, optimizer, init, lr):
+    """Per seed: loss without warmup minus loss with it (> 0: warmup helps)."""
+    return [a - b for a, b in zip(grid[(optimizer, init, lr, 0)], grid[(optimizer, init, lr, 30)])]
+
+
+def _above_best(grid, optimizer, init, k):
+    """The rate k steps of the axis (about 3x each) above the optimizer's best."""
+    lrs = G["lrs"][optimizer]
+    return lrs[lrs.index(_best(grid, optimizer, init)) + k]
+
+
 @pytest.mark.slow
+@pytest.mark.rerun
 def test_chapter5_adafactor_learning_rate_is_different_not_harder(fresh_grid):
     """Row "LR harder to set": on both inits, at AdamW's 3e-3 Adafactor is behind AdamW by more than 0.2 on every
-    seed (stored: 0.27 to 0.44); its best rate is 3e-2 and AdamW's is not; at its default 1e-2 its mean ends within
-    0.07 of AdamW's best mean (stored: 0.040 and 0.016)."""
+    seed (stored: 0.27 to 0.44); Adafactor's best rate is 3e-2 and 3 to 10x AdamW's (stored: 3e-3 and 1e-2); at its
+    default 1e-2 its mean ends within 0.07 of AdamW's best mean (stored: 0.040 and 0.016); the span of rates whose mean
+    is within 0.05 of the best (no warmup) is at least as wide for Adafactor as for AdamW (stored: 10x against 3x
+    and 3.3x)."""
     for init in G["inits"]:
         for a, f in zip(fresh_grid[("adamw", init, 3e-3, 0)], fresh_grid[("adafactor", init, 3e-3, 0)]):
             assert f > a + 0.2, (init, a, f)
-        best = {opt: min(G["lrs"], key=lambda lr: _mean(fresh_grid[(opt, init, lr, 0)])) for opt in G["optimizers"]}
-        assert best["adafactor"] == 3e-2 and best["adamw"] < 3e-2, (init, best)
-        adamw_best = min(_mean(fresh_grid[("adamw", init, lr, w)]) for lr in G["lrs"] for w in G["warmups"])
+        best = {opt: _best(fresh_grid, opt, init) for opt in G["optimizers"]}
+        assert best["adafactor"] == 3e-2 and 3 <= best["adafactor"] / best["adamw"] <= 10.01, (init, best)
+        adamw_best = min(_mean(fresh_grid[("adamw", init, lr, w)]) for lr in G["lrs"]["adamw"] for w in G["warmups"])
         assert _mean(fresh_grid[("adafactor", init, 1e-2, 0)]) < adamw_best + 0.07, init
+        span = {}
+        for opt in G["optimizers"]:
+            top = _mean(fresh_grid[(opt, init, best[opt], 0)])
+            good = [lr for lr in G["lrs"][opt] if _mean(fresh_grid[(opt, init, lr, 0)]) < top + 0.05]
+            span[opt] = max(good) / min(good)
+        assert span["adafactor"] >= span["adamw"] * 0.99, (init, span)
 
 
 @pytest.mark.slow
-def test_chapter5_warmup_does_not_help_adafactor_but_helps_adamw_at_high_lr(fresh_grid):
-    """Row "warmup becomes more important": on every seed, init and rate, warmup lowers Adafactor's loss by less
-    than 0.005 (stored: it raises it by 0.012 to 0.063); AdamW at 3e-2 gains more than 0.05 from it on every seed
-    and init (stored: 0.08 to 0.48), more than the spread of its warmup runs."""
+@pytest.mark.rerun
+def test_chapter5_warmup_at_equal_multiples_of_each_optimizers_best_rate(fresh_grid):
+    """Row "warmup becomes more important", on both inits and every seed:
+    at each optimizer's best rate warmup gains less than 0.005 (stored: it costs 0.002 to 0.019);
+    one and two axis steps (3x, 10x) above the best, AdamW's smallest gain exceeds Adafactor's largest by more than
+    0.02 (stored 3x: AdamW +0.036 to +0.124, Adafactor -0.018 to -0.008; 10x: +0.338 to +0.626 against -0.004 to
+    +0.078), and at 10x AdamW gains more than 0.3 on every seed;
+    at lr 1 (33x Adafactor's best) warmup gains Adafactor more than 0.4 on every seed (stored 0.496 to 0.651), more
+    than the spread of either arm, and its warmup runs end within 0.03 of its best mean (stored 0.012, 0.013), while
+    AdamW 33x past its best (fixed 0.02, lr 1e-1) stays more than 0.4 behind its best even with warmup (stored 0.61)."""
     for init in G["inits"]:
-        for lr in G["lrs"]:
-            for no, yes in zip(fresh_grid[("adafactor", init, lr, 0)], fresh_grid[("adafactor", init, lr, 30)]):
-                assert no - yes < 0.005, (init, lr, no, yes)
-        no, yes = fresh_grid[("adamw", init, 3e-2, 0)], fresh_grid[("adamw", init, 3e-2, 30)]
-        gains = [a - b for a, b in zip(no, yes)]
-        assert min(gains) > 0.05 and min(gains) > max(yes) - min(yes), (init, no, yes)
+        for opt in G["optimizers"]:
+            assert max(_gains(fresh_grid, opt, init, _best(fresh_grid, opt, init))) < 0.005, (init, opt)
+        for k in (1, 2):
+            adamw = _gains(fresh_grid, "adamw", init, _above_best(fresh_grid, "adamw", init, k))
+            adafactor = _gains(fresh_grid, "adafactor", init, _above_best(fresh_grid, "adafactor", init, k))
+            assert min(adamw) > max(adafactor) + 0.02, (init, k, adamw, adafactor)
+        assert min(_gains(fresh_grid, "adamw", init, _above_best(fresh_grid, "adamw", init, 2))) > 0.3, init
+        no, yes = fresh_grid[("adafactor", init, 1.0, 0)], fresh_grid[("adafactor", init, 1.0, 30)]
+        gains = _gains(fresh_grid, "adafactor", init, 1.0)
+        assert min(gains) > 0.4 and min(gains) > max(max(no) - min(no), max(yes) - min(yes)), (init, gains)
+        assert _mean(yes) < _mean(fresh_grid[("adafactor", init, 3e-2, 0)]) + 0.03, init
+    adamw_best = _mean(fresh_grid[("adamw", "fixed 0.02", 3e-3, 0)])
+    assert _mean(fresh_grid[("adamw", "fixed 0.02", 1e-1, 30)]) > adamw_best + 0.4
 
 
 @pytest.mark.slow
+@pytest.mark.rerun
 def test_chapter5_adafactor_is_not_unstable_on_the_grid(fresh_grid):
-    """Row "can be unstable": no run of the grid diverged, and Adafactor's seeds lie within 0.05 of each other in
-    every cell (stored: at most 0.029)."""
+    """Row "can be unstable": no run of the grid diverged, and Adafactor's seeds lie within 0.12 of each other in
+    every cell (stored: at most 0.083; AdamW's at most 0.154)."""
     for key, values in fresh_grid.items():
         assert all(math.isfinite(v) for v in values), key
         if key[0] == "adafactor":
-            assert max(values) - min(values) < 0.05, (key, values)
+            assert max(values) - min(values) < 0.12, (key, values)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -112,3 +152,50 @@ def test_chapter5_the_notes_row_col_outer_product_needs_the_total():
     outer = torch.outer(g2.sum(dim=1), g2.sum(dim=0))
     torch.testing.assert_close(outer / g2, torch.full_like(g2, float(g2.sum())))
     torch.testing.assert_close(outer / g2.sum(dim=1).sum(), g2)
+
+
+def test_chapter5_one_spike_steps_by_at_most_about_max_1_and_the_limit():
+    """5.1, cell after "About the learning rate": after a 3000-step steady run, a huge spike steps by
+    (1-b1)/sqrt(1-b2) within 5% (0.45 at b2 0.95; 3.08 against 3.16 at 0.999, where 1 - b2^t is still 0.95),
+    and no spike from 1x to 2000x steps by more than 1.05 max(1, that limit)
+    (measured: largest 1.03 at b2 0.95, near a 2x spike; 3.21 at 0.999). Arithmetic, no seeds involved."""
+    for beta2 in (0.95, 0.999):
+        limit = 0.1 / math.sqrt(1 - beta2)
+        assert abs(optim.spike_step(beta2, 1e5) - limit) < 0.05 * limit
+        largest = max(optim.spike_step(beta2, s / 10) for s in range(10, 20_000, 7))
+        assert largest < 1.05 * max(1.0, limit), (beta2, largest)
+    assert optim.spike_step(0.95, 2.0) > optim.spike_step(0.95, 1000.0) + 0.5  # a moderate spike steps more
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_chapter5_rare_token_first_step_and_momentum_tail(seed):
+    """5.3 fact check, a rare token's row: after 10,000 quiet steps the first step is within 3% of
+    (1-b1)/sqrt(1-b2) (0.45 and 3.15 lr) and the row moves 10 to 14x the first step in all over 100 more steps
+    (stored 5.8 and 31.6 lr); after 10 quiet steps the first step is below 0.2 lr (stored 0.14 and 0.11)."""
+    for beta2 in (0.95, 0.999):
+        limit = 0.1 / math.sqrt(1 - beta2)
+        first, total = optim.rare_token_steps(beta2, 10_000, seed=seed)
+        assert abs(first - limit) < 0.03 * limit and 10 * first < total < 14 * first, (beta2, first, total)
+        assert optim.rare_token_steps(beta2, 10, seed=seed)[0] < 0.2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_chapter5_l2_and_decoupled_decay_differ_under_sgd_momentum(seed):
+    """5.2: with momentum 0.9 (lr 1e-2, wd 0.1, 400 noise steps) L2 leaves the mean parameter below 0.05 (stored
+    0.01) while decoupled decay leaves (1 - lr wd)^400 = 0.670 within 0.01."""
+    l2, decoupled = optim.sgd_momentum_decay(seed=seed)
+    assert l2 < 0.05 and abs(decoupled - (1 - 1e-3) ** 400) < 0.01, (l2, decoupled)
+
+
+def test_chapter5_cosine_schedule_keeps_more_than_constant_lr():
+    """5.3 fact check: 100k steps at wd 0.1 leave 0.050 at constant lr 3e-4 and 0.223 under cosine 3e-4 -> 0."""
+    cosine = math.exp(sum(math.log(1 - 0.1 * 1.5e-4 * (1 + math.cos(math.pi * t / 100_000))) for t in range(100_000)))
+    assert abs((1 - 3e-5) ** 100_000 - 0.050) < 5e-4 and abs(cosine - 0.223) < 5e-4
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_chapter5_l2_moves_small_gradient_parameters_by_about_lr_per_step_whatever_wd(seed):
+    """Summary and 5.2: under Adam + L2 (lr 1e-2), the small-gradient set's RMS after 40 steps is within 0.05 of
+    1 - 40 lr = 0.6 at wd 0.01, 0.1 and 1 (stored 0.62), and the three wd differ by less than 0.01."""
+    at_40 = [optim.decay_comparison(1e-2, wd, seed=seed)["Adam + L2"][1][39] for wd in (0.01, 0.1, 1.0)]
+    assert all(abs(r - 0.6) < 0.05 for r in at_40) and max(at_40) - min(at_40) < 0.01, at_40

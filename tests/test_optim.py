@@ -43,6 +43,38 @@ def test_adam_l2_update_matches_torch_adam_and_differs_from_adamw():
     assert _max_diff(ours, optim.run_from_scratch(optim.adamw_update, params, grads, **hyper)) > 1e-2
 
 
+def test_rare_token_steps_matches_torch_adam():
+    """The closed-form quiet spell (m *= b1^q, v *= b2^q) gives the same steps as running torch.optim.Adam."""
+    for beta2, quiet in ((0.95, 30), (0.999, 50)):
+        gen = torch.Generator().manual_seed(0)
+        p = torch.zeros(50, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([p], lr=1.0, betas=(0.9, beta2))
+        history = [torch.randn(50, generator=gen).double() for _ in range(20)]
+        for g in history + [torch.zeros(50, dtype=torch.float64)] * quiet:
+            p.grad = g
+            opt.step()
+        start = p.detach().clone()
+        moves = []
+        for g in [torch.ones(50, dtype=torch.float64)] + [torch.zeros(50, dtype=torch.float64)] * 10:
+            p.grad = g
+            opt.step()
+            moves.append(float((p.detach() - start).abs().mean()))
+        first, total = optim.rare_token_steps(beta2, quiet, size=50, history=20, after=10)
+        assert math.isclose(first, moves[0], rel_tol=1e-9) and math.isclose(total, moves[-1], rel_tol=1e-9)
+
+
+def test_spike_step_matches_torch_adam():
+    p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([p], lr=1.0, betas=(0.9, 0.95), eps=0.0)
+    for _ in range(300):
+        p.grad = torch.ones(1, dtype=torch.float64)
+        opt.step()
+    before = p.detach().clone()
+    p.grad = torch.full((1,), 10.0, dtype=torch.float64)
+    opt.step()
+    assert math.isclose(float((before - p.detach()).abs()), optim.spike_step(0.95, 10.0, steady=300), rel_tol=1e-9)
+
+
 def test_decay_comparison_shows_what_each_optimizer_decays():
     runs = optim.decay_comparison(lr=1e-2, weight_decay=0.1, steps=300)
     large_l2, small_l2 = runs["Adam + L2"]
@@ -258,7 +290,7 @@ def test_stored_adafactor_grid_is_complete():
     """The notebook reads the grid from data_files (tests/test_claims_ch05.py reruns it): every cell, 3 seeds."""
     grid = optim.adafactor_grid()
     g = optim.ADAFACTOR_GRID
-    assert len(grid) == len(g["optimizers"]) * len(g["inits"]) * len(g["lrs"]) * len(g["warmups"])
+    assert len(grid) == sum(len(g["lrs"][o]) for o in g["optimizers"]) * len(g["inits"]) * len(g["warmups"])
     assert all(len(v) == len(g["seeds"]) and all(math.isfinite(x) for x in v) for v in grid.values())
     import matplotlib.pyplot as plt
 
