@@ -77,9 +77,12 @@ def layer_stats(arch: str, depth: int, *, seed: int = 0, batch: int = 4, **confi
 
 def depth_sweep(arch: str, depths: list[int], *, seed: int = 0, **config_overrides) -> dict[str, list[float]]:
     """For each depth: variance of the final residual stream and gradient norm of the last and
-    first blocks' parameters, and ||dL/dx_L|| (the gradient the final norm passes back).
-    Keys: depth, output_var, last_block_grad, first_block_grad, output_grad."""
-    out = {"depth": [], "output_var": [], "last_block_grad": [], "first_block_grad": [], "output_grad": []}
+    first blocks' parameters, ||dL/dx_L|| (the gradient the final norm passes back), and the gradient of the
+    residual stream entering the first and the last block, ||dL/dx_1|| and ||dL/dx_L|| over x_1, x_L the streams
+    *entering* blocks 1 and L (their ratio is what a vanishing gradient along depth would shrink).
+    Keys: depth, output_var, last_block_grad, first_block_grad, output_grad, first_stream_grad, last_stream_grad."""
+    out = {"depth": [], "output_var": [], "last_block_grad": [], "first_block_grad": [], "output_grad": [],
+           "first_stream_grad": [], "last_stream_grad": []}
     for depth in depths:
         stats = layer_stats(arch, depth, seed=seed, **config_overrides)
         out["depth"].append(depth)
@@ -87,6 +90,8 @@ def depth_sweep(arch: str, depths: list[int], *, seed: int = 0, **config_overrid
         out["last_block_grad"].append(stats.param_grad_norm[-1])
         out["first_block_grad"].append(stats.param_grad_norm[0])
         out["output_grad"].append(stats.output_grad_norm)
+        out["first_stream_grad"].append(stats.input_grad_norm[0])
+        out["last_stream_grad"].append(stats.input_grad_norm[-1])
     return out
 
 
@@ -381,11 +386,12 @@ class SpikeRun:
 
 def swiglu_spike_run(spike_scale: float, clip: float | None, *, steps: int = 80, spike_step: int = 30,
                      lr: float = 0.05, seed: int = 0, clip_fn=None, optimizer: str = "sgd",
-                     betas: tuple[float, float] = (0.9, 0.95)) -> SpikeRun:
+                     betas: tuple[float, float] = (0.9, 0.95), init_scale: float = 1.0) -> SpikeRun:
     """Train a SwiGLU MLP regressor with SGD; at ``spike_step`` the batch's inputs are multiplied by
     ``spike_scale`` (a bad batch). With ``clip`` set, gradients are clipped to that global norm by
     ``clip_fn(grads, max_norm) -> (clipped, norm)`` (default: the course's clip_grad_norm).
-    ``optimizer="adam"`` steps with Adam (``betas``, bias-corrected, eps 1e-8) instead of plain SGD."""
+    ``optimizer="adam"`` steps with Adam (``betas``, bias-corrected, eps 1e-8) instead of plain SGD.
+    ``init_scale`` multiplies the input projection W_in at init (a mis-scaled init; 1.0 is the fan-in init)."""
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     from course_utils.training import clip_grad_norm
@@ -394,7 +400,7 @@ def swiglu_spike_run(spike_scale: float, clip: float | None, *, steps: int = 80,
     g_ = torch.Generator().manual_seed(seed)
     d, hidden = 16, 32
     teacher = torch.randn(d, 1, generator=g_) / math.sqrt(d)
-    w_in = (torch.randn(d, 2 * hidden, generator=g_) / math.sqrt(d)).requires_grad_()
+    w_in = (init_scale * torch.randn(d, 2 * hidden, generator=g_) / math.sqrt(d)).requires_grad_()
     w_out = (torch.randn(hidden, 1, generator=g_) / math.sqrt(hidden)).requires_grad_()
     params = [w_in, w_out]
 

@@ -28,6 +28,13 @@ def _layer_norm_over_c(t: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(t, t.shape[-1:])
 
 
+def _batch_norm_per_step(t: torch.Tensor) -> torch.Tensor:
+    """Recurrent BatchNorm (Cooijmans et al., 2016) on (B, T, C): statistics per channel and time step, over the
+    batch only."""
+    B, T, C = t.shape
+    return F.batch_norm(t.reshape(B, T * C), None, None, training=True).view(B, T, C)
+
+
 _NORMS_OVER = (("batchnorm", _batch_norm_over_bt), ("layernorm", _layer_norm_over_c))
 
 
@@ -40,7 +47,19 @@ def batchnorm_future_leak(seed: int = 0) -> dict[str, float]:
     changed = x.clone()
     changed[0, -1] = 10 * torch.randn(32, generator=g)
 
-    return {name: float((f(changed)[0, 0] - f(x)[0, 0]).abs().max()) for name, f in _NORMS_OVER}
+    norms = (*_NORMS_OVER, ("batchnorm per time step", _batch_norm_per_step))
+    return {name: float((f(changed)[0, 0] - f(x)[0, 0]).abs().max()) for name, f in norms}
+
+
+def batchmate_changes_output(seed: int = 0) -> dict[str, float]:
+    """The batch dependence that even per-time-step BatchNorm keeps: the largest change of a sequence's outputs when
+    its batch-mate (the other sequence of a batch of 2, no padding) is redrawn."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 16, 32, generator=g)
+    other = x.clone()
+    other[1] = torch.randn(16, 32, generator=g)
+    norms = (*_NORMS_OVER, ("batchnorm per time step", _batch_norm_per_step))
+    return {name: float((f(other)[0] - f(x)[0]).abs().max()) for name, f in norms}
 
 
 def padding_changes_output(seed: int = 0) -> dict[str, float]:
@@ -52,6 +71,21 @@ def padding_changes_output(seed: int = 0) -> dict[str, float]:
     padded = torch.cat([torch.cat([seq, torch.zeros(1, 20, 32)], dim=1), other])  # (2, 30, 32)
 
     return {name: float((f(padded)[0, :10] - f(seq)[0]).abs().max()) for name, f in _NORMS_OVER}
+
+
+def padding_and_batchmate_parts(seed: int = 0) -> dict[str, dict[str, float]]:
+    """padding_changes_output taken apart: the same length-10 sequence normalised alone, then (a) padded with 20
+    zeros in a batch of one, (b) next to the first 10 positions of the other sequence, no padding, (c) both, as in
+    padding_changes_output. Returns {part: {"batchnorm": change, "layernorm": change}} (largest change of the
+    sequence's outputs)."""
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randn(1, 10, 32, generator=g)
+    other = torch.randn(1, 30, 32, generator=g)
+    padded = torch.cat([seq, torch.zeros(1, 20, 32)], dim=1)  # (1, 30, 32)
+    inputs = {"padding only (batch of one)": padded, "batch-mate only (no padding)": torch.cat([seq, other[:, :10]]),
+              "padding and batch-mate": torch.cat([padded, other])}
+    return {part: {name: float((f(t)[0, :10] - f(seq)[0]).abs().max()) for name, f in _NORMS_OVER}
+            for part, t in inputs.items()}
 
 
 def time_eager(fn, *args, reps: int = 30) -> float:
@@ -123,24 +157,56 @@ class OffsetStreamTransformer(TinyTransformer):
         return super().embed(idx) + self.offset  # (B, T, C)
 
 
-def centring_comparison(*, depth: int = 4, steps: int = 150, lr: float = 3e-3, seeds=(0, 1, 2),
-                        offset: float | None = None) -> dict[str, list[float]]:
-    """Does LayerNorm's centring matter for the loss? The same Pre-LN stack of ``depth`` blocks trained on the
-    Markov chain with LayerNorm and with RMSNorm, once per seed (same init draws and batches for both).
-    Returns {"layernorm": [...], "rmsnorm": [...]}: the mean training loss of the last 20 steps, per seed. With
-    ``offset``, also "rmsnorm, offset": RMSNorm on OffsetStreamTransformer (LayerNorm's runs would be identical
-    to its plain ones, since it removes the offset exactly)."""
+CENTRING_CACHE = Path(__file__).resolve().parent / "data_files" / "ch03_centring.json"
+CENTRING_GRID = dict(depth=4, steps=600, checkpoints=(150, 600), seeds=(0, 1, 2), offsets=(0.03, 1.0))
+
+
+def centring_runs(*, depth: int = CENTRING_GRID["depth"], steps: int = CENTRING_GRID["steps"],
+                  checkpoints=CENTRING_GRID["checkpoints"], seeds=CENTRING_GRID["seeds"],
+                  offsets=CENTRING_GRID["offsets"], lr: float = 3e-3) -> dict:
+    """Does LayerNorm's centring matter for the loss? The same Pre-LN stack of ``depth`` blocks (fixed 0.02 init)
+    trained on the Markov chain, one run of ``steps`` AdamW steps (constant learning rate, no weight decay) per seed
+    (same init draws and batches for every variant), with LayerNorm, RMSNorm, and RMSNorm on
+    OffsetStreamTransformer at each of ``offsets`` (LayerNorm's runs with an offset would be identical to its plain
+    ones, since it removes the offset exactly).
+    Since the learning rate is constant, the loss at an early checkpoint of a long run is the loss of a short run
+    of that length. Returns {"checkpoints": [...], "seeds": [...], "loss": {label: {str(checkpoint): [per seed]}},
+    "stream_mean": {label: [per seed]}} with the loss the mean of the 20 steps ending at each checkpoint, and
+    "stream_mean" (offset runs only) the mean over features and positions of what the trained model's embedding
+    puts into the stream (token + position embeddings + the offset): whether training learned to cancel it."""
     from course_utils.gradflow import stack_config
     from course_utils.training import train_markov_lm
 
-    def runs(norm, make_model=None):
-        return [train_markov_lm(stack_config("pre", depth, norm=norm), steps=steps, lr=lr, seed=seed,
-                                progress=False, make_model=make_model).final_loss for seed in seeds]
+    tokens = torch.arange(32)[None, :16]
+    variants = [("layernorm", "layernorm", None), ("rmsnorm", "rmsnorm", None)]
+    variants += [(f"rmsnorm, offset {offset:g}", "rmsnorm", offset) for offset in offsets]
+    out = {"checkpoints": list(checkpoints), "seeds": list(seeds), "loss": {}, "stream_mean": {}}
+    for label, norm, offset in variants:
+        losses = out["loss"][label] = {str(c): [] for c in checkpoints}
+        for seed in seeds:
+            built = []
 
-    finals = {norm: runs(norm) for norm in ("layernorm", "rmsnorm")}
-    if offset is not None:
-        finals["rmsnorm, offset"] = runs("rmsnorm", lambda config: OffsetStreamTransformer(config, offset))
-    return finals
+            def make_model(config, offset=offset):
+                built.append(OffsetStreamTransformer(config, offset) if offset else TinyTransformer(config))
+                return built[-1]
+
+            result = train_markov_lm(stack_config("pre", depth, norm=norm), steps=steps, lr=lr, seed=seed,
+                                     progress=False, make_model=make_model)
+            for c in checkpoints:
+                losses[str(c)].append(sum(result.losses[c - 20:c]) / 20)
+            if offset:
+                with torch.no_grad():
+                    out["stream_mean"].setdefault(label, []).append(float(built[0].embed(tokens).mean()))
+    return out
+
+
+def save_centring_runs(result: dict, path=CENTRING_CACHE) -> None:
+    Path(path).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def load_centring_runs(path=CENTRING_CACHE) -> dict:
+    """The stored result of ``centring_runs()``; tests/test_claims_ch03.py recomputes it and checks it."""
+    return json.loads(Path(path).read_text())
 
 
 def offset_invariance(offset: float = 1.0, seed: int = 0) -> dict[str, float]:
@@ -338,8 +404,9 @@ def figure_soft_cap(cap: float = 30.0):
 
 class ProbedAttention(nn.Module):
     """Causal self-attention that reuses a CausalSelfAttention's ``qkv`` and ``proj``, computes the softmax
-    explicitly, optionally applies QK-norm as OLMo 2 / Gemma 3 / Qwen 3 do (RMSNorm of each head's q and k with a
-    learned gain per channel, initialised to 1), and records, at every forward, the largest |logit| and each head's
+    explicitly, optionally applies QK-norm per head as Gemma 3 and Qwen 3 do (RMSNorm of each head's q and k with a
+    learned gain per channel, initialised to 1; OLMo 2 instead normalises the full q and k width, all heads
+    together, before the split into heads), and records, at every forward, the largest |logit| and each head's
     attention entropy as a fraction of its maximum ln(t + 1) (mean over positions t >= 1 and the batch)."""
 
     def __init__(self, attn: nn.Module, n_head: int, qk_norm: bool):
@@ -362,7 +429,8 @@ class ProbedAttention(nn.Module):
         with torch.no_grad():
             entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)[..., 1:]  # (B, nh, T - 1)
             entropy = entropy / torch.log(torch.arange(2, T + 1, dtype=p.dtype, device=x.device))
-            self.log.append((float(scores.masked_fill(~causal, 0.0).abs().max()), entropy.mean(dim=(0, 2)).tolist()))
+            self.log.append((float(scores.detach().masked_fill(~causal, 0.0).abs().max()),
+                             entropy.mean(dim=(0, 2)).tolist()))
         y = (p @ v).transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.proj(y)
 
@@ -374,7 +442,9 @@ def qk_norm_run(init: str, lr: float, qk_norm: bool, seed: int, *, steps: int = 
     """Train a 2-block Pre-LN TinyTransformer (d_model 64, 4 heads) on the Markov chain with AdamW at ``lr``, with
     or without QK-norm, from the ``init`` of QK_INITS. Returns the final loss (mean of the last 20 steps), whether it
     diverged, and at the last step the largest |attention logit| and the entropy fraction of every head (both
-    blocks, 8 values)."""
+    blocks, 8 values: block 0's 4 heads, then block 1's). With QK-norm also "max_gain", the largest |gain| of q or
+    k, and "logit_bound", per block sqrt(head size) * max_i |g_q,i g_k,i|, the most any logit of that block can
+    reach."""
     from course_utils.training import train_markov_lm
 
     built = []
@@ -389,8 +459,15 @@ def qk_norm_run(init: str, lr: float, qk_norm: bool, seed: int, *, steps: int = 
     config = TransformerConfig(vocab_size=32, block_size=16, n_layer=2, n_head=4, d_model=64, **QK_INITS[init])
     result = train_markov_lm(config, steps=steps, lr=lr, seed=seed, progress=False, make_model=make_model)
     last = [block.attn.log[-1] for block in built[0].blocks]
-    return {"loss": result.final_loss, "diverged": result.diverged, "max_logit": max(m for m, _ in last),
-            "head_entropy": [e for _, heads in last for e in heads]}
+    out = {"loss": result.final_loss, "diverged": result.diverged, "max_logit": max(m for m, _ in last),
+           "head_entropy": [e for _, heads in last for e in heads]}
+    if qk_norm:  # the learned gains at the end: their largest |value| and, per block, the logit bound they allow
+        attns = [block.attn for block in built[0].blocks]
+        with torch.no_grad():
+            out["max_gain"] = max(float(g.abs().max()) for a in attns for g in (a.q_gain, a.k_gain))
+            out["logit_bound"] = [math.sqrt(a.q_gain.numel()) * float((a.q_gain * a.k_gain).abs().max())
+                                  for a in attns]
+    return out
 
 
 QK_TRAINING_CACHE = Path(__file__).resolve().parent / "data_files" / "ch03_qk_norm_training.json"

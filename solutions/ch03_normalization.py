@@ -289,8 +289,8 @@ EXERCISES = [
         tolerances={torch.float32: (1e-5, 1e-5)},  # rsqrt vs sqrt-then-divide round differently
         mistakes=(
             Mistake("cosine (L2) normalisation", _qk_cosine,
-                    "This exercise's contract is RMS normalisation (divide by sqrt(mean(q²)), as RMSNorm does in "
-                    "OLMo 2 or Gemma 3). L2 normalisation (Henry et al.) needs a learned scale in place of 1/sqrt(d); "
+                    "This exercise's contract is RMS normalisation of each head's vectors (divide by sqrt(mean(q²)), "
+                    "as Gemma 3 and Qwen 3 do per head). L2 normalisation (Henry et al.) needs a learned scale in place of 1/sqrt(d); "
                     "without it the logits are cosines / sqrt(d), d times too small."),
             Mistake("wrong axis", _qk_wrong_axis,
                     "Normalise each query/key vector over its d features (dim=-1), not over positions."),
