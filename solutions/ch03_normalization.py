@@ -290,7 +290,8 @@ EXERCISES = [
         mistakes=(
             Mistake("cosine (L2) normalisation", _qk_cosine,
                     "This exercise's contract is RMS normalisation of each head's vectors (divide by sqrt(mean(q²)), "
-                    "as Gemma 3 and Qwen 3 do per head). L2 normalisation (Henry et al.) needs a learned scale in place of 1/sqrt(d); "
+                    "as Gemma 3 and Qwen 3 do per head). L2 normalisation (Henry et al.) needs a learned scale in "
+                    "place of 1/sqrt(d); "
                     "without it the logits are cosines / sqrt(d), d times too small."),
             Mistake("wrong axis", _qk_wrong_axis,
                     "Normalise each query/key vector over its d features (dim=-1), not over positions."),
