@@ -27,9 +27,10 @@ def rope_inv_freq(head_dim: int, base: float = 10000.0) -> torch.Tensor:
 def rope_rotate(x, positions, inv_freq):
     """Rotate each feature pair of x by its position's angle (RoPE, "rotate half" pairing).
 
-    x: (..., T, d) with d even; positions: (T,) float or int; inv_freq: (d/2,). Feature i is paired
-    with feature i + d/2 and the pair (a, b) becomes (a cos t - b sin t, a sin t + b cos t) with
-    t = positions[p] * inv_freq[i]. Returns a new tensor of x's shape and dtype.
+    x: (..., T, d) with d even; positions: (T,) float or int; inv_freq: (d/2,) float32. Feature i is
+    paired with feature i + d/2 and the pair (a, b) becomes (a cos t - b sin t, a sin t + b cos t) with
+    t = positions[p] * inv_freq[i], the angle computed in float32 (as Hugging Face's Llama does; chapter 7
+    measures what that costs at long positions). Returns a new tensor of x's shape and dtype.
     """
     angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, d/2)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
