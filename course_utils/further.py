@@ -30,7 +30,9 @@ def depth_effects(depth: int, variant: str, *, init_std: float = 0.1, seed: int 
     logits, the largest softmax probability (saturation), the loss, the global gradient norm ("grad_norm", over all
     parameters: it grows with their number), the gradient norm of the first, middle and last block's parameters
     ("grad_first", "grad_middle", "grad_last"), and "out_grad": the mean over positions of |p - y|, the gradient of
-    each position's own loss with respect to its logits (between 0 and sqrt(2)).
+    each position's own loss with respect to its logits (between 0 and sqrt(2)); "out_coherence": the norm of the mean
+    over positions of p - y over the mean of their norms (0: the positions' output gradients cancel when they are
+    summed into a shared weight; 1: they all point the same way).
     ``init``: a key of DEPTH_INITS (overrides ``init_std``)."""
     from course_utils.normalization import PRE_LN_VARIANTS
 
@@ -47,8 +49,12 @@ def depth_effects(depth: int, variant: str, *, init_std: float = 0.1, seed: int 
 
     logits = logits.detach()
     probs = torch.softmax(logits, -1)
-    out_grad = (probs - F.one_hot(tokens[:, 1:], 64).to(probs.dtype)).norm(dim=-1)  # (B, T): |p - y| per position
-    return {"logit_std": float(logits.std()), "max_prob": float(probs.max(-1).values.mean()),
+    diff = probs - F.one_hot(tokens[:, 1:], 64).to(probs.dtype)  # (B, T, V): p - y per position
+    out_grad = diff.norm(dim=-1)  # (B, T): |p - y| per position
+    diff = diff.flatten(0, 1)
+    coherence = float(diff.mean(0).norm() / diff.norm(dim=-1).mean())  # 1: all positions' p - y point the same way
+    return {"out_coherence": coherence, "logit_std": float(logits.std()),
+            "max_prob": float(probs.max(-1).values.mean()),
             "loss": float(loss.detach()), "grad_norm": norm(model.parameters()),
             "grad_first": norm(model.blocks[0].parameters()),
             "grad_middle": norm(model.blocks[depth // 2].parameters()),
@@ -628,3 +634,310 @@ def longer_table(longer: dict | None = None) -> str:
                      f"{pm(_spread(vals))} (seeds {', '.join(str(s) for s in LONGER_GRID['seeds'])}: "
                      f"{', '.join(f'{v:.2f}' for v in vals)})")
     return "\n".join(lines)
+
+
+# ------------------------------------------------- Q4's bad batch, paired with a clean run of the same seed
+# capstone_run draws its batches from Generator(seed + 1) whatever the init, lr or clipping, and the bad step draws
+# its batch before overwriting it, so a run with the bad batch and one without see the same batches at every other
+# step. The bad batch's effect on the loss is then the paired difference (bad run minus clean run at the same step);
+# "loss after minus loss before" within one run measures how hard the two neighbouring batches are instead.
+
+BAD_BATCH_AFTER = 5  # steps after the bad one over which the paired rise is reported
+
+
+def bad_batch_paired(pieces: Pieces, *, init: str, lr: float, seed: int, steps: int = 100,
+                     bad_batch_step: int = 60, after: int = BAD_BATCH_AFTER) -> dict[str, dict[str, float]]:
+    """Per clipping setting ("clip 1.0", "no clipping"), one run with the corrupt batch at ``bad_batch_step`` and one
+    without (same seed, hence the same batches elsewhere): "rise_1" and "rise_max" (bad minus clean loss one step
+    after the bad one, and the largest such difference over the ``after`` steps after it), "rise_end" (bad minus clean,
+    mean loss of the last 10 steps), "end_clean" (the clean run's last-10 mean), "jump_clean" (the clean run's loss one
+    step after minus one step before: what the within-run "loss jump" gives without any bad batch), "diverged" (1.0 if
+    either run diverged)."""
+    out = {}
+    b = bad_batch_step
+    for name, clip in (("clip 1.0", 1.0), ("no clipping", None)):
+        clean, bad = (capstone_run(pieces, steps=steps, micro_batches=1, max_lr=lr, clip=clip, bad_batch_step=s,
+                                   seed=seed, init=init, progress=False) for s in (None, b))
+        if clean.diverged or bad.diverged:
+            out[name] = {k: math.nan for k in ("rise_1", "rise_max", "rise_end", "end_clean", "jump_clean")}
+            out[name]["diverged"] = 1.0
+            continue
+        rises = [bad.losses[b + k] - clean.losses[b + k] for k in range(1, after + 1)]
+        out[name] = {"rise_1": rises[0], "rise_max": max(rises),
+                     "rise_end": sum(bad.losses[-10:]) / 10 - sum(clean.losses[-10:]) / 10,
+                     "end_clean": sum(clean.losses[-10:]) / 10,
+                     "jump_clean": clean.losses[b + 1] - clean.losses[b - 1], "diverged": 0.0}
+    return out
+
+
+def bad_batch_paired_grid(pieces: Pieces | None = None, seeds=GRID_SEEDS) -> dict:
+    """bad_batch_paired over BAD_BATCH_GRID, rounded to 3 decimals: {(init, lr, seed): {clip: stats}}. Minutes on a
+    CPU; the notebook prints BAD_BATCH_PAIRED, its stored result, which tests/test_claims_ch08.py checks."""
+    pieces = pieces or reference_pieces()
+    g = BAD_BATCH_GRID
+    out = {}
+    for init in g["inits"]:
+        for lr in g["lrs"]:
+            for seed in seeds:
+                runs = bad_batch_paired(pieces, init=init, lr=lr, seed=seed, steps=g["steps"],
+                                        bad_batch_step=g["bad_batch_step"])
+                out[(init, lr, seed)] = {c: {k: round(float(v), 3) for k, v in r.items()} for c, r in runs.items()}
+    return out
+
+
+# ------------------------------------------------------------------ Q2: Adam + L2 against AdamW over seeds
+
+DECAY_SEEDS = (0, 1, 2, 3, 4)
+
+
+def decay_over_seeds(lrs=(1e-3, 1e-2, 1e-1), *, weight_decay: float = 0.1, steps: int = 400,
+                     seeds=DECAY_SEEDS) -> dict:
+    """optim.decay_comparison (mean of 256 weights that start at 1 and get zero-mean noise gradients, std 10 or 1e-3)
+    per lr and seed: {lr: {"Adam + L2 large": [final mean per seed], "Adam + L2 small": [...], "AdamW large": [...],
+    "AdamW small": [...], "L2 small below 0.1": [first step below 0.1 per seed, or None],
+    "formula": (1 - lr wd)^steps}}. About a second on a CPU."""
+    from course_utils import optim
+
+    out = {}
+    for lr in lrs:
+        row = {k: [] for k in ("Adam + L2 large", "Adam + L2 small", "AdamW large", "AdamW small",
+                               "L2 small below 0.1")}
+        for seed in seeds:
+            runs = optim.decay_comparison(lr, weight_decay, steps=steps, statistic="mean", seed=seed)
+            for name in ("Adam + L2", "AdamW"):
+                for size, curve in zip(("large", "small"), runs[name]):
+                    row[f"{name} {size}"].append(curve[-1])
+            row["L2 small below 0.1"].append(next((t for t, v in enumerate(runs["Adam + L2"][1]) if v < 0.1), None))
+        row["formula"] = (1 - lr * weight_decay) ** steps
+        out[lr] = row
+    return out
+
+
+def decay_table(table: dict) -> str:
+    """decay_over_seeds as text: final means, mean±half-range over seeds, and the fraction each optimizer removed
+    from the small-gradient weights."""
+    n = len(next(iter(table.values()))["AdamW small"])
+    lines = [f"mean of 256 weights after 400 steps, mean±half-range over {n} seeds (start 1.0; noise gradients, "
+             f"std 10 'large' or 1e-3 'small')",
+             f"{'lr':>6} {'L2 large':>12} {'L2 small':>12} {'AdamW large':>12} {'AdamW small':>12} "
+             f"{'(1-lr wd)^400':>14} {'removed from small: L2 / AdamW':>31}  L2 small < 0.1"]
+    for lr, row in table.items():
+        cells = [pm(_spread(row[k]), 3) for k in ("Adam + L2 large", "Adam + L2 small", "AdamW large", "AdamW small")]
+        l2_removed = 1 - _spread(row["Adam + L2 small"])[0]
+        w_removed = 1 - _spread(row["AdamW small"])[0]
+        below = sorted(set(row["L2 small below 0.1"]), key=lambda x: (x is None, x))
+        below = "never" if below == [None] else "after " + ", ".join(str(b) for b in below) + " steps"
+        lines.append(f"{lr:>6g} {cells[0]:>12} {cells[1]:>12} {cells[2]:>12} {cells[3]:>12} {row['formula']:>14.3f} "
+                     f"{l2_removed:>9.3f} / {w_removed:.3f} = {l2_removed / w_removed:>4.1f}x  {below}")
+    return "\n".join(lines)
+
+
+# the stored result of bad_batch_paired_grid() (reference pieces), checked by tests/test_claims_ch08.py
+BAD_BATCH_PAIRED = {('GPT-2', 0.003, 0): {'clip 1.0': {'rise_1': 0.01,
+                                    'rise_max': 0.015,
+                                    'rise_end': 0.002,
+                                    'end_clean': 2.725,
+                                    'jump_clean': -0.261,
+                                    'diverged': 0.0},
+                       'no clipping': {'rise_1': 0.059,
+                                       'rise_max': 0.103,
+                                       'rise_end': 0.047,
+                                       'end_clean': 2.749,
+                                       'jump_clean': -0.274,
+                                       'diverged': 0.0}},
+ ('GPT-2', 0.003, 1): {'clip 1.0': {'rise_1': 0.0,
+                                    'rise_max': 0.019,
+                                    'rise_end': 0.01,
+                                    'end_clean': 2.778,
+                                    'jump_clean': -0.096,
+                                    'diverged': 0.0},
+                       'no clipping': {'rise_1': 0.005,
+                                       'rise_max': 0.068,
+                                       'rise_end': 0.015,
+                                       'end_clean': 2.847,
+                                       'jump_clean': -0.081,
+                                       'diverged': 0.0}},
+ ('GPT-2', 0.003, 2): {'clip 1.0': {'rise_1': 0.007,
+                                    'rise_max': 0.021,
+                                    'rise_end': 0.003,
+                                    'end_clean': 2.711,
+                                    'jump_clean': -0.246,
+                                    'diverged': 0.0},
+                       'no clipping': {'rise_1': 0.004,
+                                       'rise_max': 0.024,
+                                       'rise_end': 0.013,
+                                       'end_clean': 2.747,
+                                       'jump_clean': -0.24,
+                                       'diverged': 0.0}},
+ ('GPT-2', 0.01, 0): {'clip 1.0': {'rise_1': 0.007,
+                                   'rise_max': 0.012,
+                                   'rise_end': 0.01,
+                                   'end_clean': 2.84,
+                                   'jump_clean': -0.115,
+                                   'diverged': 0.0},
+                      'no clipping': {'rise_1': 0.041,
+                                      'rise_max': 0.045,
+                                      'rise_end': 0.015,
+                                      'end_clean': 2.834,
+                                      'jump_clean': -0.208,
+                                      'diverged': 0.0}},
+ ('GPT-2', 0.01, 1): {'clip 1.0': {'rise_1': 0.008,
+                                   'rise_max': 0.008,
+                                   'rise_end': 0.002,
+                                   'end_clean': 2.864,
+                                   'jump_clean': -0.104,
+                                   'diverged': 0.0},
+                      'no clipping': {'rise_1': 0.018,
+                                      'rise_max': 0.044,
+                                      'rise_end': 0.025,
+                                      'end_clean': 2.917,
+                                      'jump_clean': -0.052,
+                                      'diverged': 0.0}},
+ ('GPT-2', 0.01, 2): {'clip 1.0': {'rise_1': 0.006,
+                                   'rise_max': 0.023,
+                                   'rise_end': -0.001,
+                                   'end_clean': 3.028,
+                                   'jump_clean': -0.276,
+                                   'diverged': 0.0},
+                      'no clipping': {'rise_1': -0.003,
+                                      'rise_max': 0.003,
+                                      'rise_end': 0.045,
+                                      'end_clean': 2.923,
+                                      'jump_clean': -0.267,
+                                      'diverged': 0.0}},
+ ('fan-in', 0.003, 0): {'clip 1.0': {'rise_1': 0.001,
+                                     'rise_max': 0.005,
+                                     'rise_end': 0.002,
+                                     'end_clean': 2.498,
+                                     'jump_clean': -0.243,
+                                     'diverged': 0.0},
+                        'no clipping': {'rise_1': 0.0,
+                                        'rise_max': 0.012,
+                                        'rise_end': 0.014,
+                                        'end_clean': 2.521,
+                                        'jump_clean': -0.242,
+                                        'diverged': 0.0}},
+ ('fan-in', 0.003, 1): {'clip 1.0': {'rise_1': -0.0,
+                                     'rise_max': 0.008,
+                                     'rise_end': 0.002,
+                                     'end_clean': 2.465,
+                                     'jump_clean': -0.166,
+                                     'diverged': 0.0},
+                        'no clipping': {'rise_1': -0.0,
+                                        'rise_max': 0.017,
+                                        'rise_end': 0.017,
+                                        'end_clean': 2.511,
+                                        'jump_clean': -0.16,
+                                        'diverged': 0.0}},
+ ('fan-in', 0.003, 2): {'clip 1.0': {'rise_1': 0.005,
+                                     'rise_max': 0.006,
+                                     'rise_end': 0.002,
+                                     'end_clean': 2.504,
+                                     'jump_clean': -0.247,
+                                     'diverged': 0.0},
+                        'no clipping': {'rise_1': 0.003,
+                                        'rise_max': 0.005,
+                                        'rise_end': 0.008,
+                                        'end_clean': 2.532,
+                                        'jump_clean': -0.249,
+                                        'diverged': 0.0}},
+ ('fan-in', 0.01, 0): {'clip 1.0': {'rise_1': 0.007,
+                                    'rise_max': 0.014,
+                                    'rise_end': 0.002,
+                                    'end_clean': 2.389,
+                                    'jump_clean': -0.236,
+                                    'diverged': 0.0},
+                       'no clipping': {'rise_1': 0.006,
+                                       'rise_max': 0.018,
+                                       'rise_end': 0.019,
+                                       'end_clean': 2.412,
+                                       'jump_clean': -0.254,
+                                       'diverged': 0.0}},
+ ('fan-in', 0.01, 1): {'clip 1.0': {'rise_1': 0.0,
+                                    'rise_max': 0.012,
+                                    'rise_end': 0.003,
+                                    'end_clean': 2.364,
+                                    'jump_clean': -0.17,
+                                    'diverged': 0.0},
+                       'no clipping': {'rise_1': -0.009,
+                                       'rise_max': 0.032,
+                                       'rise_end': 0.026,
+                                       'end_clean': 2.411,
+                                       'jump_clean': -0.158,
+                                       'diverged': 0.0}},
+ ('fan-in', 0.01, 2): {'clip 1.0': {'rise_1': 0.008,
+                                    'rise_max': 0.01,
+                                    'rise_end': 0.006,
+                                    'end_clean': 2.383,
+                                    'jump_clean': -0.272,
+                                    'diverged': 0.0},
+                       'no clipping': {'rise_1': 0.009,
+                                       'rise_max': 0.017,
+                                       'rise_end': 0.026,
+                                       'end_clean': 2.404,
+                                       'jump_clean': -0.317,
+                                       'diverged': 0.0}}}
+
+
+def bad_batch_paired_table(grids: dict | None = None, paired: dict | None = None) -> str:
+    """Q4's bad batch over the grid, paired with clean runs: per (init, lr) and clipping, mean±half-range over seeds
+    of the spike ratio (SEED_GRIDS), the paired rise (bad minus clean loss) one step after the bad one, its largest
+    value over the next BAD_BATCH_AFTER steps and at the end (last 10 steps); the clean run's own "loss after minus
+    loss before"; how many seeds the detector flagged and how many diverged."""
+    grids = grids or SEED_GRIDS
+    paired = paired or BAD_BATCH_PAIRED
+    lines = [f"{'init':<7} {'lr':>6} {'clipping':<12} {'norm/median':>11} {'rise +1':>11} {'max rise +1..+5':>15} "
+             f"{'rise at end':>11} {'clean: after-before':>19} {'flagged':>7} {'diverged':>8}"]
+    for init in BAD_BATCH_GRID["inits"]:
+        for lr in BAD_BATCH_GRID["lrs"]:
+            for clip in ("clip 1.0", "no clipping"):
+                r = [grids["bad_batch"][(init, lr, s)][clip] for s in GRID_SEEDS]
+                p = [paired[(init, lr, s)][clip] for s in GRID_SEEDS]
+                cells = [pm(_spread(x["spike"] for x in r), 0)]
+                cells += [pm(_spread(x[k] for x in p), 3) for k in ("rise_1", "rise_max", "rise_end")]
+                cells.append(pm(_spread(x["jump_clean"] for x in p), 2))
+                diverged = sum(x["diverged"] for x in r) + sum(x["diverged"] for x in p)
+                lines.append(f"{init:<7} {lr:>6g} {clip:<12} {cells[0]:>11} {cells[1]:>11} {cells[2]:>15} "
+                             f"{cells[3]:>11} {cells[4]:>19} {sum(x['flagged'] for x in r):>5.0f}/3 "
+                             f"{diverged:>6.0f}/6")
+    return "\n".join(lines)
+
+
+def clipping_gain_table(grids: dict | None = None, paired: dict | None = None) -> str:
+    """What clipping at 1.0 changes in the final loss (last 10 steps; clipped minus unclipped, paired by seed), with
+    the bad batch (SEED_GRIDS) and without it (the clean runs of BAD_BATCH_PAIRED), per (init, lr) and seed."""
+    grids = grids or SEED_GRIDS
+    paired = paired or BAD_BATCH_PAIRED
+    lines = [f"{'init':<7} {'lr':>6} {'with the bad batch: seeds 0, 1, 2 (mean)':>42} "
+             f"{'without it: seeds 0, 1, 2 (mean)':>36}"]
+    for init in BAD_BATCH_GRID["inits"]:
+        for lr in BAD_BATCH_GRID["lrs"]:
+            runs = [grids["bad_batch"][(init, lr, s)] for s in GRID_SEEDS]
+            bad = [r["clip 1.0"]["end"] - r["no clipping"]["end"] for r in runs]
+            clean = [paired[(init, lr, s)]["clip 1.0"]["end_clean"] - paired[(init, lr, s)]["no clipping"]["end_clean"]
+                     for s in GRID_SEEDS]
+            cols = [", ".join(f"{v:+.3f}" for v in vals) + f" ({sum(vals) / len(vals):+.3f})" for vals in (bad, clean)]
+            lines.append(f"{init:<7} {lr:>6g} {cols[0]:>42} {cols[1]:>36}")
+    return "\n".join(lines)
+
+
+def adam_spike_push(spike: float, *, steps: int = 200, spike_step: int = 60, betas=(0.9, 0.95), size: int = 10_000,
+                    seed: int = 0) -> dict[str, float]:
+    """Adam (no weight decay, lr 1) on ``size`` coordinates whose gradients are N(0, 1), with ``spike`` added to every
+    coordinate's gradient at ``spike_step``; the same noise without the spike as the baseline. Returns "at_spike"
+    (the mean update at the spike step, in units of lr) and "total" (the mean extra displacement the spike caused by
+    the end, in units of lr)."""
+    b1, b2 = betas
+    grads = torch.randn(steps, size, generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for name, extra in (("clean", 0.0), ("spike", spike)):
+        m, v, p = torch.zeros(size), torch.zeros(size), torch.zeros(size)
+        for t in range(steps):
+            g = grads[t] + (extra if t == spike_step else 0.0)
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+            u = (m / (1 - b1 ** (t + 1))) / ((v / (1 - b2 ** (t + 1))).sqrt() + 1e-8)
+            p = p - u
+            if t == spike_step:
+                out[f"{name}_at_spike"] = u
+        out[name] = p
+    return {"at_spike": float(out["spike_at_spike"].mean()), "total": float((out["clean"] - out["spike"]).mean())}

@@ -194,3 +194,44 @@ def test_a_progress_file_with_bad_fields_is_set_aside(progress_file):
         warnings.simplefilter("always")
         assert progress.load()["exercises"] == {}
     progress.record("1.1", "failed")  # works on the fresh file
+
+
+def test_a_bad_batch_run_and_its_clean_twin_see_the_same_batches_elsewhere():
+    """The paired design of Q4: until the bad step the two runs are identical (same batches, same weights)."""
+    pieces = further.reference_pieces()
+    clean, bad = (further.capstone_run(pieces, steps=12, micro_batches=1, clip=None, bad_batch_step=s,
+                                       progress=False) for s in (None, 8))
+    assert clean.losses[:8] == bad.losses[:8]
+    assert bad.losses[8] > clean.losses[8] + 0.5  # the corrupt batch itself
+    r = further.bad_batch_paired(pieces, init="GPT-2", lr=3e-3, seed=0, steps=20, bad_batch_step=10, after=3)
+    assert set(r) == {"clip 1.0", "no clipping"}
+    for stats in r.values():
+        assert stats["diverged"] == 0.0 and stats["rise_max"] >= stats["rise_1"]
+        assert all(math.isfinite(v) for v in stats.values())
+
+
+def test_paired_tables_print_every_cell_of_the_stored_grids():
+    text = further.bad_batch_paired_table()
+    assert len(text.splitlines()) == 1 + 2 * 2 * 2 and "nan" not in text
+    assert len(further.clipping_gain_table().splitlines()) == 1 + 2 * 2
+    assert further.BAD_BATCH_PAIRED.keys() == further.SEED_GRIDS["bad_batch"].keys()
+
+
+def test_decay_over_seeds_follows_torch_and_the_formula():
+    table = further.decay_over_seeds(lrs=(1e-2,), seeds=(0, 1))
+    row = table[1e-2]
+    assert len(row["AdamW small"]) == 2 and row["formula"] == pytest.approx(0.999 ** 400)
+    assert all(abs(v - row["formula"]) < 0.05 for v in row["AdamW large"])
+    assert "1.000 / " in further.decay_table(table)
+
+
+def test_adam_spike_push_is_bounded_whatever_the_spike():
+    small, large = further.adam_spike_push(1e2, steps=120), further.adam_spike_push(1e6, steps=120)
+    for push in (small, large):
+        assert 0.40 < push["at_spike"] < 0.46  # (1 - 0.9) / sqrt(1 - 0.95) = 0.447 late in a run
+    assert abs(large["total"] - small["total"]) < 0.3
+
+
+def test_depth_effects_output_coherence_is_between_0_and_1():
+    r = further.depth_effects(4, "+ final norm", seed=0)
+    assert 0 < r["out_coherence"] < 1
