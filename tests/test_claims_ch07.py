@@ -181,9 +181,9 @@ def test_chapter7_float32_angle_error_within_two_roundings():
 
 @pytest.mark.slow
 def test_chapter7_ring_worker_waits_longer_than_it_computes_and_overlap_is_exact():
-    """The notebook's ring (4 ranks, 256 positions, d = 16): every rank waits for transfers more than 5x as long as it
-    computes (stored on the course machine: 32 to 51 ms against 1.4 to 2.2 ms); the overlapping variant (sends posted
-    before the compute) gives the same result."""
+    """The notebook's ring (4 ranks, 256 positions, d = 16): the ranks wait for transfers longer than they compute
+    (stored on the course machine: 32 to 51 ms against 1.4 to 2.2 ms a rank; asserted as a sum with margin, since
+    it is a timing); the overlapping variant (sends posted before the compute) gives the same result."""
     from course_utils.distributed import ring_inputs, run_workers
 
     q, k, v = ring_inputs(1, 2, 256, 16)
@@ -192,9 +192,10 @@ def test_chapter7_ring_worker_waits_longer_than_it_computes_and_overlap_is_exact
         ranks = run_workers("ring_attention", 4, batch=1, heads=2, seq=256, head_dim=16, causal=True,
                             overlap=overlap, timeout_s=120)
         torch.testing.assert_close(torch.cat([r["o"] for r in ranks], dim=2), reference, rtol=0, atol=1e-5)
-        if not overlap:
-            for r in ranks:
-                assert r["wait_s"] > 5 * r["compute_s"], (r["wait_s"], r["compute_s"])
+        if not overlap:  # a timing: asserted with a wide margin (stored ratio about 20x; a busy CI machine stretches
+            # both sides), summed over the ranks so that one descheduled rank does not decide it
+            waits, computes = sum(r["wait_s"] for r in ranks), sum(r["compute_s"] for r in ranks)
+            assert waits > computes, [(r["wait_s"], r["compute_s"]) for r in ranks]
 
 
 @pytest.mark.slow
