@@ -255,12 +255,18 @@ def _run_all(page, panel, limit_s: float = RUN_ALL_UNMEASURED_S) -> list[str]:
 
 
 def _view(widget) -> str:
-    """What the widget shows now: its plot image's data, or the HTML of an HTML view ("" while redrawing)."""
-    img = widget.locator(".jp-OutputArea-output img").first
-    if img.count():
-        return img.get_attribute("src") or ""
-    view = widget.locator(".jp-OutputArea-output .course-view").first
-    return view.inner_html() if view.count() else ""
+    """What the widget shows now: its plot image's data, or the HTML of an HTML view ("" while redrawing, including
+    when the element is replaced between finding it and reading it: a kept render arrives within milliseconds)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        img = widget.locator(".jp-OutputArea-output img").first
+        if img.count():
+            return img.get_attribute("src", timeout=1000) or ""
+        view = widget.locator(".jp-OutputArea-output .course-view").first
+        return view.inner_html(timeout=1000) if view.count() else ""
+    except PlaywrightError:  # includes its TimeoutError
+        return ""
 
 
 def _move_and_time(page, widget, control, act) -> float:
@@ -277,7 +283,8 @@ def _move_and_time(page, widget, control, act) -> float:
         if _view(widget) not in ("", before):
             return time.perf_counter() - start
         page.wait_for_timeout(10)
-    pytest.fail("moving a control did not change its plot within 60 s")
+    label = control.get_attribute("aria-valuetext") or control.inner_text() or "?"
+    pytest.fail(f"moving a control (now at {label!r}) did not change its plot within 60 s")
 
 
 def _shut_down_kernels(lab) -> None:
@@ -411,8 +418,10 @@ def _check_notebook(lab, browser, floor_ms, path):
             first = _move_and_time(page, widget, handle, right)
             _move_and_time(page, widget, handle, lambda h: (h.focus(), h.press("ArrowLeft")))
             again = _move_and_time(page, widget, handle, right)
-            latencies[f"widget {i + 1}, slider {j + 1}"] = (first, again,
-                                                             _first_visit_after_pause(page, widget, handle, right))
+            at_max = float(handle.get_attribute("aria-valuenow") or 0) >= float(handle.get_attribute("aria-valuemax")
+                                                                             or 0)
+            paused = None if at_max else _first_visit_after_pause(page, widget, handle, right)  # no new position
+            latencies[f"widget {i + 1}, slider {j + 1}"] = (first, again, paused)
         for j, toggles in enumerate(widget.locator(".widget-toggle-buttons").all()):
             buttons = toggles.locator("button")
             active = next(k for k in range(buttons.count()) if "mod-active" in buttons.nth(k).get_attribute("class"))

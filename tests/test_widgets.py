@@ -93,12 +93,14 @@ def test_a_failing_position_does_not_stop_the_prefetch():
     assert kept.has(n=1) and kept.has(n=4) and not kept.has(n=3)
 
 
-def test_an_idle_kernel_prefetches_a_sliders_positions_and_a_busy_one_does_not():
+def test_an_idle_kernel_prefetches_a_sliders_positions_and_a_busy_one_does_not(monkeypatch):
     """In a real kernel: after a slider cell, nothing is computed while cells keep running; once the kernel has been
     idle, the neighbours are computed."""
     import asyncio
 
     from jupyter_client.manager import AsyncKernelManager
+
+    monkeypatch.setenv("COURSE_PREFETCH", "1")  # off by default (course_utils.widgets.PREFETCH_ENV)
 
     async def run():
         km = AsyncKernelManager(kernel_name="python3")
@@ -153,3 +155,14 @@ def test_a_position_the_browser_rounds_finds_its_prefetched_render():
     assert len(calls) == 1
     kept(gain=1.0)  # the slider's start, off the grid, is its own position
     assert len(calls) == 2
+
+
+def test_prefetch_is_off_unless_asked(monkeypatch):
+    """COURSE_PREFETCH unset: showing a position schedules nothing."""
+    from course_utils import widgets
+
+    monkeypatch.delenv("COURSE_PREFETCH", raising=False)
+    monkeypatch.setattr(widgets, "get_ipython", lambda: object())  # as if in a kernel
+    idle = widgets._Idle()
+    idle.add(widgets._Prefetcher(widgets._kept(lambda n: n), {"n": widgets.int_slider("n", 1, 0, 3)}))
+    assert idle.prefetchers == [] and idle.handle is None
