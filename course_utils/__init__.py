@@ -6,7 +6,8 @@ That must happen before ``triton`` is imported anywhere, so it is the first thin
 Layout: ``runtime``, ``widgets``, ``plotting`` and ``report`` are what notebook cells import; one module per
 concept (``gradflow``, ``stability``, ``initialization``, ``normalization``, ``losses``, ``optim``, ``sampling``,
 ``rope``, ``attention``, ``further``) plus the shared ``models``, ``data``, ``training``, ``charlm`` and
-``distributed``; ``kernels/`` holds the Triton kernels; ``harness/`` the machinery (exercises, progress,
+``distributed``; ``chapters`` is the table of chapters (notebook, solutions module, exercise ids, modules, kernels,
+tests); ``kernels/`` holds the Triton kernels; ``harness/`` the machinery (exercises, progress,
 notebook runner, lab, benchmark, command line).
 """
 import os as _os
@@ -21,17 +22,10 @@ if _os.environ.get("COURSE_RECORD_LAUNCHES"):  # harness.compiled.RECORD_LAUNCHE
 
     record_launches_if_asked()
 
-from course_utils.harness.exercises import (  # noqa: E402
-    check,
-    exercise_ids,
-    from_progress,
-    hint,
-    progress_table,
-    reference,
-    stub_source,
-    use,
-)
+from course_utils.harness.exercises import check, exercise_ids, from_progress, hint, reference, stub_source, use  # noqa: E402
+from course_utils.harness.predictions import predict, reveal  # noqa: E402
+from course_utils.harness.progress import progress_table  # noqa: E402
 from course_utils.runtime import setup  # noqa: E402
 
-__all__ = ["setup", "check", "use", "hint", "from_progress", "exercise_ids", "reference", "progress_table",
-           "stub_source"]
+__all__ = ["setup", "check", "use", "hint", "predict", "reveal", "from_progress", "exercise_ids", "reference",
+           "progress_table", "stub_source"]

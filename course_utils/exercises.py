@@ -1,8 +1,5 @@
-"""``course_utils.exercises``, the exercise machinery's public name (``from course_utils.exercises import
-exercise_ids, reference``): this module is :mod:`course_utils.harness.exercises` itself, not a copy, so the
-registry, ``check`` and anything patched on either name are one."""
-import sys
+"""``course_utils.exercises``: the exercise machinery's public names, re-exported from
+:mod:`course_utils.harness.exercises` (``from course_utils.exercises import exercise_ids, reference``)."""
+from course_utils.harness.exercises import check, exercise_ids, from_progress, hint, reference, stub_source, use
 
-from course_utils.harness import exercises as _exercises
-
-sys.modules[__name__] = _exercises
+__all__ = ["exercise_ids", "reference", "check", "use", "from_progress", "hint", "stub_source"]

@@ -179,9 +179,16 @@ def environment_lines() -> list[str]:
     ]
 
 
-def setup(seed: int = 0) -> None:
-    """Seed everything, apply the course's plot style and print the environment summary."""
+LANG_ENV = "COURSE_LANG"  # "ko": check, hint, predict and the progress table speak Korean (the Korean edition sets it)
+
+
+def setup(seed: int = 0, lang: str | None = None) -> None:
+    """Seed everything, apply the course's plot style and print the environment summary. ``lang="ko"`` (the Korean
+    notebooks' setup cell) makes the course's fixed phrases Korean for this kernel."""
     from course_utils.plotting import use_course_style
+
+    if lang is not None:
+        os.environ[LANG_ENV] = lang
 
     seed_everything(seed)
     use_course_style()

@@ -15,13 +15,31 @@ os.environ.pop("COURSE_STRICT", None)  # learner mode unless a test asks for str
 os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
 import course_utils  # noqa: E402,F401  (switches on the Triton interpreter before triton is imported)
+from course_utils.chapters import CHAPTERS  # noqa: E402
 from course_utils.runtime import triton_status  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = [REPO_ROOT / chapter.notebook for chapter in CHAPTERS]  # tests/test_chapters.py: all of notebooks/
 TRITON = triton_status().available
 # for tests that need Triton itself; tests/test_no_triton.py runs the rest where `import triton` fails
 requires_triton = pytest.mark.skipif(not TRITON, reason="Triton cannot run here")
+
+
+def runs_exercise(ex, *values, id: str):
+    """``pytest.param(*values, id=id)`` for a test that runs exercise ``ex``'s answer or mistakes: marked ``kernel``
+    when ``ex`` is a Triton exercise, whose answer and mistakes are kernels."""
+    return pytest.param(*values, marks=[pytest.mark.kernel] if ex.needs_triton else [], id=id)
+
+
+def fails_with(fn, *fragments, exercise="0.1"):
+    """``check(exercise, fn)``, asserted to fail with every one of ``fragments`` in its message; the result."""
+    from course_utils import check
+
+    result = check(exercise, fn, display=False)
+    assert result.status == "failed", result.message
+    for fragment in fragments:
+        assert fragment in result.message, result.message
+    return result
 
 
 @pytest.fixture(autouse=True)
@@ -47,9 +65,17 @@ def strict(monkeypatch):
 LEARNER_SECONDS: dict[str, float] = {}  # notebook name -> seconds its learner-mode (nbval) cells took in this run
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: the markers set here count
 def pytest_collection_modifyitems(session, config, items):
-    """The browser tier last: it then knows how long each notebook takes on this machine (its Run All limit is a
-    multiple of that), and the nbval kernels it would otherwise compete with are gone."""
+    """Mark the tiers that cannot mark themselves: nbval's cells (notebooks/*.ipynb) ``notebook``, and
+    tests/test_browser.py ``browser``. Then the browser tier last: it then knows how long each notebook takes on this
+    machine (its Run All limit is a multiple of that), and the nbval kernels it would otherwise compete with are
+    gone."""
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.notebook)
+        elif item.path.name == "test_browser.py":
+            item.add_marker(pytest.mark.browser)
     items.sort(key=lambda item: "test_browser.py" in item.nodeid)
 
 

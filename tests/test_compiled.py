@@ -26,6 +26,8 @@ from conftest import REPO_ROOT, requires_triton  # noqa: E402
 
 import course_utils  # noqa: E402, F401  (interpreter switch before triton)
 
+pytestmark = pytest.mark.kernel
+
 ARTIFACT = REPO_ROOT / "test-artifacts" / "compiled_kernels.md"
 
 
@@ -76,7 +78,7 @@ def test_every_kernel_of_the_course_is_compiled(reports):
 
 
 _DTYPES = ("fp32", "fp16", "bf16")
-# What this tier found and is not fixed yet (issue 18): the one-block RMSNorm and LayerNorm kernels hold a whole row
+# What this tier found and is not fixed yet: the one-block RMSNorm and LayerNorm kernels hold a whole row
 # in one program, and at the benchmark's 16384- and 32768-column rows 16 warps keep 32-64 values of each tensor in
 # every thread: ptxas spills (16 to 2456 bytes a thread). The fix is a loop over the row in blocks, as the softmax
 # kernel does. FlashAttention's forward with head_dim 128 in 64 x 64 tiles spills 16 bytes on sm_89 alone, in float16
@@ -232,7 +234,7 @@ def test_gpu_check_refuses_clearly_without_a_gpu(capsys, tmp_path):
 @requires_triton
 def test_a_passing_kernel_in_the_learners_own_module_is_compiled_not_misreported(tmp_path, monkeypatch):
     """A learner who keeps a kernel in a .py file next to the notebook (importable there only because the notebook's
-    folder is on the path) gets the compiled verdict, not a false 'does not compile' (issue 29)."""
+    folder is on the path) gets the compiled verdict, not a false 'does not compile'."""
     import importlib
     import sys
     import textwrap

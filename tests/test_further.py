@@ -1,4 +1,5 @@
-"""Chapter 8: the schedule, decay arithmetic, spike detector, capstone, and reusing passed code."""
+"""The further questions and the capstone (course_utils.further, and the schedule in course_utils.training):
+the schedule, decay arithmetic, spike detector, depth effects and the capstone run."""
 import math
 import statistics
 
@@ -6,8 +7,6 @@ import pytest
 import torch
 
 from course_utils import further, training
-from course_utils.harness import progress
-from course_utils.harness.exercises import from_progress, reference
 from course_utils.runtime import triton_status
 
 
@@ -66,6 +65,7 @@ def test_capstone_pieces_are_really_used():
     assert calls.count(1) == calls.count(2) == n_params
 
 
+@pytest.mark.kernel
 @pytest.mark.skipif(not triton_status().available, reason=triton_status().reason)
 def test_the_capstone_model_trains_in_the_course_kernels_as_in_pytorch():
     """The capstone's own configuration (RoPE, RMSNorm, SwiGLU, vocabulary 256) with kernels="triton" and TritonAdamW
@@ -132,68 +132,6 @@ def test_temperature_softmax_survives_a_tiny_temperature():
         torch.testing.assert_close(softmax_with_temperature(z, t), expected)
     for t in (0.01, 0.7, 50.0):
         torch.testing.assert_close(softmax_with_temperature(z, t), torch.softmax(z / t, dim=-1))
-
-
-def test_from_progress_reloads_passed_code_and_falls_back(progress_file, capsys):
-    source = (
-        "def clip_grad_norm(grads, max_norm):\n"
-        "    total = torch.sqrt(sum((g.float() ** 2).sum() for g in grads)) if grads else torch.tensor(0.0)\n"
-        "    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)\n"
-        "    return [g * scale.to(g.dtype) for g in grads], total\n")
-    progress.record("1.6", "passed", source)
-    fn = from_progress("1.6")
-    assert fn is not reference("1.6") and "using your `clip_grad_norm`" in capsys.readouterr().out
-    progress.record("5.1", "passed", "def adamw_update(*args):\n    return None\n")  # no longer passes
-    assert from_progress("5.1") is reference("5.1")
-    assert "did not pass again" in capsys.readouterr().out
-    progress.record("5.3", "passed", "this is not python")
-    assert from_progress("5.3") is reference("5.3")
-    assert from_progress("5.5") is reference("5.5")  # a Triton kernel: not reloaded
-
-
-def test_check_records_the_passing_source_and_refuses_the_reference(progress_file):
-    from course_utils import check
-
-    def remaining_after_decay(lrs, weight_decay):
-        return math.prod(1 - lr * weight_decay for lr in lrs)
-
-    assert check("8.2", remaining_after_decay, display=False).passed
-    assert "math.prod" in progress.passed_source("8.2")
-    progress.reset()
-    result = check("8.2", reference("8.2"), display=False)  # what use() leaves after a failed attempt
-    assert result.status == "reference" and "not your code" in result.message
-    assert progress.passed_source("8.2") is None and progress.status_of("8.2") is None
-
-
-def test_every_non_triton_answer_survives_the_round_trip_through_the_progress_file(progress_file, capsys):
-    from course_utils.harness.exercises import _is_triton, exercise_ids, solution_source
-
-    for exercise_id in exercise_ids():
-        if _is_triton(reference(exercise_id)):
-            continue
-        progress.record(exercise_id, "passed", solution_source(exercise_id))
-        loaded = from_progress(exercise_id)
-        assert loaded is not reference(exercise_id), (exercise_id, capsys.readouterr().out[-800:])
-
-
-def test_from_progress_runs_only_a_single_function_definition(progress_file, tmp_path):
-    marker = tmp_path / "ran"
-    progress.record("1.6", "passed", f"open({str(marker)!r}, 'w').close()\ndef clip_grad_norm(grads, max_norm):\n"
-                                     "    return grads, torch.tensor(0.0)\n")
-    assert from_progress("1.6") is reference("1.6") and not marker.exists()
-    progress.record("1.6", "passed", "def clip_grad_norm(grads, max_norm):\n    raise SystemExit\n")
-    assert from_progress("1.6") is reference("1.6")  # raises inside check: not a pass, no exit
-
-
-def test_a_progress_file_with_bad_fields_is_set_aside(progress_file):
-    import json
-    import warnings
-
-    progress_file.write_text(json.dumps({"version": 1, "exercises": {"1.1": {"status": "passed", "attempts": None}}}))
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
-        assert progress.load()["exercises"] == {}
-    progress.record("1.1", "failed")  # works on the fresh file
 
 
 def test_a_bad_batch_run_and_its_clean_twin_see_the_same_batches_elsewhere():

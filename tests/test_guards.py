@@ -100,7 +100,7 @@ def test_verdicts_treat_equal_infinities_as_equal():
 @requires_triton
 def test_an_outside_access_says_stride_or_mask_as_the_addresses_show():
     """A kernel that takes the number of columns for the row stride is told about the stride, not about masks; one
-    without a column mask is told about the mask (issue 29)."""
+    without a column mask is told about the mask."""
     import os
 
     from course_utils.harness.guards import watch_accesses
@@ -141,7 +141,7 @@ def test_an_outside_access_says_stride_or_mask_as_the_addresses_show():
 @requires_triton
 def test_a_nan_from_the_kernels_own_arithmetic_is_not_blamed_on_a_mask(monkeypatch):
     """In the interpreter every load is watched, so a NaN in the output came from the kernel's arithmetic (here exp
-    overflowing to inf, then inf / inf), not from the NaN guards: the note says so (issue 29)."""
+    overflowing to inf, then inf / inf), not from the NaN guards: the note says so."""
     import os
 
     from course_utils import check

@@ -131,6 +131,7 @@ def test_init_recipe_table_follows_fan_in_times_variance():
         assert abs(table["GPT-2"][layer] / expected - 1) < 0.1, layer
 
 
+@pytest.mark.kernel
 @pytest.mark.skipif(not triton_status().available, reason=triton_status().reason)
 def test_triton_normal_init_is_counter_based_and_normal():
     from course_utils.kernels.randn import normal_init_triton

@@ -9,7 +9,7 @@ import pytest
 from conftest import NOTEBOOKS, REPO_ROOT
 
 from course_utils.harness.exercises import stub_source
-from course_utils.harness.notebook_runner import _insertion_point, exercise_cells, sync_readme_counts, sync_stubs
+from course_utils.harness.notebook_runner import _insertion_point, exercise_cells, sync_readme, sync_stubs
 
 
 def _import_graph() -> dict[str, set[str]]:
@@ -37,9 +37,10 @@ def test_kernels_do_not_import_the_machinery():
     upward = {m: sorted(t for t in targets if t.startswith("course_utils.harness"))
               for m, targets in graph.items() if m.startswith("course_utils.kernels")}
     assert not any(upward.values()), upward
-    # the machinery lives in harness/: exercises, progress, the learners' launchers, the exception types
-    assert {"course_utils.harness.exercises", "course_utils.harness.progress", "course_utils.harness.launchers",
-            "course_utils.harness.errors"} <= set(graph)
+    # the machinery lives in harness/: the checker and its parts, progress, the learners' launchers, the exception types
+    assert {"course_utils.harness.exercises", "course_utils.harness.spec", "course_utils.harness.registry",
+            "course_utils.harness.compare", "course_utils.harness.sandbox", "course_utils.harness.progress",
+            "course_utils.harness.launchers", "course_utils.harness.errors"} <= set(graph)
     assert not any(m.startswith("course_utils.kernels.") and "launch_" in path.read_text()
                    for m, path in [(m, REPO_ROOT / (m.replace(".", "/") + ".py")) for m in graph
                                    if m.startswith("course_utils.kernels.")])
@@ -126,9 +127,11 @@ def test_the_stored_notebooks_and_readme_are_in_sync(tmp_path):
         assert sync_stubs(copy) == [], path.name
     readme = tmp_path / "README.md"
     shutil.copy(REPO_ROOT / "README.md", readme)
-    assert not sync_readme_counts(readme)
-    readme.write_text(readme.read_text().replace("ready (5 exercises)", "ready (4 exercises)", 1))
-    assert sync_readme_counts(readme) and readme.read_text() == (REPO_ROOT / "README.md").read_text()
+    assert not sync_readme(readme)
+    for stale, right in [("ready (4 exercises)", "ready (5 exercises)"), ("| 3.1–3.4 |", "| 3.1–3.5 |")]:
+        assert right in readme.read_text()
+        readme.write_text(readme.read_text().replace(right, stale, 1))
+        assert sync_readme(readme) and readme.read_text() == (REPO_ROOT / "README.md").read_text(), stale
 
 
 def test_the_command_line_entry_point():

@@ -86,6 +86,7 @@ def test_norm_eps_reaches_the_norms():
 needs_triton = pytest.mark.skipif(not triton_status().available, reason=triton_status().reason)
 
 
+@pytest.mark.kernel
 @needs_triton
 @pytest.mark.parametrize("norm, mlp", [("rmsnorm", "swiglu"), ("layernorm", "gelu")])
 def test_a_whole_training_step_in_the_course_kernels_matches_pytorch(norm, mlp):

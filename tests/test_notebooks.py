@@ -12,15 +12,12 @@ import nbformat
 import pytest
 from conftest import NOTEBOOKS
 
-from course_utils.harness.exercises import exercise_ids, stub_source
+from course_utils.chapters import chapter_of
 from course_utils.harness.notebook_runner import execute, exercise_cells
+from course_utils.harness.registry import exercise_ids, stub_source
 
+pytestmark = pytest.mark.notebook
 NOTEBOOK_IDS = [p.name for p in NOTEBOOKS]
-
-
-def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS][:3] == ["00_start_here.ipynb", "01_backpropagation.ipynb",
-                                               "02_initialization.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
@@ -44,8 +41,7 @@ def test_structure(path):
 def test_exercise_cells_are_the_stubs_and_are_checked(path):
     nb = nbformat.read(path, as_version=4)
     sources = [c.source for c in nb.cells if c.cell_type == "code"]
-    chapter = path.name[:2].lstrip("0") or "0"
-    expected = [i for i in exercise_ids() if i.split(".")[0] == chapter]
+    expected = [i for i in exercise_ids() if chapter_of(i) == chapter_of(path)]
     found = [c.metadata["exercise"] for c in exercise_cells(nb)]
     assert found == expected, "every exercise of the chapter appears once, in order"
     for cell in exercise_cells(nb):
@@ -119,8 +115,8 @@ def test_no_answer_is_shown_before_its_exercise(path):
 
 
 def test_series_styles_are_colour_blind_safe_and_differ_without_colour():
-    """One palette (Okabe-Ito) for every series, and series drawn together differ in line style, not only in colour
-    (issue 19). The groups are the sets of keys that share a figure."""
+    """One palette (Okabe-Ito) for every series, and series drawn together differ in line style, not only in colour.
+    The groups are the sets of keys that share a figure."""
     from course_utils.plotting import OKABE_ITO, SERIES, series
 
     assert all(colour in OKABE_ITO for colour, _, _ in SERIES.values())
@@ -135,7 +131,7 @@ def test_series_styles_are_colour_blind_safe_and_differ_without_colour():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
 def test_every_slider_has_a_static_figure_beside_it(path):
-    """Issue 19: a viewer that does not run widgets (GitHub) still sees each slider's evidence: one of the two code
+    """A viewer that does not run widgets (GitHub) still sees each slider's evidence: one of the two code
     cells before a slider cell, or the one after it, stores an image or an HTML view."""
     code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     for k, cell in enumerate(code):
@@ -186,6 +182,6 @@ def test_a_fact_check_beside_only_a_widget_is_unbacked():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
 def test_every_fact_check_is_backed_by_a_static_output(path):
-    """Issue 19: no fact-check rests on widget state alone; a reader on GitHub sees its evidence."""
+    """No fact-check rests on widget state alone; a reader on GitHub sees its evidence."""
     cells = nbformat.read(path, as_version=4).cells
     assert not _unbacked_fact_checks(cells)

@@ -85,7 +85,7 @@ def test_doctor_exits_non_zero_on_a_fail(monkeypatch, capsys):
 
 
 def test_doctor_notes_versions_that_differ_from_the_constraints(tmp_path, monkeypatch, capsys):
-    """A learner whose torch differs from the pinned one is told why a stored digit may differ (issue 19)."""
+    """A learner whose torch differs from the pinned one is told why a stored digit may differ."""
     from importlib.metadata import version
 
     from course_utils.harness import cli
@@ -103,7 +103,7 @@ def test_doctor_notes_versions_that_differ_from_the_constraints(tmp_path, monkey
 @pytest.mark.parametrize("installed, warned", [("7.3.0", True), ("7.0.1", True), ("7.4.0", False), ("6.31.0", False),
                                                ("7.10.0", False)])
 def test_doctor_warns_about_a_kernel_known_to_stall(monkeypatch, capsys, installed, warned):
-    """ipykernel 7.0-7.3 can leave a request unread (issue 33); doctor says so, and how to fix it."""
+    """ipykernel 7.0-7.3 can leave a request unread; doctor says so, and how to fix it."""
     import importlib.metadata
 
     from course_utils.harness import cli

@@ -206,6 +206,7 @@ def _chi_square(counts, probs):
     return float(((counts - expected) ** 2 / expected).sum())
 
 
+@pytest.mark.kernel
 @needs_triton
 def test_triton_sampler_matches_the_distribution_and_torch_multinomial():
     from course_utils.kernels.gumbel_sampling import sample_triton
@@ -221,6 +222,7 @@ def test_triton_sampler_matches_the_distribution_and_torch_multinomial():
     assert _chi_square(ours, pooled) + _chi_square(theirs, pooled) < 20.5
 
 
+@pytest.mark.kernel
 @needs_triton
 def test_triton_sampler_temperature_min_p_greedy_and_long_rows():
     from course_utils.kernels.gumbel_sampling import sample_triton
@@ -238,6 +240,7 @@ def test_triton_sampler_temperature_min_p_greedy_and_long_rows():
         sample_triton(z, min_p=1.5)
 
 
+@pytest.mark.kernel
 @needs_triton
 def test_gumbel_exercise_kernel_samples_the_softmax():
     from course_utils.harness.launchers import launch_gumbel_kernel

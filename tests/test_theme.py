@@ -1,4 +1,4 @@
-"""Issue 19: the course's HTML views are readable in JupyterLab's light and dark themes (WCAG AA, 4.5:1).
+"""The course's HTML views are readable in JupyterLab's light and dark themes (WCAG AA, 4.5:1).
 
 Every element of a view that holds text and sets a colour or a background is checked against both themes: a colour
 given as a JupyterLab variable is resolved as that theme resolves it, a missing colour is the theme's text colour,

@@ -1,5 +1,5 @@
 """`python -m course_utils update` with real git repositories in temporary folders: an upstream course that moves on,
-and a learner's clone with work in it (issue 31)."""
+and a learner's clone with work in it."""
 import json
 import os
 import subprocess

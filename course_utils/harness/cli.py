@@ -153,8 +153,7 @@ def compile_report(what: str, targets: list[str] | None) -> int:
     return 0
 
 
-GPU_TESTS = ["tests/test_kernels.py", "tests/test_long_context.py", "tests/test_models.py", "tests/test_compiled.py",
-             "tests/test_checkers.py"]  # every test that launches a course kernel
+GPU_TESTS = ["-m", "kernel", "tests"]  # pytest's selection: every test marked `kernel` (launches or compiles a kernel)
 
 
 def gpu_check(report: Path) -> int:
@@ -180,7 +179,7 @@ def gpu_check(report: Path) -> int:
     summary = (tests.stdout.strip().splitlines() or ["(no output)"])[-1]
     report.write_text(
         f"# GPU check: {name}\n\ntorch {torch.__version__}, Triton {status.version}, CUDA {torch.version.cuda}\n\n"
-        f"## Kernel tests, compiled ({' '.join(GPU_TESTS)})\n\n{summary}\n\n"
+        f"## Kernel tests, compiled (`pytest {' '.join(GPU_TESTS)}`)\n\n{summary}\n\n"
         + (f"```\n{tests.stdout[-6000:]}\n```\n\n" if tests.returncode else "")
         + "## Benchmark (`python -m course_utils.harness.bench`; fractions of this GPU's measured copy bandwidth, "
           "attention as a fraction of the data sheet's dense 16-bit peak)\n\n"
@@ -200,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("execute", help="run notebooks top to bottom and store their outputs (maintainers)")
     run.add_argument("notebooks", nargs="+")
     run.add_argument("--solved", action="store_true", help="replace exercise cells by the answers; do not write")
-    sync = sub.add_parser("sync-stubs", help="write notebooks' exercise cells (and the README's counts) from the "
-                                            "solutions (maintainers)")
-    sync.add_argument("notebooks", nargs="*", help="default: every notebook in notebooks/")
+    sync = sub.add_parser("sync-stubs", help="write notebooks' exercise cells (and the README's counts and concept "
+                                            "map) from the solutions (maintainers)")
+    sync.add_argument("notebooks", nargs="*", help="default: every chapter's notebook")
     comp = sub.add_parser("compile", help="what Triton's compiler makes of a notebook's kernels, or of one kernel, "
                                           "for NVIDIA targets (no GPU needed)")
     comp.add_argument("what", help="a notebook (02_initialization.ipynb) or a kernel (_softmax_fwd_kernel, or "
@@ -237,14 +236,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: {seconds:.1f} s ({'solved, not written' if args.solved else 'outputs stored'})")
         return 0
     if args.command == "sync-stubs":
-        from course_utils.harness.notebook_runner import sync_readme_counts, sync_stubs
+        from course_utils.chapters import CHAPTERS
+        from course_utils.harness.notebook_runner import sync_readme, sync_stubs
 
-        paths = args.notebooks or sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+        paths = args.notebooks or [REPO_ROOT / chapter.notebook for chapter in CHAPTERS]
         for path in paths:
             changed = sync_stubs(Path(path))
             print(f"{path}: " + (f"wrote {', '.join(changed)} (re-run it: execute)" if changed else "up to date"))
-        if sync_readme_counts(REPO_ROOT / "README.md"):
-            print("README.md: exercise counts updated")
+        if sync_readme(REPO_ROOT / "README.md"):
+            print("README.md: exercise counts and the concept map updated")
         return 0
     if args.command == "doctor":
         return doctor()

@@ -1,4 +1,4 @@
-"""Exercises: the registry, ``check`` and ``use``.
+"""Exercises: ``check``, ``use``, ``from_progress`` and ``hint``, and the one import name for the whole checker.
 
 An exercise is a function the learner writes in a notebook cell tagged ``exercise``. ``check(id, fn)``
 runs it on the exercise's cases and compares with the reference answer in ``solutions`` using
@@ -8,218 +8,54 @@ learner's output on a failing case equals a mistake's output, the mistake's hint
 Learner mode never raises out of ``check``: a crash, a hang, a wrong shape, a NaN or an input
 modified in place all become a message. With ``COURSE_STRICT=1`` anything but a pass raises
 :class:`ExerciseNotPassed` (the tests use that).
+
+The checker's other parts live beside this module and are re-exported here, so that
+``from course_utils.harness.exercises import Exercise, Case, Mistake, registry, describe_mismatch, ...`` works:
+``spec`` (the data model), ``registry`` (the exercises, references and stubs), ``compare`` (how an output differs,
+in words), ``sandbox`` (copies of the inputs, mutation and aliasing checks, the time limit), ``errors`` (the
+exception types) and ``progress.progress_table``.
 """
 from __future__ import annotations
 
 import ast
 import contextlib
-import ctypes
-import functools
-import importlib
 import inspect
 import math
 import os
-import signal
 import textwrap
-import threading
 import traceback
-import types
-import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy
 import torch
 
 from course_utils.harness import PACKAGE_DIR, REPO_ROOT, progress
+from course_utils.harness.compare import DEFAULT_TOLERANCES, describe_mismatch
 from course_utils.harness.errors import ContractError, ExerciseNotPassed, ExerciseTimeout
+from course_utils.harness.progress import progress_table
+from course_utils.harness.registry import (
+    _get,
+    _python_function,
+    exercise_ids,
+    reference,
+    registry,
+    solution_source,
+    stub_source,
+)
+from course_utils.harness.sandbox import _changed_argument, _clone, _returned_input, _run_with_time_limit
+from course_utils.harness.spec import Case, CheckResult, Exercise, KernelReference, Mistake, _plain_call
 
-# torch.testing.assert_close's defaults (rtol, atol) per dtype.
-DEFAULT_TOLERANCES = {
-    torch.float64: (1e-7, 1e-7),
-    torch.float32: (1.3e-6, 1e-5),
-    torch.float16: (1e-3, 1e-5),
-    torch.bfloat16: (1.6e-2, 1e-5),
-}
-
-
-@dataclass(frozen=True)
-class Case:
-    """One input to an exercise: a name the learner sees when it fails, and the arguments.
-
-    ``raises``: the contract says the answer must raise this exception type on these arguments.
-    ``tolerances``: dtype -> (rtol, atol) for this case only (a regime where two correct answers differ
-    by more than the exercise's tolerance, e.g. float32 rows of mean 1000).
-    """
-    name: str
-    args: tuple
-    kwargs: dict = field(default_factory=dict)
-    raises: type[BaseException] | None = None
-    tolerances: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Mistake:
-    """A realistic wrong answer. ``fn`` has the reference's signature; ``hint`` says what to fix."""
-    name: str
-    fn: Callable
-    hint: str
-
-
-@dataclass(frozen=True)
-class KernelReference:
-    """A Triton exercise's answer that is a production kernel of ``course_utils.kernels``, named, not
-    imported: importing ``solutions`` must not import Triton or a kernel module (a machine without
-    Triton loses only the Triton cells). :meth:`Exercise.answer` imports it on first use."""
-    module: str  # e.g. "course_utils.kernels.adamw"
-    name: str  # e.g. "adamw_kernel"
-
-
-@functools.lru_cache(maxsize=None)  # one object per kernel: check() compares answers by identity
-def _resolve_kernel(module: str, name: str) -> Callable:
-    from course_utils.runtime import triton_status
-
-    status = triton_status()
-    if status.available:
-        return getattr(importlib.import_module(module), name)
-
-    def unavailable(*_args, **_kwargs):
-        raise RuntimeError(f"{name} is a Triton kernel and {status.reason}")
-
-    unavailable.__name__ = unavailable.__qualname__ = name
-    unavailable.triton_unavailable = status.reason
-    return unavailable
-
-
-@dataclass
-class Exercise:
-    id: str  # "1.3": chapter.number
-    title: str  # one line, shown in the progress table
-    reference: Callable | KernelReference  # the answer, from solutions (may be a Triton kernel); see answer()
-    cases: Callable[[], list[Case]]  # builds fresh, seeded inputs
-    mistakes: tuple[Mistake, ...] = ()
-    # How a candidate runs on a case: call(candidate, *args, **kwargs). A Triton exercise passes
-    # a launcher here because the candidate is a kernel, not a function of tensors.
-    call: Callable[..., Any] | None = None
-    tolerances: dict = field(default_factory=dict)  # dtype -> (rtol, atol), overriding the defaults
-    needs_triton: bool | None = None  # None: derived from the reference (a Triton kernel, or a KernelReference)
-    timeout_s: float | None = None  # None: 30 s, or 120 s for a Triton exercise (its interpreter is slow)
-    output_names: tuple[str, ...] = ()  # names of the outputs of a tuple-returning answer, for messages
-    hints: tuple[str, ...] = ()  # progressive hints for hint(id): the first a nudge, the last close to the answer
-    chapter: str = ""  # filled in by the registry: the chapter title
-
-    def __post_init__(self):
-        if self.needs_triton is None:
-            kind = type(self.reference).__name__
-            self.needs_triton = (isinstance(self.reference, KernelReference)
-                                 or kind in ("JITFunction", "InterpretedFunction")
-                                 or hasattr(self.reference, "triton_unavailable"))  # the stand-in without Triton
-        if self.timeout_s is None:
-            self.timeout_s = 120.0 if self.needs_triton else 30.0
-
-    def answer(self) -> Callable:
-        """The reference answer itself (a :class:`KernelReference` imported now; where Triton cannot run,
-        a stand-in that says so when called)."""
-        if isinstance(self.reference, KernelReference):
-            return _resolve_kernel(self.reference.module, self.reference.name)
-        return self.reference
-
-    def run(self, candidate: Callable, case: Case) -> Any:
-        """Run a known answer (reference or mistake) on fresh copies of the case's tensors, quietly:
-        a mistake's overflow warnings are expected and not the learner's business."""
-        with warnings.catch_warnings(), numpy.errstate(all="ignore"):
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return (self.call or _plain_call)(candidate, *_clone(case.args), **_clone(case.kwargs))
-
-
-@dataclass
-class CheckResult:
-    exercise_id: str
-    status: str  # "passed", "failed", "todo" (not implemented yet) or "skipped" (cannot run here)
-    message: str
-    case: str | None = None  # name of the first failing case
-    mistake: str | None = None  # name of the known mistake the output matched
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
-
-    def __repr__(self) -> str:
-        return f"<CheckResult {self.exercise_id}: {self.status}>"
-
-
-# ---------------------------------------------------------------------------------------- registry
-
-@functools.cache
-def registry() -> types.MappingProxyType:
-    """Every exercise in course order (id -> :class:`Exercise`), from the modules listed in ``solutions.CHAPTERS``;
-    built on the first call, read-only."""
-    import solutions
-
-    exercises: dict[str, Exercise] = {}
-    for module_name in solutions.CHAPTERS:
-        module = importlib.import_module(f"solutions.{module_name}")
-        for ex in module.EXERCISES:
-            ex.chapter = module.CHAPTER
-            exercises[ex.id] = ex
-    return types.MappingProxyType(exercises)
-
-
-def exercise_ids() -> list[str]:
-    """Every exercise id in course order: ``["0.1", "1.1", ...]``."""
-    return list(registry())
-
-
-def reference(exercise_id: str) -> Callable:
-    """The reference answer for ``exercise_id``."""
-    return _get(exercise_id).answer()
-
-
-def _get(exercise_id: str) -> Exercise:
-    exercises = registry()
-    if exercise_id not in exercises:
-        raise KeyError(f"no exercise {exercise_id!r}; known: {', '.join(exercises)}")
-    return exercises[exercise_id]
-
-
-def _python_function(obj: Callable) -> Callable:
-    """The plain Python function behind a Triton ``JITFunction`` (or the object itself)."""
-    return getattr(obj, "fn", obj)
-
-
-def solution_source(exercise_id: str) -> str:
-    """Source of the reference answer, as a learner would type it into the exercise cell."""
-    return textwrap.dedent(inspect.getsource(_python_function(reference(exercise_id)))).rstrip() + "\n"
-
-
-def stub_source(exercise_id: str) -> str:
-    """The exercise cell as it is handed out: the reference's signature and docstring, no body."""
-    source = solution_source(exercise_id)
-    func = next(n for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.ClassDef)))
-    doc = func.body[0]
-    if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)):
-        raise ValueError(f"reference for {exercise_id} has no docstring to hand out")
-    lines = source.splitlines()[: doc.end_lineno]
-    return "\n".join(lines + ["    # YOUR CODE HERE", "    raise NotImplementedError"]) + "\n"
-
-
-def progress_table() -> str:
-    """A text table per chapter: one line per exercise with its status and attempts."""
-    records = progress.load()["exercises"]
-    lines, chapter = [], None
-    for ex in registry().values():
-        if ex.chapter != chapter:
-            chapter = ex.chapter
-            done = sum(records.get(e.id, {}).get("status") == "passed"
-                       for e in registry().values() if e.chapter == chapter)
-            total = sum(e.chapter == chapter for e in registry().values())
-            lines.append(f"{chapter}  ({done}/{total} passed)")
-        rec = records.get(ex.id, {})
-        hints = f", hints: {rec['hints']}/{len(ex.hints)}" if rec.get("hints") else ""
-        lines.append(f"  {progress.STATUS_SYMBOL.get(rec.get('status'), '?')} {ex.id:<5} {ex.title:<44} "
-                     f"attempts: {rec.get('attempts', 0)}{hints}")
-    lines.append(f"(progress file: {progress.progress_path()})")
-    return "\n".join(lines)
+__all__ = [
+    # the data model (spec) and the exception types (errors)
+    "Case", "Mistake", "KernelReference", "Exercise", "CheckResult",
+    "ContractError", "ExerciseNotPassed", "ExerciseTimeout",
+    # the registry
+    "registry", "exercise_ids", "reference", "solution_source", "stub_source",
+    # the check
+    "check", "use", "from_progress", "hint", "strict_mode", "checking_references", "exercise_launches",
+    "COMPILE_TARGET",
+    # how an output differs (compare), and the progress table (progress)
+    "describe_mismatch", "DEFAULT_TOLERANCES", "progress_table",
+]
 
 
 def hint(exercise_id: str, *, display: bool = True) -> str:
@@ -238,6 +74,7 @@ def hint(exercise_id: str, *, display: bool = True) -> str:
     if display:
         print(text)
     return text
+
 
 
 # ------------------------------------------------------------------------------------------- check
@@ -594,10 +431,6 @@ def _is_unimplemented_stub(candidate: Any) -> bool:
     return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
 
 
-def _plain_call(fn: Callable, *args, **kwargs) -> Any:
-    return fn(*args, **kwargs)
-
-
 def _parameter_names(fn: Callable) -> list[str]:
     try:
         return list(inspect.signature(_python_function(fn)).parameters)
@@ -658,268 +491,3 @@ def _where(exc: BaseException) -> str:
         return ""
     frame = frames[-1]
     return f"\n(line {frame.lineno} of your code: `{(frame.line or '').strip()}`)"
-
-
-# ------------------------------------------------------------------------------------- comparisons
-
-def describe_mismatch(expected: Any, got: Any, tolerances: dict | None = None, where: str = "",
-                      names: tuple[str, ...] = ()) -> str | None:
-    """None when ``got`` matches ``expected``; else one sentence saying how it differs. ``names``: what to
-    call the elements of a tuple of outputs (default ``output[i]``)."""
-    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
-    what = f"{where}: " if where else ""
-    if isinstance(expected, torch.Tensor):
-        if not isinstance(got, torch.Tensor):
-            return f"{what}expected a torch.Tensor, got {type(got).__name__}" + (
-                " (did you forget to `return` it?)" if got is None else "")
-        if got.shape != expected.shape:
-            swapped = got.dim() >= 2 and got.shape == expected.transpose(-1, -2).shape
-            return (f"{what}expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
-                    + (" (the last two dimensions swapped: a transpose?)" if swapped else ""))
-        if got.dtype != expected.dtype:
-            return f"{what}expected dtype {expected.dtype}, got {got.dtype}"
-        got_c, exp_c = got.detach().cpu(), expected.detach().cpu()
-        if exp_c.dtype == torch.bool or not exp_c.is_floating_point():
-            if torch.equal(got_c, exp_c):
-                return None
-            bad = (got_c != exp_c).nonzero()[0].tolist()
-            return (f"{what}wrong value at index {bad}: expected {exp_c[tuple(bad)].item()}, "
-                    f"got {got_c[tuple(bad)].item()}")
-        rtol, atol = tolerances.get(exp_c.dtype, (1e-5, 1e-8))
-        exp_f, got_f = exp_c.double(), got_c.double()
-        new_nan = got_f.isnan() & ~exp_f.isnan()
-        if new_nan.any():
-            idx = new_nan.nonzero()[0].tolist()
-            return (f"{what}NaN at index {idx} where the answer is {exp_f[tuple(idx)].item():.6g} "
-                    f"({int(new_nan.sum())} NaN values in all){_where_wrong(~new_nan)}")
-        ok = torch.isclose(got_f, exp_f, rtol=rtol, atol=atol, equal_nan=True)
-        if bool(ok.all()):
-            return None
-        err = torch.where(ok, torch.zeros_like(got_f), (got_f - exp_f).abs().nan_to_num(math.inf))
-        tol = f"(rtol={rtol:g}, atol={atol:g})"
-        if exp_f.dim() == 0:
-            return f"{what}expected {exp_f.item():.6g}, got {got_f.item():.6g} {tol}"
-        idx = [int(i) for i in torch.unravel_index(err.argmax(), exp_f.shape)]
-        return (f"{what}{int((~ok).sum())} of {ok.numel()} values differ; worst at index {idx}: "
-                f"expected {exp_f[tuple(idx)].item():.6g}, got {got_f[tuple(idx)].item():.6g} {tol}"
-                f"{_error_pattern(exp_f, got_f, rtol, atol) or _where_wrong(ok)}")
-    if isinstance(expected, dict):  # named values: the name says where it differs
-        if not isinstance(got, dict):
-            return f"{what}expected a dict, got {type(got).__name__}"
-        if got.keys() != expected.keys():
-            missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-            return f"{what}missing {missing}" + (f", unexpected {extra}" if extra else "")
-        for key, value in expected.items():
-            problem = describe_mismatch(value, got[key], tolerances, f"{where}[{key!r}]" if where else str(key))
-            if problem:
-                return problem
-        return None
-    if isinstance(expected, (tuple, list)):
-        if not isinstance(got, (tuple, list)):
-            return f"{what}expected a tuple of {len(expected)} values, got {type(got).__name__}"
-        if len(got) != len(expected):
-            return f"{what}expected {len(expected)} values, got {len(got)}"
-        for i, (e, g) in enumerate(zip(expected, got)):
-            label = f"{where}[{i}]" if where else (names[i] if i < len(names) else f"output[{i}]")
-            problem = describe_mismatch(e, g, tolerances, label)
-            if problem:
-                return problem
-        return None
-    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if not isinstance(got, (int, float)) or isinstance(got, bool):
-            return f"{what}expected a number, got {type(got).__name__}"
-        if math.isclose(got, expected, rel_tol=1e-5, abs_tol=1e-7) or (math.isnan(got) and math.isnan(expected)):
-            return None
-        return f"{what}expected {expected:.6g}, got {got:.6g}"
-    if expected != got:
-        return f"{what}expected {expected!r}, got {got!r}"
-    return None
-
-
-def _error_pattern(exp: torch.Tensor, got: torch.Tensor, rtol: float, atol: float) -> str:
-    """When a wrong answer is the right one transformed simply, say how (float64 tensors, one shape)."""
-    finite = exp.isfinite() & got.isfinite()
-    if not bool(finite.all()) or exp.numel() < 2:
-        return ""
-
-    def close(a, b):
-        return bool(torch.isclose(a, b, rtol=rtol, atol=atol).all())
-
-    if not bool(got.any()):
-        return ". Your output is all zeros."
-    if close(got, -exp):
-        return ". Your output is the answer with its sign flipped."
-    if exp.dim() >= 2 and exp.shape[-1] == exp.shape[-2] and close(got, exp.transpose(-1, -2)):
-        return ". Your output is the answer transposed (last two dimensions swapped)."
-    for dim in range(exp.dim()):
-        n = exp.shape[dim]
-        if n > 2:
-            ahead, behind = exp.narrow(dim, 1, n - 1), exp.narrow(dim, 0, n - 1)
-            if close(ahead, behind):  # the answer barely changes along this dimension: a shift says nothing
-                continue
-            if close(got.narrow(dim, 0, n - 1), ahead) or close(got.narrow(dim, 1, n - 1), behind):
-                return f". Your output is the answer shifted by one position along dimension {dim}: an off-by-one?"
-    nonzero = exp.abs() > atol
-    if bool(nonzero.sum() >= 2):
-        ratio = got[nonzero] / exp[nonzero]
-        r = float(ratio.median())
-        if abs(r) > 1e-3 and abs(r - 1) > 10 * rtol and close(got, r * exp):
-            return f". Every value is {r:.4g} times the answer: a missing or extra constant factor."
-    offset = float((got - exp).median())
-    if abs(offset) > atol and close(got, exp + offset):
-        return f". Every value is off by {offset:+.4g}: a constant offset."
-    if int(nonzero.sum()) > 4:
-        err, size = (got - exp).abs()[nonzero], exp.abs()[nonzero]
-        rel = err / size
-        grows = float(torch.corrcoef(torch.stack([err, size]))[0, 1]) > 0.7 if float(size.std()) > 0 else False
-        # rounding errs both ways; a wrong formula (an eps, a scale) shifts every value the same way
-        up = float(((got - exp)[nonzero] * exp[nonzero].sign() > 0).double().mean())
-        if grows and 0.2 < up < 0.8 and float(rel.max()) < 1e-2 and float(rel.max()) < 30 * float(rel.median()):
-            return (f". The error grows with the values (relative error at most {float(rel.max()):.1e}, about the "
-                    "same everywhere): a step in lower precision (float16, bfloat16, TF32)?")
-    return ""
-
-
-def _where_wrong(ok: torch.Tensor) -> str:
-    """Say when the wrong values sit in a few rows, or only in the last column (``ok``: bool)."""
-    if ok.dim() < 2 or bool(ok.all()):
-        return ""
-    cols_bad = (~ok).flatten(0, -2).any(dim=0)
-    if ok.shape[-1] > 2 and not bool(cols_bad[:-1].any()):
-        return (". Only the last column is wrong: an off-by-one at the end of a row (a range or a mask that stops "
-                "one short, or one too far)?")
-    rows_bad = (~ok).flatten(0, -2).any(dim=-1)
-    n_rows = rows_bad.numel()
-    if 0 < int(rows_bad.sum()) < n_rows:
-        bad = rows_bad.nonzero()[:, 0].tolist()
-        shown = ", ".join(map(str, bad[:6])) + (", ..." if len(bad) > 6 else "")
-        return (f". Only {len(bad)} of {n_rows} rows are wrong (rows {shown}, counting over all but the last "
-                "dimension); the others match")
-    return ""
-
-
-def _clone(tree: Any) -> Any:
-    """A deep copy of tensors in nested tuples/lists/dicts, strides kept (a strided case must reach the
-    reference and the mistakes strided too); other leaves are shared."""
-    if isinstance(tree, torch.Tensor):
-        if not tree.is_leaf:
-            return tree.clone()
-        return _strided_copy(tree.detach()).requires_grad_(tree.requires_grad)
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_clone(t) for t in tree)
-    if isinstance(tree, dict):
-        return {k: _clone(v) for k, v in tree.items()}
-    return tree
-
-
-def _strided_copy(t: torch.Tensor) -> torch.Tensor:
-    """A copy of ``t`` in fresh memory with the same sizes and strides."""
-    if t.is_contiguous() or t.numel() == 0 or 0 in t.stride():
-        return t.clone()
-    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-    out = torch.empty(extent, dtype=t.dtype, device=t.device).as_strided(t.shape, t.stride())
-    out.copy_(t)
-    return out
-
-
-def _tensors(tree: Any) -> list[torch.Tensor]:
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, (tuple, list)):
-        return [t for item in tree for t in _tensors(item)]
-    if isinstance(tree, dict):
-        return [t for item in tree.values() for t in _tensors(item)]
-    return []
-
-
-def _returned_input(got: Any, case: Case, names: list[str]) -> str | None:
-    """The name of an argument whose memory an output tensor shares (the output is the input, or a view)."""
-    def storage(t: torch.Tensor) -> int:
-        return t.untyped_storage().data_ptr() if t.numel() else 0
-
-    outputs = {storage(t) for t in _tensors(got)} - {0}
-    named = [(names[i] if i < len(names) else f"#{i + 1}", a) for i, a in enumerate(case.args)]
-    for name, arg in named + list(case.kwargs.items()):
-        if outputs & {storage(t) for t in _tensors(arg)}:
-            return f"`{name}`"
-    return None
-
-
-def _changed_argument(before: Any, after: Any, names: list[str]) -> str | None:
-    """The name of the first argument whose tensors (also inside lists, tuples and dicts) differ
-    between two ``(args, kwargs)`` snapshots."""
-    (args_b, kwargs_b), (args_a, kwargs_a) = before, after
-    pairs = [(names[i] if i < len(names) else f"#{i + 1}", b, a) for i, (b, a) in enumerate(zip(args_b, args_a))]
-    pairs += [(k, kwargs_b[k], kwargs_a[k]) for k in kwargs_b]
-    for name, b, a in pairs:
-        if not _same_tree(b, a):
-            return f"`{name}`"
-    return None
-
-
-def _same_tree(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and _same_tensor(a, b)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same_tree, a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_tree(a[k], b[k]) for k in a)
-    return True
-
-
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    return torch.equal(a.detach().isnan(), b.detach().isnan()) and torch.equal(
-        a.detach().nan_to_num(0.0) if a.is_floating_point() else a.detach(),
-        b.detach().nan_to_num(0.0) if b.is_floating_point() else b.detach())
-
-
-def _signal_timer_usable() -> bool:
-    """SIGALRM stops runaway code most reliably, but Windows has none and only the main thread may use it."""
-    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-
-
-def _run_with_time_limit(seconds: float, fn: Callable[[], Any]) -> Any:
-    """``fn()``, or :class:`ExerciseTimeout` once it has run ``seconds``; ``fn``'s exceptions pass through.
-
-    With SIGALRM (Unix, main thread) the alarm raises inside ``fn``. Without it, ``fn`` runs in a worker
-    thread; past the limit the timeout is raised in that thread too (at its next Python bytecode, which
-    stops a Python loop), and if it is stuck in C code it is left to finish in the background
-    (``ExerciseTimeout.abandoned``): the learner gets the message either way, never a hang.
-    """
-    if _signal_timer_usable():
-        def _raise(signum, frame):
-            raise ExerciseTimeout()
-
-        previous = signal.signal(signal.SIGALRM, _raise)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-        try:
-            return fn()
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-    outcome: dict[str, Any] = {}
-    grad_enabled = torch.is_grad_enabled()  # grad mode is per thread: carry the caller's over
-
-    def worker():
-        try:
-            with torch.set_grad_enabled(grad_enabled):
-                outcome["value"] = fn()
-        except BaseException as exc:  # handed to the caller, SystemExit and timeouts included
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=worker, name="course-exercise", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(ExerciseTimeout))
-        thread.join(1.0)
-        timeout = ExerciseTimeout()
-        timeout.abandoned = thread.is_alive()
-        raise timeout
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from course_utils.chapters import CHAPTERS
 from course_utils.harness import REPO_ROOT
 
 BUSY_LOOP = "while True: pass"
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", default=None, help="also write the figures to this CSV file")
     parser.add_argument("--cell-limit", type=int, default=300, help="seconds a cell may run before the run stops")
     args = parser.parse_args(argv)
-    paths = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    paths = [REPO_ROOT / chapter.notebook for chapter in CHAPTERS]
     if args.only:
         paths = [p for p in paths if any(p.name.startswith(o) for o in args.only)]
     if not paths:

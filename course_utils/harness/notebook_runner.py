@@ -39,19 +39,18 @@ def exercise_cells(nb) -> list:
 
 
 def chapter_exercises(path: Path) -> list:
-    """The registry's exercises of a notebook's chapter (``03_normalization.ipynb``: the ids ``3.*``), in order."""
-    from course_utils.harness.exercises import registry
+    """The registry's exercises of a notebook's chapter (``03_normalization.ipynb``: the ids ``3.*``), in order;
+    KeyError for a notebook that is no chapter's (``course_utils.chapters``)."""
+    from course_utils.chapters import chapter_of
+    from course_utils.harness.registry import registry
 
-    prefix = Path(path).name[:2]
-    if not prefix.isdigit():
-        raise ValueError(f"{Path(path).name}: a chapter notebook's name starts with its number "
-                         "(03_normalization.ipynb)")
-    return [ex for ex in registry().values() if int(ex.id.split(".")[0]) == int(prefix)]
+    chapter = chapter_of(path)
+    return [ex for ex in registry().values() if chapter_of(ex.id) == chapter]
 
 
 def _new_exercise_cells(ex) -> list:
     """A heading, the stub and its check cell, for an exercise the notebook has no cell for yet."""
-    from course_utils.harness.exercises import stub_source
+    from course_utils.harness.registry import stub_source
 
     stub = stub_source(ex.id).rstrip("\n")
     name = next(line.split()[1].split("(")[0].rstrip(":") for line in stub.splitlines()
@@ -91,7 +90,7 @@ def sync_stubs(path: Path) -> list[str]:
     signature and docstring): rewrite a tagged cell whose text differs, and add the cells of an exercise that has
     none yet (heading, stub, check cell) where :func:`_insertion_point` says. Returns the ids whose cells changed
     or were added (the notebook is written only then)."""
-    from course_utils.harness.exercises import stub_source
+    from course_utils.harness.registry import stub_source
 
     nb = nbformat.read(path, as_version=4)
     changed = []
@@ -112,22 +111,50 @@ def sync_stubs(path: Path) -> list[str]:
 
 
 README_COUNT = re.compile(r"^(\| (\d+) \| `\d\d_.*ready \()(\d+) exercises?(\) \|)$", re.M)
+CONCEPT_MAP = re.compile(r"^\| Ch \| Concept \|.*\n(?:\|.*\n)*", re.M)  # the README's "Where each concept lives"
 
 
-def sync_readme_counts(readme: Path) -> bool:
-    """Rewrite the "(N exercises)" of the README's chapter table from the registry; True if it changed."""
-    from course_utils.harness.exercises import exercise_ids
+def concept_map() -> str:
+    """The README's table "Where each concept lives", one row per topic of ``course_utils.chapters``, with the
+    topic's exercise ids from the registry (up to three listed, more as a range: ``3.1–3.5``)."""
+    from course_utils.chapters import CHAPTERS
+    from course_utils.harness.registry import exercise_ids
 
-    counts = {}
+    def cell(names) -> str:
+        return ", ".join(f"`{n}`" for n in names)
+
+    def span(ids) -> str:
+        return ", ".join(ids) if len(ids) <= 3 else f"{ids[0]}–{ids[-1]}"
+
+    lines = ["| Ch | Concept | Module | Kernel | Exercises | Tests |", "|---|---|---|---|---|---|"]
+    for chapter in CHAPTERS:
+        for topic, ids in chapter.topic_exercises(exercise_ids()):
+            row = [str(chapter.number), topic.concept, cell(topic.modules), cell(topic.kernels), span(ids),
+                   cell(topic.tests)]
+            lines.append("|" + "|".join(f" {c} " if c else " " for c in row) + "|")
+    return "".join(line + "\n" for line in lines)
+
+
+def sync_readme(readme: Path) -> bool:
+    """Rewrite, from ``course_utils.chapters`` and the registry, the "(N exercises)" of the README's chapter table
+    and the whole table "Where each concept lives"; True if the README changed."""
+    from course_utils.chapters import chapter_of
+    from course_utils.harness.registry import exercise_ids
+
+    counts: dict[int, int] = {}
     for exercise_id in exercise_ids():
-        counts[exercise_id.split(".")[0]] = counts.get(exercise_id.split(".")[0], 0) + 1
+        number = chapter_of(exercise_id).number
+        counts[number] = counts.get(number, 0) + 1
     text = readme.read_text()
 
     def stated(m: re.Match) -> str:
-        n = counts.get(m[2], 0)
+        n = counts.get(int(m[2]), 0)
         return f"{m[1]}{n} exercise{'' if n == 1 else 's'}{m[4]}"
 
     new = README_COUNT.sub(stated, text)
+    if not CONCEPT_MAP.search(new):
+        raise ValueError(f"{readme}: no table headed '| Ch | Concept |' to rewrite")
+    new = CONCEPT_MAP.sub(lambda m: concept_map(), new, count=1)
     if new != text:
         readme.write_text(new)
     return new != text
@@ -135,7 +162,7 @@ def sync_readme_counts(readme: Path) -> bool:
 
 def solved(nb):
     """A copy of ``nb`` whose exercise cells hold the reference answers' source."""
-    from course_utils.harness.exercises import solution_source
+    from course_utils.harness.registry import solution_source
 
     nb = nbformat.from_dict(nb)
     for cell in exercise_cells(nb):

@@ -12,6 +12,8 @@ Format: ``{"version": 1, "exercises": {"1.1": {"status": "passed", "attempts": 3
 "source": "def ..."}}}`` where status is one of ``passed``, ``failed``, ``todo`` (stub not implemented
 yet) and ``source`` is the code that passed (so a later notebook can use it: ``exercises.from_progress``).
 The file therefore holds runnable code: treat a progress file from someone else like a script.
+
+:func:`progress_table` shows the records per chapter (``python -m course_utils progress``).
 """
 from __future__ import annotations
 
@@ -196,3 +198,24 @@ def passed_source(exercise_id: str) -> str | None:
     entry = load()["exercises"].get(exercise_id, {})
     source = entry.get("source")
     return source if entry.get("status") == "passed" and isinstance(source, str) else None
+
+
+def progress_table() -> str:
+    """A text table per chapter (``course_utils.chapters``): one line per exercise with its status and attempts."""
+    from course_utils.chapters import chapter_of
+    from course_utils.harness.registry import registry
+
+    records = load()["exercises"]
+    lines, chapter = [], None
+    for ex in registry().values():
+        if chapter_of(ex.id) != chapter:
+            chapter = chapter_of(ex.id)
+            own = [e for e in registry().values() if chapter_of(e.id) == chapter]
+            done = sum(records.get(e.id, {}).get("status") == "passed" for e in own)
+            lines.append(f"{chapter.heading}  ({done}/{len(own)} passed)")
+        rec = records.get(ex.id, {})
+        hints = f", hints: {rec['hints']}/{len(ex.hints)}" if rec.get("hints") else ""
+        lines.append(f"  {STATUS_SYMBOL.get(rec.get('status'), '?')} {ex.id:<5} {ex.title:<44} "
+                     f"attempts: {rec.get('attempts', 0)}{hints}")
+    lines.append(f"(progress file: {progress_path()})")
+    return "\n".join(lines)

@@ -38,6 +38,7 @@ import uuid
 from importlib.metadata import version
 from pathlib import Path
 
+from course_utils.chapters import CHAPTERS
 from course_utils.harness import REPO_ROOT
 
 STACK = ("ipykernel", "jupyter_client", "pyzmq", "jupyter_server", "tornado", "nbclient")
@@ -187,6 +188,11 @@ async def lab_soak(runs: int, stall_s: float) -> tuple[int, int]:
     return stalls, runs
 
 
+def _notebooks(names: list[str]) -> list[Path]:
+    """The chapters' notebooks whose file names start with one of ``names`` (notebook numbers: "03")."""
+    return [REPO_ROOT / c.notebook for c in CHAPTERS if any(c.notebook.name.startswith(n) for n in names)]
+
+
 def plain_nbclient_soak(names: list[str], runs: int, cell_timeout: int = 120) -> tuple[int, int]:
     """``(stalls, runs)`` of plain nbclient (as nbconvert and many CI scripts use it, without the course runner's
     sliced polling and stall watch): a cell that exceeds ``cell_timeout`` (every course cell takes far less) is a
@@ -196,8 +202,7 @@ def plain_nbclient_soak(names: list[str], runs: int, cell_timeout: int = 120) ->
     from nbclient.exceptions import CellTimeoutError
 
     copies = Path(tempfile.mkdtemp(prefix="course-soak-plain-"))
-    paths = [Path(shutil.copy(p, copies / p.name)) for p in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-             if any(p.name.startswith(n) for n in names)]
+    paths = [Path(shutil.copy(p, copies / p.name)) for p in _notebooks(names)]
     stalls = total = 0
     for run in range(runs):
         for path in paths:
@@ -220,8 +225,7 @@ def notebook_soak(names: list[str], runs: int) -> tuple[int, int]:
     """``(stalls, cells run)`` of the course's notebook runner over ``names`` (notebook numbers), ``runs`` times."""
     from course_utils.harness import notebook_runner
 
-    originals = [p for p in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-                 if any(p.name.startswith(n) for n in names)]
+    originals = _notebooks(names)
     copies = Path(tempfile.mkdtemp(prefix="course-soak-notebooks-"))  # a snapshot: edits meanwhile do not matter
     paths = [Path(shutil.copy(p, copies / p.name)) for p in originals]
     stalls = cells = 0

@@ -1,15 +1,17 @@
-"""Every checker accepts its answer and rejects each realistic mistake with that mistake's hint."""
+"""The exercise catalogue (solutions/): every exercise accepts its reference answer and rejects each realistic
+mistake with that mistake's hint. A Triton exercise's tests are marked ``kernel``: they launch its kernels."""
 import pytest
-from conftest import TRITON
+from conftest import TRITON, runs_exercise
 
 from course_utils import check
 from course_utils.harness.exercises import checking_references, registry
 
 EXERCISES = list(registry().values())
-MISTAKES = [(ex, m) for ex in EXERCISES for m in ex.mistakes]
+RUNS = [runs_exercise(ex, ex, id=ex.id) for ex in EXERCISES]
+MISTAKES = [runs_exercise(ex, ex, m, id=f"{ex.id}-{m.name}") for ex in EXERCISES for m in ex.mistakes]
 
 
-@pytest.mark.parametrize("ex", EXERCISES, ids=[e.id for e in EXERCISES])
+@pytest.mark.parametrize("ex", RUNS)
 def test_reference_passes(ex):
     with checking_references():
         result = check(ex.id, ex.answer(), display=False)
@@ -25,7 +27,7 @@ def test_every_exercise_has_mistakes_and_cases(ex):
     assert len(ex.cases()) >= 4
 
 
-@pytest.mark.parametrize("ex,mistake", MISTAKES, ids=[f"{e.id}-{m.name}" for e, m in MISTAKES])
+@pytest.mark.parametrize("ex,mistake", MISTAKES)
 def test_mistake_is_rejected_with_its_hint(ex, mistake):
     result = check(ex.id, mistake.fn, display=False)
     if ex.needs_triton and not TRITON:
