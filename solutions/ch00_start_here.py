@@ -6,6 +6,8 @@ from course_utils.harness.exercises import Case, Exercise, Mistake
 CHAPTER = "0. Start here"
 
 
+# ----------------------------------------------------------------------------- 0.1 mean squared error
+
 def mean_squared_error(prediction, target):
     """Mean of the squared differences between two tensors of the same shape.
 
@@ -25,16 +27,17 @@ def _cases():
     ]
 
 
-EXERCISES = [
-    Exercise(
-        id="0.1", title="mean squared error", reference=mean_squared_error, cases=_cases,
-        mistakes=(
-            Mistake("sum instead of mean", lambda p, t: ((p - t) ** 2).sum(),
-                    "You summed the squared errors; divide by the number of elements (use .mean())."),
-            Mistake("no square", lambda p, t: (p - t).abs().mean(),
-                    "That is the mean *absolute* error; square the differences instead."),
-            Mistake("square of the mean", lambda p, t: (p - t).mean() ** 2,
-                    "You squared the mean difference; square each difference first, then average."),
-        ),
+EX_0_1 = Exercise(
+    id="0.1", title="mean squared error", reference=mean_squared_error, cases=_cases,
+    mistakes=(
+        Mistake("sum instead of mean", lambda p, t: ((p - t) ** 2).sum(),
+                "You summed the squared errors; divide by the number of elements (use .mean())."),
+        Mistake("no square", lambda p, t: (p - t).abs().mean(),
+                "That is the mean *absolute* error; square the differences instead."),
+        Mistake("square of the mean", lambda p, t: (p - t).mean() ** 2,
+                "You squared the mean difference; square each difference first, then average."),
     ),
-]
+)
+
+
+EXERCISES = [EX_0_1]

@@ -39,6 +39,20 @@ def _residual_cases():
     ]
 
 
+EX_1_1 = Exercise(
+    id="1.1", title="gradient through a residual connection", reference=residual_input_grad,
+    cases=_residual_cases,
+    mistakes=(
+        Mistake("no identity", lambda g, J: g @ J,
+                "The skip path x_in -> x_out contributes the identity: dL/dx_in = g (I + J) = g + g @ J."),
+        Mistake("transposed Jacobian", lambda g, J: g + g @ J.T,
+                "For row vectors g, the chain rule is g @ J with J[i, j] = dF_i/dx_j (not J.T)."),
+        Mistake("Jacobian only, transposed", lambda g, J: g @ J.T,
+                "Two things: the skip path adds g itself, and the product is g @ J, not g @ J.T."),
+    ),
+)
+
+
 # ------------------------------------------------------------------------------- 1.2 safe softmax
 
 def _softmax_cases():
@@ -64,6 +78,26 @@ def _softmax_global_max(x):
 def _softmax_minus_mean(x):
     e = torch.exp(x - x.mean(dim=-1, keepdim=True))
     return e / e.sum(dim=-1, keepdim=True)
+
+
+EX_1_2 = Exercise(
+    id="1.2", title="safe softmax", reference=safe_softmax, cases=_softmax_cases,
+    # exp(x - logsumexp(x)) is just as stable, but at |x| ~ 1e4 float32 rounding of the
+    # logsumexp shifts the result by ~4e-4 relative: accept that, reject NaN/0 and wrong axes
+    tolerances={torch.float32: (1e-3, 1e-6)},
+    mistakes=(
+        Mistake("naive softmax", naive_softmax,
+                "exp of a large logit overflows to inf (inf/inf = NaN), of a very negative one underflows "
+                "to 0 (0/0). Subtract each row's max before exp."),
+        Mistake("global max", _softmax_global_max,
+                "Subtract the max of each row (dim=-1, keepdim=True), not of the whole tensor: a row far "
+                "below the global max underflows to 0/0."),
+        Mistake("mean instead of max", _softmax_minus_mean,
+                "Subtracting the mean still lets exp overflow; only the max makes every exponent <= 0."),
+        Mistake("wrong dimension", lambda x: torch.softmax(x, dim=0),
+                "Normalise over the last dimension (dim=-1): each row must sum to 1."),
+    ),
+)
 
 
 # --------------------------------------------------------------------- 1.3 online softmax update
@@ -100,8 +134,25 @@ def _online_no_inf_guard(m, d, block):
     return m_new, d * torch.exp(m - m_new) + torch.exp(block - m_new[:, None]).sum(dim=-1)
 
 
+EX_1_3 = Exercise(
+    id="1.3", title="online softmax update", reference=online_softmax_update, cases=_online_cases,
+    mistakes=(
+        Mistake("no -inf guard", _online_no_inf_guard,
+                "While a row has seen only -inf, m_new is -inf and exp(-inf - (-inf)) is NaN; subtract 0 "
+                "instead of m_new for those rows (torch.where)."),
+        Mistake("no rescale", _online_no_rescale,
+                "When the max grows, the old sum was computed against the old max: multiply d by "
+                "exp(m - m_new) before adding the new block."),
+        Mistake("inverted rescale", _online_rescale_inverted,
+                "The factor is exp(m_old - m_new) (<= 1), not exp(m_new - m_old)."),
+    ),
+)
+
+
 # ------------------------------------------------------------------ 1.4 Triton row softmax kernel
 
+# = kernels/softmax._softmax_fwd_kernel with the whole row in one block (max, then sum, instead of the online
+# loop over blocks), and without the int64 row offset, the float32 arithmetic and the output cast.
 @triton.jit
 def softmax_row_kernel(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
     """Safe softmax of one row per program; BLOCK >= n_cols, so one block holds the whole row.
@@ -120,46 +171,46 @@ def softmax_row_kernel(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: 
 
 @triton.jit
 def _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr,
-                     PAD_WITH_ZERO: tl.constexpr, SUBTRACT_MAX: tl.constexpr, MASK_LOAD: tl.constexpr,
-                     MASK_STORE: tl.constexpr):
-    """softmax_row_kernel with one step done wrong: the common body of the mistakes below."""
+                     PAD_WITH_ZERO: tl.constexpr = False, NO_MAX: tl.constexpr = False,
+                     UNMASKED_LOAD: tl.constexpr = False, UNMASKED_STORE: tl.constexpr = False):
+    """softmax_row_kernel with the bugs whose flags are set (none set: the correct kernel), for the mistakes below."""
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
-    if not MASK_LOAD:
+    if UNMASKED_LOAD:
         x = tl.load(x_ptr + row * x_row_stride + cols)
     elif PAD_WITH_ZERO:
         x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0)
     else:
         x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=-float("inf"))
-    if SUBTRACT_MAX:
-        e = tl.exp(x - tl.max(x, axis=0))
-    else:
+    if NO_MAX:
         e = tl.exp(x)
-    if MASK_STORE:
-        tl.store(y_ptr + row * y_row_stride + cols, e / tl.sum(e, axis=0), mask=mask)
     else:
+        e = tl.exp(x - tl.max(x, axis=0))
+    if UNMASKED_STORE:
         tl.store(y_ptr + row * y_row_stride + cols, e / tl.sum(e, axis=0))
+    else:
+        tl.store(y_ptr + row * y_row_stride + cols, e / tl.sum(e, axis=0), mask=mask)
 
 
 @triton.jit
 def _kernel_pads_with_zero(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
-    _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK, True, True, True, True)
+    _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK=BLOCK, PAD_WITH_ZERO=True)
 
 
 @triton.jit
 def _kernel_no_max(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
-    _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK, False, False, True, True)
+    _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK=BLOCK, NO_MAX=True)
 
 
 @triton.jit
 def _kernel_unmasked_load(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
-    _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK, False, True, False, True)
+    _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK=BLOCK, UNMASKED_LOAD=True)
 
 
 @triton.jit
 def _kernel_unmasked_store(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK: tl.constexpr):
-    _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK, False, True, True, False)
+    _softmax_variant(x_ptr, y_ptr, x_row_stride, y_row_stride, n_cols, BLOCK=BLOCK, UNMASKED_STORE=True)
 
 
 def _kernel_cases():
@@ -172,6 +223,25 @@ def _kernel_cases():
         Case("huge logits, 3x37", (300.0 * torch.randn(3, 37, generator=g),)),
         Case("strided rows (every other row of 10x40)", (torch.randn(10, 40, generator=g)[::2],)),
     ]
+
+
+EX_1_4 = Exercise(
+    id="1.4", title="Triton row-softmax kernel", reference=softmax_row_kernel, cases=_kernel_cases,
+    call=launch_row_kernel,
+    mistakes=(
+        Mistake("padding loaded as 0", _kernel_pads_with_zero,
+                "Masked lanes load `other=...`: with 0.0 they join the max and add exp(0 - max) to the sum. "
+                "Load them as -inf so they vanish."),
+        Mistake("no max subtraction", _kernel_no_max,
+                "Subtract the row max (tl.max(x, axis=0)) before tl.exp, or large logits overflow."),
+        Mistake("load without a mask", _kernel_unmasked_load,
+                "Lanes at or beyond n_cols lie outside the row: load with mask=cols < n_cols and "
+                "other=-float('inf'), so they neither win the max nor add to the sum."),
+        Mistake("store without a mask", _kernel_unmasked_store,
+                "Lanes at or beyond n_cols would write past the end of the row (into the next row, or out of "
+                "the tensor): store with mask=cols < n_cols."),
+    ),
+)
 
 
 # --------------------------------------------------------------------------- 1.5 SwiGLU gradients
@@ -215,6 +285,21 @@ def _swiglu_swapped(gate, up, grad_h):
     return grad_h * gate * s, grad_h * up * s * (1 + gate * (1 - s))
 
 
+EX_1_5 = Exercise(
+    id="1.5", title="SwiGLU gradients by hand", reference=swiglu_grads, cases=_swiglu_cases,
+    tolerances={torch.float32: (1e-5, 1e-5)},  # silu' written two ways rounds differently at |x|~30
+    mistakes=(
+        Mistake("other branch missing", _swiglu_no_other_branch,
+                "h = silu(gate) * up, so dh/dgate = up * silu'(gate): the gradient of one branch is "
+                "scaled by the other branch's activation."),
+        Mistake("sigmoid as silu'", _swiglu_sigmoid_derivative,
+                "silu'(g) is not sigmoid(g): by the product rule it is s + g * s * (1 - s), s = sigmoid(g)."),
+        Mistake("gradients swapped", _swiglu_swapped,
+                "Return (grad_gate, grad_up) in that order."),
+    ),
+)
+
+
 # ----------------------------------------------------------------------- 1.6 global-norm clipping
 
 def _clip_cases():
@@ -244,90 +329,18 @@ def _clip_sum_of_norms(grads, max_norm):
     return [g * torch.clamp(max_norm / (total + 1e-6), max=1.0) for g in grads], total
 
 
-EXERCISES = [
-    Exercise(
-        id="1.1", title="gradient through a residual connection", reference=residual_input_grad,
-        cases=_residual_cases,
-        mistakes=(
-            Mistake("no identity", lambda g, J: g @ J,
-                    "The skip path x_in -> x_out contributes the identity: dL/dx_in = g (I + J) = g + g @ J."),
-            Mistake("transposed Jacobian", lambda g, J: g + g @ J.T,
-                    "For row vectors g, the chain rule is g @ J with J[i, j] = dF_i/dx_j (not J.T)."),
-            Mistake("Jacobian only, transposed", lambda g, J: g @ J.T,
-                    "Two things: the skip path adds g itself, and the product is g @ J, not g @ J.T."),
-        ),
+EX_1_6 = Exercise(
+    id="1.6", title="gradient clipping by global norm", reference=clip_grad_norm, cases=_clip_cases,
+    mistakes=(
+        Mistake("per-tensor clipping", _clip_per_tensor,
+                "Clip by the *global* norm sqrt(sum of all squares) with one scale for every tensor; "
+                "per-tensor clipping changes the gradient's direction."),
+        Mistake("always rescaled", _clip_without_clamp,
+                "Only shrink: the scale is min(1, max_norm / (norm + 1e-6)); small gradients stay as they are."),
+        Mistake("sum of norms", _clip_sum_of_norms,
+                "The global norm is sqrt(sum of squared entries), not the sum of the tensors' norms."),
     ),
-    Exercise(
-        id="1.2", title="safe softmax", reference=safe_softmax, cases=_softmax_cases,
-        # exp(x - logsumexp(x)) is just as stable, but at |x| ~ 1e4 float32 rounding of the
-        # logsumexp shifts the result by ~4e-4 relative: accept that, reject NaN/0 and wrong axes
-        tolerances={torch.float32: (1e-3, 1e-6)},
-        mistakes=(
-            Mistake("naive softmax", naive_softmax,
-                    "exp of a large logit overflows to inf (inf/inf = NaN), of a very negative one underflows "
-                    "to 0 (0/0). Subtract each row's max before exp."),
-            Mistake("global max", _softmax_global_max,
-                    "Subtract the max of each row (dim=-1, keepdim=True), not of the whole tensor: a row far "
-                    "below the global max underflows to 0/0."),
-            Mistake("mean instead of max", _softmax_minus_mean,
-                    "Subtracting the mean still lets exp overflow; only the max makes every exponent <= 0."),
-            Mistake("wrong dimension", lambda x: torch.softmax(x, dim=0),
-                    "Normalise over the last dimension (dim=-1): each row must sum to 1."),
-        ),
-    ),
-    Exercise(
-        id="1.3", title="online softmax update", reference=online_softmax_update, cases=_online_cases,
-        mistakes=(
-            Mistake("no -inf guard", _online_no_inf_guard,
-                    "While a row has seen only -inf, m_new is -inf and exp(-inf - (-inf)) is NaN; subtract 0 "
-                    "instead of m_new for those rows (torch.where)."),
-            Mistake("no rescale", _online_no_rescale,
-                    "When the max grows, the old sum was computed against the old max: multiply d by "
-                    "exp(m - m_new) before adding the new block."),
-            Mistake("inverted rescale", _online_rescale_inverted,
-                    "The factor is exp(m_old - m_new) (<= 1), not exp(m_new - m_old)."),
-        ),
-    ),
-    Exercise(
-        id="1.4", title="Triton row-softmax kernel", reference=softmax_row_kernel, cases=_kernel_cases,
-        call=launch_row_kernel,
-        mistakes=(
-            Mistake("padding loaded as 0", _kernel_pads_with_zero,
-                    "Masked lanes load `other=...`: with 0.0 they join the max and add exp(0 - max) to the sum. "
-                    "Load them as -inf so they vanish."),
-            Mistake("no max subtraction", _kernel_no_max,
-                    "Subtract the row max (tl.max(x, axis=0)) before tl.exp, or large logits overflow."),
-            Mistake("load without a mask", _kernel_unmasked_load,
-                    "Lanes at or beyond n_cols lie outside the row: load with mask=cols < n_cols and "
-                    "other=-float('inf'), so they neither win the max nor add to the sum."),
-            Mistake("store without a mask", _kernel_unmasked_store,
-                    "Lanes at or beyond n_cols would write past the end of the row (into the next row, or out of "
-                    "the tensor): store with mask=cols < n_cols."),
-        ),
-    ),
-    Exercise(
-        id="1.5", title="SwiGLU gradients by hand", reference=swiglu_grads, cases=_swiglu_cases,
-        tolerances={torch.float32: (1e-5, 1e-5)},  # silu' written two ways rounds differently at |x|~30
-        mistakes=(
-            Mistake("other branch missing", _swiglu_no_other_branch,
-                    "h = silu(gate) * up, so dh/dgate = up * silu'(gate): the gradient of one branch is "
-                    "scaled by the other branch's activation."),
-            Mistake("sigmoid as silu'", _swiglu_sigmoid_derivative,
-                    "silu'(g) is not sigmoid(g): by the product rule it is s + g * s * (1 - s), s = sigmoid(g)."),
-            Mistake("gradients swapped", _swiglu_swapped,
-                    "Return (grad_gate, grad_up) in that order."),
-        ),
-    ),
-    Exercise(
-        id="1.6", title="gradient clipping by global norm", reference=clip_grad_norm, cases=_clip_cases,
-        mistakes=(
-            Mistake("per-tensor clipping", _clip_per_tensor,
-                    "Clip by the *global* norm sqrt(sum of all squares) with one scale for every tensor; "
-                    "per-tensor clipping changes the gradient's direction."),
-            Mistake("always rescaled", _clip_without_clamp,
-                    "Only shrink: the scale is min(1, max_norm / (norm + 1e-6)); small gradients stay as they are."),
-            Mistake("sum of norms", _clip_sum_of_norms,
-                    "The global norm is sqrt(sum of squared entries), not the sum of the tensors' norms."),
-        ),
-    ),
-]
+)
+
+
+EXERCISES = [EX_1_1, EX_1_2, EX_1_3, EX_1_4, EX_1_5, EX_1_6]

@@ -70,6 +70,31 @@ def _xavier_cases():
     ]
 
 
+EX_2_1 = Exercise(
+    id="2.1", title="Xavier/Glorot uniform", reference=xavier_uniform, cases=_xavier_cases,
+    hints=("The compromise is the harmonic mean of the two variances: Var W = 2 / (fan_in + fan_out).",
+           "U(-a, a) has variance a**2 / 3: solve a**2 / 3 = gain**2 * 2 / (fan_in + fan_out) for a.",
+           "a = gain * sqrt(6 / (fan_in + fan_out)); torch.empty(fan_out, fan_in).uniform_(-a, a)."),
+    call=_sample_statistics, tolerances=STAT_TOLERANCE, output_names=SAMPLE_STATISTICS,
+    mistakes=(
+        Mistake("normal instead of uniform", lambda o, i, gain=1.0: torch.randn(o, i) * gain * math.sqrt(
+            2 / (i + o)),
+                "Right variance, wrong shape: this asks for a *uniform* U(-a, a); its kurtosis is 1.8, "
+                "a normal's 3."),
+        Mistake("gain ignored", lambda o, i, gain=1.0: torch.empty(o, i).uniform_(
+            -math.sqrt(6 / (i + o)), math.sqrt(6 / (i + o))),
+                "Multiply the bound by `gain` (5/3 for tanh, sqrt(2) for ReLU)."),
+        Mistake("variance used as bound", lambda o, i, gain=1.0: torch.empty(o, i).uniform_(
+            -gain * math.sqrt(2 / (i + o)), gain * math.sqrt(2 / (i + o))),
+                "U(-a, a) has variance a²/3, so the bound for variance 2/(fan_in+fan_out) is "
+                "sqrt(6/(fan_in+fan_out))."),
+        Mistake("fan_in only", lambda o, i, gain=1.0: torch.empty(o, i).uniform_(
+            -gain * math.sqrt(3 / i), gain * math.sqrt(3 / i)),
+                "That is LeCun's fan_in rule; Xavier averages both fans: Var W = 2 / (fan_in + fan_out)."),
+    ),
+)
+
+
 # ---------------------------------------------------------------------------- 2.2 Kaiming normal
 
 def kaiming_normal(fan_out, fan_in, mode="fan_in", nonlinearity="relu"):
@@ -92,6 +117,28 @@ def _kaiming_cases():
         Case("fan_in mode, linear, 512 x 128", (512, 128, "fan_in", "linear")),
         Case("fan_out mode, tanh, 128 x 1024", (128, 1024, "fan_out", "tanh")),
     ]
+
+
+EX_2_2 = Exercise(
+    id="2.2", title="He/Kaiming normal", reference=kaiming_normal, cases=_kaiming_cases,
+    hints=("fan is fan_in in mode 'fan_in' and fan_out in mode 'fan_out'; the weight's shape is (fan_out, fan_in).",
+           "The gains: ReLU zeroes half of its inputs, halving the second moment, so sqrt(2); 'linear' 1; "
+           "'tanh' 5/3.",
+           "std = gain / sqrt(fan); torch.randn(fan_out, fan_in) * std."),
+    call=_sample_statistics, tolerances=STAT_TOLERANCE, output_names=SAMPLE_STATISTICS,
+    mistakes=(
+        Mistake("mode ignored", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) * (
+            {"relu": math.sqrt(2), "linear": 1.0, "tanh": 5 / 3}[nonlinearity] / math.sqrt(i)),
+                "mode='fan_out' divides by sqrt(fan_out) (the number of rows), not fan_in."),
+        Mistake("no ReLU gain", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) / math.sqrt(
+            i if mode == "fan_in" else o) * {"relu": 1.0, "linear": 1.0, "tanh": 5 / 3}[nonlinearity],
+                "ReLU zeroes half its inputs, halving the second moment: the gain is sqrt(2)."),
+        Mistake("gain on the variance", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) *
+            math.sqrt({"relu": math.sqrt(2), "linear": 1.0, "tanh": 5 / 3}[nonlinearity] /
+                      (i if mode == "fan_in" else o)),
+                "The gain multiplies the standard deviation: std = gain / sqrt(fan), i.e. variance = gain² / fan."),
+    ),
+)
 
 
 # ------------------------------------------------------------------------------- 2.3 GPT-2 init
@@ -145,6 +192,21 @@ _gpt_scale_everything = functools.partial(_gpt_variant, scale_all=True)
 _gpt_sqrt_l = functools.partial(_gpt_variant, two=1)
 _gpt_keeps_biases = functools.partial(_gpt_variant, zero_bias=False)
 _gpt_linear_only = functools.partial(_gpt_variant, embeddings=False)
+
+
+EX_2_3 = Exercise(
+    id="2.3", title="GPT-2 init with depth scaling by name", reference=gpt_init_, cases=_gpt_cases,
+    call=_init_statistics, tolerances={torch.float64: (0.06, 0.06)},  # sampling noise of 4096-value statistics
+    mistakes=(
+        Mistake("every Linear depth-scaled", _gpt_scale_everything,
+                "Only the projections that write into the residual stream (attn.proj, mlp.down) get 1/sqrt(2L)."),
+        Mistake("1/sqrt(L)", _gpt_sqrt_l,
+                "Each block adds to the residual stream twice (attention and MLP): scale by 1/sqrt(2 * n_layer)."),
+        Mistake("biases kept", _gpt_keeps_biases, "Set every Linear bias to zero."),
+        Mistake("embeddings skipped", _gpt_linear_only,
+                "nn.Embedding weights (tokens and positions) get N(0, std²) too."),
+    ),
+)
 
 
 # ---------------------------------------------------------------------------- 2.4 weight tying
@@ -206,6 +268,26 @@ def _tying_cases():
             Case("vocab 7, d_model 16", (7, 16)), Case("vocab 512, d_model 128", (512, 128))]
 
 
+EX_2_4 = Exercise(
+    id="2.4", title="weight tying", reference=tie_weights, cases=_tying_cases, call=_tying_statistics,
+    mistakes=(
+        Mistake("copied", _tie_by_copy,
+                "A copy starts equal but trains apart: assign the same nn.Parameter object "
+                "(model.lm_head.weight = model.tok_emb.weight)."),
+        Mistake("shared .data", _tie_by_data,
+                "Sharing .data keeps two Parameters: each gets only its own gradient and the optimizer "
+                "updates the memory twice. Assign the Parameter itself."),
+        Mistake("tied the other way round", _tie_wrong_way,
+                "Both names now hold the LM head's matrix and the embedding's values are gone: assign the "
+                "embedding's Parameter to the head (model.lm_head.weight = model.tok_emb.weight), not the "
+                "reverse."),
+        Mistake("module swapped", _tie_modules,
+                "Share the weight, not the module: an nn.Embedding looks tokens up, it cannot map vectors "
+                "to logits. model.lm_head.weight = model.tok_emb.weight."),
+    ),
+)
+
+
 # ------------------------------------------------------------------------------- 2.5 μP for Adam
 
 def mup_param_groups(model, base_lr, base_width):
@@ -254,91 +336,18 @@ def _mup_inverted(model, base_lr, base_width):
             {"params": list(model.hidden.parameters()) + list(model.output.parameters()), "lr": base_lr * ratio}]
 
 
-EXERCISES = [
-    Exercise(
-        id="2.1", title="Xavier/Glorot uniform", reference=xavier_uniform, cases=_xavier_cases,
-        hints=("The compromise is the harmonic mean of the two variances: Var W = 2 / (fan_in + fan_out).",
-               "U(-a, a) has variance a**2 / 3: solve a**2 / 3 = gain**2 * 2 / (fan_in + fan_out) for a.",
-               "a = gain * sqrt(6 / (fan_in + fan_out)); torch.empty(fan_out, fan_in).uniform_(-a, a)."),
-        call=_sample_statistics, tolerances=STAT_TOLERANCE, output_names=SAMPLE_STATISTICS,
-        mistakes=(
-            Mistake("normal instead of uniform", lambda o, i, gain=1.0: torch.randn(o, i) * gain * math.sqrt(
-                2 / (i + o)),
-                    "Right variance, wrong shape: this asks for a *uniform* U(-a, a); its kurtosis is 1.8, "
-                    "a normal's 3."),
-            Mistake("gain ignored", lambda o, i, gain=1.0: torch.empty(o, i).uniform_(
-                -math.sqrt(6 / (i + o)), math.sqrt(6 / (i + o))),
-                    "Multiply the bound by `gain` (5/3 for tanh, sqrt(2) for ReLU)."),
-            Mistake("variance used as bound", lambda o, i, gain=1.0: torch.empty(o, i).uniform_(
-                -gain * math.sqrt(2 / (i + o)), gain * math.sqrt(2 / (i + o))),
-                    "U(-a, a) has variance a²/3, so the bound for variance 2/(fan_in+fan_out) is "
-                    "sqrt(6/(fan_in+fan_out))."),
-            Mistake("fan_in only", lambda o, i, gain=1.0: torch.empty(o, i).uniform_(
-                -gain * math.sqrt(3 / i), gain * math.sqrt(3 / i)),
-                    "That is LeCun's fan_in rule; Xavier averages both fans: Var W = 2 / (fan_in + fan_out)."),
-        ),
+EX_2_5 = Exercise(
+    id="2.5", title="μP learning rates per parameter group", reference=mup_param_groups, cases=_mup_cases,
+    call=_lr_per_parameter,
+    mistakes=(
+        Mistake("input layer scaled too", _mup_all_scaled,
+                "The input layer's fan_in (d_in) does not grow with width: keep its learning rate at base_lr."),
+        Mistake("square root", _mup_sqrt,
+                "For Adam, μP scales hidden and output learning rates by base_width / width, not its square root."),
+        Mistake("inverted ratio", _mup_inverted,
+                "Wider layers need *smaller* steps: multiply by base_width / width."),
     ),
-    Exercise(
-        id="2.2", title="He/Kaiming normal", reference=kaiming_normal, cases=_kaiming_cases,
-        hints=("fan is fan_in in mode 'fan_in' and fan_out in mode 'fan_out'; the weight's shape is (fan_out, fan_in).",
-               "The gains: ReLU zeroes half of its inputs, halving the second moment, so sqrt(2); 'linear' 1; "
-               "'tanh' 5/3.",
-               "std = gain / sqrt(fan); torch.randn(fan_out, fan_in) * std."),
-        call=_sample_statistics, tolerances=STAT_TOLERANCE, output_names=SAMPLE_STATISTICS,
-        mistakes=(
-            Mistake("mode ignored", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) * (
-                {"relu": math.sqrt(2), "linear": 1.0, "tanh": 5 / 3}[nonlinearity] / math.sqrt(i)),
-                    "mode='fan_out' divides by sqrt(fan_out) (the number of rows), not fan_in."),
-            Mistake("no ReLU gain", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) / math.sqrt(
-                i if mode == "fan_in" else o) * {"relu": 1.0, "linear": 1.0, "tanh": 5 / 3}[nonlinearity],
-                    "ReLU zeroes half its inputs, halving the second moment: the gain is sqrt(2)."),
-            Mistake("gain on the variance", lambda o, i, mode="fan_in", nonlinearity="relu": torch.randn(o, i) *
-                math.sqrt({"relu": math.sqrt(2), "linear": 1.0, "tanh": 5 / 3}[nonlinearity] /
-                          (i if mode == "fan_in" else o)),
-                    "The gain multiplies the standard deviation: std = gain / sqrt(fan), i.e. variance = gain² / fan."),
-        ),
-    ),
-    Exercise(
-        id="2.3", title="GPT-2 init with depth scaling by name", reference=gpt_init_, cases=_gpt_cases,
-        call=_init_statistics, tolerances={torch.float64: (0.06, 0.06)},  # sampling noise of 4096-value statistics
-        mistakes=(
-            Mistake("every Linear depth-scaled", _gpt_scale_everything,
-                    "Only the projections that write into the residual stream (attn.proj, mlp.down) get 1/sqrt(2L)."),
-            Mistake("1/sqrt(L)", _gpt_sqrt_l,
-                    "Each block adds to the residual stream twice (attention and MLP): scale by 1/sqrt(2 * n_layer)."),
-            Mistake("biases kept", _gpt_keeps_biases, "Set every Linear bias to zero."),
-            Mistake("embeddings skipped", _gpt_linear_only,
-                    "nn.Embedding weights (tokens and positions) get N(0, std²) too."),
-        ),
-    ),
-    Exercise(
-        id="2.4", title="weight tying", reference=tie_weights, cases=_tying_cases, call=_tying_statistics,
-        mistakes=(
-            Mistake("copied", _tie_by_copy,
-                    "A copy starts equal but trains apart: assign the same nn.Parameter object "
-                    "(model.lm_head.weight = model.tok_emb.weight)."),
-            Mistake("shared .data", _tie_by_data,
-                    "Sharing .data keeps two Parameters: each gets only its own gradient and the optimizer "
-                    "updates the memory twice. Assign the Parameter itself."),
-            Mistake("tied the other way round", _tie_wrong_way,
-                    "Both names now hold the LM head's matrix and the embedding's values are gone: assign the "
-                    "embedding's Parameter to the head (model.lm_head.weight = model.tok_emb.weight), not the "
-                    "reverse."),
-            Mistake("module swapped", _tie_modules,
-                    "Share the weight, not the module: an nn.Embedding looks tokens up, it cannot map vectors "
-                    "to logits. model.lm_head.weight = model.tok_emb.weight."),
-        ),
-    ),
-    Exercise(
-        id="2.5", title="μP learning rates per parameter group", reference=mup_param_groups, cases=_mup_cases,
-        call=_lr_per_parameter,
-        mistakes=(
-            Mistake("input layer scaled too", _mup_all_scaled,
-                    "The input layer's fan_in (d_in) does not grow with width: keep its learning rate at base_lr."),
-            Mistake("square root", _mup_sqrt,
-                    "For Adam, μP scales hidden and output learning rates by base_width / width, not its square root."),
-            Mistake("inverted ratio", _mup_inverted,
-                    "Wider layers need *smaller* steps: multiply by base_width / width."),
-        ),
-    ),
-]
+)
+
+
+EXERCISES = [EX_2_1, EX_2_2, EX_2_3, EX_2_4, EX_2_5]

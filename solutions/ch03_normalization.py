@@ -75,6 +75,23 @@ def _ln_wrong_axis(x, weight, bias, eps=1e-5):
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
 
 
+EX_3_1 = Exercise(
+    id="3.1", title="LayerNorm from scratch", reference=layer_norm, cases=lambda: _norm_cases(True),
+    mistakes=(
+        Mistake("unbiased variance", _ln_unbiased,
+                "LayerNorm uses the biased variance (divide by N, not N - 1): x.var(dim=-1, unbiased=False) "
+                "or ((x - mean)**2).mean(dim=-1)."),
+        Mistake("eps outside the root", _ln_eps_outside,
+                "eps goes inside the square root: (x - mean) / sqrt(var + eps)."),
+        Mistake("wrong axis", _ln_wrong_axis,
+                "Normalise each position over its features (dim=-1); dim=0 is what BatchNorm does."),
+        Mistake("variance as E[x²] - E[x]²", _ln_moment_variance,
+                "E[x²] - E[x]² subtracts two numbers near mean² (10^6 here): float32 keeps 7 digits, so the "
+                "variance of 1 comes out wrong. Subtract the mean first: ((x - mean)**2).mean(dim=-1)."),
+    ),
+)
+
+
 # -------------------------------------------------------------------------------- 3.2 RMSNorm
 # The answer, rms_norm, lives in course_utils.normalization (norm_speed times it too); these are its mistakes.
 
@@ -91,8 +108,22 @@ def _rms_l2(x, weight, eps=1e-6):
     return x / ((x * x).sum(dim=-1, keepdim=True) + eps).sqrt() * weight
 
 
+EX_3_2 = Exercise(
+    id="3.2", title="RMSNorm from scratch", reference=rms_norm, cases=lambda: _norm_cases(False),
+    mistakes=(
+        Mistake("centred", _rms_centred, "RMSNorm does not subtract the mean: x / sqrt(mean(x²) + eps)."),
+        Mistake("eps outside the root", _rms_eps_outside,
+                "eps goes inside the square root: x / sqrt(mean(x²) + eps)."),
+        Mistake("L2 norm", _rms_l2,
+                "That divides by the L2 norm (a sum); RMS uses the *mean* of x², so the output has RMS 1, "
+                "not norm 1."),
+    ),
+)
+
+
 # ------------------------------------------------------------------ 3.3 Triton RMSNorm forward
 
+# = kernels/rmsnorm._rmsnorm_fwd_kernel without the int64 row offset and the output cast.
 @triton.jit
 def rmsnorm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
                        BLOCK: tl.constexpr):
@@ -114,9 +145,9 @@ def rmsnorm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride
 
 @triton.jit
 def _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK: tl.constexpr,
-                     MEAN_OVER_BLOCK: tl.constexpr, EPS_OUTSIDE: tl.constexpr, STORE_RMS: tl.constexpr,
-                     MASK_STORE: tl.constexpr):
-    """rmsnorm_fwd_kernel with one step done wrong: the common body of the mistakes below."""
+                     MEAN_OVER_BLOCK: tl.constexpr = False, EPS_OUTSIDE: tl.constexpr = False,
+                     STORE_RMS: tl.constexpr = False, UNMASKED_STORE: tl.constexpr = False):
+    """rmsnorm_fwd_kernel with the bugs whose flags are set (none set: the correct kernel), for the mistakes below."""
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -128,37 +159,37 @@ def _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, 
         tl.store(rstd_ptr + row, 1.0 / rstd)
     else:
         tl.store(rstd_ptr + row, rstd)
-    if MASK_STORE:
-        tl.store(y_ptr + row * y_row_stride + cols, x * rstd * w, mask=mask)
-    else:
+    if UNMASKED_STORE:
         tl.store(y_ptr + row * y_row_stride + cols, x * rstd * w)
+    else:
+        tl.store(y_ptr + row * y_row_stride + cols, x * rstd * w, mask=mask)
 
 
 @triton.jit
 def _kernel_mean_over_block(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
                             BLOCK: tl.constexpr):
-    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK, True, False,
-                     False, True)
+    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK=BLOCK,
+                     MEAN_OVER_BLOCK=True)
 
 
 @triton.jit
 def _kernel_eps_outside(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
                         BLOCK: tl.constexpr):
-    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK, False, True,
-                     False, True)
+    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK=BLOCK,
+                     EPS_OUTSIDE=True)
 
 
 @triton.jit
 def _kernel_stores_rms(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK: tl.constexpr):
-    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK, False, False,
-                     True, True)
+    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK=BLOCK,
+                     STORE_RMS=True)
 
 
 @triton.jit
 def _kernel_unmasked_store(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps,
                            BLOCK: tl.constexpr):
-    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK, False, False,
-                     False, False)
+    _rmsnorm_variant(x_ptr, w_ptr, y_ptr, rstd_ptr, x_row_stride, y_row_stride, n_cols, eps, BLOCK=BLOCK,
+                     UNMASKED_STORE=True)
 
 
 def _kernel_cases():
@@ -172,26 +203,22 @@ def _kernel_cases():
     ]
 
 
-# ------------------------------------------------------------------------ 3.5 logit soft-capping
-
-def soft_cap(logits, cap):
-    """Gemma-2's logit soft-capping: cap * tanh(logits / cap).
-
-    logits: any float tensor; cap > 0. About the identity for |logits| << cap, and never beyond
-    ±cap (strictly inside in exact arithmetic; tanh rounds to ±1 in float32 for huge inputs).
-    Returns a new tensor shaped like logits.
-    """
-    return cap * torch.tanh(logits / cap)
-
-
-def _cap_cases():
-    g = torch.Generator().manual_seed(34)
-    return [
-        Case("large logits, cap 30", (100 * torch.randn(4, 10, generator=g), 30.0)),
-        Case("small logits, cap 30", (torch.randn(4, 10, generator=g), 30.0)),
-        Case("cap 1", (3 * torch.randn(16, generator=g), 1.0)),
-        Case("huge and infinite logits, cap 50", (torch.tensor([1e30, -1e30, math.inf, -math.inf, 0.0]), 50.0)),
-    ]
+EX_3_3 = Exercise(
+    id="3.3", title="Triton RMSNorm forward kernel", reference=rmsnorm_fwd_kernel, cases=_kernel_cases,
+    call=launch_rmsnorm_fwd,
+    mistakes=(
+        Mistake("mean over the padded block", _kernel_mean_over_block,
+                "Divide the sum of squares by n_cols, not BLOCK: the padded lanes are not part of the row."),
+        Mistake("eps outside the root", _kernel_eps_outside,
+                "rstd = 1 / sqrt(mean(x²) + eps): eps inside the root."),
+        Mistake("rstd holds the RMS", _kernel_stores_rms,
+                "rstd is the reciprocal: 1 / sqrt(mean(x²) + eps), the factor y = x * rstd * weight uses "
+                "(the backward pass reads it back)."),
+        Mistake("store without a mask", _kernel_unmasked_store,
+                "Lanes at or beyond n_cols would write past the end of the row: store y with mask=cols < n_cols."),
+    ),
+    output_names=("y", "rstd"),
+)
 
 
 # ----------------------------------------------------------------------------------- 3.4 QK-norm
@@ -241,75 +268,58 @@ def _qk_no_scale(q, k, eps=1e-6):
     return q_hat @ k_hat.transpose(-2, -1)
 
 
-EXERCISES = [
-    Exercise(
-        id="3.1", title="LayerNorm from scratch", reference=layer_norm, cases=lambda: _norm_cases(True),
-        mistakes=(
-            Mistake("unbiased variance", _ln_unbiased,
-                    "LayerNorm uses the biased variance (divide by N, not N - 1): x.var(dim=-1, unbiased=False) "
-                    "or ((x - mean)**2).mean(dim=-1)."),
-            Mistake("eps outside the root", _ln_eps_outside,
-                    "eps goes inside the square root: (x - mean) / sqrt(var + eps)."),
-            Mistake("wrong axis", _ln_wrong_axis,
-                    "Normalise each position over its features (dim=-1); dim=0 is what BatchNorm does."),
-            Mistake("variance as E[x²] - E[x]²", _ln_moment_variance,
-                    "E[x²] - E[x]² subtracts two numbers near mean² (10^6 here): float32 keeps 7 digits, so the "
-                    "variance of 1 comes out wrong. Subtract the mean first: ((x - mean)**2).mean(dim=-1)."),
-        ),
+EX_3_4 = Exercise(
+    id="3.4", title="QK-norm attention logits", reference=qk_norm_scores, cases=_qk_cases,
+    tolerances={torch.float32: (1e-5, 1e-5)},  # rsqrt vs sqrt-then-divide round differently
+    mistakes=(
+        Mistake("cosine (L2) normalisation", _qk_cosine,
+                "This exercise's contract is RMS normalisation of each head's vectors (divide by sqrt(mean(q²)), "
+                "as Gemma 3 and Qwen 3 do per head). L2 normalisation (Henry et al.) needs a learned scale in "
+                "place of 1/sqrt(d); "
+                "without it the logits are cosines / sqrt(d), d times too small."),
+        Mistake("wrong axis", _qk_wrong_axis,
+                "Normalise each query/key vector over its d features (dim=-1), not over positions."),
+        Mistake("no 1/sqrt(d)", _qk_no_scale, "Keep the 1/sqrt(d) scaling of dot-product attention."),
     ),
-    Exercise(
-        id="3.2", title="RMSNorm from scratch", reference=rms_norm, cases=lambda: _norm_cases(False),
-        mistakes=(
-            Mistake("centred", _rms_centred, "RMSNorm does not subtract the mean: x / sqrt(mean(x²) + eps)."),
-            Mistake("eps outside the root", _rms_eps_outside,
-                    "eps goes inside the square root: x / sqrt(mean(x²) + eps)."),
-            Mistake("L2 norm", _rms_l2,
-                    "That divides by the L2 norm (a sum); RMS uses the *mean* of x², so the output has RMS 1, "
-                    "not norm 1."),
-        ),
+)
+
+
+# ------------------------------------------------------------------------ 3.5 logit soft-capping
+
+def soft_cap(logits, cap):
+    """Gemma-2's logit soft-capping: cap * tanh(logits / cap).
+
+    logits: any float tensor; cap > 0. About the identity for |logits| << cap, and never beyond
+    ±cap (strictly inside in exact arithmetic; tanh rounds to ±1 in float32 for huge inputs).
+    Returns a new tensor shaped like logits.
+    """
+    return cap * torch.tanh(logits / cap)
+
+
+def _cap_cases():
+    g = torch.Generator().manual_seed(34)
+    return [
+        Case("large logits, cap 30", (100 * torch.randn(4, 10, generator=g), 30.0)),
+        Case("small logits, cap 30", (torch.randn(4, 10, generator=g), 30.0)),
+        Case("cap 1", (3 * torch.randn(16, generator=g), 1.0)),
+        Case("huge and infinite logits, cap 50", (torch.tensor([1e30, -1e30, math.inf, -math.inf, 0.0]), 50.0)),
+    ]
+
+
+EX_3_5 = Exercise(
+    id="3.5", title="logit soft-capping", reference=soft_cap, cases=_cap_cases,
+    mistakes=(
+        Mistake("no division by cap", lambda logits, cap: cap * torch.tanh(logits),
+                "Divide before the tanh: cap * tanh(logits / cap) has slope 1 at 0, so small logits pass "
+                "unchanged."),
+        Mistake("hard clamp", lambda logits, cap: logits.clamp(-cap, cap),
+                "A clamp has zero gradient beyond the cap; soft-capping uses tanh, smooth everywhere."),
+        Mistake("identity below the cap", lambda logits, cap: torch.where(logits.abs() < cap, logits,
+                                                                          cap * torch.tanh(logits / cap)),
+                "cap * tanh(z / cap) bends every logit, not only those beyond the cap (30 -> 22.8 with cap 30): "
+                "apply it everywhere, which also keeps the function smooth at ±cap."),
     ),
-    Exercise(
-        id="3.3", title="Triton RMSNorm forward kernel", reference=rmsnorm_fwd_kernel, cases=_kernel_cases,
-        call=launch_rmsnorm_fwd,
-        mistakes=(
-            Mistake("mean over the padded block", _kernel_mean_over_block,
-                    "Divide the sum of squares by n_cols, not BLOCK: the padded lanes are not part of the row."),
-            Mistake("eps outside the root", _kernel_eps_outside,
-                    "rstd = 1 / sqrt(mean(x²) + eps): eps inside the root."),
-            Mistake("rstd holds the RMS", _kernel_stores_rms,
-                    "rstd is the reciprocal: 1 / sqrt(mean(x²) + eps), the factor y = x * rstd * weight uses "
-                    "(the backward pass reads it back)."),
-            Mistake("store without a mask", _kernel_unmasked_store,
-                    "Lanes at or beyond n_cols would write past the end of the row: store y with mask=cols < n_cols."),
-        ),
-        output_names=("y", "rstd"),
-    ),
-    Exercise(
-        id="3.4", title="QK-norm attention logits", reference=qk_norm_scores, cases=_qk_cases,
-        tolerances={torch.float32: (1e-5, 1e-5)},  # rsqrt vs sqrt-then-divide round differently
-        mistakes=(
-            Mistake("cosine (L2) normalisation", _qk_cosine,
-                    "This exercise's contract is RMS normalisation of each head's vectors (divide by sqrt(mean(q²)), "
-                    "as Gemma 3 and Qwen 3 do per head). L2 normalisation (Henry et al.) needs a learned scale in "
-                    "place of 1/sqrt(d); "
-                    "without it the logits are cosines / sqrt(d), d times too small."),
-            Mistake("wrong axis", _qk_wrong_axis,
-                    "Normalise each query/key vector over its d features (dim=-1), not over positions."),
-            Mistake("no 1/sqrt(d)", _qk_no_scale, "Keep the 1/sqrt(d) scaling of dot-product attention."),
-        ),
-    ),
-    Exercise(
-        id="3.5", title="logit soft-capping", reference=soft_cap, cases=_cap_cases,
-        mistakes=(
-            Mistake("no division by cap", lambda logits, cap: cap * torch.tanh(logits),
-                    "Divide before the tanh: cap * tanh(logits / cap) has slope 1 at 0, so small logits pass "
-                    "unchanged."),
-            Mistake("hard clamp", lambda logits, cap: logits.clamp(-cap, cap),
-                    "A clamp has zero gradient beyond the cap; soft-capping uses tanh, smooth everywhere."),
-            Mistake("identity below the cap", lambda logits, cap: torch.where(logits.abs() < cap, logits,
-                                                                              cap * torch.tanh(logits / cap)),
-                    "cap * tanh(z / cap) bends every logit, not only those beyond the cap (30 -> 22.8 with cap 30): "
-                    "apply it everywhere, which also keeps the function smooth at ±cap."),
-        ),
-    ),
-]
+)
+
+
+EXERCISES = [EX_3_1, EX_3_2, EX_3_3, EX_3_4, EX_3_5]

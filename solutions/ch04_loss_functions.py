@@ -67,6 +67,22 @@ def _ce_unnormalised(logits, target):
     return -logits.gather(1, target[:, None]).mean()
 
 
+EX_4_1 = Exercise(
+    id="4.1", title="cross-entropy from logits", reference=cross_entropy, cases=_ce_cases,
+    mistakes=(
+        Mistake("exp without the max", _ce_no_max,
+                "log(sum(exp(z))) overflows once a logit passes 88.7 (float32): subtract the row max first "
+                "and add it back, or use torch.logsumexp."),
+        Mistake("log of softmax", _ce_naive,
+                "log(softmax(z)) underflows to log(0) = -inf when one logit dominates: use "
+                "logsumexp(z) - z[target] (or log_softmax)."),
+        Mistake("sum instead of mean", _ce_sum, "Average over the rows (.mean()), as F.cross_entropy does."),
+        Mistake("no normaliser", _ce_unnormalised,
+                "-z[target] alone ignores every other logit: subtract it from logsumexp(z)."),
+    ),
+)
+
+
 # ---------------------------------------------------------------------------- 4.2 label smoothing
 
 def label_smoothed_cross_entropy(logits, target, eps):
@@ -101,48 +117,19 @@ def _ls_swapped(logits, target, eps):
     return (eps * nll + (1 - eps) * -log_p.mean(dim=1)).mean()
 
 
-# --------------------------------------------------------------------- 4.4 mean over counted tokens
-
-def masked_mean_cross_entropy(logits, labels):
-    """Mean cross-entropy over the positions whose label is not -100, as F.cross_entropy(logits, labels).
-
-    logits: (N, V); labels: (N,) with class indices or -100 (ignored). Ignored positions add nothing
-    and do not count in the denominator. If every label is -100 the result is NaN (0 / 0), as in PyTorch.
-    """
-    keep = labels != -100
-    safe = torch.where(keep, labels, torch.zeros_like(labels))
-    per_token = torch.logsumexp(logits, dim=1) - logits.gather(1, safe[:, None])[:, 0]
-    return (per_token * keep).sum() / keep.sum()
-
-
-def _per_token_with_ignored_as_zero(logits, labels):
-    """Per-token losses, scoring ignored positions as if their label were token 0 (for the mistakes)."""
-    safe = torch.where(labels != -100, labels, torch.zeros_like(labels))
-    return torch.logsumexp(logits, dim=1) - logits.gather(1, safe[:, None])[:, 0]
-
-
-def _masked_mean_over_all(logits, labels):
-    return (_per_token_with_ignored_as_zero(logits, labels) * (labels != -100)).mean()
-
-
-def _masked_as_token_zero(logits, labels):
-    return _per_token_with_ignored_as_zero(logits, labels).mean()
-
-
-def _masked_cases():
-    g = torch.Generator().manual_seed(43)
-
-    def labels(n, v, ignored):
-        y = torch.randint(0, v, (n,), generator=g)
-        y[ignored] = -100
-        return y
-
-    return [
-        Case("half of 8 ignored", (torch.randn(8, 5, generator=g), labels(8, 5, slice(0, 4)))),
-        Case("none ignored", (torch.randn(6, 4, generator=g), labels(6, 4, slice(0, 0)))),
-        Case("one counted among 10", (torch.randn(10, 7, generator=g), labels(10, 7, slice(1, 10)))),
-        Case("all ignored", (torch.randn(3, 4, generator=g), labels(3, 4, slice(0, 3)))),
-    ]
+EX_4_2 = Exercise(
+    id="4.2", title="label smoothing like PyTorch", reference=label_smoothed_cross_entropy,
+    cases=lambda: _ce_cases(smoothing=True),
+    mistakes=(
+        Mistake("eps / (V - 1) off the target", _ls_v_minus_one,
+                "That is the study note's target [eps/(V-1), ..., 1-eps, ...]; PyTorch spreads eps over all V "
+                "classes, the target included: q = (1 - eps) onehot + eps / V."),
+        Mistake("entropy of the uniform", _ls_entropy_of_uniform,
+                "eps * H(uniform) = eps * ln V is a constant with no gradient: the smoothing term is the "
+                "cross-entropy against the uniform, eps * mean_j(-log p_j)."),
+        Mistake("weights swapped", _ls_swapped, "The target's term gets (1 - eps), the uniform term eps."),
+    ),
+)
 
 
 # ----------------------------------------------------------------------------- 4.3 loss masking
@@ -196,8 +183,82 @@ def _labels_with_headers(ids, roles):
     return torch.where(keep, ids, torch.full_like(ids, -100))
 
 
+EX_4_3 = Exercise(
+    id="4.3", title="assistant-only labels", reference=assistant_only_labels, cases=_mask_cases,
+    mistakes=(
+        Mistake("inverted", _labels_inverted,
+                "It is the assistant's tokens that the model learns to write: keep those, mask the rest."),
+        Mistake("system kept", _labels_keep_system,
+                "Mask the system prompt too: only the assistant's tokens count."),
+        Mistake("headers kept", _labels_with_headers,
+                "Role headers are template, not something the model should learn to produce: mask them."),
+        Mistake("end-of-turn masked", _labels_end_masked,
+                "Keep the assistant's <|end|>: it is a template token, but it is how the model learns to stop "
+                "(masking it is the classic SFT bug of a model that never ends its answer)."),
+    ),
+)
+
+
+# --------------------------------------------------------------------- 4.4 mean over counted tokens
+
+def masked_mean_cross_entropy(logits, labels):
+    """Mean cross-entropy over the positions whose label is not -100, as F.cross_entropy(logits, labels).
+
+    logits: (N, V); labels: (N,) with class indices or -100 (ignored). Ignored positions add nothing
+    and do not count in the denominator. If every label is -100 the result is NaN (0 / 0), as in PyTorch.
+    """
+    keep = labels != -100
+    safe = torch.where(keep, labels, torch.zeros_like(labels))
+    per_token = torch.logsumexp(logits, dim=1) - logits.gather(1, safe[:, None])[:, 0]
+    return (per_token * keep).sum() / keep.sum()
+
+
+def _per_token_with_ignored_as_zero(logits, labels):
+    """Per-token losses, scoring ignored positions as if their label were token 0 (for the mistakes)."""
+    safe = torch.where(labels != -100, labels, torch.zeros_like(labels))
+    return torch.logsumexp(logits, dim=1) - logits.gather(1, safe[:, None])[:, 0]
+
+
+def _masked_mean_over_all(logits, labels):
+    return (_per_token_with_ignored_as_zero(logits, labels) * (labels != -100)).mean()
+
+
+def _masked_as_token_zero(logits, labels):
+    return _per_token_with_ignored_as_zero(logits, labels).mean()
+
+
+def _masked_cases():
+    g = torch.Generator().manual_seed(43)
+
+    def labels(n, v, ignored):
+        y = torch.randint(0, v, (n,), generator=g)
+        y[ignored] = -100
+        return y
+
+    return [
+        Case("half of 8 ignored", (torch.randn(8, 5, generator=g), labels(8, 5, slice(0, 4)))),
+        Case("none ignored", (torch.randn(6, 4, generator=g), labels(6, 4, slice(0, 0)))),
+        Case("one counted among 10", (torch.randn(10, 7, generator=g), labels(10, 7, slice(1, 10)))),
+        Case("all ignored", (torch.randn(3, 4, generator=g), labels(3, 4, slice(0, 3)))),
+    ]
+
+
+EX_4_4 = Exercise(
+    id="4.4", title="mean over the counted tokens", reference=masked_mean_cross_entropy, cases=_masked_cases,
+    mistakes=(
+        Mistake("mean over all positions", _masked_mean_over_all,
+                "Divide by the number of counted tokens, not by all positions: ignored ones must not dilute "
+                "the mean."),
+        Mistake("ignored as token 0", _masked_as_token_zero,
+                "Positions labelled -100 must drop out of the loss, not be scored as token 0."),
+    ),
+)
+
+
 # -------------------------------------------------------------------- 4.5 Triton loss per row
 
+# = the loss half of kernels/cross_entropy._cross_entropy_kernel: the whole row in one block instead of the online
+# loop over blocks, no gradient pass, no label smoothing, lse formed as m + log(sum), no int64 row offset.
 @triton.jit
 def cross_entropy_row_kernel(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
                              BLOCK: tl.constexpr):
@@ -222,12 +283,13 @@ def cross_entropy_row_kernel(logits_ptr, target_ptr, loss_ptr, row_stride, n_voc
 
 @triton.jit
 def _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK: tl.constexpr,
-                PAD_WITH_ZERO: tl.constexpr, SUBTRACT_MAX: tl.constexpr, MASK_LOAD: tl.constexpr,
-                BRANCH_ON_IGNORED: tl.constexpr):
-    """cross_entropy_row_kernel with one step done wrong: the common body of the mistakes below."""
+                PAD_WITH_ZERO: tl.constexpr = False, NO_MAX: tl.constexpr = False,
+                UNMASKED_LOAD: tl.constexpr = False, READS_IGNORED_TARGET: tl.constexpr = False):
+    """cross_entropy_row_kernel with the bugs whose flags are set (none set: the correct kernel), for the mistakes
+    below."""
     row = tl.program_id(0)
     target = tl.load(target_ptr + row)
-    if not BRANCH_ON_IGNORED:  # compute every row, then pick 0.0 for ignored ones: reads row[ignore_index]
+    if READS_IGNORED_TARGET:  # compute every row, then pick 0.0 for ignored ones: reads row[ignore_index]
         cols = tl.arange(0, BLOCK)
         z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_vocab, other=-float("inf")).to(tl.float32)
         m = tl.max(z, axis=0)
@@ -239,15 +301,15 @@ def _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_in
     else:
         cols = tl.arange(0, BLOCK)
         pad = 0.0 if PAD_WITH_ZERO else -float("inf")
-        if MASK_LOAD:
-            z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_vocab, other=pad).to(tl.float32)
-        else:
+        if UNMASKED_LOAD:
             z = tl.load(logits_ptr + row * row_stride + cols).to(tl.float32)
-        if SUBTRACT_MAX:
+        else:
+            z = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_vocab, other=pad).to(tl.float32)
+        if NO_MAX:
+            lse = tl.log(tl.sum(tl.exp(z), axis=0))
+        else:
             m = tl.max(z, axis=0)
             lse = m + tl.log(tl.sum(tl.exp(z - m), axis=0))
-        else:
-            lse = tl.log(tl.sum(tl.exp(z), axis=0))
         z_target = tl.load(logits_ptr + row * row_stride + target).to(tl.float32)
         tl.store(loss_ptr + row, lse - z_target)
 
@@ -255,24 +317,25 @@ def _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_in
 @triton.jit
 def _ce_kernel_pads_with_zero(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
                               BLOCK: tl.constexpr):
-    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, True, True, True, True)
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK=BLOCK, PAD_WITH_ZERO=True)
 
 
 @triton.jit
 def _ce_kernel_no_max(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK: tl.constexpr):
-    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, False, True, True)
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK=BLOCK, NO_MAX=True)
 
 
 @triton.jit
 def _ce_kernel_unmasked_load(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
                              BLOCK: tl.constexpr):
-    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, True, False, True)
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK=BLOCK, UNMASKED_LOAD=True)
 
 
 @triton.jit
 def _ce_kernel_reads_ignored_target(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index,
                                     BLOCK: tl.constexpr):
-    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK, False, True, True, False)
+    _ce_variant(logits_ptr, target_ptr, loss_ptr, row_stride, n_vocab, ignore_index, BLOCK=BLOCK,
+                READS_IGNORED_TARGET=True)
 
 
 def _kernel_cases():
@@ -291,75 +354,25 @@ def _kernel_cases():
     ]
 
 
-EXERCISES = [
-    Exercise(
-        id="4.1", title="cross-entropy from logits", reference=cross_entropy, cases=_ce_cases,
-        mistakes=(
-            Mistake("exp without the max", _ce_no_max,
-                    "log(sum(exp(z))) overflows once a logit passes 88.7 (float32): subtract the row max first "
-                    "and add it back, or use torch.logsumexp."),
-            Mistake("log of softmax", _ce_naive,
-                    "log(softmax(z)) underflows to log(0) = -inf when one logit dominates: use "
-                    "logsumexp(z) - z[target] (or log_softmax)."),
-            Mistake("sum instead of mean", _ce_sum, "Average over the rows (.mean()), as F.cross_entropy does."),
-            Mistake("no normaliser", _ce_unnormalised,
-                    "-z[target] alone ignores every other logit: subtract it from logsumexp(z)."),
-        ),
+EX_4_5 = Exercise(
+    id="4.5", title="Triton loss kernel", reference=cross_entropy_row_kernel, cases=_kernel_cases,
+    call=launch_ce_row_kernel,
+    tolerances={torch.float32: (1e-5, 1e-5)},  # logsumexp of 1000-ish values summed in another order
+    mistakes=(
+        Mistake("padding loaded as 0", _ce_kernel_pads_with_zero,
+                "Masked lanes must load -inf: with 0.0 they enter the max and add exp(0 - max) to the sum."),
+        Mistake("no max subtraction", _ce_kernel_no_max,
+                "Subtract the row max before tl.exp (and add it back to the log): large logits overflow "
+                "otherwise."),
+        Mistake("row[target] read for ignored rows", _ce_kernel_reads_ignored_target,
+                "tl.where picks 0.0 for an ignored row only after row[target] was loaded, and target = "
+                "ignore_index (-100) points before the row: branch first (if target == ignore_index: store 0.0) "
+                "and load row[target] only for counted rows."),
+        Mistake("load without a mask", _ce_kernel_unmasked_load,
+                "Lanes at or beyond n_vocab lie outside the row: load with mask=cols < n_vocab, other=-inf, so "
+                "they neither win the max nor add to the sum."),
     ),
-    Exercise(
-        id="4.2", title="label smoothing like PyTorch", reference=label_smoothed_cross_entropy,
-        cases=lambda: _ce_cases(smoothing=True),
-        mistakes=(
-            Mistake("eps / (V - 1) off the target", _ls_v_minus_one,
-                    "That is the study note's target [eps/(V-1), ..., 1-eps, ...]; PyTorch spreads eps over all V "
-                    "classes, the target included: q = (1 - eps) onehot + eps / V."),
-            Mistake("entropy of the uniform", _ls_entropy_of_uniform,
-                    "eps * H(uniform) = eps * ln V is a constant with no gradient: the smoothing term is the "
-                    "cross-entropy against the uniform, eps * mean_j(-log p_j)."),
-            Mistake("weights swapped", _ls_swapped, "The target's term gets (1 - eps), the uniform term eps."),
-        ),
-    ),
-    Exercise(
-        id="4.3", title="assistant-only labels", reference=assistant_only_labels, cases=_mask_cases,
-        mistakes=(
-            Mistake("inverted", _labels_inverted,
-                    "It is the assistant's tokens that the model learns to write: keep those, mask the rest."),
-            Mistake("system kept", _labels_keep_system,
-                    "Mask the system prompt too: only the assistant's tokens count."),
-            Mistake("headers kept", _labels_with_headers,
-                    "Role headers are template, not something the model should learn to produce: mask them."),
-            Mistake("end-of-turn masked", _labels_end_masked,
-                    "Keep the assistant's <|end|>: it is a template token, but it is how the model learns to stop "
-                    "(masking it is the classic SFT bug of a model that never ends its answer)."),
-        ),
-    ),
-    Exercise(
-        id="4.4", title="mean over the counted tokens", reference=masked_mean_cross_entropy, cases=_masked_cases,
-        mistakes=(
-            Mistake("mean over all positions", _masked_mean_over_all,
-                    "Divide by the number of counted tokens, not by all positions: ignored ones must not dilute "
-                    "the mean."),
-            Mistake("ignored as token 0", _masked_as_token_zero,
-                    "Positions labelled -100 must drop out of the loss, not be scored as token 0."),
-        ),
-    ),
-    Exercise(
-        id="4.5", title="Triton loss kernel", reference=cross_entropy_row_kernel, cases=_kernel_cases,
-        call=launch_ce_row_kernel,
-        tolerances={torch.float32: (1e-5, 1e-5)},  # logsumexp of 1000-ish values summed in another order
-        mistakes=(
-            Mistake("padding loaded as 0", _ce_kernel_pads_with_zero,
-                    "Masked lanes must load -inf: with 0.0 they enter the max and add exp(0 - max) to the sum."),
-            Mistake("no max subtraction", _ce_kernel_no_max,
-                    "Subtract the row max before tl.exp (and add it back to the log): large logits overflow "
-                    "otherwise."),
-            Mistake("row[target] read for ignored rows", _ce_kernel_reads_ignored_target,
-                    "tl.where picks 0.0 for an ignored row only after row[target] was loaded, and target = "
-                    "ignore_index (-100) points before the row: branch first (if target == ignore_index: store 0.0) "
-                    "and load row[target] only for counted rows."),
-            Mistake("load without a mask", _ce_kernel_unmasked_load,
-                    "Lanes at or beyond n_vocab lie outside the row: load with mask=cols < n_vocab, other=-inf, so "
-                    "they neither win the max nor add to the sum."),
-        ),
-    ),
-]
+)
+
+
+EXERCISES = [EX_4_1, EX_4_2, EX_4_3, EX_4_4, EX_4_5]

@@ -22,6 +22,7 @@ CHAPTER = "5. Optimization (최적화 알고리즘 심화)"
 
 __all__ = ["adamw_update", "weight_decay_groups", "accumulate_gradients", "factored_second_moment", "adamw_kernel"]  # noqa: F822  (adamw_kernel: module __getattr__)
 
+
 # ------------------------------------------------------------------------------- 5.1 AdamW step
 
 
@@ -75,6 +76,36 @@ def _adamw_cases():
     ]
 
 
+EX_5_1 = Exercise(
+    id="5.1", title="AdamW step from scratch", reference=adamw_update, cases=_adamw_cases,
+    hints=("Update the moments first: exponential moving averages of g and of g**2, with weights beta1 and beta2 "
+           "on the old values.",
+           "Bias correction divides each moment by (1 - beta**step): at step 1 that undoes the pull towards the "
+           "zero start.",
+           "The decay multiplies p by (1 - lr * weight_decay) before the Adam step.",
+           "p = p * (1 - lr * wd) - lr * m_hat / (sqrt(v_hat) + eps), with m_hat = m / (1 - beta1**step) and "
+           "v_hat = v / (1 - beta2**step); m = beta1 * m + (1 - beta1) * g, v = beta2 * v + (1 - beta2) * g**2."),
+    output_names=("p", "m", "v"),
+    mistakes=(
+        Mistake("no bias correction", _adamw_no_bias_correction,
+                "Divide m by (1 - beta1**step) and v by (1 - beta2**step): at step 1 the raw moments are "
+                "(1 - beta) times too small, and the first updates come out wrong."),
+        Mistake("L2 instead of decoupled decay", adam_l2_update,
+                "That is Adam + L2: weight_decay * p added to the gradient goes through m and 1/sqrt(v). "
+                "AdamW multiplies p by (1 - lr * weight_decay) and leaves the moments alone."),
+        Mistake("eps inside the square root", _adamw_eps_inside_sqrt,
+                "torch adds eps *after* the square root: sqrt(v_hat) + eps. sqrt(v_hat + eps) differs "
+                "when gradients are tiny."),
+        Mistake("v's correction without the square root", _adamw_sqrt_of_correction_missing,
+                "v_hat = v / (1 - beta2**step) sits under the square root: divide sqrt(v) by "
+                "sqrt(1 - beta2**step), not by (1 - beta2**step)."),
+        Mistake("decay after the update", _adamw_decay_after_update,
+                "Decay the parameter from *before* this step: p * (1 - lr * wd) - lr * update, not "
+                "(p - lr * update) * (1 - lr * wd)."),
+    ),
+)
+
+
 # ------------------------------------------------------------------------ 5.2 decay groups
 
 def _groups_by_dim(model, weight_decay):  # nanoGPT's rule: every tensor with 2+ dims decays
@@ -124,6 +155,25 @@ def _call_groups(fn, model, weight_decay):
         return describe_groups(model, list(groups))
     except ValueError as exc:
         raise ContractError(str(exc)) from None
+
+
+EX_5_2 = Exercise(
+    id="5.2", title="weight-decay parameter groups", reference=weight_decay_groups, cases=_group_models,
+    call=_call_groups,
+    mistakes=(
+        Mistake("every 2-D tensor decays", _groups_by_dim,
+                "Selecting by p.dim() >= 2 (nanoGPT's rule) also decays the token and position embeddings; "
+                "this exercise keeps them out: decay only nn.Linear weights."),
+        Mistake("tied head decayed", _groups_tied_head_decayed,
+                "With weight tying, lm_head.weight *is* tok_emb.weight: one tensor, one group. This exercise "
+                "lets the embedding decide (it registered the tensor first): no decay. Decaying it would also "
+                "decay the embedding."),
+        Mistake("only biases spared", _groups_by_bias_name,
+                "Norm weights (LayerNorm/RMSNorm gains) and embeddings are not decayed in this exercise "
+                "either: pulling a gain towards 0 shrinks the whole normalised activation, and sparing "
+                "embeddings is this exercise's choice (recipes differ)."),
+    ),
+)
 
 
 # ---------------------------------------------------------------------- 5.3 accumulation
@@ -189,6 +239,22 @@ def _accumulation_cases():
     ]
 
 
+EX_5_3 = Exercise(
+    id="5.3", title="gradient accumulation that equals one batch", reference=accumulate_gradients,
+    cases=_accumulation_cases, call=_call_accumulate,
+    mistakes=(
+        Mistake("mean per micro-batch / accum_steps", _accumulate_mean_per_micro_batch,
+                "loss.mean() / accum_steps (the study note's recipe) weights every micro-batch equally; when "
+                "micro-batches count different numbers of tokens that is not the big batch's mean. Sum each "
+                "micro-batch's token losses and divide by the total count over all micro-batches."),
+        Mistake("not divided", _accumulate_without_dividing,
+                "Each backward adds to .grad: without dividing, the result is the sum of the micro-batch means."),
+        Mistake("stale gradients kept", _accumulate_without_zeroing,
+                "Zero the gradients first (model.zero_grad()): .grad held values from an earlier step."),
+    ),
+)
+
+
 # -------------------------------------------------------------------- 5.4 Adafactor moment
 
 def _factored_no_normaliser(grad, row_var, col_var, beta2_t, eps1):
@@ -241,6 +307,31 @@ def _factored_cases():
     ]
 
 
+EX_5_4 = Exercise(
+    id="5.4", title="Adafactor's factored second moment", reference=factored_second_moment, cases=_factored_cases,
+    hints=("Square the gradient, then average it along each axis: a mean over columns per row (n,), a mean over "
+           "rows per column (m,).",
+           "Each running mean moves towards today's mean: new = beta2_t * old + (1 - beta2_t) * today "
+           "(torch.lerp(old, today, 1 - beta2_t)).",
+           "The outer product of the row and column means counts the overall scale twice: divide it once by the "
+           "mean of row_var.",
+           "v_hat = torch.outer(row_var, col_var) / row_var.mean().clamp(min=eps1)."),
+    output_names=("row_var", "col_var", "v_hat"),
+    mistakes=(
+        Mistake("no normaliser", _factored_no_normaliser,
+                "outer(row, col) counts the overall scale twice: divide by mean(row_var) (clamped to eps1)."),
+        Mistake("decay weights swapped", _factored_beta_swapped,
+                "beta2_t weights the *old* statistic: new = beta2_t * old + (1 - beta2_t) * mean(g^2), i.e. "
+                "torch.lerp(old, new_mean, 1 - beta2_t)."),
+        Mistake("no clamp", _factored_no_clamp,
+                "A zero gradient makes mean(row_var) = 0 and v_hat = 0 / 0: clamp the denominator to eps1."),
+        Mistake("eps1 added", _factored_eps_added,
+                "eps1 is a floor, not an offset: divide by max(mean(row_var), eps1) (`.clamp(min=eps1)`), which "
+                "leaves the denominator alone whenever the mean is above eps1."),
+    ),
+)
+
+
 # ----------------------------------------------------------------------- 5.5 Triton AdamW
 
 # The answer is the course's own kernel, course_utils.kernels.adamw.adamw_kernel: named here and imported
@@ -250,34 +341,35 @@ ADAMW_KERNEL = KernelReference("course_utils.kernels.adamw", "adamw_kernel")
 
 def __getattr__(name):  # `from solutions.ch05_optimization import adamw_kernel` still works (PEP 562)
     if name == "adamw_kernel":
-        return next(ex for ex in EXERCISES if ex.reference is ADAMW_KERNEL).answer()
+        return EX_5_5.answer()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @triton.jit
 def _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK: tl.constexpr, DECOUPLED: tl.constexpr, CORRECT_BIAS: tl.constexpr,
-                   STORE_MOMENTS: tl.constexpr, MASK_STORE: tl.constexpr, MASK_LOAD: tl.constexpr):
-    """adamw_kernel with one step done wrong: the common body of the mistakes below."""
+                   bias_correction2, BLOCK: tl.constexpr, L2_DECAY: tl.constexpr = False,
+                   NO_BIAS_CORRECTION: tl.constexpr = False, DROP_MOMENTS: tl.constexpr = False,
+                   UNMASKED_STORE: tl.constexpr = False, UNMASKED_LOAD: tl.constexpr = False):
+    """adamw_kernel with the bugs whose flags are set (none set: the correct kernel), for the mistakes below."""
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n_elements
-    load_mask = mask if MASK_LOAD else offsets < n_elements + BLOCK  # the latter: every lane, past the end too
+    load_mask = offsets < n_elements + BLOCK if UNMASKED_LOAD else mask  # the former: every lane, past the end too
     p = tl.load(p_ptr + offsets, mask=load_mask)
     g = tl.load(g_ptr + offsets, mask=load_mask)
-    if DECOUPLED:
-        p = p * (1 - lr * weight_decay)
+    if L2_DECAY:
+        g = g + weight_decay * p  # the decay goes through the moments
     else:
-        g = g + weight_decay * p  # L2: the decay goes through the moments
+        p = p * (1 - lr * weight_decay)
     m = beta1 * tl.load(m_ptr + offsets, mask=load_mask) + (1 - beta1) * g
     v = beta2 * tl.load(v_ptr + offsets, mask=load_mask) + (1 - beta2) * g * g
-    if CORRECT_BIAS:
-        p = p - (lr / bias_correction1) * m / (tl.sqrt(v) / tl.sqrt(bias_correction2) + eps)
-    else:
+    if NO_BIAS_CORRECTION:
         p = p - lr * m / (tl.sqrt(v) + eps)
-    if not MASK_STORE:
+    else:
+        p = p - (lr / bias_correction1) * m / (tl.sqrt(v) / tl.sqrt(bias_correction2) + eps)
+    if UNMASKED_STORE:
         mask = offsets < n_elements + BLOCK  # every lane of the block: past the end in the last one
     tl.store(p_ptr + offsets, p, mask=mask)
-    if STORE_MOMENTS:
+    if not DROP_MOMENTS:
         tl.store(m_ptr + offsets, m, mask=mask)
         tl.store(v_ptr + offsets, v, mask=mask)
 
@@ -286,35 +378,35 @@ def _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps
 def _adamw_kernel_l2(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                      bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK, False, True, True, True, True)
+                   bias_correction2, BLOCK=BLOCK, L2_DECAY=True)
 
 
 @triton.jit
 def _adamw_kernel_no_bias_correction(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                                      bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK, True, False, True, True, True)
+                   bias_correction2, BLOCK=BLOCK, NO_BIAS_CORRECTION=True)
 
 
 @triton.jit
 def _adamw_kernel_moments_not_stored(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                                      bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK, True, True, False, True, True)
+                   bias_correction2, BLOCK=BLOCK, DROP_MOMENTS=True)
 
 
 @triton.jit
 def _adamw_kernel_unmasked_store(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                                  bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK, True, True, True, False, True)
+                   bias_correction2, BLOCK=BLOCK, UNMASKED_STORE=True)
 
 
 @triton.jit
 def _adamw_kernel_unmasked_load(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay,
                                 bias_correction1, bias_correction2, BLOCK: tl.constexpr):
     _adamw_variant(p_ptr, g_ptr, m_ptr, v_ptr, n_elements, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                   bias_correction2, BLOCK, True, True, True, True, False)
+                   bias_correction2, BLOCK=BLOCK, UNMASKED_LOAD=True)
 
 
 def _kernel_cases():
@@ -334,109 +426,28 @@ def _kernel_cases():
     ]
 
 
-EXERCISES = [
-    Exercise(
-        id="5.1", title="AdamW step from scratch", reference=adamw_update, cases=_adamw_cases,
-        hints=("Update the moments first: exponential moving averages of g and of g**2, with weights beta1 and beta2 "
-               "on the old values.",
-               "Bias correction divides each moment by (1 - beta**step): at step 1 that undoes the pull towards the "
-               "zero start.",
-               "The decay multiplies p by (1 - lr * weight_decay) before the Adam step.",
-               "p = p * (1 - lr * wd) - lr * m_hat / (sqrt(v_hat) + eps), with m_hat = m / (1 - beta1**step) and "
-               "v_hat = v / (1 - beta2**step); m = beta1 * m + (1 - beta1) * g, v = beta2 * v + (1 - beta2) * g**2."),
-        output_names=("p", "m", "v"),
-        mistakes=(
-            Mistake("no bias correction", _adamw_no_bias_correction,
-                    "Divide m by (1 - beta1**step) and v by (1 - beta2**step): at step 1 the raw moments are "
-                    "(1 - beta) times too small, and the first updates come out wrong."),
-            Mistake("L2 instead of decoupled decay", adam_l2_update,
-                    "That is Adam + L2: weight_decay * p added to the gradient goes through m and 1/sqrt(v). "
-                    "AdamW multiplies p by (1 - lr * weight_decay) and leaves the moments alone."),
-            Mistake("eps inside the square root", _adamw_eps_inside_sqrt,
-                    "torch adds eps *after* the square root: sqrt(v_hat) + eps. sqrt(v_hat + eps) differs "
-                    "when gradients are tiny."),
-            Mistake("v's correction without the square root", _adamw_sqrt_of_correction_missing,
-                    "v_hat = v / (1 - beta2**step) sits under the square root: divide sqrt(v) by "
-                    "sqrt(1 - beta2**step), not by (1 - beta2**step)."),
-            Mistake("decay after the update", _adamw_decay_after_update,
-                    "Decay the parameter from *before* this step: p * (1 - lr * wd) - lr * update, not "
-                    "(p - lr * update) * (1 - lr * wd)."),
-        ),
+EX_5_5 = Exercise(
+    id="5.5", title="fused Triton AdamW kernel", reference=ADAMW_KERNEL, cases=_kernel_cases,
+    call=launch_adamw_kernel,
+    mistakes=(
+        Mistake("L2 instead of decoupled decay", _adamw_kernel_l2,
+                "Adding weight_decay * p to g is Adam + L2. Decoupled: p = p * (1 - lr * weight_decay) before "
+                "the Adam update, and g unchanged."),
+        Mistake("no bias correction", _adamw_kernel_no_bias_correction,
+                "Use the bias corrections passed in: lr / bias_correction1 * m / "
+                "(sqrt(v / bias_correction2) + eps)."),
+        Mistake("moments not stored", _adamw_kernel_moments_not_stored,
+                "Store the new m and v as well: the next step starts from them."),
+        Mistake("load without a mask", _adamw_kernel_unmasked_load,
+                "The last block runs past n_elements: load p, g, m and v with mask=offsets < n_elements too. "
+                "Discarding those lanes at the store is not enough: the loads themselves read memory that is "
+                "not the tensor's (on a GPU, possibly an address that does not exist)."),
+        Mistake("store without a mask", _adamw_kernel_unmasked_store,
+                "The last block runs past n_elements: store p, m and v with mask=offsets < n_elements, or the "
+                "lanes beyond write into memory that is not the parameter's."),
     ),
-    Exercise(
-        id="5.2", title="weight-decay parameter groups", reference=weight_decay_groups, cases=_group_models,
-        call=_call_groups,
-        mistakes=(
-            Mistake("every 2-D tensor decays", _groups_by_dim,
-                    "Selecting by p.dim() >= 2 (nanoGPT's rule) also decays the token and position embeddings; "
-                    "this exercise keeps them out: decay only nn.Linear weights."),
-            Mistake("tied head decayed", _groups_tied_head_decayed,
-                    "With weight tying, lm_head.weight *is* tok_emb.weight: one tensor, one group. This exercise "
-                    "lets the embedding decide (it registered the tensor first): no decay. Decaying it would also "
-                    "decay the embedding."),
-            Mistake("only biases spared", _groups_by_bias_name,
-                    "Norm weights (LayerNorm/RMSNorm gains) and embeddings are not decayed in this exercise "
-                    "either: pulling a gain towards 0 shrinks the whole normalised activation, and sparing "
-                    "embeddings is this exercise's choice (recipes differ)."),
-        ),
-    ),
-    Exercise(
-        id="5.3", title="gradient accumulation that equals one batch", reference=accumulate_gradients,
-        cases=_accumulation_cases, call=_call_accumulate,
-        mistakes=(
-            Mistake("mean per micro-batch / accum_steps", _accumulate_mean_per_micro_batch,
-                    "loss.mean() / accum_steps (the study note's recipe) weights every micro-batch equally; when "
-                    "micro-batches count different numbers of tokens that is not the big batch's mean. Sum each "
-                    "micro-batch's token losses and divide by the total count over all micro-batches."),
-            Mistake("not divided", _accumulate_without_dividing,
-                    "Each backward adds to .grad: without dividing, the result is the sum of the micro-batch means."),
-            Mistake("stale gradients kept", _accumulate_without_zeroing,
-                    "Zero the gradients first (model.zero_grad()): .grad held values from an earlier step."),
-        ),
-    ),
-    Exercise(
-        id="5.4", title="Adafactor's factored second moment", reference=factored_second_moment, cases=_factored_cases,
-        hints=("Square the gradient, then average it along each axis: a mean over columns per row (n,), a mean over "
-               "rows per column (m,).",
-               "Each running mean moves towards today's mean: new = beta2_t * old + (1 - beta2_t) * today "
-               "(torch.lerp(old, today, 1 - beta2_t)).",
-               "The outer product of the row and column means counts the overall scale twice: divide it once by the "
-               "mean of row_var.",
-               "v_hat = torch.outer(row_var, col_var) / row_var.mean().clamp(min=eps1)."),
-        output_names=("row_var", "col_var", "v_hat"),
-        mistakes=(
-            Mistake("no normaliser", _factored_no_normaliser,
-                    "outer(row, col) counts the overall scale twice: divide by mean(row_var) (clamped to eps1)."),
-            Mistake("decay weights swapped", _factored_beta_swapped,
-                    "beta2_t weights the *old* statistic: new = beta2_t * old + (1 - beta2_t) * mean(g^2), i.e. "
-                    "torch.lerp(old, new_mean, 1 - beta2_t)."),
-            Mistake("no clamp", _factored_no_clamp,
-                    "A zero gradient makes mean(row_var) = 0 and v_hat = 0 / 0: clamp the denominator to eps1."),
-            Mistake("eps1 added", _factored_eps_added,
-                    "eps1 is a floor, not an offset: divide by max(mean(row_var), eps1) (`.clamp(min=eps1)`), which "
-                    "leaves the denominator alone whenever the mean is above eps1."),
-        ),
-    ),
-    Exercise(
-        id="5.5", title="fused Triton AdamW kernel", reference=ADAMW_KERNEL, cases=_kernel_cases,
-        call=launch_adamw_kernel,
-        mistakes=(
-            Mistake("L2 instead of decoupled decay", _adamw_kernel_l2,
-                    "Adding weight_decay * p to g is Adam + L2. Decoupled: p = p * (1 - lr * weight_decay) before "
-                    "the Adam update, and g unchanged."),
-            Mistake("no bias correction", _adamw_kernel_no_bias_correction,
-                    "Use the bias corrections passed in: lr / bias_correction1 * m / "
-                    "(sqrt(v / bias_correction2) + eps)."),
-            Mistake("moments not stored", _adamw_kernel_moments_not_stored,
-                    "Store the new m and v as well: the next step starts from them."),
-            Mistake("load without a mask", _adamw_kernel_unmasked_load,
-                    "The last block runs past n_elements: load p, g, m and v with mask=offsets < n_elements too. "
-                    "Discarding those lanes at the store is not enough: the loads themselves read memory that is "
-                    "not the tensor's (on a GPU, possibly an address that does not exist)."),
-            Mistake("store without a mask", _adamw_kernel_unmasked_store,
-                    "The last block runs past n_elements: store p, m and v with mask=offsets < n_elements, or the "
-                    "lanes beyond write into memory that is not the parameter's."),
-        ),
-        output_names=("p", "m", "v"),
-    ),
-]
+    output_names=("p", "m", "v"),
+)
+
+
+EXERCISES = [EX_5_1, EX_5_2, EX_5_3, EX_5_4, EX_5_5]

@@ -25,6 +25,26 @@ def _log(probs):
     return torch.tensor(probs, dtype=torch.float32).log()
 
 
+# A token whose probability lies within rounding of a filter's threshold is decided by the arithmetic, not by
+# the rule: float32 and float64, logits and probabilities round differently. Such decisions (distance to the
+# threshold not exactly 0, at most NEAR_THRESHOLD) are accepted either way; exact ties are not.
+NEAR_THRESHOLD = 1e-6
+
+
+def _settle_near_threshold(reference, distance):
+    """A call adapter: the candidate's output, with the decisions on tokens within rounding of the threshold
+    taken from the reference (either is right there)."""
+    def call(fn, logits, threshold):
+        out = fn(logits, threshold)
+        if isinstance(out, torch.Tensor) and out.shape == logits.shape and out.dtype == logits.dtype:
+            d = distance(logits, threshold).to(out.device)
+            near = (d != 0) & (d.abs() <= NEAR_THRESHOLD)
+            if bool(near.any()):
+                out = torch.where(near, reference(logits, threshold).to(out.device), out)
+        return out
+    return call
+
+
 # ------------------------------------------------------------------------------------- 6.1 top-k
 
 def _top_k_by_index(logits, k):  # exactly k tokens: a tie at the boundary is cut arbitrarily
@@ -53,6 +73,21 @@ def _top_k_cases():
         Case("k = 1", (torch.randn(2, 7, generator=g), 1)),
         Case("k = 0 (the contract says: ValueError)", (torch.randn(5, generator=g), 0), raises=ValueError),
     ]
+
+
+EX_6_1 = Exercise(
+    id="6.1", title="top-k filter", reference=top_k_filter, cases=_top_k_cases,
+    mistakes=(
+        Mistake("exactly k by index", _top_k_by_index,
+                "torch.topk's indices pick k tokens and cut a tie at the boundary arbitrarily: keep every logit "
+                ">= the k-th largest value instead (ties with it included)."),
+        Mistake("probabilities instead of logits", _top_k_probabilities_zeroed,
+                "Return logits with the removed tokens at -inf (so that temperature and softmax can follow), "
+                "not probabilities with zeros."),
+        Mistake("the k smallest", _top_k_smallest,
+                "Keep the k *largest* logits (torch.topk's default, largest=True)."),
+    ),
+)
 
 
 # ------------------------------------------------------------------------------------- 6.2 top-p
@@ -98,12 +133,6 @@ def _top_p_on_logits(logits, p):  # cumulative sum of raw logits instead of prob
     return logits.masked_fill(~keep, NEG)
 
 
-# A token whose probability lies within rounding of a filter's threshold is decided by the arithmetic, not by
-# the rule: float32 and float64, logits and probabilities round differently. Such decisions (distance to the
-# threshold not exactly 0, at most NEAR_THRESHOLD) are accepted either way; exact ties are not.
-NEAR_THRESHOLD = 1e-6
-
-
 def _top_p_distance(logits, p):
     """(..., V) float64: for each token, the probability mass before it (descending, ties by id) minus p."""
     if p >= 1:
@@ -112,28 +141,6 @@ def _top_p_distance(logits, p):
     sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
     before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
     return torch.zeros_like(before).scatter(-1, order, before - p)
-
-
-def _min_p_distance(logits, min_p):
-    """(..., V) float64: z_i - z_max - ln(min_p), the log-probability ratio's distance to the threshold."""
-    if min_p <= 0:
-        return torch.zeros_like(logits, dtype=torch.float64)
-    z = logits.double()
-    return z - z.max(dim=-1, keepdim=True).values - math.log(min_p)
-
-
-def _settle_near_threshold(reference, distance):
-    """A call adapter: the candidate's output, with the decisions on tokens within rounding of the threshold
-    taken from the reference (either is right there)."""
-    def call(fn, logits, threshold):
-        out = fn(logits, threshold)
-        if isinstance(out, torch.Tensor) and out.shape == logits.shape and out.dtype == logits.dtype:
-            d = distance(logits, threshold).to(out.device)
-            near = (d != 0) & (d.abs() <= NEAR_THRESHOLD)
-            if bool(near.any()):
-                out = torch.where(near, reference(logits, threshold).to(out.device), out)
-        return out
-    return call
 
 
 def _top_p_cases():
@@ -147,6 +154,29 @@ def _top_p_cases():
         Case("p = 1 keeps everything", (torch.randn(8, generator=g), 1.0)),
         Case("p = 1 over 50,000 tokens", (3 * torch.randn(50_000, generator=g), 1.0)),
     ]
+
+
+EX_6_2 = Exercise(
+    id="6.2", title="top-p (nucleus) filter", reference=top_p_filter, cases=_top_p_cases,
+    call=_settle_near_threshold(top_p_filter, _top_p_distance),
+    mistakes=(
+        Mistake("the crossing token dropped", _top_p_drops_crossing_token,
+                "Keeping tokens while the cumulative sum is <= p leaves a set with mass < p. Keep a token when the "
+                "mass *before* it is < p: the token that crosses p belongs to the nucleus."),
+        Mistake("ties kept from the higher ids", _top_p_ties_to_higher_ids,
+                "Ties at the boundary: this contract keeps the lower token ids first (a stable descending sort). "
+                "Hugging Face's ascending form keeps the higher ones; both are valid, one rule makes results "
+                "reproducible."),
+        Mistake("float32 sum at p = 1", _top_p_float32_sum,
+                "A float32 cumulative sum over many tokens reaches 1.0 before the last token, so p = 1 cut the "
+                "tail: keep everything when p >= 1 (and sum in float64)."),
+        Mistake("cumulative sum in id order", _top_p_unsorted,
+                "Sort the probabilities in descending order before the cumulative sum (stable, so ties keep "
+                "lower ids first), then map the decision back to the original positions."),
+        Mistake("cumulative sum of logits", _top_p_on_logits,
+                "Accumulate probabilities (softmax of the logits), not raw logits."),
+    ),
+)
 
 
 # ------------------------------------------------------------------------------------- 6.3 min-p
@@ -166,6 +196,14 @@ def _min_p_strict(logits, min_p):  # > instead of >=: drops a token exactly at m
     return logits.masked_fill(logits <= logits.max(dim=-1, keepdim=True).values + math.log(min_p), NEG)
 
 
+def _min_p_distance(logits, min_p):
+    """(..., V) float64: z_i - z_max - ln(min_p), the log-probability ratio's distance to the threshold."""
+    if min_p <= 0:
+        return torch.zeros_like(logits, dtype=torch.float64)
+    z = logits.double()
+    return z - z.max(dim=-1, keepdim=True).values - math.log(min_p)
+
+
 def _min_p_cases():
     g = torch.Generator().manual_seed(63)
     return [
@@ -178,6 +216,22 @@ def _min_p_cases():
         Case("min_p = 0 keeps everything", (torch.randn(5, generator=g), 0.0)),
         Case("negative logits, min_p = 0.5", (-5 - torch.rand(2, 6, generator=g), 0.5)),
     ]
+
+
+EX_6_3 = Exercise(
+    id="6.3", title="min-p filter", reference=min_p_filter, cases=_min_p_cases,
+    call=_settle_near_threshold(min_p_filter, _min_p_distance),
+    mistakes=(
+        Mistake("absolute threshold", _min_p_absolute,
+                "min-p is relative: keep p_i >= min_p * p_max, not p_i >= min_p."),
+        Mistake("threshold on logits times min_p", _min_p_scaled_logits,
+                "Scaling a logit is not scaling a probability: p_i >= min_p * p_max means "
+                "z_i >= z_max + ln(min_p)."),
+        Mistake("strict inequality", _min_p_strict,
+                "\"At least min_p times the top token's\" includes equality: with min_p = 1 the tied maxima stay "
+                "(>=, not >)."),
+    ),
+)
 
 
 # -------------------------------------------------------------------------- 6.4 repetition penalty
@@ -212,6 +266,20 @@ def _penalty_cases():
         Case("penalty 1 changes nothing", (torch.randn(6, generator=g), torch.tensor([0, 3]), 1.0)),
         Case("a negative logit repeated", (torch.tensor([1.0, -2.0, 0.3]), torch.tensor([1, 1, 2]), 2.0)),
     ]
+
+
+EX_6_4 = Exercise(
+    id="6.4", title="repetition penalty", reference=apply_repetition_penalty, cases=_penalty_cases,
+    mistakes=(
+        Mistake("always divides", _penalty_always_divides,
+                "Dividing a negative logit by penalty > 1 moves it towards 0 and makes the token *more* likely: "
+                "multiply negative logits by the penalty, divide positive ones."),
+        Mistake("once per occurrence", _penalty_per_occurrence,
+                "Apply the penalty once per distinct token (torch.unique), not once per occurrence."),
+        Mistake("subtracted", _penalty_subtracted,
+                "The penalty is multiplicative: z / penalty for z > 0, z * penalty for z <= 0."),
+    ),
+)
 
 
 # ---------------------------------------------------------------------------------- 6.5 beam search
@@ -269,8 +337,25 @@ def _beam_cases():
     ]
 
 
+EX_6_5 = Exercise(
+    id="6.5", title="beam search with length normalisation", reference=beam_search, cases=_beam_cases,
+    mistakes=(
+        Mistake("top-k per beam", _beam_greedy_per_beam,
+                "Choose the beam_width best candidates over *all* beams together (flatten beams × vocabulary), "
+                "not each beam's own best."),
+        Mistake("no length normalisation", _beam_no_length_penalty,
+                "Score each continuation by its total log-prob divided by len**length_penalty: a raw sum favours "
+                "short sequences."),
+        Mistake("finished beams keep growing", _beam_finished_keep_growing,
+                "A candidate that ends in eos_id is finished: move it out of the beam; it grows no more."),
+    ),
+)
+
+
 # ------------------------------------------------------------------------ 6.6 Triton Gumbel-max
 
+# = kernels/gumbel_sampling._sample_kernel without min-p (no first pass for the row max), with the whole row in
+# one block instead of a loop over chunks that keeps a running argmax.
 @triton.jit
 def gumbel_max_kernel(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
     """One draw from softmax(logits / T) per row, by the Gumbel-max trick; BLOCK >= n_cols.
@@ -291,45 +376,47 @@ def gumbel_max_kernel(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, 
 
 @triton.jit
 def _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr,
-                    SCALE: tl.constexpr, GUMBEL: tl.constexpr, MASK_LANES: tl.constexpr, MASK_LOAD: tl.constexpr):
-    """gumbel_max_kernel with one step done wrong: the common body of the mistakes below."""
+                    NO_TEMPERATURE: tl.constexpr = False, LOG_U: tl.constexpr = False,
+                    PADDING_CAN_WIN: tl.constexpr = False, UNMASKED_LOAD: tl.constexpr = False):
+    """gumbel_max_kernel with the bugs whose flags are set (none set: the correct kernel), for the mistakes below."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     valid = cols < n_cols
-    if MASK_LOAD:
-        z = tl.load(logits_ptr + row * row_stride + cols, mask=valid, other=0.0).to(tl.float32)
-    else:
+    if UNMASKED_LOAD:
         z = tl.load(logits_ptr + row * row_stride + cols).to(tl.float32)
-    if SCALE:
+    else:
+        z = tl.load(logits_ptr + row * row_stride + cols, mask=valid, other=0.0).to(tl.float32)
+    if not NO_TEMPERATURE:
         z = z * inv_temperature
     u = tl.rand(seed, row * n_cols + cols)
-    if GUMBEL:
-        score = z - tl.log(-tl.log(u))
-    else:
+    if LOG_U:
         score = z + tl.log(u)
-    if MASK_LANES:
+    else:
+        score = z - tl.log(-tl.log(u))
+    if not PADDING_CAN_WIN:
         score = tl.where(valid, score, -float("inf"))
     tl.store(out_ptr + row, tl.argmax(score, axis=0))
 
 
 @triton.jit
 def _gumbel_no_temperature(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
-    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, False, True, True, True)
+    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK=BLOCK, NO_TEMPERATURE=True)
 
 
 @triton.jit
 def _gumbel_log_u(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
-    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, True, False, True, True)
+    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK=BLOCK, LOG_U=True)
 
 
 @triton.jit
 def _gumbel_padding_wins(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
-    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, True, True, False, True)
+    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK=BLOCK, PADDING_CAN_WIN=True)
 
 
 @triton.jit
 def _gumbel_unmasked(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK: tl.constexpr):
-    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK, True, True, False, False)
+    _gumbel_variant(logits_ptr, out_ptr, row_stride, n_cols, inv_temperature, seed, BLOCK=BLOCK, PADDING_CAN_WIN=True,
+                    UNMASKED_LOAD=True)
 
 
 def _gumbel_cases():
@@ -342,94 +429,22 @@ def _gumbel_cases():
     ]
 
 
-EXERCISES = [
-    Exercise(
-        id="6.1", title="top-k filter", reference=top_k_filter, cases=_top_k_cases,
-        mistakes=(
-            Mistake("exactly k by index", _top_k_by_index,
-                    "torch.topk's indices pick k tokens and cut a tie at the boundary arbitrarily: keep every logit "
-                    ">= the k-th largest value instead (ties with it included)."),
-            Mistake("probabilities instead of logits", _top_k_probabilities_zeroed,
-                    "Return logits with the removed tokens at -inf (so that temperature and softmax can follow), "
-                    "not probabilities with zeros."),
-            Mistake("the k smallest", _top_k_smallest,
-                    "Keep the k *largest* logits (torch.topk's default, largest=True)."),
-        ),
+EX_6_6 = Exercise(
+    id="6.6", title="Triton Gumbel-max sampling kernel", reference=gumbel_max_kernel, cases=_gumbel_cases,
+    call=launch_gumbel_kernel,
+    mistakes=(
+        Mistake("temperature ignored", _gumbel_no_temperature,
+                "Scale the logits by inv_temperature before adding the noise."),
+        Mistake("log(u) instead of Gumbel noise", _gumbel_log_u,
+                "Gumbel noise is -log(-log(u)); log(u) alone does not give draws from the softmax."),
+        Mistake("padding lanes can win", _gumbel_padding_wins,
+                "Lanes at or beyond n_cols must score -inf (tl.where(cols < n_cols, score, -inf)), or the "
+                "argmax can land on a column that does not exist."),
+        Mistake("load without a mask, padding not excluded", _gumbel_unmasked,
+                "Lanes at or beyond n_cols read whatever lies past the row: load with mask=cols < n_cols and give "
+                "those lanes the score -inf (tl.where(cols < n_cols, score, -inf)) so they never win."),
     ),
-    Exercise(
-        id="6.2", title="top-p (nucleus) filter", reference=top_p_filter, cases=_top_p_cases,
-        call=_settle_near_threshold(top_p_filter, _top_p_distance),
-        mistakes=(
-            Mistake("the crossing token dropped", _top_p_drops_crossing_token,
-                    "Keeping tokens while the cumulative sum is <= p leaves a set with mass < p. Keep a token when the "
-                    "mass *before* it is < p: the token that crosses p belongs to the nucleus."),
-            Mistake("ties kept from the higher ids", _top_p_ties_to_higher_ids,
-                    "Ties at the boundary: this contract keeps the lower token ids first (a stable descending sort). "
-                    "Hugging Face's ascending form keeps the higher ones; both are valid, one rule makes results "
-                    "reproducible."),
-            Mistake("float32 sum at p = 1", _top_p_float32_sum,
-                    "A float32 cumulative sum over many tokens reaches 1.0 before the last token, so p = 1 cut the "
-                    "tail: keep everything when p >= 1 (and sum in float64)."),
-            Mistake("cumulative sum in id order", _top_p_unsorted,
-                    "Sort the probabilities in descending order before the cumulative sum (stable, so ties keep "
-                    "lower ids first), then map the decision back to the original positions."),
-            Mistake("cumulative sum of logits", _top_p_on_logits,
-                    "Accumulate probabilities (softmax of the logits), not raw logits."),
-        ),
-    ),
-    Exercise(
-        id="6.3", title="min-p filter", reference=min_p_filter, cases=_min_p_cases,
-        call=_settle_near_threshold(min_p_filter, _min_p_distance),
-        mistakes=(
-            Mistake("absolute threshold", _min_p_absolute,
-                    "min-p is relative: keep p_i >= min_p * p_max, not p_i >= min_p."),
-            Mistake("threshold on logits times min_p", _min_p_scaled_logits,
-                    "Scaling a logit is not scaling a probability: p_i >= min_p * p_max means "
-                    "z_i >= z_max + ln(min_p)."),
-            Mistake("strict inequality", _min_p_strict,
-                    "\"At least min_p times the top token's\" includes equality: with min_p = 1 the tied maxima stay "
-                    "(>=, not >)."),
-        ),
-    ),
-    Exercise(
-        id="6.4", title="repetition penalty", reference=apply_repetition_penalty, cases=_penalty_cases,
-        mistakes=(
-            Mistake("always divides", _penalty_always_divides,
-                    "Dividing a negative logit by penalty > 1 moves it towards 0 and makes the token *more* likely: "
-                    "multiply negative logits by the penalty, divide positive ones."),
-            Mistake("once per occurrence", _penalty_per_occurrence,
-                    "Apply the penalty once per distinct token (torch.unique), not once per occurrence."),
-            Mistake("subtracted", _penalty_subtracted,
-                    "The penalty is multiplicative: z / penalty for z > 0, z * penalty for z <= 0."),
-        ),
-    ),
-    Exercise(
-        id="6.5", title="beam search with length normalisation", reference=beam_search, cases=_beam_cases,
-        mistakes=(
-            Mistake("top-k per beam", _beam_greedy_per_beam,
-                    "Choose the beam_width best candidates over *all* beams together (flatten beams × vocabulary), "
-                    "not each beam's own best."),
-            Mistake("no length normalisation", _beam_no_length_penalty,
-                    "Score each continuation by its total log-prob divided by len**length_penalty: a raw sum favours "
-                    "short sequences."),
-            Mistake("finished beams keep growing", _beam_finished_keep_growing,
-                    "A candidate that ends in eos_id is finished: move it out of the beam; it grows no more."),
-        ),
-    ),
-    Exercise(
-        id="6.6", title="Triton Gumbel-max sampling kernel", reference=gumbel_max_kernel, cases=_gumbel_cases,
-        call=launch_gumbel_kernel,
-        mistakes=(
-            Mistake("temperature ignored", _gumbel_no_temperature,
-                    "Scale the logits by inv_temperature before adding the noise."),
-            Mistake("log(u) instead of Gumbel noise", _gumbel_log_u,
-                    "Gumbel noise is -log(-log(u)); log(u) alone does not give draws from the softmax."),
-            Mistake("padding lanes can win", _gumbel_padding_wins,
-                    "Lanes at or beyond n_cols must score -inf (tl.where(cols < n_cols, score, -inf)), or the "
-                    "argmax can land on a column that does not exist."),
-            Mistake("load without a mask, padding not excluded", _gumbel_unmasked,
-                    "Lanes at or beyond n_cols read whatever lies past the row: load with mask=cols < n_cols and give "
-                    "those lanes the score -inf (tl.where(cols < n_cols, score, -inf)) so they never win."),
-        ),
-    ),
-]
+)
+
+
+EXERCISES = [EX_6_1, EX_6_2, EX_6_3, EX_6_4, EX_6_5, EX_6_6]

@@ -56,6 +56,25 @@ def _rope_cases():
     ]
 
 
+EX_7_1 = Exercise(
+    id="7.1", title="rotary position embedding", reference=rope_rotate, cases=_rope_cases,
+    mistakes=(
+        Mistake("interleaved pairs", _rope_interleaved,
+                "The contract pairs feature i with feature i + d/2 (\"rotate half\", as GPT-NeoX and Hugging "
+                "Face's Llama do), not (2i, 2i+1) as Meta's reference Llama and GPT-J do; both pairings work, but "
+                "weights trained with one need the same one."),
+        Mistake("rotated backwards", _rope_backwards,
+                "The rotation by t maps (a, b) to (a cos t - b sin t, a sin t + b cos t)."),
+        Mistake("angle without the position", _rope_no_position,
+                "The angle is position * inv_freq[i]: every position gets its own rotation."),
+        Mistake("inv_freq recomputed", lambda x, positions, inv_freq: rope_rotate(
+            x, positions, rope_inv_freq(x.shape[-1])),
+                "Use the inv_freq you are given: scaled RoPE (PI, NTK, YaRN, Llama 3.1) and other bases (Llama 3 "
+                "uses 500000) differ only in it; recomputing base-10000 frequencies ignores them."),
+    ),
+)
+
+
 # -------------------------------------------------------------------------------- 7.2 NTK-aware
 
 def _ntk_base_times_factor(inv_freq, factor):  # base * factor, without the d / (d - 2) exponent
@@ -75,6 +94,24 @@ def _ntk_cases():
         Case("d = 64, base 500000, factor 2", (rope_inv_freq(64, 500000.0), 2.0)),
         Case("factor 1 changes nothing", (rope_inv_freq(16), 1.0)),
     ]
+
+
+EX_7_2 = Exercise(
+    id="7.2", title="NTK-aware RoPE scaling", reference=ntk_scaled_inv_freq, cases=_ntk_cases,
+    hints=("Write the new inverse frequency of pair i as (b * s)^(-2i/d) with s = factor^(d/(d-2)), and compare it "
+           "with the old b^(-2i/d): their ratio does not depend on b.",
+           "The ratio is factor^(-2i/(d-2)): 1 at i = 0, 1/factor at i = d/2 - 1.",
+           "i = torch.arange(len(inv_freq)); return inv_freq * factor ** (-2 * i / (d - 2)) (compute in float64, "
+           "return in inv_freq's dtype)."),
+    mistakes=(
+        Mistake("base times factor", _ntk_base_times_factor,
+                "The new base is base * factor^(d / (d - 2)), chosen so that the *lowest* frequency is divided "
+                "by exactly factor; base * factor divides it by a little less."),
+        Mistake("every frequency divided", _ntk_like_pi,
+                "Dividing every frequency by factor is position interpolation; NTK-aware scaling leaves the "
+                "highest frequency alone and stretches the low ones most."),
+    ),
+)
 
 
 # -------------------------------------------------------------------------------- 7.3 Llama 3.1
@@ -102,6 +139,26 @@ def _llama3_cases():
         Case("factors 2 and 8 (low, high), context 2048", (rope_inv_freq(64), 16.0, 2048, 2.0, 8.0)),
         Case("factor 1 changes nothing", (rope_inv_freq(32), 1.0, 512)),
     ]
+
+
+EX_7_3 = Exercise(
+    id="7.3", title="Llama 3.1 RoPE scaling", reference=llama3_scaled_inv_freq, cases=_llama3_cases,
+    hints=("Compute each frequency's wavelength 2*pi / inv_freq and compare it with the two thresholds "
+           "original_context / high_freq_factor and original_context / low_freq_factor.",
+           "In between, a weight s = (original_context / wavelength - low_freq_factor) / (high_freq_factor - "
+           "low_freq_factor) runs from 0 at the long threshold to 1 at the short one.",
+           "Between the thresholds: (1 - s) * inv_freq / factor + s * inv_freq; torch.where picks the three "
+           "regimes."),
+    mistakes=(
+        Mistake("wavelength without 2 pi", _llama3_no_2pi,
+                "A frequency's wavelength (positions per full turn) is 2 * pi / inv_freq."),
+        Mistake("blend reversed", _llama3_blend_reversed,
+                "s grows with the number of turns in the context: s = 1 keeps the frequency, s = 0 divides it "
+                "by factor: (1 - s) * inv_freq / factor + s * inv_freq."),
+        Mistake("every frequency divided", _llama3_all_interpolated,
+                "High frequencies (wavelength below original_context / high_freq_factor) stay unchanged."),
+    ),
+)
 
 
 # -------------------------------------------------------------------- 7.4 merging partial attention
@@ -143,8 +200,26 @@ def _merge_cases():
     ]
 
 
+EX_7_4 = Exercise(
+    id="7.4", title="merging partial attention with log-sum-exp", reference=merge_partial_attention,
+    cases=_merge_cases,
+    mistakes=(
+        Mistake("plain average", _merge_plain_average,
+                "Each part is normalised over its own keys: weight it by its share of the total mass, "
+                "exp(lse_part - lse), not 1/2."),
+        Mistake("max instead of logaddexp", _merge_lse_max,
+                "The merged LSE is log(e^lse1 + e^lse2) = torch.logaddexp(lse1, lse2), not their max."),
+        Mistake("no guard for empty parts", _merge_unguarded,
+                "Where both parts saw no key, lse is -inf and exp(-inf - -inf) is NaN: subtract 0 there instead."),
+    ),
+)
+
+
 # ----------------------------------------------------------------- 7.5 Triton attention forward
 
+# = kernels/flash_attention._flash_fwd_kernel for one head in float32: no (batch, head) grid axis, no causal mask,
+# no LSE output or byte counter, HEAD_DIM a power of two (no padding mask), and no guards for a row that sees no
+# key (without a causal mask every row sees one).
 @triton.jit
 def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      HEAD_DIM: tl.constexpr):
@@ -180,9 +255,10 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.const
 
 @triton.jit
 def _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, RESCALE: tl.constexpr, MASK_KEYS: tl.constexpr, NORMALISE: tl.constexpr,
-                       MASK_KV_LOADS: tl.constexpr, MASK_STORE: tl.constexpr):
-    """attention_kernel with one step switched off: the common body of the mistakes below."""
+                       HEAD_DIM: tl.constexpr, NO_RESCALE: tl.constexpr = False,
+                       PADDING_SCORES_ZERO: tl.constexpr = False, UNNORMALISED: tl.constexpr = False,
+                       UNMASKED_KV_LOADS: tl.constexpr = False, UNMASKED_STORE: tl.constexpr = False):
+    """attention_kernel with the bugs whose flags are set (none set: the correct kernel), for the mistakes below."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(q_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_m[:, None] < n_ctx, other=0.0)
@@ -191,64 +267,65 @@ def _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.con
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start_n in range(0, n_ctx, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        if MASK_KV_LOADS:
-            k = tl.load(k_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
-            v = tl.load(v_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
-        else:
+        if UNMASKED_KV_LOADS:
             k = tl.load(k_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :])
             v = tl.load(v_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :])
+        else:
+            k = tl.load(k_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+            v = tl.load(v_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
-        if MASK_KEYS:
+        if not PADDING_SCORES_ZERO:
             s = tl.where(offs_n[None, :] < n_ctx, s, -float("inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if RESCALE:
-            acc = acc * alpha[:, None]
-        acc = acc + tl.dot(p, v, input_precision="ieee")
+        if NO_RESCALE:
+            acc = acc + tl.dot(p, v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
         m_i = m_new
-    if NORMALISE:
+    if not UNNORMALISED:
         acc = acc / l_i[:, None]
-    if MASK_STORE:
-        tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=offs_m[:, None] < n_ctx)
-    else:
+    if UNMASKED_STORE:
         tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc)
+    else:
+        tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=offs_m[:, None] < n_ctx)
 
 
 @triton.jit
 def _attention_no_rescale(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           HEAD_DIM: tl.constexpr):
-    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, False, True, True, True,
-                       True)
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+                       NO_RESCALE=True)
 
 
 @triton.jit
 def _attention_padding_scores_zero(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr,
                                    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
-    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, False, True, True,
-                       True)
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+                       PADDING_SCORES_ZERO=True)
 
 
 @triton.jit
 def _attention_unnormalised(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                             HEAD_DIM: tl.constexpr):
-    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, True, False, True,
-                       True)
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+                       UNNORMALISED=True)
 
 
 @triton.jit
 def _attention_unmasked_kv(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                            HEAD_DIM: tl.constexpr):
-    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, True, True, False,
-                       True)
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+                       UNMASKED_KV_LOADS=True)
 
 
 @triton.jit
 def _attention_unmasked_store(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                               HEAD_DIM: tl.constexpr):
-    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M, BLOCK_N, HEAD_DIM, True, True, True, True,
-                       False)
+    _attention_variant(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+                       UNMASKED_STORE=True)
 
 
 def _attention_cases():
@@ -266,89 +343,26 @@ def _attention_cases():
     ]
 
 
-EXERCISES = [
-    Exercise(
-        id="7.1", title="rotary position embedding", reference=rope_rotate, cases=_rope_cases,
-        mistakes=(
-            Mistake("interleaved pairs", _rope_interleaved,
-                    "The contract pairs feature i with feature i + d/2 (\"rotate half\", as GPT-NeoX and Hugging "
-                    "Face's Llama do), not (2i, 2i+1) as Meta's reference Llama and GPT-J do; both pairings work, but "
-                    "weights trained with one need the same one."),
-            Mistake("rotated backwards", _rope_backwards,
-                    "The rotation by t maps (a, b) to (a cos t - b sin t, a sin t + b cos t)."),
-            Mistake("angle without the position", _rope_no_position,
-                    "The angle is position * inv_freq[i]: every position gets its own rotation."),
-            Mistake("inv_freq recomputed", lambda x, positions, inv_freq: rope_rotate(
-                x, positions, rope_inv_freq(x.shape[-1])),
-                    "Use the inv_freq you are given: scaled RoPE (PI, NTK, YaRN, Llama 3.1) and other bases (Llama 3 "
-                    "uses 500000) differ only in it; recomputing base-10000 frequencies ignores them."),
-        ),
+EX_7_5 = Exercise(
+    id="7.5", title="Triton FlashAttention forward", reference=attention_kernel, cases=_attention_cases,
+    call=launch_attention_kernel,
+    tolerances={torch.float32: (1e-5, 1e-5)},  # blockwise sums in another order than the reference
+    mistakes=(
+        Mistake("accumulator not rescaled", _attention_no_rescale,
+                "When the running max rises, the old accumulator was computed with the old max: multiply it by "
+                "alpha = exp(m_old - m_new) before adding P V, as l is."),
+        Mistake("padding keys scored 0", _attention_padding_scores_zero,
+                "Keys at or beyond n_ctx must score -inf (tl.where(offs_n < n_ctx, s, -inf)); with score 0 they "
+                "take softmax weight."),
+        Mistake("not divided by l", _attention_unnormalised,
+                "Divide the accumulator by the running sum l at the end."),
+        Mistake("K and V loaded without a mask", _attention_unmasked_kv,
+                "The last key block runs past n_ctx: load K and V with mask=offs_n[:, None] < n_ctx, other=0.0. "
+                "Scoring those keys -inf is not enough: P @ V still multiplies 0 by whatever lies past the end."),
+        Mistake("store without a mask", _attention_unmasked_store,
+                "Rows at or beyond n_ctx must not be stored: mask the store with offs_m[:, None] < n_ctx."),
     ),
-    Exercise(
-        id="7.2", title="NTK-aware RoPE scaling", reference=ntk_scaled_inv_freq, cases=_ntk_cases,
-        hints=("Write the new inverse frequency of pair i as (b * s)^(-2i/d) with s = factor^(d/(d-2)), and compare it "
-               "with the old b^(-2i/d): their ratio does not depend on b.",
-               "The ratio is factor^(-2i/(d-2)): 1 at i = 0, 1/factor at i = d/2 - 1.",
-               "i = torch.arange(len(inv_freq)); return inv_freq * factor ** (-2 * i / (d - 2)) (compute in float64, "
-               "return in inv_freq's dtype)."),
-        mistakes=(
-            Mistake("base times factor", _ntk_base_times_factor,
-                    "The new base is base * factor^(d / (d - 2)), chosen so that the *lowest* frequency is divided "
-                    "by exactly factor; base * factor divides it by a little less."),
-            Mistake("every frequency divided", _ntk_like_pi,
-                    "Dividing every frequency by factor is position interpolation; NTK-aware scaling leaves the "
-                    "highest frequency alone and stretches the low ones most."),
-        ),
-    ),
-    Exercise(
-        id="7.3", title="Llama 3.1 RoPE scaling", reference=llama3_scaled_inv_freq, cases=_llama3_cases,
-        hints=("Compute each frequency's wavelength 2*pi / inv_freq and compare it with the two thresholds "
-               "original_context / high_freq_factor and original_context / low_freq_factor.",
-               "In between, a weight s = (original_context / wavelength - low_freq_factor) / (high_freq_factor - "
-               "low_freq_factor) runs from 0 at the long threshold to 1 at the short one.",
-               "Between the thresholds: (1 - s) * inv_freq / factor + s * inv_freq; torch.where picks the three "
-               "regimes."),
-        mistakes=(
-            Mistake("wavelength without 2 pi", _llama3_no_2pi,
-                    "A frequency's wavelength (positions per full turn) is 2 * pi / inv_freq."),
-            Mistake("blend reversed", _llama3_blend_reversed,
-                    "s grows with the number of turns in the context: s = 1 keeps the frequency, s = 0 divides it "
-                    "by factor: (1 - s) * inv_freq / factor + s * inv_freq."),
-            Mistake("every frequency divided", _llama3_all_interpolated,
-                    "High frequencies (wavelength below original_context / high_freq_factor) stay unchanged."),
-        ),
-    ),
-    Exercise(
-        id="7.4", title="merging partial attention with log-sum-exp", reference=merge_partial_attention,
-        cases=_merge_cases,
-        mistakes=(
-            Mistake("plain average", _merge_plain_average,
-                    "Each part is normalised over its own keys: weight it by its share of the total mass, "
-                    "exp(lse_part - lse), not 1/2."),
-            Mistake("max instead of logaddexp", _merge_lse_max,
-                    "The merged LSE is log(e^lse1 + e^lse2) = torch.logaddexp(lse1, lse2), not their max."),
-            Mistake("no guard for empty parts", _merge_unguarded,
-                    "Where both parts saw no key, lse is -inf and exp(-inf - -inf) is NaN: subtract 0 there instead."),
-        ),
-    ),
-    Exercise(
-        id="7.5", title="Triton FlashAttention forward", reference=attention_kernel, cases=_attention_cases,
-        call=launch_attention_kernel,
-        tolerances={torch.float32: (1e-5, 1e-5)},  # blockwise sums in another order than the reference
-        mistakes=(
-            Mistake("accumulator not rescaled", _attention_no_rescale,
-                    "When the running max rises, the old accumulator was computed with the old max: multiply it by "
-                    "alpha = exp(m_old - m_new) before adding P V, as l is."),
-            Mistake("padding keys scored 0", _attention_padding_scores_zero,
-                    "Keys at or beyond n_ctx must score -inf (tl.where(offs_n < n_ctx, s, -inf)); with score 0 they "
-                    "take softmax weight."),
-            Mistake("not divided by l", _attention_unnormalised,
-                    "Divide the accumulator by the running sum l at the end."),
-            Mistake("K and V loaded without a mask", _attention_unmasked_kv,
-                    "The last key block runs past n_ctx: load K and V with mask=offs_n[:, None] < n_ctx, other=0.0. "
-                    "Scoring those keys -inf is not enough: P @ V still multiplies 0 by whatever lies past the end."),
-            Mistake("store without a mask", _attention_unmasked_store,
-                    "Rows at or beyond n_ctx must not be stored: mask the store with offs_m[:, None] < n_ctx."),
-        ),
-    ),
-]
+)
+
+
+EXERCISES = [EX_7_1, EX_7_2, EX_7_3, EX_7_4, EX_7_5]

@@ -40,6 +40,60 @@ def _schedule_cases():
     ]
 
 
+EX_8_1 = Exercise(
+    id="8.1", title="warmup + cosine learning-rate schedule", reference=warmup_cosine_lr, cases=_schedule_cases,
+    mistakes=(
+        Mistake("warmup starts at 0", _schedule_starts_at_zero,
+                "A convention, not a bug: max_lr * step / warmup_steps (lr 0 at step 0, as Hugging Face's "
+                "get_cosine_schedule_with_warmup does) is common too. This exercise's contract is nanoGPT's: "
+                "max_lr * (step + 1) / warmup_steps, so step 0 already trains and the warmup ends at max_lr."),
+        Mistake("cosine counted from step 0", _schedule_cosine_from_zero,
+                "The cosine starts after the warmup: progress = (step - warmup_steps) / "
+                "(total_steps - warmup_steps)."),
+        Mistake("no floor", _schedule_no_floor, "The cosine goes from max_lr down to min_lr, not to 0."),
+    ),
+)
+
+
+# ----------------------------------------------------------------- 8.2 decay over a run
+
+def _decay_summed(lrs, weight_decay):
+    return 1 - sum(lr * weight_decay for lr in lrs)
+
+
+def _decay_at_peak_lr(lrs, weight_decay):
+    return (1 - max(lrs, default=0.0) * weight_decay) ** len(lrs)
+
+
+def _decay_without_lr(lrs, weight_decay):
+    return (1 - weight_decay) ** len(lrs)
+
+
+def _decay_cases():
+    cosine = [warmup_cosine_lr(s, 3e-4, 100, 2000, 3e-5) for s in range(2000)]
+    return [
+        Case("constant lr 1e-3, 500 steps, wd 0.1", ([1e-3] * 500, 0.1)),
+        Case("warmup + cosine, 2000 steps, wd 0.1", (cosine, 0.1)),
+        Case("three steps", ([0.5, 0.25, 0.1], 0.2)),
+        Case("no steps", ([], 0.1)),
+        Case("large lr x wd", ([0.5] * 10, 1.0)),
+    ]
+
+
+EX_8_2 = Exercise(
+    id="8.2", title="what decoupled decay leaves of an unused weight", reference=remaining_after_decay,
+    cases=_decay_cases,
+    mistakes=(
+        Mistake("summed instead of multiplied", _decay_summed,
+                "Each step multiplies by (1 - lr * wd): take the product, not 1 - the sum."),
+        Mistake("peak lr at every step", _decay_at_peak_lr,
+                "Use each step's own learning rate: the schedule changes how much decay the run applies."),
+        Mistake("decay without the lr", _decay_without_lr,
+                "PyTorch's AdamW multiplies by (1 - lr * weight_decay): the decay per step scales with the lr."),
+    ),
+)
+
+
 # ------------------------------------------------------------------------ 8.3 temperature
 
 def _tempered_naive(logits, temperature):
@@ -84,6 +138,29 @@ def _temperature_cases():
              (torch.tensor([[10.0, 9.0, 10.0, 0.0], [-10.0, -9.0, -30.0, -9.5]]), 1e-40)),
         Case("T = 50, float64", (torch.randn(6, generator=g, dtype=torch.float64), 50.0)),
     ]
+
+
+EX_8_3 = Exercise(
+    id="8.3", title="softmax with temperature, down to T = 0", reference=softmax_with_temperature,
+    cases=_temperature_cases,
+    mistakes=(
+        Mistake("exp without the max", _tempered_naive,
+                "exp(z / T) overflows for small T (z / T > 88.7 in float32): subtract the row max first, then "
+                "divide by T."),
+        Mistake("divided by T before subtracting the max", _tempered_divide_first,
+                "z / T itself overflows float32 to +-inf when |z| / T > 3.4e38 (z = 10 at T = 1e-40), and "
+                "softmax returns NaN (inf - inf): subtract the row max first, (z - max) / T is 0 at the maxima "
+                "and <= 0 elsewhere."),
+        Mistake("argmax at T = 0", _tempered_argmax_at_zero,
+                "The limit T -> 0 of softmax(z / T) splits the mass equally between tied maxima; "
+                "argmax picks one."),
+        Mistake("multiplied by T", _tempered_times_t,
+                "Divide the logits by T: small T sharpens, large T flattens."),
+        Mistake("negative T accepted", _tempered_negative_accepted,
+                "A negative temperature turns the ranking upside down (the least likely token becomes the most "
+                "likely): the contract says raise ValueError for T < 0."),
+    ),
+)
 
 
 # --------------------------------------------------------------------- 8.4 spike detector
@@ -148,94 +225,24 @@ def _spike_cases():
     ]
 
 
-# ----------------------------------------------------------------- 8.2 decay over a run
-
-def _decay_summed(lrs, weight_decay):
-    return 1 - sum(lr * weight_decay for lr in lrs)
-
-
-def _decay_at_peak_lr(lrs, weight_decay):
-    return (1 - max(lrs, default=0.0) * weight_decay) ** len(lrs)
-
-
-def _decay_without_lr(lrs, weight_decay):
-    return (1 - weight_decay) ** len(lrs)
-
-
-def _decay_cases():
-    cosine = [warmup_cosine_lr(s, 3e-4, 100, 2000, 3e-5) for s in range(2000)]
-    return [
-        Case("constant lr 1e-3, 500 steps, wd 0.1", ([1e-3] * 500, 0.1)),
-        Case("warmup + cosine, 2000 steps, wd 0.1", (cosine, 0.1)),
-        Case("three steps", ([0.5, 0.25, 0.1], 0.2)),
-        Case("no steps", ([], 0.1)),
-        Case("large lr x wd", ([0.5] * 10, 1.0)),
-    ]
-
-
-EXERCISES = [
-    Exercise(
-        id="8.1", title="warmup + cosine learning-rate schedule", reference=warmup_cosine_lr, cases=_schedule_cases,
-        mistakes=(
-            Mistake("warmup starts at 0", _schedule_starts_at_zero,
-                    "A convention, not a bug: max_lr * step / warmup_steps (lr 0 at step 0, as Hugging Face's "
-                    "get_cosine_schedule_with_warmup does) is common too. This exercise's contract is nanoGPT's: "
-                    "max_lr * (step + 1) / warmup_steps, so step 0 already trains and the warmup ends at max_lr."),
-            Mistake("cosine counted from step 0", _schedule_cosine_from_zero,
-                    "The cosine starts after the warmup: progress = (step - warmup_steps) / "
-                    "(total_steps - warmup_steps)."),
-            Mistake("no floor", _schedule_no_floor, "The cosine goes from max_lr down to min_lr, not to 0."),
-        ),
+EX_8_4 = Exercise(
+    id="8.4", title="gradient-norm spike detector", reference=grad_norm_spikes, cases=_spike_cases,
+    mistakes=(
+        Mistake("window includes the current step", _spikes_window_includes_current,
+                "Compare step i with the window *before* it, norms[i - window : i]; a spike in its own window "
+                "raises the median it is compared with."),
+        Mistake("mean instead of median", _spikes_mean,
+                "Use the median: one earlier spike inside the window drags the mean up and hides the next spike."),
+        Mistake("flags before a full window", _spikes_from_start,
+                "Start at i = window: with fewer steps behind it there is no full window to compare with."),
+        Mistake("upper median", _spikes_upper_median,
+                "For an even count the median is the mean of the two middle values (as statistics.median): 2 for "
+                "[1, 3], not the upper one, 3."),
+        Mistake("lower median", _spikes_lower_median,
+                "torch.median returns the lower of the two middle values for an even count; the contract's "
+                "median is their mean (as statistics.median): 2 for [1, 3], not 1."),
     ),
-    Exercise(
-        id="8.2", title="what decoupled decay leaves of an unused weight", reference=remaining_after_decay,
-        cases=_decay_cases,
-        mistakes=(
-            Mistake("summed instead of multiplied", _decay_summed,
-                    "Each step multiplies by (1 - lr * wd): take the product, not 1 - the sum."),
-            Mistake("peak lr at every step", _decay_at_peak_lr,
-                    "Use each step's own learning rate: the schedule changes how much decay the run applies."),
-            Mistake("decay without the lr", _decay_without_lr,
-                    "PyTorch's AdamW multiplies by (1 - lr * weight_decay): the decay per step scales with the lr."),
-        ),
-    ),
-    Exercise(
-        id="8.3", title="softmax with temperature, down to T = 0", reference=softmax_with_temperature,
-        cases=_temperature_cases,
-        mistakes=(
-            Mistake("exp without the max", _tempered_naive,
-                    "exp(z / T) overflows for small T (z / T > 88.7 in float32): subtract the row max first, then "
-                    "divide by T."),
-            Mistake("divided by T before subtracting the max", _tempered_divide_first,
-                    "z / T itself overflows float32 to +-inf when |z| / T > 3.4e38 (z = 10 at T = 1e-40), and "
-                    "softmax returns NaN (inf - inf): subtract the row max first, (z - max) / T is 0 at the maxima "
-                    "and <= 0 elsewhere."),
-            Mistake("argmax at T = 0", _tempered_argmax_at_zero,
-                    "The limit T -> 0 of softmax(z / T) splits the mass equally between tied maxima; "
-                    "argmax picks one."),
-            Mistake("multiplied by T", _tempered_times_t,
-                    "Divide the logits by T: small T sharpens, large T flattens."),
-            Mistake("negative T accepted", _tempered_negative_accepted,
-                    "A negative temperature turns the ranking upside down (the least likely token becomes the most "
-                    "likely): the contract says raise ValueError for T < 0."),
-        ),
-    ),
-    Exercise(
-        id="8.4", title="gradient-norm spike detector", reference=grad_norm_spikes, cases=_spike_cases,
-        mistakes=(
-            Mistake("window includes the current step", _spikes_window_includes_current,
-                    "Compare step i with the window *before* it, norms[i - window : i]; a spike in its own window "
-                    "raises the median it is compared with."),
-            Mistake("mean instead of median", _spikes_mean,
-                    "Use the median: one earlier spike inside the window drags the mean up and hides the next spike."),
-            Mistake("flags before a full window", _spikes_from_start,
-                    "Start at i = window: with fewer steps behind it there is no full window to compare with."),
-            Mistake("upper median", _spikes_upper_median,
-                    "For an even count the median is the mean of the two middle values (as statistics.median): 2 for "
-                    "[1, 3], not the upper one, 3."),
-            Mistake("lower median", _spikes_lower_median,
-                    "torch.median returns the lower of the two middle values for an even count; the contract's "
-                    "median is their mean (as statistics.median): 2 for [1, 3], not 1."),
-        ),
-    ),
-]
+)
+
+
+EXERCISES = [EX_8_1, EX_8_2, EX_8_3, EX_8_4]
