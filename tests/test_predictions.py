@@ -69,7 +69,7 @@ def test_korean_edition_asks_in_korean_and_records_the_english_choice(sample, mo
     commit("9.a", "작아진다")
     assert recorded("9.a") == "shrinks"
     reveal("9.a", "grows", k=1.0)
-    assert "당신의 예측: 작아진다" in capsys.readouterr().out
+    assert "여러분의 예측: 작아진다" in capsys.readouterr().out
 
 
 def test_every_question_has_both_languages():

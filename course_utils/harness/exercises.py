@@ -31,6 +31,7 @@ import torch
 from course_utils.harness import PACKAGE_DIR, REPO_ROOT, progress
 from course_utils.harness.compare import DEFAULT_TOLERANCES, describe_mismatch
 from course_utils.harness.errors import ContractError, ExerciseNotPassed, ExerciseTimeout
+from course_utils.harness.phrases import say
 from course_utils.harness.progress import progress_table
 from course_utils.harness.registry import (
     _get,
@@ -63,13 +64,13 @@ def hint(exercise_id: str, *, display: bool = True) -> str:
     is close to the answer. Hints taken are recorded in the progress file (the progress table shows them)."""
     ex = _get(exercise_id)
     if not ex.hints:
-        text = f"💡 {ex.id} {ex.title}: this exercise has no hints; its docstring is the whole contract."
+        text = say("hint.none", id=ex.id, title=ex.title)
     else:
         n = progress.take_hint(ex.id, len(ex.hints))
         if n:
-            text = f"💡 {ex.id} hint {n} of {len(ex.hints)}: {ex.hints[n - 1]}"
+            text = say("hint.next", id=ex.id, n=n, total=len(ex.hints), hint=ex.hints[n - 1])
         else:
-            text = (f"💡 {ex.id}: all {len(ex.hints)} hints shown already:\n"
+            text = (say("hint.all", id=ex.id, total=len(ex.hints)) + "\n"
                     + "\n".join(f"  {i}. {h}" for i, h in enumerate(ex.hints, 1)))
     if display:
         print(text)
@@ -137,16 +138,15 @@ def checking_references():
 def use(exercise_id: str, candidate: Any) -> Any:
     """The learner's ``candidate`` if it passes ``exercise_id``, else the reference, said aloud."""
     if candidate is reference(exercise_id):
-        print(f"→ {exercise_id}: using the reference `{_name(candidate)}` from solutions")
+        print(say("use.reference", id=exercise_id, name=_name(candidate)))
         return candidate
     if _passed_candidates.get(exercise_id) is not candidate:
         if not _check(exercise_id, candidate).passed:
             ref = reference(exercise_id)
-            print(f"→ {exercise_id}: using the reference `{_name(ref)}` from solutions "
-                  "(yours has not passed yet)")
+            print(say("use.not_passed", id=exercise_id, name=_name(ref)))
             return ref
         _passed_candidates[exercise_id] = candidate
-    print(f"→ {exercise_id}: using your `{_name(candidate)}`")
+    print(say("use.yours", id=exercise_id, name=_name(candidate)))
     return candidate
 
 
@@ -160,16 +160,16 @@ def from_progress(exercise_id: str) -> Any:
     """
     ref = reference(exercise_id)
     source = progress.passed_source(exercise_id)
-    why = "no passing version of yours recorded"
+    why = say("use.none_recorded")
     if source and not _is_triton(ref):
         candidate, why = _load_function(exercise_id, source, _name(ref))
         if candidate is not None:
             result = _check(exercise_id, candidate)
             if result.passed:
-                print(f"→ {exercise_id}: using your `{_name(candidate)}` (passed earlier, re-checked now)")
+                print(say("use.earlier", id=exercise_id, name=_name(candidate)))
                 return candidate
-            why = "yours from the progress file did not pass again:\n" + result.message
-    print(f"→ {exercise_id}: using the reference `{_name(ref)}` from solutions ({why})")
+            why = say("use.failed_again") + "\n" + result.message
+    print(say("use.fallback", id=exercise_id, name=_name(ref), why=why))
     return ref
 
 
@@ -229,7 +229,7 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
     def failed(message: str, case: Case | None = None, mistake: Mistake | None = None) -> CheckResult:
         text = f"❌ {label}\n   " + message.replace("\n", "\n   ")
         if mistake is not None:
-            text += f"\n   Hint: {mistake.hint}"
+            text += "\n   " + say("check.hint", hint=mistake.hint)
         return CheckResult(ex.id, "failed", text, case.name if case else None,
                            mistake.name if mistake else None)
 
@@ -244,7 +244,7 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
         if not status.available:
             return CheckResult(ex.id, "skipped", f"⏭ {label}: skipped, {status.reason}")
     if _is_unimplemented_stub(candidate):  # a compiled Triton stub cannot even raise, so look first
-        return CheckResult(ex.id, "todo", _TODO.format(label=label))
+        return CheckResult(ex.id, "todo", say("check.todo", label=label))
     try:
         cases = ex.cases()
     except Exception as exc:  # a broken case builder is the course's bug, said as such
@@ -349,7 +349,7 @@ def _check_cases(ex: Exercise, candidate: Any, cases: list[Case], label: str, fa
             got = _run_with_time_limit(ex.timeout_s,
                                        lambda: (ex.call or _plain_call)(candidate, *case.args, **case.kwargs))
         except NotImplementedError:
-            return CheckResult(ex.id, "todo", _TODO.format(label=label))
+            return CheckResult(ex.id, "todo", say("check.todo", label=label))
         except ExerciseTimeout as timeout:
             if timeout.abandoned:
                 return failed(f"case '{case.name}': still running after {ex.timeout_s:.0f} s (an endless loop?). "
@@ -390,7 +390,7 @@ def _check_cases(ex: Exercise, candidate: Any, cases: list[Case], label: str, fa
             return failed(f"case '{case.name}': {mismatch}", case,
                           _matching_mistake(ex, seen, case, got, candidate, _after(cases, case)))
         seen.append((case, got))
-    return CheckResult(ex.id, "passed", f"✅ {label}: passed all {len(cases)} cases.")
+    return CheckResult(ex.id, "passed", say("check.passed", label=label, n=len(cases)))
 
 
 def _nan_note() -> str:
@@ -409,10 +409,6 @@ def _nan_note() -> str:
 
 def _after(cases: list[Case], case: Case) -> list[Case]:
     return cases[cases.index(case) + 1:]
-
-
-_TODO = ("⏳ {label}: not implemented yet - replace `raise NotImplementedError` with your code "
-         "and run this cell again.")
 
 
 def _is_unimplemented_stub(candidate: Any) -> bool:

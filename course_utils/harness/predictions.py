@@ -21,41 +21,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from functools import cache
 from pathlib import Path
 
 from course_utils.harness import progress
+from course_utils.harness.phrases import language, say
 
 QUESTIONS_DIR = Path(__file__).resolve().parent.parent / "data_files" / "predictions"
-
-_PHRASES = {
-    "en": {"predict": "Predict ({id}): {question}", "number": "  (a number{unit})", "unit": ", in {unit}",
-           "commit": "Commit your answer before you run the experiment below; the cell after it compares.",
-           "measured": "Measured ({id}): {value}", "none": "You did not commit a prediction above (commit one, "
-           "then run this cell again to compare).", "said": "You predicted: {answer} ({judged}).",
-           "right": "right", "wrong": "not what the measurement says", "within": "within {factor:g}x of it",
-           "outside": "not within {factor:g}x of it", "button": "Commit", "recorded": "recorded: {answer}",
-           "late": "prediction {id} was already compared with the measurement; it stays as it was"},
-    "ko": {"predict": "예측 ({id}): {question}", "number": "  (숫자{unit})", "unit": ", 단위 {unit}",
-           "commit": "아래 실험을 실행하기 전에 답을 확정(Commit)하세요. 실험 다음 셀이 측정값과 비교합니다.",
-           "measured": "측정값 ({id}): {value}", "none": "위에서 예측을 확정하지 않았습니다 (확정한 뒤 이 셀을 다시 "
-           "실행하면 비교합니다).", "said": "당신의 예측: {answer} ({judged}).", "right": "맞았습니다",
-           "wrong": "측정 결과와 다릅니다", "within": "측정값의 {factor:g}배 이내",
-           "outside": "측정값의 {factor:g}배 밖",
-           "button": "확정", "recorded": "기록됨: {answer}",
-           "late": "예측 {id}는 이미 측정값과 비교했으므로 바꿀 수 없습니다"},
-}
-
-
-def language() -> str:
-    lang = os.environ.get("COURSE_LANG", "en")
-    return lang if lang in _PHRASES else "en"
-
-
-def _say(key: str, **values) -> str:
-    return _PHRASES[language()][key].format(**values)
-
 
 @cache
 def questions() -> dict[str, dict]:
@@ -122,7 +94,7 @@ def commit(qid: str, answer) -> None:
     answer = _validated(qid, answer)
     predictions = progress.load().get("predictions", {})
     if isinstance(predictions, dict) and predictions.get(qid, {}).get("revealed"):
-        raise ValueError(_say("late", id=qid))
+        raise ValueError(say("predict.late", id=qid))
     _update(qid, answer=answer)
 
 
@@ -131,14 +103,14 @@ def predict(qid: str):
     import ipywidgets as w
 
     spec = _question(qid)
-    print(_say("predict", id=qid, question=_text(spec, "question")))
+    print(say("predict.ask", id=qid, question=_text(spec, "question")))
     if "choices" in spec:
         for letter, option in zip("abcdefghij", _choices_shown(spec)):
             print(f"  ({letter}) {option}")
     else:
         unit = spec.get("unit", "")
-        print(_say("number", unit=_say("unit", unit=unit) if unit else ""))
-    print(_say("commit"))
+        print(say("predict.number", unit=say("predict.unit", unit=unit) if unit else ""))
+    print(say("predict.commit"))
     before = recorded(qid)
     if "choices" in spec:
         shown = _choices_shown(spec)
@@ -147,13 +119,13 @@ def predict(qid: str):
     else:
         field = w.FloatText(value=before if isinstance(before, (int, float)) else 0.0,
                             description=spec.get("unit") or "")
-    button = w.Button(description=_say("button"), button_style="primary")
-    status = w.Label(value=_say("recorded", answer=before) if before is not None else "")
+    button = w.Button(description=say("predict.button"), button_style="primary")
+    status = w.Label(value=say("predict.recorded", answer=before) if before is not None else "")
 
     def on_click(_):
         try:
             commit(qid, field.value)
-            status.value = _say("recorded", answer=field.value)
+            status.value = say("predict.recorded", answer=field.value)
         except ValueError as exc:
             status.value = str(exc)
 
@@ -174,20 +146,21 @@ def reveal(qid: str, measured, factor: float = 2.0, **values) -> None:
     spec = _question(qid)
     if "choices" in spec and measured not in spec["choices"]:
         raise ValueError(f"prediction {qid}: the measurement {measured!r} is not one of {spec['choices']}")
-    print(_say("measured", id=qid, value=_shown_value(spec, measured)))
+    print(say("predict.measured", id=qid, value=_shown_value(spec, measured)))
     said = recorded(qid)
     if said is None:
-        print(_say("none"))
+        print(say("predict.none"))
     else:
         if "choices" in spec:
             right = said == measured
-            judged = _say("right" if right else "wrong")
+            judged = say("predict.right" if right else "predict.wrong")
             answer = _shown_value(spec, said)
         else:
             ratio = said / measured if measured else float("inf")
             right = ratio > 0 and max(ratio, 1 / ratio) <= factor
-            judged = _say("within" if right else "outside", factor=factor)
+            judged = say("predict.within" if right else "predict.outside", factor=factor)
             answer = _shown_value(spec, said)
-        print(_say("said", answer=answer, judged=judged))
+        print(say("predict.said", answer=answer, judged=judged))
         _update(qid, revealed=True, right=bool(right))
-    print(_text(spec, "why").format(measured=measured, **values))
+    shown = _shown_value(spec, measured) if "choices" in spec else measured
+    print(_text(spec, "why").format(measured=shown, **values))

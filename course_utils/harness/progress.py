@@ -203,6 +203,7 @@ def passed_source(exercise_id: str) -> str | None:
 def progress_table() -> str:
     """A text table per chapter (``course_utils.chapters``): one line per exercise with its status and attempts."""
     from course_utils.chapters import chapter_of
+    from course_utils.harness.phrases import say
     from course_utils.harness.registry import registry
 
     records = load()["exercises"]
@@ -212,10 +213,16 @@ def progress_table() -> str:
             chapter = chapter_of(ex.id)
             own = [e for e in registry().values() if chapter_of(e.id) == chapter]
             done = sum(records.get(e.id, {}).get("status") == "passed" for e in own)
-            lines.append(f"{chapter.heading}  ({done}/{len(own)} passed)")
+            lines.append(say("table.chapter", heading=chapter.heading, done=done, total=len(own)))
         rec = records.get(ex.id, {})
-        hints = f", hints: {rec['hints']}/{len(ex.hints)}" if rec.get("hints") else ""
+        hints = say("table.hints", taken=rec["hints"], total=len(ex.hints)) if rec.get("hints") else ""
         lines.append(f"  {STATUS_SYMBOL.get(rec.get('status'), '?')} {ex.id:<5} {ex.title:<44} "
-                     f"attempts: {rec.get('attempts', 0)}{hints}")
-    lines.append(f"(progress file: {progress_path()})")
+                     + say("table.row", attempts=rec.get("attempts", 0)) + hints)
+    predictions = load().get("predictions")
+    if isinstance(predictions, dict) and predictions:
+        made = [p for p in predictions.values() if isinstance(p, dict) and "answer" in p]
+        compared = [p for p in made if p.get("revealed")]
+        lines.append(say("table.predictions", made=len(made), revealed=len(compared),
+                         right=sum(bool(p.get("right")) for p in compared)))
+    lines.append(say("table.file", path=progress_path()))
     return "\n".join(lines)
