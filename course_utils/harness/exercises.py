@@ -31,7 +31,7 @@ import torch
 from course_utils.harness import PACKAGE_DIR, REPO_ROOT, progress
 from course_utils.harness.compare import DEFAULT_TOLERANCES, describe_mismatch
 from course_utils.harness.errors import ContractError, ExerciseNotPassed, ExerciseTimeout
-from course_utils.harness.phrases import say
+from course_utils.harness.phrases import language, say
 from course_utils.harness.progress import progress_table
 from course_utils.harness.registry import (
     _get,
@@ -59,6 +59,15 @@ __all__ = [
 ]
 
 
+def _hint(ex: Exercise, key: str, english: str) -> str:
+    """A fixed hint in the learner's language (``COURSE_LANG``), translated from this very English text."""
+    if language() == "en":
+        return english
+    from course_utils.harness.translate import translated_hint
+
+    return translated_hint(f"{ex.id}/{key}", english, language())
+
+
 def hint(exercise_id: str, *, display: bool = True) -> str:
     """Show the next hint of an exercise: the first call the first hint, the next call the second, ...; the last one
     is close to the answer. Hints taken are recorded in the progress file (the progress table shows them)."""
@@ -68,10 +77,10 @@ def hint(exercise_id: str, *, display: bool = True) -> str:
     else:
         n = progress.take_hint(ex.id, len(ex.hints))
         if n:
-            text = say("hint.next", id=ex.id, n=n, total=len(ex.hints), hint=ex.hints[n - 1])
+            text = say("hint.next", id=ex.id, n=n, total=len(ex.hints), hint=_hint(ex, f"hint{n}", ex.hints[n - 1]))
         else:
             text = (say("hint.all", id=ex.id, total=len(ex.hints)) + "\n"
-                    + "\n".join(f"  {i}. {h}" for i, h in enumerate(ex.hints, 1)))
+                    + "\n".join(f"  {i}. {_hint(ex, f'hint{i}', h)}" for i, h in enumerate(ex.hints, 1)))
     if display:
         print(text)
     return text
@@ -229,7 +238,7 @@ def _check(exercise_id: str, candidate: Any) -> CheckResult:
     def failed(message: str, case: Case | None = None, mistake: Mistake | None = None) -> CheckResult:
         text = f"❌ {label}\n   " + message.replace("\n", "\n   ")
         if mistake is not None:
-            text += "\n   " + say("check.hint", hint=mistake.hint)
+            text += "\n   " + say("check.hint", hint=_hint(ex, mistake.name, mistake.hint))
         return CheckResult(ex.id, "failed", text, case.name if case else None,
                            mistake.name if mistake else None)
 

@@ -52,12 +52,11 @@ PHRASES: dict[str, dict[str, str]] = {
         "check.todo": "⏳ {label}: 아직 구현하지 않았습니다 - `raise NotImplementedError`를 여러분의 코드로 바꾸고 "
                       "이 셀을 다시 실행하세요.",
         "check.hint": "힌트: {hint}",
-        "use.reference": "→ {id}: solutions의 참조 구현 `{name}`을 사용합니다",
-        "use.not_passed": "→ {id}: solutions의 참조 구현 `{name}`을 사용합니다 "
-                          "(여러분의 코드가 아직 통과하지 않았습니다)",
-        "use.yours": "→ {id}: 여러분의 `{name}`을 사용합니다",
-        "use.earlier": "→ {id}: 여러분의 `{name}`을 사용합니다 (이전에 통과했고, 지금 다시 확인했습니다)",
-        "use.fallback": "→ {id}: solutions의 참조 구현 `{name}`을 사용합니다 ({why})",
+        "use.reference": "→ {id}: solutions의 참조 구현 `{name}` 사용",
+        "use.not_passed": "→ {id}: solutions의 참조 구현 `{name}` 사용 (여러분의 코드가 아직 통과하지 않았습니다)",
+        "use.yours": "→ {id}: 여러분의 `{name}` 사용",
+        "use.earlier": "→ {id}: 여러분의 `{name}` 사용 (이전에 통과했고, 지금 다시 확인했습니다)",
+        "use.fallback": "→ {id}: solutions의 참조 구현 `{name}` 사용 ({why})",
         "use.none_recorded": "통과한 여러분의 코드가 기록되어 있지 않습니다",
         "use.failed_again": "진도 파일에 있던 여러분의 코드가 다시 통과하지 못했습니다:",
         "table.chapter": "{heading}  ({done}/{total} 통과)",

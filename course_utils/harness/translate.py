@@ -16,6 +16,10 @@ Code cells are copied unchanged, except that the setup cell selects Korean for t
 (``setup(lang="ko")``). Outputs are recorded by executing the Korean notebook (``python -m course_utils execute
 notebooks/ko/NN_slug.ipynb``), because ``check`` and ``hint`` then print Korean.
 
+The fixed hints of the exercises (progressive hints and the listed mistakes' hints) are translated the same way in
+``translations/ko/hints.md``, keyed ``3.1/hint2`` or ``3.1/<mistake name>``; ``hint`` and ``check`` show the Korean
+one only while it was translated from the current English.
+
 ``translations/ko/glossary.tsv`` lists the course's terms (English, Korean): a cell whose English uses a term must
 use its Korean rendering, so a term reads the same in every chapter.
 """
@@ -27,12 +31,13 @@ import hashlib
 import re
 import sys
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from course_utils.harness import REPO_ROOT
 
 LANGS = ("ko",)
-MARKER = re.compile(r"^<!-- cell (?P<id>[\w-]+) en (?P<hash>[0-9a-f]{10}) -->[ \t]*$", re.MULTILINE)
+MARKER = re.compile(r"^<!-- cell (?P<id>\S.*?) en (?P<hash>[0-9a-f]{10}) -->[ \t]*$", re.MULTILINE)
 SETUP_CALL = "setup()"
 
 
@@ -170,6 +175,51 @@ def edition(notebook: Path, lang: str = "ko") -> tuple[object, Report]:
     return out, report
 
 
+HINTS_FILE = "hints.md"
+
+
+def hint_texts() -> dict[str, str]:
+    """Every fixed hint of the course by key: ``3.1/hint2`` (the exercise's second progressive hint) and
+    ``3.1/_ln_unbiased`` (the hint of the listed mistake ``_ln_unbiased``), in course order."""
+    from course_utils.harness.registry import registry
+
+    texts = {}
+    for ex in registry().values():
+        for n, text in enumerate(ex.hints, 1):
+            texts[f"{ex.id}/hint{n}"] = text
+        for mistake in ex.mistakes:
+            texts[f"{ex.id}/{mistake.name}"] = mistake.hint
+    return texts
+
+
+@cache
+def _hint_blocks(lang: str) -> dict[str, Block]:
+    path = translations_dir(lang) / HINTS_FILE
+    return parse_blocks(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def translated_hint(key: str, english: str, lang: str) -> str:
+    """The ``lang`` rendering of the hint ``key`` when it is translated from this very English text, else the English
+    (a stale or missing translation never shows a hint that no longer matches the exercise)."""
+    block = _hint_blocks(lang).get(key)
+    return block.text if block is not None and block.en_hash == english_hash(english) else english
+
+
+def _check_hints(lang: str, report: Report) -> None:
+    path = translations_dir(lang) / HINTS_FILE
+    blocks = parse_blocks(path.read_text(encoding="utf-8")) if path.exists() else {}
+    texts = hint_texts()
+    for key, english in texts.items():
+        block = blocks.get(key)
+        if block is None:
+            report.missing.append((HINTS_FILE, key))
+        elif block.en_hash != english_hash(english):
+            report.stale.append((HINTS_FILE, key))
+        elif block.text.strip() == english.strip() and re.search(r"[A-Za-z]{3}", _strip_code(english)):
+            report.untranslated.append((HINTS_FILE, key))
+    report.orphans += [(HINTS_FILE, key) for key in blocks if key not in texts]
+
+
 def _sources(nb) -> list[tuple[str, str, str]]:
     return [(c.id, c.cell_type, c.source) for c in nb.cells]
 
@@ -186,6 +236,7 @@ def check(lang: str = "ko") -> Report:
             report.out_of_date.append(str(target.relative_to(REPO_ROOT)))
         for name in ("missing", "stale", "untranslated", "orphans", "glossary", "out_of_date"):
             getattr(total, name).extend(getattr(report, name))
+    _check_hints(lang, total)
     return total
 
 
@@ -235,6 +286,13 @@ def init(lang: str = "ko") -> list[Path]:
         if not tfile.exists() or tfile.read_text(encoding="utf-8") != text:
             tfile.write_text(text, encoding="utf-8")
             touched.append(tfile)
+    hfile = translations_dir(lang) / HINTS_FILE
+    blocks = parse_blocks(hfile.read_text(encoding="utf-8")) if hfile.exists() else {}
+    ordered = [blocks.pop(key, None) or Block(key, english_hash(text), text) for key, text in hint_texts().items()]
+    text = format_blocks(ordered + list(blocks.values()))
+    if not hfile.exists() or hfile.read_text(encoding="utf-8") != text:
+        hfile.write_text(text, encoding="utf-8")
+        touched.append(hfile)
     return touched
 
 
