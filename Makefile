@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PINS   ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
 PORT   ?= 8888
 
-.PHONY: lab test setup doctor progress bench gpu-check update clean-venv
+.PHONY: lab test test-ch setup doctor progress bench gpu-check update clean-venv
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ ANY_CPU := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
 test: $(STAMP)
 	$(PY) -m pytest
 	$(ANY_CPU) $(PY) -m pytest -p no:cacheprovider -m "not rerun" notebooks tests/test_notebook_claims.py tests/test_claims_*.py
+
+# one chapter's tests (maintainers): `make test-ch CH=5`
+test-ch: $(STAMP)
+	$(PY) -m course_utils test-chapter $(CH)
 
 doctor: $(STAMP)
 	$(PY) -m course_utils doctor

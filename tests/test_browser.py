@@ -463,3 +463,20 @@ def _check_notebook(lab, browser, floor_ms, path):
     page.close()
     assert not light_problems, f"styled output text below 4.5:1 in the light theme: {light_problems}"
     assert not dark_problems, f"styled output text below 4.5:1 in the dark theme: {dark_problems}"
+
+
+def test_a_korean_notebook_runs_speaks_korean_and_its_slider_moves(lab, browser):
+    """The Korean edition in the browser: notebooks/ko/02 runs, its prose and `check` lines are Korean, a slider
+    redraws its plot."""
+    try:
+        page, panel, _ = _open_and_run(browser, lab, "ko/02_initialization.ipynb")
+        body = panel.locator(".jp-Notebook").inner_text()
+        assert "초기화" in body and "아직 구현하지 않았습니다" in body, "Korean prose and Korean check phrases"
+        widget = panel.locator(".widget-interact").first
+        widget.scroll_into_view_if_needed()
+        handle = widget.locator(".noUi-handle").first
+        seconds = _move_and_time(page, widget, handle, lambda h: (h.focus(), h.press("ArrowRight")))
+        assert seconds < 60
+        page.close()
+    finally:
+        _shut_down_kernels(lab)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -159,8 +160,6 @@ GPU_TESTS = ["-m", "kernel", "tests"]  # pytest's selection: every test marked `
 def gpu_check(report: Path) -> int:
     """The GPU runbook (``make gpu-check``): the kernel tests compiled for this GPU and the benchmark (timed with
     ``triton.testing.do_bench``), written to one markdown report. Refuses clearly without an NVIDIA GPU."""
-    import subprocess
-
     import torch
 
     from course_utils.runtime import triton_status
@@ -188,6 +187,19 @@ def gpu_check(report: Path) -> int:
     return 0 if tests.returncode == 0 and bench.returncode == 0 else 1
 
 
+def chapter_test_command(number: int) -> list[str]:
+    """The pytest command for one chapter: its notebook and the Korean one (nbval, learner mode), its notebook tests
+    (solved mode, structure), its exercises in the catalogue, its claims tests and its modules' test files."""
+    from course_utils.chapters import chapter
+
+    ch = chapter(number)
+    paths = [ch.notebook, Path("notebooks") / "ko" / ch.notebook.name, Path("tests/test_notebooks.py"),
+             Path("tests/test_exercise_catalogue.py"), Path(f"tests/test_claims_ch{number:02d}.py"), *ch.test_files]
+    found = [str(p) for p in dict.fromkeys(paths) if (REPO_ROOT / p).exists()]
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *found,
+            "-k", f"{ch.notebook.stem[:2]} or [{ch.exercise_prefix} or not (test_notebooks or test_exercise_catalogue)"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_utils")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -213,9 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--report", default="gpu-report.md", help="where to write it (default gpu-report.md)")
     lab = sub.add_parser("lab", help="open JupyterLab on notebooks/ (127.0.0.1, token auth)")
     lab.add_argument("--port", type=int, default=8888)
+    tch = sub.add_parser("test-chapter", help="one chapter's tests: its notebooks (nbval, English and Korean), solved "
+                                             "mode, exercises, claims and modules' tests (maintainers)")
+    tch.add_argument("number", type=int)
+    tch.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
+    tr = sub.add_parser("translate", help="rebuild the Korean notebooks from the English ones and the translations, "
+                                          "or --check what is stale (maintainers)")
+    tr.add_argument("rest", nargs=argparse.REMAINDER)
     upd = sub.add_parser("update", help="bring in the latest course, keeping every line you wrote in the notebooks")
     upd.add_argument("--no-install", action="store_true", help="do not re-install when the dependencies change")
     args = parser.parse_args(argv)
+    if args.command == "test-chapter":
+        return subprocess.run(chapter_test_command(args.number) + args.pytest_args, cwd=REPO_ROOT).returncode
+    if args.command == "translate":
+        from course_utils.harness.translate import main as translate_main
+
+        return translate_main(args.rest)
     if args.command == "update":
         from course_utils.harness.update import main as update_main
 
