@@ -287,9 +287,10 @@ def slider_plot(draw: Callable[..., None], **controls: w.Widget) -> w.interactiv
     Returns the ``interactive`` widget (already displayed); its ``.children`` are the controls.
     ``draw`` must be a function of the control values only: each position's image is kept (the last
     ``RENDER_CACHE_SIZE``), so moving back to a position shows it again without recomputing or
-    re-rendering (rendering a course figure to PNG costs 50-110 ms on a laptop CPU). While the kernel is idle, the
-    positions a learner is likely to visit next are rendered ahead (:func:`likely_positions`, :class:`_Idle`), so a
-    first visit costs about what a revisit does. Re-running the cell starts an empty cache.
+    re-rendering (rendering a course figure to PNG costs 50-110 ms on a laptop CPU). With ``COURSE_PREFETCH=1`` the
+    positions a learner is likely to visit next are rendered ahead while the kernel is idle (:func:`likely_positions`,
+    :class:`_Idle`); it is off by default because in JupyterLab it did not make first visits faster (see
+    ``PREFETCH_ENV``). Re-running the cell starts an empty cache.
     """
     def rendered(**values) -> tuple[dict, dict]:
         draw(**values)
@@ -320,8 +321,8 @@ def slider_html(render: Callable[..., str], **controls: w.Widget) -> w.interacti
     """Like :func:`slider_plot` for a view drawn as HTML (``render(**values)`` returns a string).
 
     No image to encode and send: on the course CPU a redraw costs the computation plus a few ms,
-    where a matplotlib figure costs 60 ms or more. Positions already shown are kept, and likely next ones
-    prefetched while the kernel is idle, as in :func:`slider_plot`.
+    where a matplotlib figure costs 60 ms or more. Positions already shown are kept (and, with ``COURSE_PREFETCH=1``,
+    likely next ones prefetched while the kernel is idle), as in :func:`slider_plot`.
     """
     kept_render = _kept(render, snap=_snapper(controls))
     shown = _with_prefetch(kept_render, controls)
