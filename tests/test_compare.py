@@ -81,3 +81,92 @@ def test_a_wrong_row_of_a_constant_answer_is_not_called_a_shift():
     got[3] = 0.0
     message = describe_mismatch(exp, got)
     assert "shifted" not in message and "Only 1 of 4 rows" in message
+
+
+# ------------------------------------------------------------- diagnoses named in tests/attempts/RATINGS.md
+
+F64 = {torch.float64: (1e-7, 1e-7)}
+ROWS = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.5]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("expected,got,phrase", [
+    (4.0, 5.0, "5/4 times the answer"),
+    (4.0, 2.0, "square root of the answer"),
+    (3.0, 9.0, "square of the answer"),
+    (2.0, 2.0 * 2 ** 0.5, "√2 times the answer"),
+    (4.0, -4.0, "sign flipped"),
+    (2.0, float("inf"), "infinite"),
+])
+def test_a_wrong_number_is_related_to_the_answer_where_the_relation_is_simple(expected, got, phrase):
+    assert phrase in describe_mismatch(torch.tensor(expected, dtype=torch.float64),
+                                       torch.tensor(got, dtype=torch.float64), F64)
+    assert phrase in describe_mismatch(expected, got)  # a Python number too
+
+
+@pytest.mark.parametrize("expected,got,tolerances", [
+    (4.07, 4.2, F64),  # 1.0319...: no small fraction
+    (1e-9, 0.5, F64),  # an answer within atol of 0: a ratio would mean nothing
+    (0.001, 1.7, {torch.float64: (0.03, 0.03)}),  # a statistic whose answer is noise around 0
+])
+def test_no_relation_is_claimed_where_none_holds(expected, got, tolerances):
+    message = describe_mismatch(torch.tensor(expected, dtype=torch.float64), torch.tensor(got, dtype=torch.float64),
+                                tolerances)
+    assert "times the answer" not in message and "root" not in message
+
+
+def test_a_statistic_gets_a_rough_ratio():
+    message = describe_mismatch(torch.tensor(2.0, dtype=torch.float64), torch.tensor(2.83, dtype=torch.float64),
+                                {torch.float64: (0.03, 0.03)})
+    assert "about 1.4 times the answer" in message
+
+
+def test_outputs_in_the_wrong_order_and_the_other_outputs_are_named():
+    a, b, c = torch.arange(3.0), torch.arange(3.0) + 10, torch.ones(2)
+    message = describe_mismatch((a, b, c), (b, a, c), names=("m", "d", "c"))
+    assert "Your m is the answer's d, and your d the answer's m: the outputs in the wrong order?" in message
+    assert "Also wrong" not in message and "Right: c." in message
+    message = describe_mismatch((a, b, c), (a, b + 1, 2 * c), names=("m", "d", "c"))
+    assert message.startswith("d: ") and "Also wrong: c." in message and "Right: m." in message
+    # single numbers that happen to be equal say nothing about the order
+    assert "is the answer's" not in describe_mismatch((1.0, 2.0), (2.0, 2.0))
+
+
+def test_a_factor_per_row_or_per_column_is_named():
+    per_row = ROWS * torch.tensor([[0.5], [2.0], [3.0]], dtype=torch.float64)
+    assert "Each row (along the last dimension) is the answer times a factor of its own (from 0.5 to 3)" in (
+        describe_mismatch(ROWS, per_row, F64))
+    per_column = ROWS * torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    assert "Each column (the last index) is the answer times a factor of its own" in describe_mismatch(
+        ROWS, per_column, F64)
+    one_row = ROWS.clone()
+    one_row[1] *= 2.0
+    assert "factor of its own" not in describe_mismatch(ROWS, one_row, F64)  # one wrong row: said as such
+
+
+def test_the_two_halves_swapped():
+    exp = torch.arange(12.0, dtype=torch.float64).view(3, 4) ** 2
+    assert "two halves of dimension 1 swapped" in describe_mismatch(exp, exp.roll(2, dims=1), F64)
+
+
+def test_a_mask_that_decided_differently():
+    inf = float("inf")
+    exp = torch.tensor([1.0, 2.0, -inf, -inf])
+    message = describe_mismatch(exp, torch.tensor([-inf, 2.0, 0.5, -inf]))
+    assert message.endswith("Every finite value matches; only which entries are -inf differs: you set 1 to -inf "
+                            "where the answer keeps a value (first at index [0]); you keep 1 that the answer sets to "
+                            "-inf (first at index [2]).")
+    assert "-inf differs" not in describe_mismatch(exp, torch.tensor([-inf, 3.0, -inf, -inf]))  # 2 -> 3 too
+    assert "an overflow" in describe_mismatch(torch.tensor([1.0, 2.0]), torch.tensor([inf, 2.5]))
+
+
+def test_integer_outputs_a_shift_and_one_value_for_another():
+    labels = torch.tensor([-100, -100, 5, 6, 7, -100])
+    message = describe_mismatch(labels, torch.cat([labels[1:], torch.tensor([-100])]))
+    assert message.startswith("4 of 6 values differ") and "shifted by one position along dimension 0" in message
+    message = describe_mismatch(labels, torch.where(labels == -100, 0, labels))
+    assert "Everywhere they differ, the answer has -100 and you have 0." in message
+
+
+def test_a_short_list_of_numbers_is_shown_whole():
+    assert describe_mismatch([4], [3, 4]) == "expected 1 values [4], got 2 [3, 4]"
+    assert describe_mismatch([1.0, 2.0], [1.0, 2.0]) is None

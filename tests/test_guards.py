@@ -100,7 +100,7 @@ def test_verdicts_treat_equal_infinities_as_equal():
 @requires_triton
 def test_an_outside_access_says_stride_or_mask_as_the_addresses_show():
     """A kernel that takes the number of columns for the row stride is told about the stride, not about masks; one
-    without a column mask is told about the mask."""
+    that takes another tensor's row stride is told whose; one without a column mask is told about the mask."""
     import os
 
     from course_utils.harness.guards import watch_accesses
@@ -123,9 +123,9 @@ def test_an_outside_access_says_stride_or_mask_as_the_addresses_show():
     x = guarded(torch.arange(15.0).view(3, 5), float("nan"), margin=8, row_pad=3)
     y = guarded((3, 5), SENTINEL, margin=8, row_pad=1)
 
-    def run(use_stride, mask):
+    def run(use_stride, mask, y_stride=y.view.stride(0)):
         with watch_accesses(loads={"x": x}, stores={"y": y}) as log:
-            rows_copy[(3,)](x.view, y.view, 5, x.view.stride(0), y.view.stride(0), BLOCK=8, USE_STRIDE=use_stride,
+            rows_copy[(3,)](x.view, y.view, 5, x.view.stride(0), y_stride, BLOCK=8, USE_STRIDE=use_stride,
                             MASK=mask)
         return log
 
@@ -133,6 +133,9 @@ def test_an_outside_access_says_stride_or_mask_as_the_addresses_show():
     with pytest.raises(ContractError, match=r"if its rows were 5 elements apart, but they are 8 apart") as stride:
         run(False, True).check()
     assert "mask" not in str(stride.value).split("(first:")[1].split(")")[1]
+    with pytest.raises(ContractError, match=r"if its rows were 8 elements apart, the row stride of x, but y's rows are "
+                                            r"6 apart here: use y's own row stride for y"):
+        run(True, True, y_stride=x.view.stride(0)).check()
     with pytest.raises(ContractError, match=r"past the last column of a row or past the last row: every lane of a "
                                             r"load must be masked"):
         run(True, False).check()

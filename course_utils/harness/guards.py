@@ -123,14 +123,16 @@ class _Region:
         row, col = np.divmod(element, self.row_stride)
         return (rest == 0) & (element >= 0) & (row < self.rows) & (col < self.cols)
 
-    def contiguous_contains(self, addresses):
-        """numpy bool array: which addresses are elements of a *contiguous* tensor of this shape at this base (rows
-        ``cols`` elements apart), as a kernel that ignores the row stride would address it."""
+    def contains_if_rows_apart(self, addresses, stride: int):
+        """numpy bool array: which addresses would be elements of this tensor if its rows were ``stride`` elements
+        apart: ``cols`` is how a kernel that ignores the row stride addresses it, another tensor's row stride how a
+        kernel that uses that tensor's stride for this one does."""
         import numpy as np
 
         offset = addresses.astype(np.int64) - self.base
         element, rest = np.divmod(offset, self.itemsize)
-        return (rest == 0) & (element >= 0) & (element < self.rows * self.cols)
+        row, col = np.divmod(element, stride)
+        return (rest == 0) & (element >= 0) & (row < self.rows) & (col < self.cols)
 
     def past_a_row_or_the_end(self, address: int) -> bool:
         """Is ``address`` in a row's padding (a column at or past ``cols``) or past the last row: where a lane goes
@@ -175,9 +177,10 @@ class AccessLog:
         self.counts = {r.name: {"load": 0, "store": 0} for r in loads + stores}
         self.first: dict[str, str] = {}
         self.first_at: dict[str, tuple[_Region, int]] = {}  # the first outside address of a kind, its nearest tensor
-        # (kind, tensor name) -> whether every access of that kind near that tensor would lie inside it if its rows
-        # were contiguous (``cols`` apart): the sign of a kernel that ignores the row stride
-        self.contiguous: dict[tuple[str, str], bool] = {}
+        # (kind, tensor name) -> {stride: whether every access of that kind near that tensor would lie inside it if
+        # its rows were that many elements apart}, for strides it does not have: its number of columns (the sign of a
+        # kernel that ignores the row stride) and the other tensors' row strides (of one that uses another's)
+        self.fits: dict[tuple[str, str], dict[int, bool]] = {}
 
     def _record(self, kind: str, regions: list[_Region], addresses, mask) -> None:
         import numpy as np
@@ -186,8 +189,9 @@ class AccessLog:
         if active.size == 0:
             return
         near = min(self.loads + self.stores, key=lambda r: r.distance(int(active.reshape(-1)[0])))
-        key = (kind, near.name)
-        self.contiguous[key] = self.contiguous.get(key, True) and bool(near.contiguous_contains(active).all())
+        fits = self.fits.setdefault((kind, near.name), {})
+        for stride in self._other_strides(near):
+            fits[stride] = fits.get(stride, True) and bool(near.contains_if_rows_apart(active, stride).all())
         inside = np.zeros(active.shape, dtype=bool)
         for region in regions:
             in_region = region.contains(active)
@@ -203,14 +207,29 @@ class AccessLog:
             self.first[kind] = nearest.describe(address)
             self.first_at[kind] = (nearest, address)
 
+    def _other_strides(self, region: _Region) -> list[int]:
+        """Row strides ``region`` does not have that a kernel could have used for it: its number of columns first,
+        then the row strides of the other tensors (only for a tensor of several rows)."""
+        if region.rows < 2:
+            return []
+        others = [r.row_stride for r in self.loads + self.stores if r.rows > 1]
+        return [s for s in dict.fromkeys([region.cols, *others]) if s != region.row_stride]
+
     def _advice(self, kind: str) -> str:
         """What the first outside access of ``kind`` shows, in one sentence: only what the addresses prove."""
         region, address = self.first_at[kind]
-        if (region.rows > 1 and region.row_stride != region.cols
-                and self.contiguous.get((kind, region.name), False)):
+        fits = self.fits.get((kind, region.name), {})
+        if fits.get(region.cols, False):
             return (f"Every {kind} your kernel made there would be inside {region.name} if its rows were {region.cols} "
                     f"elements apart, but they are {region.row_stride} apart here: compute a row's start from the "
                     "row stride your kernel is given (e.g. `row * stride`), not from the number of columns.")
+        stride = next((s for s, ok in fits.items() if ok), None)
+        if stride is not None:
+            owners = " and ".join(dict.fromkeys(r.name for r in self.loads + self.stores
+                                                if r.row_stride == stride and r.rows > 1))
+            return (f"Every {kind} your kernel made there would be inside {region.name} if its rows were {stride} "
+                    f"elements apart, the row stride of {owners}, but {region.name}'s rows are {region.row_stride} "
+                    f"apart here: use {region.name}'s own row stride for {region.name}.")
         if region.past_a_row_or_the_end(address):
             if kind == "load":
                 return ("The address lies past the last column of a row or past the last row: every lane of a load "

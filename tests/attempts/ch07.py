@@ -1,0 +1,199 @@
+"""Attempts at chapter 7: RoPE, NTK-aware and Llama 3.1 scaling, merging partial attention, the attention kernel."""
+import math
+
+import torch
+
+from course_utils.runtime import import_triton
+
+triton, tl = import_triton()
+
+
+# ------------------------------------------------------------------------------------------------ 7.1
+
+def rope_halves_swapped(x, positions, inv_freq):
+    """Slip: concatenates the two rotated halves in the wrong order."""
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    cos, sin = angles.cos(), angles.sin()
+    a, b = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat([a * sin + b * cos, a * cos - b * sin], dim=-1)
+
+
+def rope_outer_transposed(x, positions, inv_freq):
+    """Slip: the angle table built as (d/2, T) instead of (T, d/2)."""
+    angles = inv_freq[:, None] * positions.to(torch.float32)[None, :]
+    cos, sin = angles.cos(), angles.sin()
+    a, b = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
+def rope_integer_positions(x, positions, inv_freq):
+    """Slip: casts the positions to int64, which truncates interpolated positions (0.5 -> 0)."""
+    angles = positions.long().to(torch.float32)[:, None] * inv_freq[None, :]
+    cos, sin = angles.cos(), angles.sin()
+    a, b = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
+def rope_complex(x, positions, inv_freq):
+    """Correct: the pair (a, b) as the complex number a + ib, multiplied by e^{it}."""
+    half = x.shape[-1] // 2
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(angles), angles)
+    return torch.cat([z.real, z.imag], dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------ 7.2
+
+def ntk_float64_returned(inv_freq, factor):
+    """Slip: computes in float64 and returns float64."""
+    d = 2 * inv_freq.shape[-1]
+    i = torch.arange(inv_freq.shape[-1], dtype=torch.float64)
+    return inv_freq.double() * factor ** (-2 * i / (d - 2))
+
+
+def ntk_d_is_the_length(inv_freq, factor):
+    """Slip: takes d = len(inv_freq), forgetting that inv_freq has d / 2 entries."""
+    d = inv_freq.shape[-1]
+    i = torch.arange(inv_freq.shape[-1], dtype=torch.float64)
+    return (inv_freq.double() * factor ** (-2 * i / (d - 2))).to(inv_freq.dtype)
+
+
+def ntk_new_base_from_10000(inv_freq, factor):
+    """Slip: rebuilds the frequencies from base 10000 instead of scaling the ones given."""
+    d = 2 * inv_freq.shape[-1]
+    base = 10000.0 * factor ** (d / (d - 2))
+    i = torch.arange(inv_freq.shape[-1], dtype=torch.float64)
+    return (base ** (-2 * i / d)).to(inv_freq.dtype)
+
+
+def ntk_by_position_in_range(inv_freq, factor):
+    """Correct: the exponent as i / (d/2 - 1), the same as 2i / (d - 2)."""
+    n = inv_freq.shape[-1]
+    t = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+    return (inv_freq.double() / factor ** t).to(inv_freq.dtype)
+
+
+# ------------------------------------------------------------------------------------------------ 7.3
+
+def llama3_no_clamp(inv_freq, factor, original_context, low_freq_factor=1.0, high_freq_factor=4.0):
+    """Slip: the blend weight without .clamp(0, 1), so it runs past 0 and 1 outside the band."""
+    wavelength = 2 * math.pi / inv_freq
+    smooth = (original_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+def llama3_factors_swapped(inv_freq, factor, original_context, low_freq_factor=1.0, high_freq_factor=4.0):
+    """Slip: uses high_freq_factor where low_freq_factor belongs and the reverse."""
+    wavelength = 2 * math.pi / inv_freq
+    smooth = ((original_context / wavelength - high_freq_factor) / (low_freq_factor - high_freq_factor)).clamp(0, 1)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+def llama3_three_regimes(inv_freq, factor, original_context, low_freq_factor=1.0, high_freq_factor=4.0):
+    """Correct: Hugging Face's form, three regimes picked with torch.where."""
+    wavelength = 2 * math.pi / inv_freq
+    low_wavelen = original_context / low_freq_factor
+    high_wavelen = original_context / high_freq_factor
+    scaled = torch.where(wavelength > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (original_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    medium = (wavelength >= high_wavelen) & (wavelength <= low_wavelen)
+    return torch.where(medium, blended, scaled)
+
+
+# ------------------------------------------------------------------------------------------------ 7.4
+
+def merge_weights_not_broadcast(o1, lse1, o2, lse2):
+    """Slip: the (..., N) weights multiply the (..., N, D) outputs without [..., None]."""
+    lse = torch.logaddexp(lse1, lse2)
+    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    return torch.exp(lse1 - safe) * o1 + torch.exp(lse2 - safe) * o2, lse
+
+
+def merge_lse_summed(o1, lse1, o2, lse2):
+    """Slip: adds the two log-sum-exps (that multiplies the sums) instead of logaddexp."""
+    lse = lse1 + lse2
+    total = torch.logaddexp(lse1, lse2)
+    safe = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
+    return torch.exp(lse1 - safe)[..., None] * o1 + torch.exp(lse2 - safe)[..., None] * o2, lse
+
+
+def merge_softmax_of_lses(o1, lse1, o2, lse2):
+    """Correct: the weights as a softmax over the two parts' LSEs; rows with no key get weight 0."""
+    weights = torch.softmax(torch.stack([lse1, lse2]), dim=0).nan_to_num(0.0)
+    return weights[0][..., None] * o1 + weights[1][..., None] * o2, torch.logaddexp(lse1, lse2)
+
+
+# ------------------------------------------------------------------------------------------------ 7.5
+
+@triton.jit
+def attention_kernel_fixed_scale(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr,
+                                 BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Slip: multiplies the scores by 1 / sqrt(HEAD_DIM) instead of the scale argument."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_m[:, None] < n_ctx, other=0.0)
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start_n in range(0, n_ctx, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = tl.load(k_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        v = tl.load(v_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") / tl.sqrt(HEAD_DIM * 1.0)
+        s = tl.where(offs_n[None, :] < n_ctx, s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        m_i = m_new
+    tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc / l_i[:, None], mask=offs_m[:, None] < n_ctx)
+
+
+@triton.jit
+def attention_kernel_sum_not_rescaled(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, BLOCK_M: tl.constexpr,
+                                      BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Slip: rescales the accumulator by alpha but not the running sum l."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_m[:, None] < n_ctx, other=0.0)
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start_n in range(0, n_ctx, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = tl.load(k_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        v = tl.load(v_ptr + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_ctx, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        s = tl.where(offs_n[None, :] < n_ctx, s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        m_i = m_new
+    tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc / l_i[:, None], mask=offs_m[:, None] < n_ctx)
+
+
+ATTEMPTS = [
+    ("7.1", rope_halves_swapped, "rotated halves concatenated in the wrong order",
+     ("two halves of dimension 1 swapped",)),
+    ("7.1", rope_outer_transposed, "angle table (d/2, T)", ()),
+    ("7.1", rope_integer_positions, "positions truncated to integers",
+     ("interpolated positions 0, 0.5, 1", "Only 1 of 3 rows are wrong")),
+    ("7.1", rope_complex, None, ()),
+    ("7.2", ntk_float64_returned, "float64 returned", ("expected dtype torch.float32, got torch.float64",)),
+    ("7.2", ntk_d_is_the_length, "d = len(inv_freq)", ()),
+    ("7.2", ntk_new_base_from_10000, "base 10000 assumed", ("base 500000",)),
+    ("7.2", ntk_by_position_in_range, None, ()),
+    ("7.3", llama3_no_clamp, "blend weight not clamped", ()),
+    ("7.3", llama3_factors_swapped, "low and high factors swapped", ("s = 1 keeps the frequency",)),
+    ("7.3", llama3_three_regimes, None, ()),
+    ("7.4", merge_weights_not_broadcast, "weights not broadcast over D", ("`return torch.exp(lse1 - safe) * o1",)),
+    ("7.4", merge_lse_summed, "lse1 + lse2", ()),
+    ("7.4", merge_softmax_of_lses, None, ()),
+    ("7.5", attention_kernel_fixed_scale, "1/sqrt(D) instead of scale", ("scale 0.5 instead of 1/sqrt(D)",)),
+    ("7.5", attention_kernel_sum_not_rescaled, "running sum not rescaled",
+     ("Each row (along the last dimension) is the answer times a factor",)),
+]
