@@ -5,10 +5,12 @@ That must happen before ``triton`` is imported anywhere, so it is the first thin
 
 Layout: ``runtime``, ``widgets``, ``plotting`` and ``report`` are what notebook cells import; one module per
 concept (``gradflow``, ``stability``, ``initialization``, ``normalization``, ``losses``, ``optim``, ``sampling``,
-``rope``, ``attention``, ``further``) plus the shared ``models``, ``data``, ``training``, ``charlm`` and
-``distributed``; ``chapters`` is the table of chapters (notebook, solutions module, exercise ids, modules, kernels,
-tests); ``kernels/`` holds the Triton kernels; ``harness/`` the machinery (exercises, progress,
-notebook runner, lab, benchmark, command line).
+``rope``, ``attention``, ``further``) plus the shared ``models``, ``data``, ``training``, ``charlm``,
+``distributed`` and ``measure``; ``chapters`` is the table of chapters (notebook, solutions module, exercise ids,
+modules, kernels, tests); ``kernels/`` holds the Triton kernels; ``harness/`` the machinery (exercises, progress,
+notebook runner, lab, benchmark, command line). The docstring of each concept and shared module ends with the
+chapters whose notebooks use a function, class or value defined in it ("Used by chapters 2 and 5.";
+tests/test_used_by.py keeps these lines true).
 """
 import os as _os
 

@@ -7,6 +7,8 @@ Softmax attention over a set of keys can be computed in parts: each part gives a
 
 FlashAttention does this across key blocks inside one kernel; ring attention does it across
 processes, each holding one block of the sequence while the K/V blocks travel around a ring.
+
+Used by chapter 7.
 """
 from __future__ import annotations
 
@@ -50,25 +52,41 @@ def merge_partial_attention(o1, lse1, o2, lse2):
     return w1 * o1 + w2 * o2, lse
 
 
-def tiled_attention(q, k, v, block: int = 16):
-    """Non-causal attention computed one key block at a time with the online softmax, in plain PyTorch: the loop
-    that the FlashAttention kernel (exercise 7.5) runs per query block. q, k, v: (..., N, D); returns
-    softmax(q k^T / sqrt(D)) v. Per query row it keeps the running max m, the running sum of exp(s - m) and the
-    unnormalised output acc; a new block with a larger max rescales both by exp(m_old - m_new)."""
+def tiled_attention(q, k, v, block_q: int = 16, block_k: int = 16, causal: bool = False):
+    """Scaled dot-product attention, softmax(q k^T / sqrt(D)) v, computed tile by tile with the online softmax: the
+    loop of FlashAttention's forward pass (exercise 7.6; 7.5 writes it as a Triton kernel).
+
+    q: (..., Nq, D); k, v: (..., Nk, D) with the same leading dimensions, Nk >= 1. Queries are taken in tiles of
+    ``block_q`` rows and keys and values in tiles of ``block_k`` rows (both >= 1; the last tile of each may be
+    shorter), and no score tensor larger than (..., block_q, block_k) is formed. causal: query i sees the keys
+    j <= i only (requires Nq == Nk). Returns a new tensor of q's shape and dtype, computed in float32 or wider
+    (torch.promote_types(q.dtype, torch.float32)); it equals
+    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal) to rounding, also where the scores
+    run into the thousands (nothing overflows). The inputs are not modified.
+    """
+    dtype = torch.promote_types(q.dtype, torch.float32)
     scale = 1.0 / math.sqrt(q.shape[-1])
-    m = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32)  # (..., N) running max
-    total = torch.zeros(q.shape[:-1], dtype=torch.float32)  # (..., N) running sum of exp(s - m)
-    acc = torch.zeros(q.shape, dtype=torch.float32)  # (..., N, D) unnormalised output
-    for start in range(0, k.shape[-2], block):
-        kb, vb = k[..., start:start + block, :].float(), v[..., start:start + block, :].float()  # (..., B, D)
-        s = (q.float() @ kb.transpose(-2, -1)) * scale  # (..., N, B): one score tile
-        m_new = torch.maximum(m, s.amax(dim=-1))
-        p = torch.exp(s - m_new[..., None])  # (..., N, B)
-        correction = torch.exp(m - m_new)  # rescales what was summed under the old max
-        total = total * correction + p.sum(dim=-1)
-        acc = acc * correction[..., None] + p @ vb
-        m = m_new
-    return (acc / total[..., None]).to(q.dtype)
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    out = torch.empty(q.shape, dtype=dtype, device=q.device)
+    for qs in range(0, n_q, block_q):
+        qt = q[..., qs:qs + block_q, :].to(dtype)  # (..., Bq, D): one query tile
+        rows = torch.arange(qs, qs + qt.shape[-2], device=q.device)
+        m = torch.full(qt.shape[:-1], float("-inf"), dtype=dtype, device=q.device)  # (..., Bq) running max
+        total = torch.zeros(qt.shape[:-1], dtype=dtype, device=q.device)  # (..., Bq) running sum of exp(s - m)
+        acc = torch.zeros(qt.shape, dtype=dtype, device=q.device)  # (..., Bq, D) unnormalised output
+        for ks in range(0, qs + qt.shape[-2] if causal else n_k, block_k):  # causal: no tile wholly in the future
+            kt, vt = k[..., ks:ks + block_k, :].to(dtype), v[..., ks:ks + block_k, :].to(dtype)  # (..., Bk, D)
+            s = (qt @ kt.transpose(-2, -1)) * scale  # (..., Bq, Bk): one score tile
+            if causal:
+                s = s.masked_fill(torch.arange(ks, ks + kt.shape[-2], device=q.device) > rows[:, None], float("-inf"))
+            m_new = torch.maximum(m, s.amax(dim=-1))  # finite: every row saw key 0 in the first tile
+            p = torch.exp(s - m_new[..., None])
+            correction = torch.exp(m - m_new)  # rescales what was summed under the old max
+            total = total * correction + p.sum(dim=-1)
+            acc = acc * correction[..., None] + p @ vt
+            m = m_new
+        out[..., qs:qs + block_q, :] = acc / total[..., None]
+    return out.to(q.dtype)
 
 
 def ring_attention_simulated(q, k, v, world_size: int, *, causal: bool = True):

@@ -38,6 +38,17 @@ class Chapter:
     title: str  # English, as the notebook's heading has it
     korean_title: str  # the seed's heading, in parentheses in the notebook's (chapter 8's seed heading is English)
     topics: tuple[Topic, ...] = ()
+    # Exercise ids are stable keys of learners' progress files, so a new exercise takes the next free id even when it
+    # belongs earlier in the notebook: (id, the id it sits before, why).
+    placed_before: tuple[tuple[str, str, str], ...] = ()
+
+    def notebook_order(self, exercise_ids: list[str]) -> list[str]:
+        """This chapter's ids among ``exercise_ids`` in the order its notebook shows them (``placed_before``)."""
+        order = [i for i in exercise_ids if i.startswith(self.exercise_prefix)]
+        for moved, before, _ in self.placed_before:
+            order.remove(moved)
+            order.insert(order.index(before), moved)
+        return order
 
     @property
     def heading(self) -> str:
@@ -115,7 +126,7 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter(7, "long_sequences", "Long sequences", "긴 시퀀스 학습", (
         Topic("RoPE and its scalings, FlashAttention, ring attention", ("rope", "attention", "distributed"),
               ("flash_attention",), ("test_rope", "test_attention", "test_kernels", "test_models")),
-    )),
+    ), placed_before=(("7.6", "7.5", "tiled attention in PyTorch is the stepping stone to 7.5's Triton kernel"),)),
     Chapter(8, "further_questions", "Further questions and a capstone run", "Further Questions", (
         Topic("schedules, decay, temperature, spikes, capstone", ("further", "training"), (), ("test_further",)),
     )),

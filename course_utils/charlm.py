@@ -10,6 +10,8 @@ context). The checkpoint ``data_files/charlm.pt`` (float16 weights, about 1 MB) 
 
 which is deterministic on a given machine (fixed seeds, one thread order); the tests re-train a few
 steps and check that the loss falls.
+
+Used by chapters 4, 6, 7 and 8.
 """
 from __future__ import annotations
 

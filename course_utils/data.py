@@ -2,6 +2,8 @@
 
 ``MarkovChain``: token sequences from a fixed random transition matrix. The best any model can do
 is the chain's entropy rate, so a training curve has a floor the learner can see.
+
+Used by chapters 1, 4 and 5.
 """
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ failing rank's last lines of output.
 
 Workers (``WORKERS``): ``ddp_accumulation`` (chapter 5), ``ring_attention`` (chapter 7), plus ``raise_error`` and
 ``sleep`` which exist to test the failure paths.
+
+Used by chapters 5 and 7.
 """
 from __future__ import annotations
 

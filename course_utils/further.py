@@ -3,7 +3,10 @@
 The capstone trains the course's TinyTransformer on the byte data of chapter 6 with the pieces built
 in earlier chapters: GPT-2 initialisation (2.3), weight-decay groups (5.2), gradient accumulation
 (5.3), AdamW (5.1), global-norm clipping (1.6) and a warmup + cosine schedule (8.1). Each piece is
-passed in, so the notebook can hand over the learner's own versions where they passed.
+passed in, so the notebook can hand over the learner's own versions where they passed; the training loop that runs
+them is exercise 8.5 (``capstone_loop``).
+
+Used by chapter 8.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from course_utils.models import TinyTransformer, TransformerConfig
+from course_utils.models import CAPSTONE_CONFIG, TinyTransformer, TransformerConfig
 
 # ------------------------------------------------------------------------------- Q1: depth
 
@@ -136,10 +139,12 @@ def grad_norm_spikes(norms, window, factor):
 # ------------------------------------------------------------------- 8.2 decay over a run
 
 def remaining_after_decay(lrs, weight_decay):
-    """What fraction of a weight that gets no gradient survives AdamW's decoupled decay over a run.
+    """The fraction of a weight that receives no gradient left after a run of decoupled weight decay as
+    PyTorch's AdamW applies it (the weight times 1 - lr * weight_decay at each step).
 
-    lrs: the learning rate of each step (a list of floats); each step multiplies the weight by
-    (1 - lr * weight_decay). Returns the product over all steps (a float; 1.0 for no steps).
+    lrs: the learning rate of every step of the run, in order (a list of floats, possibly empty); weight_decay: a
+    float >= 0. Returns a float: the product over the steps of (1 - lrs[t] * weight_decay), exactly (not its
+    approximation exp(-weight_decay * sum(lrs))); 1.0 for a run of no steps. Nothing is modified.
     """
     remaining = 1.0
     for lr in lrs:
@@ -148,10 +153,6 @@ def remaining_after_decay(lrs, weight_decay):
 
 
 # ---------------------------------------------------------------------------- capstone
-
-CAPSTONE_CONFIG = TransformerConfig(vocab_size=256, block_size=64, n_layer=2, n_head=4, d_model=64,
-                                    norm="rmsnorm", mlp="swiglu", position="rope")
-
 
 @dataclass
 class Pieces:
@@ -162,6 +163,7 @@ class Pieces:
     adamw: Callable  # 5.1: adamw_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay) -> (p, m, v)
     clip: Callable  # 1.6: clip_grad_norm(grads, max_norm) -> (clipped, total_norm)
     schedule: Callable  # 8.1: warmup_cosine_lr(step, max_lr, warmup_steps, total_steps, min_lr)
+    loop: Callable | None = None  # 8.5: capstone_loop(model, groups, pieces, next_batch, result, ...); None: ours
 
 
 def reference_pieces() -> Pieces:
@@ -171,7 +173,7 @@ def reference_pieces() -> Pieces:
     from course_utils.training import accumulate_gradients, clip_grad_norm, warmup_cosine_lr
 
     return Pieces(init=gpt_init_, groups=weight_decay_groups, accumulate=accumulate_gradients,
-                  adamw=adamw_update, clip=clip_grad_norm, schedule=warmup_cosine_lr)
+                  adamw=adamw_update, clip=clip_grad_norm, schedule=warmup_cosine_lr, loop=capstone_loop)
 
 
 @dataclass
@@ -181,20 +183,84 @@ class CapstoneResult:
     lrs: list[float] = field(default_factory=list)
     diverged: bool = False
     model: TinyTransformer | None = None
+    evals: dict[int, float] = field(default_factory=dict)  # steps done -> evaluate(model) at that point
+
+
+def capstone_loop(model, groups, pieces, next_batch, result, *, steps, micro_batches, max_lr, warmup_steps, min_lr,
+                  clip, evaluate=None, eval_every=0, on_step=None):
+    """Train ``model`` in place for ``steps`` AdamW steps, each on ``micro_batches`` accumulated micro-batches, with
+    the global gradient norm clipped and the learning rate scheduled, recording the run into ``result``.
+
+    model: model(inputs) returns (logits (B, T, V), anything). groups: [{"params": [...], "weight_decay": float}, ...]
+    (5.2). pieces: a ``Pieces``; its accumulate (5.3), clip (1.6), schedule (8.1) and adamw (5.1) do those four things
+    here: accumulate(model, batches) leaves the step's gradient in each .grad (5.3's contract); clip(grads, max_norm)
+    returns (clipped grads, the total norm before clipping); schedule(...) returns the learning rate; adamw(p, g, m, v,
+    t, lr, beta1, beta2, eps, weight_decay) returns (new p, new m, new v). next_batch(s) -> (inputs, targets), int64 (B,
+    T): the next micro-batch of step s; called exactly ``micro_batches`` times per step. result: a ``CapstoneResult``
+    with empty lists and evals, to record into. clip: the max norm, or None (measure the norm, clip nothing).
+    evaluate(model) -> float, run every ``eval_every`` steps (0: never). on_step(s, result): called after each step, or
+    None.
+
+    Step s (0-based) is defined by its gradient, pieces.accumulate over its micro-batches in the order drawn, then
+    pieces.clip of every parameter's .grad in the groups' order (zeros for a None .grad) to ``clip`` (math.inf for
+    None); its learning rate pieces.schedule(s, max_lr, warmup_steps, steps, min_lr); and its update
+    pieces.adamw(p, clipped g, m, v, s + 1, lr, 0.9, 0.95, 1e-8, the group's weight_decay) of every parameter in
+    place, with Adam's moments m, v per parameter starting at zeros.
+
+    What it records, per step: result.losses[s], the mean over its micro-batches of F.cross_entropy(logits.flatten(0,
+    1), targets.flatten()) before its update (no gradient); result.grad_norms[s], the norm before clipping (a float);
+    result.lrs[s]; result.evals[s + 1] = evaluate(model) after the update of each step s + 1 that is a multiple of
+    eval_every, then on_step(s, result). A step whose loss or norm is not finite stops the run before its update,
+    unrecorded, with result.diverged = True. Returns nothing.
+    """
+    params = [p for group in groups for p in group["params"]]
+    moments = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for p in params}
+    for step in range(steps):
+        batches = [next_batch(step) for _ in range(micro_batches)]
+        pieces.accumulate(model, batches)
+        with torch.no_grad():
+            loss = sum(float(F.cross_entropy(model(inputs)[0].flatten(0, 1), targets.flatten()))
+                       for inputs, targets in batches) / len(batches)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        clipped, norm = pieces.clip(grads, clip if clip is not None else math.inf)
+        if not (math.isfinite(loss) and math.isfinite(float(norm))):
+            result.diverged = True
+            break
+        lr = pieces.schedule(step, max_lr, warmup_steps, steps, min_lr)
+        new_grads = iter(clipped)
+        with torch.no_grad():
+            for group in groups:
+                for p in group["params"]:
+                    m, v = moments[id(p)]
+                    new_p, m, v = pieces.adamw(p.detach(), next(new_grads), m, v, step + 1, lr, 0.9, 0.95, 1e-8,
+                                               group["weight_decay"])
+                    p.copy_(new_p)
+                    moments[id(p)] = (m, v)
+        result.losses.append(loss)
+        result.grad_norms.append(float(norm))
+        result.lrs.append(lr)
+        if eval_every and (step + 1) % eval_every == 0:
+            result.evals[step + 1] = evaluate(model)
+        if on_step is not None:
+            on_step(step, result)
 
 
 def capstone_run(pieces: Pieces, *, config: TransformerConfig = CAPSTONE_CONFIG, steps: int = 150,
                  micro_batches: int = 2, micro_batch_size: int = 8, max_lr: float = 3e-3, warmup_steps: int = 15,
                  weight_decay: float = 0.1, clip: float | None = 1.0, bad_batch_step: int | None = None,
                  seed: int = 0, progress: bool = True, on_step: Callable | None = None,
-                 init: str = "GPT-2") -> CapstoneResult:
+                 init: str = "GPT-2", eval_every: int = 0) -> CapstoneResult:
     """Train a TinyTransformer on the byte data with the given pieces; deterministic for a seed.
 
-    Each step accumulates ``micro_batches`` micro-batches, clips the global norm to ``clip`` (None:
-    no clipping), and applies AdamW with the scheduled lr to two groups (decay / no decay).
+    Builds and initialises the model, its decay groups and the data, then runs ``pieces.loop`` (8.5;
+    ``capstone_loop`` when None): each step accumulates ``micro_batches`` micro-batches of ``micro_batch_size``
+    windows, clips the global norm to ``clip`` (None: no clipping), and applies AdamW with the scheduled lr (warmup,
+    then cosine to max_lr / 10) to two groups (decay / no decay).
     ``bad_batch_step``: at that step the inputs are replaced by one byte repeated (a corrupt batch).
-    ``on_step(step, result)`` is called after every step (for a live plot). ``init``: "GPT-2" (the learner's 2.3:
-    fixed 0.02 plus 1/sqrt(2L) on the residual projections) or "fan-in" (std 1/sqrt(fan_in), ``fan_in_init_``).
+    ``on_step(step, result)`` is called after every step (for a live plot). ``eval_every``: every that many steps
+    the held-out loss (windows of 64 bytes, ``charlm.evaluate``) goes into ``result.evals`` (0: never).
+    ``init``: "GPT-2" (the learner's 2.3: fixed 0.02 plus 1/sqrt(2L) on the residual projections) or "fan-in"
+    (std 1/sqrt(fan_in), ``fan_in_init_``).
     """
     from course_utils import charlm
     from course_utils.models import fan_in_init_
@@ -208,42 +274,30 @@ def capstone_run(pieces: Pieces, *, config: TransformerConfig = CAPSTONE_CONFIG,
     else:
         fan_in_init_(model)
     groups = [dict(g) for g in pieces.groups(model, weight_decay)]
-    state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for g in groups for p in g["params"]}
-    train_data, _ = charlm.split(charlm.encode(charlm.training_text()))
+    train_data, held_out = charlm.split(charlm.encode(charlm.training_text()))
     gen = torch.Generator().manual_seed(seed + 1)
-    result = CapstoneResult(model=model)
-    for step in tqdm(range(steps), disable=not progress, desc=f"{config.norm_position}-LN, warmup {warmup_steps}"):
-        batches = []
-        for _ in range(micro_batches):
-            x = charlm.batch(train_data, micro_batch_size, gen, config.block_size)
-            if step == bad_batch_step:
-                x = torch.full_like(x, 0x41)  # "AAAA...": a corrupt batch
-            batches.append((x[:, :-1], x[:, 1:]))
-        pieces.accumulate(model, batches)
-        with torch.no_grad():
-            loss = sum(float(F.cross_entropy(model(i)[0].flatten(0, 1), t.flatten()))
-                       for i, t in batches) / len(batches)
-        params = [p for g in groups for p in g["params"]]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        clipped, total = pieces.clip(grads, clip if clip else math.inf)
-        if not (math.isfinite(loss) and math.isfinite(float(total))):
-            result.diverged = True
-            break
-        lr = pieces.schedule(step, max_lr, warmup_steps, steps, max_lr / 10)
-        new_grads = iter(clipped)
-        with torch.no_grad():
-            for group in groups:
-                for p in group["params"]:
-                    m, v = state[id(p)]
-                    new_p, m, v = pieces.adamw(p.detach(), next(new_grads), m, v, step + 1, lr, 0.9, 0.95, 1e-8,
-                                               group["weight_decay"])
-                    p.copy_(new_p)
-                    state[id(p)] = (m, v)
-        result.losses.append(loss)
-        result.grad_norms.append(float(total))
-        result.lrs.append(lr)
+
+    def next_batch(step):
+        x = charlm.batch(train_data, micro_batch_size, gen, config.block_size)
+        if step == bad_batch_step:
+            x = torch.full_like(x, 0x41)  # "AAAA...": a corrupt batch
+        return x[:, :-1], x[:, 1:]
+
+    bar = tqdm(total=steps, disable=not progress, desc=f"{config.norm_position}-LN, warmup {warmup_steps}")
+
+    def after_step(step, result):
+        bar.update(1)
         if on_step is not None:
             on_step(step, result)
+
+    result = CapstoneResult(model=model)
+    try:
+        (pieces.loop or capstone_loop)(
+            model, groups, pieces, next_batch, result, steps=steps, micro_batches=micro_batches, max_lr=max_lr,
+            warmup_steps=warmup_steps, min_lr=max_lr / 10, clip=clip, eval_every=eval_every,
+            evaluate=lambda m: float(charlm.evaluate(m, held_out, length=64)), on_step=after_step)
+    finally:
+        bar.close()
     return result
 
 
@@ -691,44 +745,65 @@ DECAY_SEEDS = (0, 1, 2, 3, 4)
 
 
 def decay_over_seeds(lrs=(1e-3, 1e-2, 1e-1), *, weight_decay: float = 0.1, steps: int = 400,
-                     seeds=DECAY_SEEDS) -> dict:
+                     seeds=DECAY_SEEDS, budget: float = 0.4) -> dict:
     """optim.decay_comparison (mean of 256 weights that start at 1 and get zero-mean noise gradients, std 10 or 1e-3)
     per lr and seed: {lr: {"Adam + L2 large": [final mean per seed], "Adam + L2 small": [...], "AdamW large": [...],
     "AdamW small": [...], "L2 small below 0.1": [first step below 0.1 per seed, or None],
-    "formula": (1 - lr wd)^steps}}. About a second on a CPU."""
+    "formula": (1 - lr wd)^steps, "steps": steps, "budget steps": round(budget / lr), "Adam + L2 small at budget":
+    [mean after that many steps, per seed], "AdamW small at budget": [...]}}. The "at budget" values compare the lrs
+    at the same lr x steps (``budget``, at most lrs[0] x steps), where neither optimizer has removed everything yet.
+    About a second on a CPU."""
     from course_utils import optim
 
     out = {}
     for lr in lrs:
+        at = round(budget / lr)
+        if not 1 <= at <= steps:
+            raise ValueError(f"budget {budget} at lr {lr} is {at} steps, outside 1..{steps}")
         row = {k: [] for k in ("Adam + L2 large", "Adam + L2 small", "AdamW large", "AdamW small",
-                               "L2 small below 0.1")}
+                               "L2 small below 0.1", "Adam + L2 small at budget", "AdamW small at budget")}
         for seed in seeds:
             runs = optim.decay_comparison(lr, weight_decay, steps=steps, statistic="mean", seed=seed)
             for name in ("Adam + L2", "AdamW"):
                 for size, curve in zip(("large", "small"), runs[name]):
                     row[f"{name} {size}"].append(curve[-1])
+                row[f"{name} small at budget"].append(runs[name][1][at - 1])  # curve[t]: after t + 1 steps
             row["L2 small below 0.1"].append(next((t for t, v in enumerate(runs["Adam + L2"][1]) if v < 0.1), None))
         row["formula"] = (1 - lr * weight_decay) ** steps
+        row["steps"], row["budget steps"] = steps, at
         out[lr] = row
     return out
 
 
+def decay_removed_ratio(row: dict, when: str = "end") -> float:
+    """What Adam + L2 removed from the small-gradient weights over what AdamW removed, seed means, from a row of
+    ``decay_over_seeds``: after all its steps (``when="end"``) or at the lr x steps budget (``"budget"``)."""
+    suffix = "" if when == "end" else " at budget"
+    l2, w = (_spread(row[f"{name} small{suffix}"])[0] for name in ("Adam + L2", "AdamW"))
+    return (1 - l2) / (1 - w)
+
+
 def decay_table(table: dict) -> str:
     """decay_over_seeds as text: final means, mean±half-range over seeds, and the fraction each optimizer removed
-    from the small-gradient weights."""
-    n = len(next(iter(table.values()))["AdamW small"])
-    lines = [f"mean of 256 weights after 400 steps, mean±half-range over {n} seeds (start 1.0; noise gradients, "
+    from the small-gradient weights, after all the steps and at the same lr x steps."""
+    first = next(iter(table.items()))
+    n, steps, budget = len(first[1]["AdamW small"]), first[1]["steps"], first[0] * first[1]["budget steps"]
+    lines = [f"mean of 256 weights after {steps} steps, mean±half-range over {n} seeds (start 1.0; noise gradients, "
              f"std 10 'large' or 1e-3 'small')",
              f"{'lr':>6} {'L2 large':>12} {'L2 small':>12} {'AdamW large':>12} {'AdamW small':>12} "
-             f"{'(1-lr wd)^400':>14} {'removed from small: L2 / AdamW':>31}  L2 small < 0.1"]
+             f"{f'(1-lr wd)^{steps}':>14} {'removed from small: L2 / AdamW':>31}  {'L2 small < 0.1':<22}"
+             f"same lr x steps = {budget:g}: steps, removed L2 / AdamW"]
     for lr, row in table.items():
         cells = [pm(_spread(row[k]), 3) for k in ("Adam + L2 large", "Adam + L2 small", "AdamW large", "AdamW small")]
         l2_removed = 1 - _spread(row["Adam + L2 small"])[0]
         w_removed = 1 - _spread(row["AdamW small"])[0]
         below = sorted(set(row["L2 small below 0.1"]), key=lambda x: (x is None, x))
         below = "never" if below == [None] else "after " + ", ".join(str(b) for b in below) + " steps"
+        early = [1 - _spread(row[f"{name} small at budget"])[0] for name in ("Adam + L2", "AdamW")]
         lines.append(f"{lr:>6g} {cells[0]:>12} {cells[1]:>12} {cells[2]:>12} {cells[3]:>12} {row['formula']:>14.3f} "
-                     f"{l2_removed:>9.3f} / {w_removed:.3f} = {l2_removed / w_removed:>4.1f}x  {below}")
+                     f"{l2_removed:>9.3f} / {w_removed:.3f} = {decay_removed_ratio(row):>4.1f}x  {below:<22}"
+                     f"{row['budget steps']:>3}: {early[0]:.3f} / {early[1]:.3f} = "
+                     f"{decay_removed_ratio(row, 'budget'):.1f}x")
     return "\n".join(lines)
 
 

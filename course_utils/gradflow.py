@@ -2,6 +2,8 @@
 
 Plain functions (unit-tested) behind chapter 1's plots and sliders: per-layer gradient norms and
 residual-stream scale for a stack without residuals, with Post-LN and with Pre-LN.
+
+Used by chapters 1, 2, 5 and 8.
 """
 from __future__ import annotations
 
@@ -335,13 +337,6 @@ def update_to_data_ratios(arch: str, init: str, *, lr: float = 1e-2, steps: int 
     return ratios
 
 
-def loglog_slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of log(y) against log(x): the exponent p in y ∝ x^p."""
-    lx, ly = torch.log(torch.tensor(xs, dtype=torch.float64)), torch.log(torch.tensor(ys, dtype=torch.float64))
-    lx, ly = lx - lx.mean(), ly - ly.mean()
-    return float((lx * ly).sum() / (lx * lx).sum())
-
-
 def jacobian_product_norms(depth: int, sigma: float, *, d: int = 64, residual: bool, seed: int = 0) -> list[float]:
     """||g J_L ... J_1|| (or with I + J_k per layer when ``residual``) after each of ``depth`` layers.
 
@@ -384,56 +379,67 @@ class SpikeRun:
     grad_norms: list[float]  # global gradient norm at each step, before clipping
 
 
-def swiglu_spike_run(spike_scale: float, clip: float | None, *, steps: int = 80, spike_step: int = 30,
-                     lr: float = 0.05, seed: int = 0, clip_fn=None, optimizer: str = "sgd",
-                     betas: tuple[float, float] = (0.9, 0.95), init_scale: float = 1.0) -> SpikeRun:
-    """Train a SwiGLU MLP regressor with SGD; at ``spike_step`` the batch's inputs are multiplied by
-    ``spike_scale`` (a bad batch). With ``clip`` set, gradients are clipped to that global norm by
-    ``clip_fn(grads, max_norm) -> (clipped, norm)`` (default: the course's clip_grad_norm).
-    ``optimizer="adam"`` steps with Adam (``betas``, bias-corrected, eps 1e-8) instead of plain SGD.
-    ``init_scale`` multiplies the input projection W_in at init (a mis-scaled init; 1.0 is the fan-in init)."""
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-    from course_utils.training import clip_grad_norm
-
-    clip_fn = clip_fn or clip_grad_norm
+def swiglu_regressor(seed: int = 0, init_scale: float = 1.0, d: int = 16, hidden: int = 32):
+    """The bad-batch demo's task and model, drawn from one generator seeded with ``seed``: a teacher ``(d, 1)`` whose
+    target is tanh(x @ teacher), the SwiGLU MLP's weights ``[W_in (d, 2 hidden): gate and up side by side, W_out
+    (hidden, 1)]`` at the fan-in init (W_in times ``init_scale``), its forward ``predict(x)``, a fixed evaluation
+    batch ``(x_eval (256, d), y_eval)``, and the generator, which then draws the training batches."""
     g_ = torch.Generator().manual_seed(seed)
-    d, hidden = 16, 32
     teacher = torch.randn(d, 1, generator=g_) / math.sqrt(d)
     w_in = (init_scale * torch.randn(d, 2 * hidden, generator=g_) / math.sqrt(d)).requires_grad_()
     w_out = (torch.randn(hidden, 1, generator=g_) / math.sqrt(hidden)).requires_grad_()
-    params = [w_in, w_out]
 
     def predict(x):
         gate, up = (x @ w_in).chunk(2, dim=-1)  # (B, hidden) each
         return (F.silu(gate) * up) @ w_out
 
     x_eval = torch.randn(256, d, generator=g_)
-    y_eval = torch.tanh(x_eval @ teacher)
-    losses, norms = [], []
+    return teacher, [w_in, w_out], predict, (x_eval, torch.tanh(x_eval @ teacher)), g_
+
+
+@torch.no_grad()
+def adam_update_(params, grads, moments, step: int, lr: float, betas: tuple[float, float] = (0.9, 0.95),
+                 eps: float = 1e-8) -> None:
+    """One bias-corrected Adam step, in place: ``moments`` is (list of m, list of v), one tensor per parameter;
+    ``step`` counts from 0 (so the corrections are 1 - beta ** (step + 1))."""
+    for p, gr, m, v in zip(params, grads, moments[0], moments[1]):
+        m.mul_(betas[0]).add_((1 - betas[0]) * gr)
+        v.mul_(betas[1]).add_((1 - betas[1]) * gr * gr)
+        m_hat, v_hat = m / (1 - betas[0] ** (step + 1)), v / (1 - betas[1] ** (step + 1))
+        p -= lr * m_hat / (v_hat.sqrt() + eps)
+
+
+def swiglu_spike_run(spike_scale: float, clip: float | None, *, steps: int = 80, spike_step: int = 30,
+                     lr: float = 0.05, seed: int = 0, clip_fn=None, optimizer: str = "sgd",
+                     betas: tuple[float, float] = (0.9, 0.95), init_scale: float = 1.0) -> SpikeRun:
+    """Train :func:`swiglu_regressor` with SGD (or ``optimizer="adam"``: :func:`adam_update_` with ``betas``); at
+    ``spike_step`` the batch's inputs are multiplied by ``spike_scale`` (a bad batch). With ``clip`` set, gradients
+    are clipped to that global norm by ``clip_fn(grads, max_norm) -> (clipped, norm)`` (default: the course's
+    clip_grad_norm). ``init_scale`` multiplies W_in at init (a mis-scaled init; 1.0 is the fan-in init)."""
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    from course_utils.training import clip_grad_norm
+
+    clip_fn = clip_fn or clip_grad_norm
+    teacher, params, predict, (x_eval, y_eval), g_ = swiglu_regressor(seed, init_scale)
     moments = ([torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params])
+    losses, norms = [], []
     for step in range(steps):
-        x = torch.randn(32, d, generator=g_)
+        x = torch.randn(32, teacher.shape[0], generator=g_)
         y = torch.tanh(x @ teacher)
         if step == spike_step:
-            x = spike_scale * x
-        loss = F.mse_loss(predict(x), y)
-        grads = torch.autograd.grad(loss, params)
-        norm = torch.sqrt(sum((gr ** 2).sum() for gr in grads))
+            x = spike_scale * x  # the bad batch
+        grads = torch.autograd.grad(F.mse_loss(predict(x), y), params)
+        norms.append(float(torch.sqrt(sum((gr ** 2).sum() for gr in grads))))  # before clipping
         if clip is not None:
             grads, _ = clip_fn(list(grads), clip)
         with torch.no_grad():
             if optimizer == "adam":
-                for p, gr, m, v in zip(params, grads, moments[0], moments[1]):
-                    m.mul_(betas[0]).add_((1 - betas[0]) * gr)
-                    v.mul_(betas[1]).add_((1 - betas[1]) * gr * gr)
-                    m_hat, v_hat = m / (1 - betas[0] ** (step + 1)), v / (1 - betas[1] ** (step + 1))
-                    p -= lr * m_hat / (v_hat.sqrt() + 1e-8)
+                adam_update_(params, grads, moments, step, lr, betas)
             else:
                 for p, gr in zip(params, grads):
                     p -= lr * gr
             losses.append(float(F.mse_loss(predict(x_eval), y_eval)))
-        norms.append(float(norm))
     return SpikeRun(losses, norms)
 
 
@@ -479,13 +485,13 @@ def figure_jacobian_products(depth: int = 24, sigma: float = 0.5):
     return fig
 
 
-def figure_layer_stats(depth: int = 12, init: str = "fan_in", init_std: float = 0.02):
-    """Per-block parameter-gradient norm and residual-stream RMS at init, for every wiring.
-    ``init`` is "fan_in" (unit scale) or "gpt" (every weight N(0, init_std^2): "fixed 0.02" at the default std, GPT-2's
-    init without its residual scaling)."""
+def figure_layer_stats(depth: int = 12, init: str = "fan_in", init_std: float = 0.02, seed: int = 0):
+    """Per-block parameter-gradient norm and residual-stream RMS at init, for every wiring (:func:`layer_stats` with
+    ``seed``). ``init`` is "fan_in" (unit scale) or "gpt" (every weight N(0, init_std^2): "fixed 0.02" at the default
+    std, GPT-2's init without its residual scaling)."""
     fig, (ax_g, ax_s) = subplots(2, width=10)
     for arch in ARCHITECTURES:
-        stats = layer_stats(arch, depth, init=init, init_std=init_std)
+        stats = layer_stats(arch, depth, seed=seed, init=init, init_std=init_std)
         layers = list(range(1, depth + 1))
         ax_g.plot(layers, stats.param_grad_norm, **series(arch), label=arch)
         ax_s.plot(layers, stats.stream_rms, **series(arch), label=arch)
@@ -531,10 +537,12 @@ def figure_training_curves(runs: dict[str, list["TrainResult"]], floor: float): 
 
 
 def figure_swiglu_scale(sweep: dict[str, list[float]]):
+    """RMS of SwiGLU's output and of its two input gradients against the activation scale s (log-log), from
+    :func:`swiglu_scale_sweep`."""
     fig, ax = subplots()
-    ax.plot(sweep["scale"], sweep["output"], "o-", label="RMS of h = silu(s·a)·(s·b)")
-    ax.plot(sweep["scale"], sweep["grad_gate"], "s-", label="RMS of dL/d gate")
-    ax.plot(sweep["scale"], sweep["grad_up"], "^--", label="RMS of dL/d up")
+    ax.plot(sweep["scale"], sweep["output"], **series("safe"), label="RMS of h = silu(s·a)·(s·b)")
+    ax.plot(sweep["scale"], sweep["grad_gate"], **series("naive"), label="RMS of dL/d gate")
+    ax.plot(sweep["scale"], sweep["grad_up"], **series("online"), label="RMS of dL/d up")
     log_scale(ax, "xy")
     ax.set(xlabel="activation scale s", ylabel="RMS", title="SwiGLU: output ∝ s², each gradient ∝ s")
     ax.legend()
@@ -554,21 +562,3 @@ def figure_spike(spike_scale: float = 10.0, clip: float = 1.0, clip_fn=None):
            title=f"one bad batch (inputs × {spike_scale:.3g}) at step 30")
     ax.legend()
     return fig
-
-
-# ----------------------------------------------------------- what backprop keeps (chapters 4 and 7)
-
-def saved_for_backward_bytes(loss_fn, logits: torch.Tensor, *args) -> int:
-    """Bytes of tensors autograd saves for the backward pass of ``loss_fn(logits, *args)``, not counting
-    memory that already belongs to ``logits`` (so a gradient written over the logits counts as 0)."""
-    storages = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        storages[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss_fn(logits, *args)
-    storages.pop(logits.untyped_storage().data_ptr(), None)
-    return sum(storages.values())

@@ -1,6 +1,8 @@
 """Measurements behind chapter 2 (initialisation): signal propagation through deep MLPs at init,
 PyTorch's default initialisers, residual-stream growth with and without depth scaling, weight tying,
 and a learning-rate × width sweep under standard parameterisation and μP.
+
+Used by chapter 2.
 """
 from __future__ import annotations
 
@@ -242,6 +244,8 @@ def train_width_mlp(width: int, lr: float, param_groups, *, zero_output: bool, s
                     base_width: int = 32, seed: int = 0) -> float:
     """Mean training loss over the last 20 of ``steps`` Adam steps on a fixed noisy teacher task.
     ``param_groups(model, lr, base_width)`` builds the optimizer groups (SP or μP). NaN if diverged."""
+    from course_utils.training import final_loss
+
     g = torch.Generator().manual_seed(seed)
     teacher = torch.randn(16, 8, generator=g)
     torch.manual_seed(seed)
@@ -256,7 +260,7 @@ def train_width_mlp(width: int, lr: float, param_groups, *, zero_output: bool, s
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    tail = sum(losses[-20:]) / 20
+    tail = final_loss(losses)
     return tail if math.isfinite(tail) else math.nan
 
 

@@ -1,6 +1,9 @@
 """Measurements behind chapter 4 (loss functions): perplexity of simple byte-level predictors,
 a byte-level chat template with role-tagged tokens, label smoothing's target and optimum, and the
-memory autograd keeps for the backward pass of a loss."""
+memory autograd keeps for the backward pass of a loss.
+
+Used by chapter 4.
+"""
 from __future__ import annotations
 
 import html
@@ -115,10 +118,49 @@ def figure_label_smoothing(eps: float = 0.1, n_classes: int = 10):
 
 # ------------------------------------------------------------------------ memory kept for backward
 
-def _smoothing_runs(configs, *, steps: int, n_train: int) -> list[dict[str, float]]:
-    """One run of ``smoothing_calibration`` per (eps, seed) in ``configs``, all trained at once: the K linear
-    models are stacked into one (K, 20, 10) weight and stepped by one Adam, which is per element, so each model
-    follows exactly its own full-batch Adam trajectory (the summed loss gives each its own gradient)."""
+def fit_label_smoothed(weight, bias, x_train, y_train, eps, *, checkpoints, lr: float = 3e-3, at_checkpoint=None):
+    """The training loop of the label-smoothing runs: full-batch Adam steps, in place, on K linear softmax models at
+    once (weight (K, features, classes), bias (K, 1, classes), x_train (K, n, features), y_train (K, n), eps (K, 1)
+    model k's smoothing), up to the last of ``checkpoints``, calling ``at_checkpoint(step)`` after each of them. Adam
+    is per element and the summed loss gives each model its own gradient, so each follows exactly its own
+    full-batch trajectory; with a constant learning rate, the models at step 200 of a 3000-step run are those of a
+    200-step run."""
+    opt = torch.optim.Adam([weight, bias], lr=lr)
+    for step in range(1, max(checkpoints) + 1):
+        log_p = torch.baddbmm(bias, x_train, weight).log_softmax(dim=-1)  # (K, n, classes)
+        nll = -log_p.gather(-1, y_train[..., None])[..., 0]  # (K, n)
+        # F.cross_entropy(label_smoothing=eps): (1 - eps) * CE + eps * mean_j(-log p_j), mean over the rows
+        loss = ((1 - eps) * nll + eps * (-log_p.mean(dim=-1))).mean(dim=1).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step in checkpoints and at_checkpoint is not None:
+            at_checkpoint(step)
+
+
+def _scores(weight, bias, tests) -> list[dict[str, float]]:
+    """Accuracy, mean confidence, ECE (15 bins) and test loss of each stacked model k on its test set tests[k]."""
+    results = []
+    with torch.no_grad():
+        for k, (x_test, y_test) in enumerate(tests):
+            logits = x_test @ weight[k] + bias[k]
+            confidence, predicted = logits.softmax(dim=-1).max(dim=-1)
+            correct = (predicted == y_test).float()
+            edges = torch.linspace(0, 1, 16)
+            ece = 0.0
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                in_bin = (confidence > lo) & (confidence <= hi)
+                if in_bin.any():
+                    ece += float(in_bin.float().mean() * (confidence[in_bin].mean() - correct[in_bin].mean()).abs())
+            results.append({"accuracy": float(correct.mean()), "confidence": float(confidence.mean()), "ece": ece,
+                            "test_loss": float(F.cross_entropy(logits, y_test))})
+    return results
+
+
+def _smoothing_checkpoints(configs, *, checkpoints, n_train: int, lr: float = 3e-3) -> dict[int, list[dict]]:
+    """One run of ``smoothing_calibration`` per (eps, seed) in ``configs``, all trained at once (the K linear models
+    stacked into one (K, 20, 10) weight, trained by :func:`fit_label_smoothed`) and scored after each of
+    ``checkpoints`` steps: {step: [scores per config]}."""
     n_features, n_classes = 20, 10
     xs, ys, tests, weights, biases = [], [], [], [], []
     for _, seed in configs:
@@ -141,39 +183,25 @@ def _smoothing_runs(configs, *, steps: int, n_train: int) -> list[dict[str, floa
     weight = torch.stack(weights).clone().requires_grad_()  # (K, 20, 10)
     bias = torch.stack(biases).clone().requires_grad_()  # (K, 1, 10)
     eps = torch.tensor([e for e, _ in configs])[:, None]  # (K, 1)
-    opt = torch.optim.Adam([weight, bias], lr=3e-3)
-    for _ in range(steps):
-        log_p = torch.baddbmm(bias, x_train, weight).log_softmax(dim=-1)  # (K, n_train, 10)
-        nll = -log_p.gather(-1, y_train[..., None])[..., 0]  # (K, n_train)
-        # F.cross_entropy(label_smoothing=eps): (1 - eps) * CE + eps * mean_j(-log p_j), mean over the rows
-        loss = ((1 - eps) * nll + eps * (-log_p.mean(dim=-1))).mean(dim=1).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    results = []
-    with torch.no_grad():
-        for k, (x_test, y_test) in enumerate(tests):
-            logits = x_test @ weight[k] + bias[k]
-            confidence, predicted = logits.softmax(dim=-1).max(dim=-1)
-            correct = (predicted == y_test).float()
-            edges = torch.linspace(0, 1, 16)
-            ece = 0.0
-            for lo, hi in zip(edges[:-1], edges[1:]):
-                in_bin = (confidence > lo) & (confidence <= hi)
-                if in_bin.any():
-                    ece += float(in_bin.float().mean() * (confidence[in_bin].mean() - correct[in_bin].mean()).abs())
-            results.append({"accuracy": float(correct.mean()), "confidence": float(confidence.mean()), "ece": ece,
-                            "test_loss": float(F.cross_entropy(logits, y_test))})
-    return results
+    scored = {}
+    fit_label_smoothed(weight, bias, x_train, y_train, eps, checkpoints=set(checkpoints), lr=lr,
+                       at_checkpoint=lambda step: scored.update({step: _scores(weight, bias, tests)}))
+    return scored
 
 
-def smoothing_calibration(eps: float, *, steps: int = 1000, n_train: int = 256, seed: int = 0) -> dict[str, float]:
+def _smoothing_runs(configs, *, steps: int, n_train: int, lr: float = 3e-3) -> list[dict[str, float]]:
+    """:func:`_smoothing_checkpoints` scored after ``steps`` steps only: one result per (eps, seed) of ``configs``."""
+    return _smoothing_checkpoints(configs, checkpoints=(steps,), n_train=n_train, lr=lr)[steps]
+
+
+def smoothing_calibration(eps: float, *, steps: int = 1000, n_train: int = 256, seed: int = 0,
+                          lr: float = 3e-3) -> dict[str, float]:
     """Label smoothing on a small classifier that can overfit: a linear softmax model on ``n_train`` noisy
     examples of a 10-class problem (labels = argmax of a random linear teacher plus noise, so no predictor is
-    always right), trained full-batch with Adam (lr 3e-3) for ``steps`` steps, scored on 4096 fresh examples.
-    Returns accuracy, mean confidence (the top probability), expected calibration error (15 equal-width bins of
-    confidence) and the test cross-entropy (nats)."""
-    return _smoothing_runs([(eps, seed)], steps=steps, n_train=n_train)[0]
+    always right), trained full-batch with Adam (learning rate ``lr``) for ``steps`` steps, scored on 4096 fresh
+    examples. Returns accuracy, mean confidence (the top probability), expected calibration error (15 equal-width
+    bins of confidence) and the test cross-entropy (nats)."""
+    return _smoothing_runs([(eps, seed)], steps=steps, n_train=n_train, lr=lr)[0]
 
 
 def smoothing_loss_floor(transitions: torch.Tensor, stationary: torch.Tensor, eps: float) -> float:
@@ -186,21 +214,29 @@ def smoothing_loss_floor(transitions: torch.Tensor, stationary: torch.Tensor, ep
     return float((weights * (-q.log())).sum() - (weights * (-p.log())).sum())
 
 
-SMOOTHING_SETTINGS = ((200, 256), (1000, 256), (1000, 1024))  # (full-batch Adam steps, training examples)
+# (full-batch Adam steps, training examples): early (200 steps) on a small and a large set, fitted (1000 steps) on a
+# small and a medium one, and the small set overfitted (3000 steps)
+SMOOTHING_SETTINGS = ((200, 256), (200, 4096), (1000, 256), (1000, 1024), (3000, 256))
 
 
-def smoothing_over_seeds(eps: float = 0.1, *, settings=SMOOTHING_SETTINGS, seeds=(0, 1, 2)) -> dict:
+def smoothing_over_seeds(eps: float = 0.1, *, settings=SMOOTHING_SETTINGS, seeds=(0, 1, 2), lr: float = 3e-3) -> dict:
     """``smoothing_calibration`` with and without label smoothing ``eps``, per (steps, n_train) setting and seed.
 
     Returns {(steps, n_train): {metric: (values at eps 0 per seed, values at eps per seed)}} for the metrics
     accuracy, confidence, ece and test_loss; the same seed gives both runs the same data and initial weights, so
-    the per-seed differences are paired."""
+    the per-seed differences are paired. Settings with the same n_train share one run, scored at each of their step
+    counts (the learning rate is constant, so step 200 of a longer run is a 200-step run)."""
+    configs = [(e, seed) for e in (0.0, eps) for seed in seeds]
+    flat = {}
+    for n_train in dict.fromkeys(n for _, n in settings):
+        checkpoints = [steps for steps, n in settings if n == n_train]
+        for steps, scores in _smoothing_checkpoints(configs, checkpoints=checkpoints, n_train=n_train, lr=lr).items():
+            flat[(steps, n_train)] = scores
     out = {}
-    for steps, n_train in settings:
-        flat = _smoothing_runs([(e, seed) for e in (0.0, eps) for seed in seeds], steps=steps, n_train=n_train)
-        runs = [flat[:len(seeds)], flat[len(seeds):]]
-        out[(steps, n_train)] = {key: tuple([r[key] for r in per_eps] for per_eps in runs)
-                                 for key in ("accuracy", "confidence", "ece", "test_loss")}
+    for setting in settings:
+        runs = [flat[setting][:len(seeds)], flat[setting][len(seeds):]]
+        out[setting] = {key: tuple([r[key] for r in per_eps] for per_eps in runs)
+                        for key in ("accuracy", "confidence", "ece", "test_loss")}
     return out
 
 

@@ -3,6 +3,8 @@
 One readable file in the manner of nanoGPT: a dataclass config, a block whose normalisation
 placement (Pre-LN, Post-LN, none) and residual connections can be switched, and a stack with
 token/position embeddings and an LM head. Sizes are CPU-friendly.
+
+Used by chapters 2, 5, 6 and 7.
 """
 from __future__ import annotations
 
@@ -59,6 +61,12 @@ class TransformerConfig:
     @property
     def hidden(self) -> int:
         return self.d_ff or 4 * self.d_model
+
+
+# The capstone's model (chapter 8 trains it; chapter 7 runs two of its steps in the course's Triton kernels): 2 Pre-LN
+# blocks of width 64 with RMSNorm, SwiGLU and RoPE over the 256 byte values, a 64-byte context.
+CAPSTONE_CONFIG = TransformerConfig(vocab_size=256, block_size=64, n_layer=2, n_head=4, d_model=64,
+                                    norm="rmsnorm", mlp="swiglu", position="rope")
 
 
 def make_norm(config: TransformerConfig) -> nn.Module:

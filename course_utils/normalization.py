@@ -1,19 +1,23 @@
 """Measurements behind chapter 3 (normalisation): BatchNorm vs LayerNorm on causal sequences and
 padding, eager speed of LayerNorm vs RMSNorm, whether centring matters (with a stream offset that lets it), and
 the three scale problems of section 3.4: Pre-LN stream growth, attention-logit growth (QK-norm, at init and in
-training), output logits (soft-capping)."""
+training), output logits (soft-capping).
+
+Used by chapters 3 and 8.
+"""
 from __future__ import annotations
 
 import json
 import math
 import statistics
-import time
 from pathlib import Path
+from time import perf_counter
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from course_utils.measure import median_seconds
 from course_utils.models import TinyTransformer, TransformerConfig
 from course_utils.plotting import COLORS, log_scale, series, subplots
 
@@ -88,18 +92,6 @@ def padding_and_batchmate_parts(seed: int = 0) -> dict[str, dict[str, float]]:
             for part, t in inputs.items()}
 
 
-def time_eager(fn, *args, reps: int = 30) -> float:
-    """Median seconds of ``fn(*args)`` over ``reps`` runs after 3 warm-up calls (CPU timing)."""
-    for _ in range(3):
-        fn(*args)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def batchnorm_batch_noise(batch_sizes, *, features: int = 16, trials: int = 200, seed: int = 0) -> dict[int, float]:
     """BatchNorm's small-batch trouble as a variance effect. One fixed example is normalised (training mode: the
     batch's own mean and variance) inside ``trials`` batches of B - 1 other random examples; returns, for each B,
@@ -126,8 +118,8 @@ def rms_norm(x, weight, eps=1e-6):
 
 
 def norm_speed(rows: int = 4096, cols: int = 1024, reps: int = 30, seed: int = 0) -> dict[str, float]:
-    """Median milliseconds of forward LayerNorm and RMSNorm on a (rows, cols) float32 tensor,
-    PyTorch's fused ops and the plain from-scratch formulas."""
+    """Median milliseconds of forward LayerNorm and RMSNorm on a (rows, cols) float32 tensor, PyTorch's fused ops
+    and the plain from-scratch formulas, over ``reps`` calls after 3 warm-up calls (:func:`median_seconds`)."""
     g = torch.Generator().manual_seed(seed)
     x, w, b = torch.randn(rows, cols, generator=g), torch.randn(cols, generator=g), torch.randn(cols, generator=g)
 
@@ -136,11 +128,39 @@ def norm_speed(rows: int = 4096, cols: int = 1024, reps: int = 30, seed: int = 0
         return centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + 1e-5) * w + b
 
     return {
-        "F.layer_norm": 1e3 * time_eager(lambda: F.layer_norm(x, (cols,), w, b), reps=reps),
-        "F.rms_norm": 1e3 * time_eager(lambda: F.rms_norm(x, (cols,), w, 1e-6), reps=reps),
-        "LayerNorm from scratch": 1e3 * time_eager(ln_scratch, x, w, b, reps=reps),
-        "RMSNorm from scratch": 1e3 * time_eager(rms_norm, x, w, reps=reps),
+        "F.layer_norm": 1e3 * median_seconds(lambda: F.layer_norm(x, (cols,), w, b), reps=reps),
+        "F.rms_norm": 1e3 * median_seconds(lambda: F.rms_norm(x, (cols,), w, 1e-6), reps=reps),
+        "LayerNorm from scratch": 1e3 * median_seconds(ln_scratch, x, w, b, reps=reps),
+        "RMSNorm from scratch": 1e3 * median_seconds(rms_norm, x, w, reps=reps),
     }
+
+
+def norm_time_ratios(rows: int = 4096, cols: int = 1024, reps: int = 30, seed: int = 0) -> dict[str, float]:
+    """RMSNorm's forward time over LayerNorm's on a (rows, cols) float32 tensor, timed in interleaved pairs: each
+    RMSNorm call right after a LayerNorm call on the same data, so both see the same load from other programs.
+    Returns the median of the per-pair ratios, for the from-scratch formulas and for PyTorch's ops."""
+    g = torch.Generator().manual_seed(seed)
+    x, w, b = torch.randn(rows, cols, generator=g), torch.randn(cols, generator=g), torch.randn(cols, generator=g)
+
+    def ln_scratch():
+        centred = x - x.mean(-1, keepdim=True)  # once: written twice it would cost LayerNorm an extra pass
+        return centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + 1e-5) * w + b
+
+    pairs = {"from scratch": (ln_scratch, lambda: rms_norm(x, w)),
+             "PyTorch ops": (lambda: F.layer_norm(x, (cols,), w, b), lambda: F.rms_norm(x, (cols,), w, 1e-6))}
+    ratios = {}
+    for name, (layer_norm, rms) in pairs.items():
+        for _ in range(3):  # warm-up
+            layer_norm(), rms()
+        per_pair = []
+        for _ in range(reps):
+            start = perf_counter()
+            layer_norm()
+            middle = perf_counter()
+            rms()
+            per_pair.append((perf_counter() - middle) / (middle - start))
+        ratios[name] = statistics.median(per_pair)
+    return ratios
 
 
 class OffsetStreamTransformer(TinyTransformer):
@@ -158,24 +178,45 @@ class OffsetStreamTransformer(TinyTransformer):
 
 
 CENTRING_CACHE = Path(__file__).resolve().parent / "data_files" / "ch03_centring.json"
-CENTRING_GRID = dict(depth=4, steps=600, checkpoints=(150, 600), seeds=(0, 1, 2), offsets=(0.03, 1.0))
+CENTRING_GRID = dict(depth=4, steps=600, checkpoints=(150, 600), seeds=(0, 1, 2), offsets=(0.03, 1.0), lr=3e-3,
+                     init="fixed 0.02")  # the settings of the stored runs (load_centring_runs)
+
+
+def centring_run(norm: str, offset: float | None, seed: int, *, depth: int = CENTRING_GRID["depth"],
+                 steps: int = CENTRING_GRID["steps"], lr: float = CENTRING_GRID["lr"],
+                 init: str = CENTRING_GRID["init"]) -> tuple[list[float], TinyTransformer]:
+    """One run of :func:`centring_runs`: the Pre-LN stack of ``depth`` blocks with ``norm`` ("layernorm" or
+    "rmsnorm"), its stream shifted by ``offset`` (None: no offset), from ``init`` (a name of gradflow.INITS),
+    trained ``steps`` AdamW steps at ``lr`` on the Markov chain. Returns the loss of every step and the model."""
+    from course_utils.gradflow import init_fields, stack_config
+    from course_utils.training import train_markov_lm
+
+    built = []
+
+    def make_model(config):
+        built.append(OffsetStreamTransformer(config, offset) if offset else TinyTransformer(config))
+        return built[-1]
+
+    config = stack_config("pre", depth, norm=norm, **init_fields(init))
+    result = train_markov_lm(config, steps=steps, lr=lr, seed=seed, progress=False, make_model=make_model)
+    return result.losses, built[0]
 
 
 def centring_runs(*, depth: int = CENTRING_GRID["depth"], steps: int = CENTRING_GRID["steps"],
                   checkpoints=CENTRING_GRID["checkpoints"], seeds=CENTRING_GRID["seeds"],
-                  offsets=CENTRING_GRID["offsets"], lr: float = 3e-3) -> dict:
-    """Does LayerNorm's centring matter for the loss? The same Pre-LN stack of ``depth`` blocks (fixed 0.02 init)
-    trained on the Markov chain, one run of ``steps`` AdamW steps (constant learning rate, no weight decay) per seed
-    (same init draws and batches for every variant), with LayerNorm, RMSNorm, and RMSNorm on
+                  offsets=CENTRING_GRID["offsets"], lr: float = CENTRING_GRID["lr"],
+                  init: str = CENTRING_GRID["init"]) -> dict:
+    """Does LayerNorm's centring matter for the loss? The same Pre-LN stack of ``depth`` blocks (``init``, a name of
+    gradflow.INITS) trained on the Markov chain, one run of ``steps`` AdamW steps (constant learning rate, no weight
+    decay) per seed (same init draws and batches for every variant), with LayerNorm, RMSNorm, and RMSNorm on
     OffsetStreamTransformer at each of ``offsets`` (LayerNorm's runs with an offset would be identical to its plain
-    ones, since it removes the offset exactly).
+    ones, since it removes the offset exactly): :func:`centring_run` for each.
     Since the learning rate is constant, the loss at an early checkpoint of a long run is the loss of a short run
     of that length. Returns {"checkpoints": [...], "seeds": [...], "loss": {label: {str(checkpoint): [per seed]}},
     "stream_mean": {label: [per seed]}} with the loss the mean of the 20 steps ending at each checkpoint, and
     "stream_mean" (offset runs only) the mean over features and positions of what the trained model's embedding
     puts into the stream (token + position embeddings + the offset): whether training learned to cancel it."""
-    from course_utils.gradflow import stack_config
-    from course_utils.training import train_markov_lm
+    from course_utils.training import final_loss
 
     tokens = torch.arange(32)[None, :16]
     variants = [("layernorm", "layernorm", None), ("rmsnorm", "rmsnorm", None)]
@@ -184,19 +225,12 @@ def centring_runs(*, depth: int = CENTRING_GRID["depth"], steps: int = CENTRING_
     for label, norm, offset in variants:
         losses = out["loss"][label] = {str(c): [] for c in checkpoints}
         for seed in seeds:
-            built = []
-
-            def make_model(config, offset=offset):
-                built.append(OffsetStreamTransformer(config, offset) if offset else TinyTransformer(config))
-                return built[-1]
-
-            result = train_markov_lm(stack_config("pre", depth, norm=norm), steps=steps, lr=lr, seed=seed,
-                                     progress=False, make_model=make_model)
+            run_losses, model = centring_run(norm, offset, seed, depth=depth, steps=steps, lr=lr, init=init)
             for c in checkpoints:
-                losses[str(c)].append(sum(result.losses[c - 20:c]) / 20)
+                losses[str(c)].append(final_loss(run_losses[:c]))  # the run as if it had stopped at c
             if offset:
                 with torch.no_grad():
-                    out["stream_mean"].setdefault(label, []).append(float(built[0].embed(tokens).mean()))
+                    out["stream_mean"].setdefault(label, []).append(float(model.embed(tokens).mean()))
     return out
 
 
@@ -297,7 +331,6 @@ def figure_attention_logit_growth(weight_scales=(1, 2, 4, 8, 16)):
     return fig
 
 
-# Pre-LN variants compared in the scale-growth plot; keys are labels.
 # (n_cols, BLOCK, num_warps): the same rows at three warp counts, a row length that is no multiple of 16, and
 # rows long enough that one block no longer fits a thread's registers
 COMPILE_SETTINGS = [(1024, 1024, 1), (1024, 1024, 4), (1024, 1024, 8), (1000, 1024, 4), (4096, 4096, 4),
@@ -305,34 +338,15 @@ COMPILE_SETTINGS = [(1024, 1024, 1), (1024, 1024, 4), (1024, 1024, 8), (1000, 10
 
 
 def rmsnorm_kernel_compiled(kernel, settings=COMPILE_SETTINGS, target: str = "sm_90") -> list[dict]:
-    """What Triton's compiler makes, for ``target``, of an RMSNorm forward kernel with exercise 3.3's signature,
-    launched on contiguous float32 rows of each ``(n_cols, BLOCK, num_warps)`` of ``settings``: registers a thread,
-    spilled bytes, shared memory (the scratch of the row reduction), the PTX's global loads, the columns each thread
-    holds (BLOCK / (32 x warps)) and the float32 elements it loads per column (x and the weight: 2 when every element
-    is loaded once). Needs Triton."""
-    from course_utils.harness.compiled import TARGETS, compile_launches, elements_moved, launch_of
+    """What Triton's compiler makes of an RMSNorm forward kernel with exercise 3.3's signature at the chapter's
+    ``settings``: :func:`course_utils.harness.compiled.rmsnorm_kernel_compiled`, which says what each row holds.
+    Needs Triton."""
+    from course_utils.harness.compiled import rmsnorm_kernel_compiled
 
-    launches = []
-    for n_cols, block, warps in settings:
-        x, w = torch.empty(4, n_cols), torch.empty(n_cols)
-        y, rstd = torch.empty_like(x), torch.empty(4)
-        args = (x, w, y, rstd, x.stride(0), y.stride(0), n_cols, 1e-6)
-        launches.append(launch_of(getattr(kernel, "fn", kernel), args, {"BLOCK": block, "num_warps": warps}))
-    reports = compile_launches(launches, tuple(t for t in TARGETS if t.name == target))
-    rows = []
-    for (n_cols, block, warps), report in zip(settings, reports):
-        if report.error:
-            raise ValueError(f"the kernel does not compile for {target}: {report.error}")
-        per_thread = block // (32 * warps)
-        rows.append({"n_cols": n_cols, "BLOCK": block, "warps": warps, "row stride % 16": n_cols % 16,
-                     "columns a thread": per_thread, "registers": report.registers,
-                     "spilled bytes": report.spilled_bytes,
-                     "shared bytes": report.shared_bytes,
-                     "global loads": ", ".join(f"{n}x {op}" for op, n in sorted(report.global_loads.items())),
-                     "loads per column": elements_moved(report.global_loads, 32) / per_thread})
-    return rows
+    return rmsnorm_kernel_compiled(kernel, settings, target)
 
 
+# Pre-LN variants compared in the scale-growth plot; keys are labels.
 PRE_LN_VARIANTS = {
     "Pre-LN, no final norm": dict(final_norm=False),
     "+ depth-scaled init": dict(final_norm=False, depth_scaled_init=True),
@@ -359,13 +373,13 @@ def pre_ln_scale(depth: int, variant: str, *, init_std: float = 0.1, seed: int =
     return {"stream_rms": rms, "logit_std": float(logits.std())}
 
 
-def figure_pre_ln_scale(depth: int = 24):
+def figure_pre_ln_scale(depth: int = 24, *, init_std: float = 0.1, seed: int = 0):
     fig, (ax_s, ax_l) = subplots(2, width=10)
     layers = list(range(1, depth + 1))
     keys = ["pre", "online", "post"]  # one style per variant
     logit_stds = []
     for key, variant in zip(keys, PRE_LN_VARIANTS):
-        result = pre_ln_scale(depth, variant)
+        result = pre_ln_scale(depth, variant, init_std=init_std, seed=seed)
         logit_stds.append(result["logit_std"])
         if variant != "+ final norm":  # the final norm acts after the last block: same stream as the first
             label = "Pre-LN (with or without final norm)" if variant.startswith("Pre-LN") else variant
@@ -374,7 +388,8 @@ def figure_pre_ln_scale(depth: int = 24):
             first = result["stream_rms"][0]
     ax_s.plot(layers, [first * math.sqrt(layer) for layer in layers], "k:", lw=1, label="∝ √layer")
     log_scale(ax_s)
-    ax_s.set(xlabel="block", ylabel="RMS of the residual stream", title=f"Pre-LN at init, depth {depth}, init std 0.1")
+    ax_s.set(xlabel="block", ylabel="RMS of the residual stream",
+             title=f"Pre-LN at init, depth {depth}, init std {init_std:g}")
     ax_s.legend(fontsize=8)
     ax_l.bar(range(3), logit_stds, color=[COLORS[key] for key in keys])
     ax_l.set_xticks(range(3), labels=["none", "depth-scaled", "final norm"])
@@ -471,17 +486,17 @@ def qk_norm_run(init: str, lr: float, qk_norm: bool, seed: int, *, steps: int = 
 
 
 QK_TRAINING_CACHE = Path(__file__).resolve().parent / "data_files" / "ch03_qk_norm_training.json"
-QK_GRID = dict(inits=tuple(QK_INITS), lrs=(3e-3, 3e-2, 1e-1), seeds=(0, 1, 2))
+QK_GRID = dict(inits=tuple(QK_INITS), lrs=(3e-3, 3e-2, 1e-1), seeds=(0, 1, 2), steps=150)  # the stored grid
 
 
 def qk_norm_training(*, inits=QK_GRID["inits"], lrs=QK_GRID["lrs"], seeds=QK_GRID["seeds"],
-                     progress: bool = True) -> list[dict]:
+                     steps: int = QK_GRID["steps"], progress: bool = True) -> list[dict]:
     """qk_norm_run over init x lr x QK-norm x seed: a list of dicts with those four keys and the run's results.
     36 runs, about a minute on 2 cores; the notebook loads the stored result (load_qk_norm_training)."""
     from tqdm.auto import tqdm
 
     grid = [(i, lr, qk, seed) for i in inits for lr in lrs for qk in (False, True) for seed in seeds]
-    return [dict(init=i, lr=lr, qk_norm=qk, seed=seed, **qk_norm_run(i, lr, qk, seed))
+    return [dict(init=i, lr=lr, qk_norm=qk, seed=seed, **qk_norm_run(i, lr, qk, seed, steps=steps))
             for i, lr, qk, seed in tqdm(grid, disable=not progress, leave=False, desc="init x lr x QK-norm x seed")]
 
 

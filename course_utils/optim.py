@@ -3,6 +3,8 @@
 Each update is a pure function on tensors (new tensors out, inputs untouched), written in the same
 order of operations as ``torch.optim`` so that many steps stay within float32 rounding of it. The
 chapter's tests run them against ``torch.optim.Adam``, ``AdamW`` and ``Adafactor`` step for step.
+
+Used by chapters 5 and 8.
 """
 from __future__ import annotations
 
@@ -245,47 +247,64 @@ ADAFACTOR_GRID = {  # the grid the notebook's fact check states its verdicts for
     "depth": 2,
 }
 ADAFACTOR_GRID_FILE = "adafactor_grid.json"
+ADAFACTOR_CURVES_FILE = "adafactor_grid_curves.json"  # the same runs' per-step losses, rounded to 4 decimals
 
 
 def _grid_key(optimizer: str, init: str, lr: float, warmup: int) -> str:
     return f"{optimizer}|{init}|{lr:g}|{warmup}"
 
 
-def adafactor_grid(*, recompute: bool = False,
-                   progress: bool = False) -> dict[tuple[str, str, float, int], list[float]]:
+def _grid_keys() -> list[tuple[str, str, float, int]]:
+    g = ADAFACTOR_GRID
+    return [(o, i, lr, w) for o in g["optimizers"] for i in g["inits"] for lr in g["lrs"][o] for w in g["warmups"]]
+
+
+def adafactor_grid(*, recompute: bool = False, progress: bool = False,
+                   curves: bool = False) -> dict[tuple[str, str, float, int], list]:
     """Adafactor and AdamW on chapter 1's Pre-LN stack (2 blocks, Markov chain, 120 steps) over ADAFACTOR_GRID:
     {(optimizer, init, lr, warmup): [mean training loss of the last 20 steps, one per seed]} (NaN if diverged).
+    ``curves=True``: the training loss at every step instead, ``[[loss per step] per seed]`` (a run that diverged
+    stops before its first non-finite loss, so its list is shorter than ``steps``).
 
-    132 runs take over a minute on one CPU core, more than a notebook may spend, so the result is stored in
-    ``data_files/adafactor_grid.json`` and read from there; ``recompute=True`` runs the grid again
-    (tests/test_claims_ch05.py does, and checks the stored file against it)."""
+    132 runs take over a minute on one CPU core, more than a notebook may spend, so the results are stored in
+    ``data_files/adafactor_grid.json`` (final losses) and ``adafactor_grid_curves.json`` (per-step losses, 4
+    decimals) and read from there; ``recompute=True`` runs the grid again (tests/test_claims_ch05.py does, and
+    checks the stored files against it)."""
     import json
     from pathlib import Path
 
     from course_utils.gradflow import init_fields, stack_config
     from course_utils.training import train_markov_lm
 
-    path = Path(__file__).parent / "data_files" / ADAFACTOR_GRID_FILE
+    path = Path(__file__).parent / "data_files" / (ADAFACTOR_CURVES_FILE if curves else ADAFACTOR_GRID_FILE)
     g = ADAFACTOR_GRID
     if not recompute and path.exists():
         stored = json.loads(path.read_text())
-        return {(o, i, lr, w): stored[_grid_key(o, i, lr, w)]
-                for o in g["optimizers"] for i in g["inits"] for lr in g["lrs"][o] for w in g["warmups"]}
+        return {key: stored[_grid_key(*key)] for key in _grid_keys()}
     out = {}
-    for optimizer in g["optimizers"]:
-        for init in g["inits"]:
-            config = stack_config("pre", g["depth"], **init_fields(init))
-            for lr in g["lrs"][optimizer]:
-                for warmup in g["warmups"]:
-                    finals = []
-                    for seed in g["seeds"]:
-                        run = train_markov_lm(config, steps=g["steps"], lr=lr, warmup_steps=warmup, seed=seed,
-                                              progress=False, optimizer=optimizer)
-                        finals.append(float("nan") if run.diverged else run.final_loss)
-                    out[(optimizer, init, lr, warmup)] = finals
-                    if progress:
-                        print(optimizer, init, lr, warmup, [round(x, 3) for x in finals], flush=True)
-    return out
+    for optimizer, init, lr, warmup in _grid_keys():
+        config = stack_config("pre", g["depth"], **init_fields(init))
+        runs = [train_markov_lm(config, steps=g["steps"], lr=lr, warmup_steps=warmup, seed=seed, progress=False,
+                                optimizer=optimizer) for seed in g["seeds"]]
+        out[(optimizer, init, lr, warmup)] = runs
+        if progress:
+            print(optimizer, init, lr, warmup, [round(r.final_loss, 3) for r in runs], flush=True)
+    if curves:
+        return {key: [r.losses for r in runs] for key, runs in out.items()}
+    return {key: [float("nan") if r.diverged else r.final_loss for r in runs] for key, runs in out.items()}
+
+
+def grid_finals(curves: dict) -> dict:
+    """The final losses (mean of the last 20 steps; NaN for a run shorter than ``steps``) of :func:`adafactor_grid`'s
+    per-step curves."""
+    steps = ADAFACTOR_GRID["steps"]
+    return {key: [sum(c[-20:]) / 20 if len(c) == steps else float("nan") for c in runs] for key, runs in curves.items()}
+
+
+def loss_rise(curve: list[float]) -> float:
+    """How far a run's per-step training loss climbs above its first step's: max over later steps of
+    loss_t - loss_1 (> 0: a spike above where training started; noise alone moves the loss by about 0.1 here)."""
+    return max(curve[1:]) - curve[0]
 
 
 def write_adafactor_grid() -> None:
@@ -293,9 +312,12 @@ def write_adafactor_grid() -> None:
     import json
     from pathlib import Path
 
-    out = {_grid_key(*key): values for key, values in adafactor_grid(recompute=True, progress=True).items()}
-    path = Path(__file__).parent / "data_files" / ADAFACTOR_GRID_FILE
-    path.write_text(json.dumps(out, indent=1) + "\n")
+    curves = adafactor_grid(recompute=True, progress=True, curves=True)
+    folder = Path(__file__).parent / "data_files"
+    finals = {_grid_key(*key): values for key, values in grid_finals(curves).items()}
+    (folder / ADAFACTOR_GRID_FILE).write_text(json.dumps(finals, indent=1) + "\n")
+    rounded = {_grid_key(*key): [[round(x, 4) for x in c] for c in runs] for key, runs in curves.items()}
+    (folder / ADAFACTOR_CURVES_FILE).write_text(json.dumps(rounded, separators=(",", ":")) + "\n")
 
 
 def adam_step_on_noise(beta2: float, checkpoints=(1, 10, 100, 300), *, size: int = 10_000, seed: int = 0,
@@ -340,6 +362,34 @@ def figure_adafactor_grid(grid: dict | None = None):
         ax.set(xlabel="learning rate", title=f"init {init}: {len(g['seeds'])} seeds, min to max")
     axes[0].set_ylabel(f"mean loss of the last 20 of {g['steps']} steps")
     axes[-1].legend(loc="upper left")
+    return fig
+
+
+def figure_adafactor_curves(curves: dict | None = None, cells=(("adamw", 0.1), ("adafactor", 1.0), ("adafactor", 0.3)),
+                            warmup: int = 0):
+    """One panel per init: the per-step training loss of the grid's runs at the given (optimizer, lr) cells, every
+    seed drawn, against the chain's unigram entropy and its entropy rate (the best a model can reach)."""
+    from course_utils.data import MarkovChain
+    from course_utils.plotting import OKABE_ITO, subplots
+
+    curves = adafactor_grid(curves=True) if curves is None else curves
+    g = ADAFACTOR_GRID
+    chain = MarkovChain(32)  # train_markov_lm's chain for the grid's 32-token stack
+    pi = chain.stationary()
+    unigram = float(-(pi * pi.log()).sum())
+    colours = ("blue", "vermillion", "orange", "bluish green")
+    fig, axes = subplots(len(g["inits"]), width=10, sharey=True)
+    for ax, init in zip(axes, g["inits"]):
+        for (optimizer, lr), colour in zip(cells, colours):
+            for seed, curve in zip(g["seeds"], curves[(optimizer, init, lr, warmup)]):
+                ax.plot(range(1, len(curve) + 1), curve, color=OKABE_ITO[colour], lw=1,
+                        label=f"{optimizer}, lr {lr:g}" if seed == g["seeds"][0] else None)
+        ax.axhline(unigram, color=OKABE_ITO["grey"], ls="--", lw=1, label=f"unigram entropy {unigram:.2f}")
+        ax.axhline(chain.entropy_rate(), color=OKABE_ITO["black"], ls=":", lw=1,
+                   label=f"entropy rate {chain.entropy_rate():.2f}")
+        ax.set(xlabel="step", title=f"init {init}, warmup {warmup}: every seed")
+    axes[0].set_ylabel("training loss (nats)")
+    axes[-1].legend(loc="upper right", fontsize=8)
     return fig
 
 
@@ -402,3 +452,18 @@ def spike_step(beta2: float, spike: float, *, steady: int = 3000, beta1: float =
     t = steady + 1
     m, v = beta1 * m + (1 - beta1) * spike, beta2 * v + (1 - beta2) * spike * spike
     return (m / (1 - beta1 ** t)) / math.sqrt(v / (1 - beta2 ** t))
+
+
+def jump_response(beta2: float, jump: int, *, after: int = 200, factor: float = 10.0,
+                  beta1: float = 0.9) -> list[float]:
+    """|step| / lr of Adam (bias-corrected, eps 0) at each of the ``after`` steps that follow a jump of the gradient:
+    a constant gradient 1 for ``jump`` steps, then ``factor``. An early jump (small ``jump``) still sees the bias
+    correction 1 / (1 - beta2^t) enlarge each new g^2's weight in v-hat, which a late one (1 - beta2^t ~ 1) does not."""
+    m = v = 0.0
+    steps = []
+    for t in range(1, jump + after + 1):
+        g = 1.0 if t <= jump else factor
+        m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
+        if t > jump:
+            steps.append((m / (1 - beta1 ** t)) / math.sqrt(v / (1 - beta2 ** t)))
+    return steps

@@ -7,6 +7,8 @@ conversion script permutes the q and k projection rows so that rotate-half gives
 make scores depend on relative position only, but they are not interchangeable on trained weights.
 Each scaling method returns new inverse frequencies (and, for YaRN, a factor on the attention
 logits); it changes nothing else in the model, which is why it can be applied to a trained one.
+
+Used by chapters 6 and 7.
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ Filters take logits (..., V) and return new logits with the removed tokens at -i
 ``generate`` works with any ``next_logits(sequences) -> (len(sequences), V)`` (raw logits: the
 repetition penalty and temperature act on them) and ``beam_search`` with its log-softmax
 (:func:`log_probs_of`); :func:`model_logits` builds ``next_logits`` from a course model.
+
+Used by chapters 6 and 8.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import math
 from typing import Callable
 
 import torch
+
+from course_utils.rope import rope_rotate
 
 NEG_INF = -math.inf
 
@@ -301,49 +305,67 @@ def next_token_distributions(model, data: torch.Tensor, windows: int = 4, seed: 
 
 # ------------------------------------------------------------------ key/value cache, batched decoding
 
+@torch.no_grad()
+def cached_forward(model, ids, cache):
+    """The new tokens ``ids`` (B, T) through a pre-LN rotary course model (the byte model of ``charlm``), reading
+    and extending a key/value cache; returns ``(logits, new_cache)``.
+
+    cache: ``[]`` before anything is read; else a list with one ``(keys, values)`` pair per block, each
+    (B, n_head, L, head_size): the keys (already rotated) and the values of the L positions read so far.
+    The new tokens sit at positions L, ..., L + T - 1: their queries and keys are rotated by those positions
+    (``course_utils.rope.rope_rotate(x, positions, model.rope_inv_freq) * model.rope_factor``, as the model's
+    forward does), and the query at position L + t attends to the keys at positions 0, ..., L + t, cached and
+    new together (causal). Returns logits (B, T, vocab_size) in the model's dtype, the model's own at the new
+    positions (``model(all ids so far)[0][:, L:]`` up to rounding), and new_cache in the same layout with
+    L + T positions, the cached ones first. cache is not modified. L + T > model.config.block_size raises
+    ValueError.
+    """
+    B, T = ids.shape
+    L = cache[0][0].shape[2] if cache else 0
+    if L + T > model.config.block_size:
+        raise ValueError(f"{L + T} positions exceed the model's context {model.config.block_size}")
+    positions = torch.arange(L, L + T, device=ids.device)
+    mask = torch.arange(L + T, device=ids.device)[None, :] <= positions[:, None]  # (T, L + T): L + t sees <= L + t
+    x, new_cache = model.tok_emb(ids), []  # (B, T, C)
+    for i, block in enumerate(model.blocks):
+        attn, C = block.attn, x.shape[-1]
+        q, k, v = attn.qkv(block.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q = rope_rotate(q, positions, model.rope_inv_freq) * model.rope_factor
+        k = rope_rotate(k, positions, model.rope_inv_freq) * model.rope_factor
+        if cache:  # a cached key never changes: its rotation depends on its own position only
+            k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
+        new_cache.append((k, v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
+        x = x + block.mlp(block.ln2(x))
+    return model.lm_head(model.norm_f(x)), new_cache
+
+
 class KVCacheDecoder:
     """Incremental decoding for a pre-LN rotary course model (``charlm``'s), with a key/value cache.
 
     The full forward re-reads the whole context at every step (what ``model_logits`` does). Here each
     block keeps the keys and values of the positions already seen, (B, nh, T, hs), so a step feeds only the
-    new tokens: the rotation of a key depends on its own position only, so a cached key never changes.
-    ``prefill(ids (B, T))`` reads the prompts, ``step(ids (B,))`` one token per row; both return the next-token
-    logits (B, V). ``reorder(index)`` keeps rows ``index`` of every cache (beam search's survivors).
+    new tokens (:func:`cached_forward`, exercise 6.7). ``prefill(ids (B, T))`` reads the prompts, ``step(ids (B,))``
+    one token per row; both return the next-token logits (B, V). ``reorder(index)`` keeps rows ``index`` of every
+    cache (beam search's survivors).
     """
 
     def __init__(self, model):
         config = model.config
         if config.position != "rope" or config.norm_position != "pre" or not config.residual:
             raise ValueError("KVCacheDecoder handles pre-LN rotary models with residuals (the course's byte model)")
-        self.model, self.keys, self.values, self.length = model.eval(), [], [], 0
+        self.model, self.cache = model.eval(), []
 
-    @torch.inference_mode()
+    @property
+    def length(self) -> int:
+        """Positions read so far."""
+        return self.cache[0][0].shape[2] if self.cache else 0
+
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
-        model, first = self.model, not self.keys
-        B, T = ids.shape
-        if self.length + T > model.config.block_size:
-            raise ValueError(f"{self.length + T} positions exceed the model's context {model.config.block_size}")
-        positions = torch.arange(self.length, self.length + T)
-        inv_freq, factor = model.rope_inv_freq, model.rope_factor
-        x = model.tok_emb(ids)  # (B, T, C)
-        for i, block in enumerate(model.blocks):
-            attn, C = block.attn, x.shape[-1]
-            q, k, v = attn.qkv(block.ln1(x)).split(C, dim=2)
-            q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-            q, k = rope_rotate_half(q, positions, inv_freq) * factor, rope_rotate_half(k, positions, inv_freq) * factor
-            if first:
-                self.keys.append(k)
-                self.values.append(v)
-            else:
-                self.keys[i] = torch.cat([self.keys[i], k], dim=2)
-                self.values[i] = torch.cat([self.values[i], v], dim=2)
-            # query at position length + t sees the keys at positions <= length + t
-            mask = torch.arange(self.length + T)[None, :] <= positions[:, None]  # (T, length + T)
-            y = torch.nn.functional.scaled_dot_product_attention(q, self.keys[i], self.values[i], attn_mask=mask)
-            x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
-            x = x + block.mlp(block.ln2(x))
-        self.length += T
-        return model.lm_head(model.norm_f(x[:, -1])).float()  # (B, V)
+        logits, self.cache = cached_forward(self.model, ids, self.cache)
+        return logits[:, -1].float()  # (B, V)
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         return self._forward(ids)
@@ -352,15 +374,7 @@ class KVCacheDecoder:
         return self._forward(ids[:, None])
 
     def reorder(self, index: torch.Tensor) -> None:
-        self.keys = [k[index] for k in self.keys]
-        self.values = [v[index] for v in self.values]
-
-
-def rope_rotate_half(x, positions, inv_freq):
-    """RoPE as the course's models apply it (``course_utils.rope.rope_rotate``, imported late: a light module)."""
-    from course_utils.rope import rope_rotate
-
-    return rope_rotate(x, positions, inv_freq)
+        self.cache = [(k[index], v[index]) for k, v in self.cache]
 
 
 class CroppedDecoder:
@@ -651,21 +665,40 @@ def repetition_penalty_evaluation(model, prompts: list[list[int]], *, lengths=(4
     return result
 
 
-def filter_evaluation(model, prompts: list[list[int]], *, temperatures=(1.0, 1.5), top_p: float = 0.9,
+def filter_evaluation(model, prompts: list[list[int]], *, temperatures=(1.0, 1.5), top_p: float | tuple = 0.9,
                       min_p: float = 0.1, n_new: int = 40, samples: int = 8, diversity_of: int = 4,
                       seed: int = 0) -> dict:
     """Top-p against min-p when sampling: ``{T: {"top-p 0.9" | "min-p 0.1": {metric: [per prompt]}}}``, metrics
     ``words`` (mean over the samples, :func:`word_validity`), ``distinct4`` and ``diversity`` (across the first
-    ``diversity_of`` samples). Both filters draw with the same seed, each in one batch with a key/value cache."""
+    ``diversity_of`` samples). ``top_p`` may be a tuple of values, each evaluated (``"top-p 0.75"``, ...). Every
+    filter draws with the same seed, each in one batch with a key/value cache."""
+    filters = [(f"top-p {p:g}", {"top_p": p}) for p in (top_p if isinstance(top_p, tuple) else (top_p,))]
+    filters.append((f"min-p {min_p:g}", {"min_p": min_p}))
     result = {}
     for t in temperatures:
         result[t] = {}
-        for name, kw in ((f"top-p {top_p:g}", {"top_p": top_p}), (f"min-p {min_p:g}", {"min_p": min_p})):
+        for name, kw in filters:
             outs = decode_batch(model, prompts, n_new, temperature=t, samples=samples, seed=seed, **kw)
             result[t][name] = {"words": [_nanmean([word_validity(s) for s in o]) for o in outs],
                                "distinct4": [sum(map(distinct_ngram_fraction, o)) / len(o) for o in outs],
                                "diversity": [pairwise_ngram_diversity(o[:diversity_of]) for o in outs]}
     return result
+
+
+def kept_sizes(probs: torch.Tensor, temperature: float = 1.0, *, top_p: float | None = None,
+               min_p: float | None = None) -> torch.Tensor:
+    """Per row of ``probs`` (positions, V), how many tokens top-p or min-p keeps once the temperature has
+    reshaped the distribution (the filters act after it, as in :func:`process_logits`)."""
+    z = process_logits(probs.log(), temperature=temperature, top_p=top_p, min_p=min_p)
+    return torch.isfinite(z).sum(dim=-1)
+
+
+def matched_top_p(probs: torch.Tensor, temperature: float, min_p: float,
+                  candidates=tuple(round(0.5 + 0.05 * i, 2) for i in range(10))) -> float:
+    """The top-p among ``candidates`` whose mean kept size over the rows of ``probs`` at ``temperature`` is closest
+    to min-p's: a top-p of the same strength, for a comparison of the two rules rather than of two strengths."""
+    target = kept_sizes(probs, temperature, min_p=min_p).double().mean()
+    return min(candidates, key=lambda p: abs(kept_sizes(probs, temperature, top_p=p).double().mean() - target))
 
 
 def mean_sd(values) -> tuple[float, float]:

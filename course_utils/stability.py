@@ -2,6 +2,8 @@
 
 These are the building blocks of chapter 1's numerical-stability part and of FlashAttention in
 chapter 7. All work over the last dimension and keep the input's shape.
+
+Used by chapter 1.
 """
 from __future__ import annotations
 

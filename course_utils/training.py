@@ -1,5 +1,8 @@
 """Small training utilities shared by the chapters: global-norm clipping, warmup, gradient
-accumulation, a CPU train loop."""
+accumulation, a CPU train loop, and the final loss the chapters compare runs by.
+
+Used by chapters 1, 5 and 7.
+"""
 from __future__ import annotations
 
 import math
@@ -67,6 +70,12 @@ def accumulate_gradients(model, micro_batches):
         (loss_sum / total).backward()
 
 
+def final_loss(losses: list[float]) -> float:
+    """The mean of the last 20 of a run's per-step ``losses``: what the chapters compare runs by, since one step's
+    loss is too noisy. A run of fewer than 20 steps still has its sum divided by 20."""
+    return sum(losses[-20:]) / 20
+
+
 @dataclass
 class TrainResult:
     losses: list[float]  # training loss per step
@@ -75,8 +84,8 @@ class TrainResult:
 
     @property
     def final_loss(self) -> float:
-        """Mean training loss of the last 20 recorded steps, what the chapters compare runs by."""
-        return sum(self.losses[-20:]) / 20
+        """:func:`final_loss` of this run's losses: the mean of the last 20 recorded steps."""
+        return final_loss(self.losses)
 
 
 def train_markov_lm(config: TransformerConfig, *, steps: int = 150, lr: float = 3e-3,

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from course_utils import further, training
+from course_utils.models import CAPSTONE_CONFIG, TinyTransformer
 from course_utils.runtime import triton_status
 
 
@@ -61,8 +62,24 @@ def test_capstone_pieces_are_really_used():
 
     pieces.adamw = counting_adamw
     further.capstone_run(pieces, steps=2, micro_batches=1, progress=False)
-    n_params = len(list(further.TinyTransformer(further.CAPSTONE_CONFIG).parameters()))
+    n_params = len(list(TinyTransformer(CAPSTONE_CONFIG).parameters()))
     assert calls.count(1) == calls.count(2) == n_params
+
+
+def test_capstone_runs_the_loop_piece_and_evaluates_on_held_out_text():
+    """capstone_run hands its model, groups, batches and result to pieces.loop (exercise 8.5: the learner's loop in
+    the notebook) and returns that result; with eval_every it records the held-out loss after those steps."""
+    calls = []
+    pieces = further.reference_pieces()
+
+    def loop(*args, **kwargs):
+        calls.append(kwargs["steps"])
+        further.capstone_loop(*args, **kwargs)
+
+    pieces.loop = loop
+    run = further.capstone_run(pieces, steps=4, micro_batches=1, eval_every=2, progress=False)
+    assert calls == [4] and len(run.losses) == 4 and list(run.evals) == [2, 4]
+    assert all(2.0 < loss < 6.0 for loss in run.evals.values()), run.evals  # nats per byte; uniform is 5.55
 
 
 @pytest.mark.kernel
@@ -73,7 +90,7 @@ def test_the_capstone_model_trains_in_the_course_kernels_as_in_pytorch():
     1e-6 of each parameter's largest, parameter gaps after AdamW on the same gradients below 1e-7)."""
     from course_utils.training import triton_step_agreement
 
-    for row in triton_step_agreement(further.CAPSTONE_CONFIG, steps=2, batch=1, length=32):
+    for row in triton_step_agreement(CAPSTONE_CONFIG, steps=2, batch=1, length=32):
         assert row["loss gap"] < 1e-5 and row["grad gap"] < 1e-5 and row["param gap"] < 1e-6, row
 
 
@@ -88,7 +105,7 @@ def test_depth_effects_per_block_and_per_position_instruments():
     computed here independently with autograd on a copy of the logits."""
     import torch.nn.functional as F
 
-    from course_utils.models import TinyTransformer, TransformerConfig
+    from course_utils.models import TransformerConfig
 
     r = further.depth_effects(6, "+ final norm", init="fixed 0.02", seed=1)
     assert max(r["grad_first"], r["grad_middle"], r["grad_last"]) < r["grad_norm"]

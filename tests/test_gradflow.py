@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from course_utils import gradflow
-from course_utils.training import train_markov_lm, warmup_factor
+from course_utils.measure import loglog_slope
+from course_utils.training import TrainResult, final_loss, train_markov_lm, warmup_factor
 
 
 def test_layer_stats_shapes_and_post_ln_stream_is_normalised():
@@ -22,18 +23,13 @@ def test_unknown_architecture_is_refused():
 
 def test_pre_ln_variance_grows_linearly_and_top_gradient_like_one_over_sqrt_depth():
     sweep = gradflow.depth_sweep("pre", [8, 16, 32, 64])
-    assert 0.8 < gradflow.loglog_slope(sweep["depth"], sweep["output_var"]) < 1.2
-    assert -0.7 < gradflow.loglog_slope(sweep["depth"], sweep["last_block_grad"]) < -0.3
+    assert 0.8 < loglog_slope(sweep["depth"], sweep["output_var"]) < 1.2
+    assert -0.7 < loglog_slope(sweep["depth"], sweep["last_block_grad"]) < -0.3
 
 
 def test_post_ln_output_variance_does_not_depend_on_depth():
     sweep = gradflow.depth_sweep("post", [2, 16, 64])
     assert all(abs(v - 1.0) < 1e-3 for v in sweep["output_var"])
-
-
-def test_loglog_slope_recovers_a_power_law():
-    xs = [1, 2, 4, 8]
-    assert abs(gradflow.loglog_slope(xs, [3 * x ** -0.5 for x in xs]) + 0.5) < 1e-9
 
 
 def test_jacobian_products_vanish_without_residual_and_survive_with_it():
@@ -45,8 +41,8 @@ def test_jacobian_products_vanish_without_residual_and_survive_with_it():
 
 def test_swiglu_scaling_exponents():
     sweep = gradflow.swiglu_scale_sweep([10, 30, 100])
-    assert abs(gradflow.loglog_slope(sweep["scale"], sweep["output"]) - 2) < 0.05
-    assert abs(gradflow.loglog_slope(sweep["scale"], sweep["grad_gate"]) - 1) < 0.05
+    assert abs(loglog_slope(sweep["scale"], sweep["output"]) - 2) < 0.05
+    assert abs(loglog_slope(sweep["scale"], sweep["grad_gate"]) - 1) < 0.05
 
 
 def test_clipping_survives_the_bad_batch_that_breaks_plain_sgd():
@@ -60,6 +56,12 @@ def test_clipping_survives_the_bad_batch_that_breaks_plain_sgd():
 def test_warmup_factor():
     assert warmup_factor(0, 0) == 1.0
     assert warmup_factor(0, 4) == 0.25 and warmup_factor(3, 4) == 1.0 and warmup_factor(10, 4) == 1.0
+
+
+def test_final_loss_is_the_mean_of_the_last_20_steps():
+    losses = [float(step) for step in range(50)]
+    assert final_loss(losses) == sum(range(30, 50)) / 20
+    assert TrainResult(losses, [], diverged=False).final_loss == final_loss(losses)
 
 
 def test_training_reduces_the_loss_and_is_reproducible():
@@ -106,8 +108,8 @@ def test_xiong_setting_post_ln_top_gradient_is_flat_and_larger_pre_ln_falls_like
     depths = [8, 16, 32, 64]
     post = gradflow.depth_sweep_over_seeds("post", depths, init="fan_in")
     pre = gradflow.depth_sweep_over_seeds("pre", depths, init="fan_in")
-    assert abs(gradflow.loglog_slope(depths, post["last_block_grad"])) < 0.15
-    assert -0.65 < gradflow.loglog_slope(depths, pre["last_block_grad"]) < -0.35
+    assert abs(loglog_slope(depths, post["last_block_grad"])) < 0.15
+    assert -0.65 < loglog_slope(depths, pre["last_block_grad"]) < -0.35
     assert all(p > 2 * q for p, q in zip(post["last_block_grad"], pre["last_block_grad"]))
     for sweep in (post, pre):
         law = [g * v ** 0.5 for g, v in zip(sweep["output_grad"], sweep["output_var"])]
@@ -119,7 +121,7 @@ def test_gpt_init_makes_pre_ln_gradients_larger_with_the_same_exponent():
     post = gradflow.depth_sweep_over_seeds("post", depths, init="gpt")
     pre = gradflow.depth_sweep_over_seeds("pre", depths, init="gpt")
     assert all(q > 2 * p for p, q in zip(post["last_block_grad"], pre["last_block_grad"]))
-    assert -0.65 < gradflow.loglog_slope(depths, pre["last_block_grad"]) < -0.35
+    assert -0.65 < loglog_slope(depths, pre["last_block_grad"]) < -0.35
 
 
 def test_without_residuals_and_norms_the_gradient_vanishes_with_depth():

@@ -69,7 +69,7 @@ def test_norm_speed_reports_positive_times():
 
 def test_batchnorm_noise_falls_like_one_over_sqrt_batch():
     """03: one example's BatchNorm output varies across batches like B^-1/2 (a variance effect)."""
-    from course_utils.gradflow import loglog_slope
+    from course_utils.measure import loglog_slope
 
     spread = norms.batchnorm_batch_noise([2, 8, 32, 128])
     assert spread[2] > 0.6 and spread[128] < 0.15

@@ -13,10 +13,6 @@ from course_utils import normalization
 from course_utils.runtime import triton_status
 
 
-def _last20(losses):
-    return sum(losses[-20:]) / 20
-
-
 def _ignored_cells():
     """(notebook, cell index) of every code cell whose output nbval does not compare."""
     for path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):

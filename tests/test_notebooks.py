@@ -41,9 +41,9 @@ def test_structure(path):
 def test_exercise_cells_are_the_stubs_and_are_checked(path):
     nb = nbformat.read(path, as_version=4)
     sources = [c.source for c in nb.cells if c.cell_type == "code"]
-    expected = [i for i in exercise_ids() if chapter_of(i) == chapter_of(path)]
+    expected = chapter_of(path).notebook_order(exercise_ids())
     found = [c.metadata["exercise"] for c in exercise_cells(nb)]
-    assert found == expected, "every exercise of the chapter appears once, in order"
+    assert found == expected, "every exercise of the chapter appears once, in order (chapters.py: placed_before)"
     for cell in exercise_cells(nb):
         assert cell.source.strip() == stub_source(cell.metadata["exercise"]).strip()
         assert any(f'check("{cell.metadata["exercise"]}",' in s for s in sources)

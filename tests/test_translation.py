@@ -77,3 +77,17 @@ def test_a_block_marker_cannot_be_used_twice():
     text = "<!-- cell abc en 0123456789 -->\n하나\n\n<!-- cell abc en 0123456789 -->\n둘\n"
     with pytest.raises(ValueError, match="translated twice"):
         translate.parse_blocks(text)
+
+
+def test_readme_ko_counts_the_exercises_of_each_chapter():
+    import re
+
+    from course_utils.chapters import CHAPTERS
+    from course_utils.harness import REPO_ROOT
+    from course_utils.harness.registry import exercise_ids
+
+    text = (REPO_ROOT / "README.ko.md").read_text(encoding="utf-8")
+    for chapter in CHAPTERS[1:]:
+        count = sum(i.startswith(chapter.exercise_prefix) for i in exercise_ids())
+        row = re.search(rf"^\| {chapter.number} \| `ko/{chapter.notebook.name}` \|.*$", text, re.M)
+        assert row and f"(연습 문제 {count}개)" in row[0], (chapter.number, count)

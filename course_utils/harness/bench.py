@@ -20,7 +20,6 @@ import csv
 import math
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import course_utils  # noqa: F401  (interpreter switch before triton)
+from course_utils.measure import median_seconds
 from course_utils.runtime import device, triton_status
 
 
@@ -143,26 +143,23 @@ ATTENTION_QUICK = [(1, 2, 128, 32)]
 def measure(fn: Callable[[], object], dev: torch.device, reps: int = 20, warmup: int = 3) -> float:
     """Median seconds of ``fn()``. On a GPU, ``triton.testing.do_bench`` (CUDA events, the L2 cache flushed before
     every run, so a kernel is not timed on data the previous run left in cache; CUDA events where Triton is
-    missing); on a CPU, ``reps`` perf_counter runs after ``warmup`` ones."""
-    if dev.type == "cuda" and triton_status().available:
+    missing); on a CPU, :func:`course_utils.measure.median_seconds`: ``reps`` timed calls after ``warmup`` ones."""
+    if dev.type != "cuda":
+        return median_seconds(fn, reps=reps, warmup=warmup)
+    if triton_status().available:
         import triton.testing
 
         return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
-    for _ in range(warmup):
+    for _ in range(warmup):  # a GPU without Triton (Windows): CUDA events, no cache flush
         fn()
     times = []
     for _ in range(reps):
-        if dev.type == "cuda":  # a GPU without Triton (Windows): CUDA events, no cache flush
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
     return statistics.median(times)
 
 

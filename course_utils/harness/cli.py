@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     tch.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
     tr = sub.add_parser("translate", help="rebuild the Korean notebooks from the English ones and the translations, "
                                           "or --check what is stale (maintainers)")
-    tr.add_argument("rest", nargs=argparse.REMAINDER)
+    tr.add_argument("--check", action="store_true", help="list stale or missing translations; exit 1 if any")
+    tr.add_argument("--init", action="store_true", help="add an English block for every untranslated cell")
     upd = sub.add_parser("update", help="bring in the latest course, keeping every line you wrote in the notebooks")
     upd.add_argument("--no-install", action="store_true", help="do not re-install when the dependencies change")
     args = parser.parse_args(argv)
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "translate":
         from course_utils.harness.translate import main as translate_main
 
-        return translate_main(args.rest)
+        return translate_main(["--check"] if args.check else ["--init"] if args.init else [])
     if args.command == "update":
         from course_utils.harness.update import main as update_main
 

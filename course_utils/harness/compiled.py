@@ -319,6 +319,35 @@ def table(reports: list[CompileReport]) -> str:
     return "\n".join(lines)
 
 
+def rmsnorm_kernel_compiled(kernel, settings, target: str = "sm_90") -> list[dict]:
+    """What Triton's compiler makes, for ``target``, of an RMSNorm forward kernel with exercise 3.3's signature,
+    launched on contiguous float32 rows of each ``(n_cols, BLOCK, num_warps)`` of ``settings``: registers a thread,
+    spilled bytes, shared memory (the scratch of the row reduction), the PTX's global loads, the columns each thread
+    holds (BLOCK / (32 x warps)) and the float32 elements it loads per column (x and the weight: 2 when every element
+    is loaded once). One dict per setting; ValueError if the kernel does not compile. Chapter 3 calls it through
+    ``normalization.rmsnorm_kernel_compiled`` with its settings."""
+    import torch
+
+    launches = []
+    for n_cols, block, warps in settings:
+        x, w = torch.empty(4, n_cols), torch.empty(n_cols)
+        y, rstd = torch.empty_like(x), torch.empty(4)
+        args = (x, w, y, rstd, x.stride(0), y.stride(0), n_cols, 1e-6)
+        launches.append(launch_of(getattr(kernel, "fn", kernel), args, {"BLOCK": block, "num_warps": warps}))
+    reports = compile_launches(launches, tuple(t for t in TARGETS if t.name == target))
+    rows = []
+    for (n_cols, block, warps), report in zip(settings, reports):
+        if report.error:
+            raise ValueError(f"the kernel does not compile for {target}: {report.error}")
+        per_thread = block // (32 * warps)
+        rows.append({"n_cols": n_cols, "BLOCK": block, "warps": warps, "row stride % 16": n_cols % 16,
+                     "columns a thread": per_thread, "registers": report.registers,
+                     "spilled bytes": report.spilled_bytes, "shared bytes": report.shared_bytes,
+                     "global loads": _summary(report.global_loads),
+                     "loads per column": elements_moved(report.global_loads, 32) / per_thread})
+    return rows
+
+
 # ------------------------------------------------------------ the compiler process (TRITON_INTERPRET=0)
 
 def _kernel(launch: Launch, scratch: Path):
