@@ -329,6 +329,12 @@ def _clip_sum_of_norms(grads, max_norm):
     return [g * torch.clamp(max_norm / (total + 1e-6), max=1.0) for g in grads], total
 
 
+def _clip_norm_after_clipping(grads, max_norm):
+    total = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    clipped = [g * torch.clamp(max_norm / (total + 1e-6), max=1.0) for g in grads]
+    return clipped, torch.sqrt(sum((g ** 2).sum() for g in clipped))
+
+
 EX_1_6 = Exercise(
     id="1.6", title="gradient clipping by global norm", reference=clip_grad_norm, cases=_clip_cases,
     mistakes=(
@@ -339,6 +345,9 @@ EX_1_6 = Exercise(
                 "Only shrink: the scale is min(1, max_norm / (norm + 1e-6)); small gradients stay as they are."),
         Mistake("sum of norms", _clip_sum_of_norms,
                 "The global norm is sqrt(sum of squared entries), not the sum of the tensors' norms."),
+        Mistake("norm after clipping", _clip_norm_after_clipping,
+                "Return the total norm from *before* clipping (as torch.nn.utils.clip_grad_norm_ does): it says how "
+                "large the gradients were; after clipping it is at most max_norm."),
     ),
 )
 

@@ -12,7 +12,7 @@ triton, tl = import_triton()
 
 CHAPTER = "3. Normalization (정규화 기법)"
 
-__all__ = ["layer_norm", "rms_norm", "rmsnorm_fwd_kernel", "soft_cap", "qk_norm_scores"]
+__all__ = ["layer_norm", "rms_norm", "rmsnorm_fwd_kernel", "soft_cap", "qk_norm_scores", "layer_norm_backward"]
 
 
 def _norm_cases(with_bias: bool):
@@ -69,6 +69,11 @@ def _ln_eps_outside(x, weight, bias, eps=1e-5):
     return (x - mean) / (std + eps) * weight + bias
 
 
+def _ln_no_affine(x, weight, bias, eps=1e-5):
+    mean = x.mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(((x - mean) ** 2).mean(dim=-1, keepdim=True) + eps)
+
+
 def _ln_wrong_axis(x, weight, bias, eps=1e-5):
     mean = x.mean(dim=0, keepdim=True)
     var = ((x - mean) ** 2).mean(dim=0, keepdim=True)
@@ -88,6 +93,8 @@ EX_3_1 = Exercise(
         Mistake("variance as E[x²] - E[x]²", _ln_moment_variance,
                 "E[x²] - E[x]² subtracts two numbers near mean² (10^6 here): float32 keeps 7 digits, so the "
                 "variance of 1 comes out wrong. Subtract the mean first: ((x - mean)**2).mean(dim=-1)."),
+        Mistake("weight and bias not applied", _ln_no_affine,
+                "After normalising, apply the learned affine map: (x - mean) / sqrt(var + eps) * weight + bias."),
     ),
 )
 
@@ -322,4 +329,117 @@ EX_3_5 = Exercise(
 )
 
 
-EXERCISES = [EX_3_1, EX_3_2, EX_3_3, EX_3_4, EX_3_5]
+# ------------------------------------------------------------------- 3.6 LayerNorm backward by hand
+
+def layer_norm_backward(x, gamma, dy, eps=1e-5):
+    """LayerNorm's backward pass by hand: the vector-Jacobian products of y = gamma * x_hat + beta.
+
+    x: (..., N) float tensor, the forward's input; gamma: (N,); dy: shaped like x, the gradient of the loss
+    with respect to y; eps as in the forward. Per position, x_hat = (x - mean) / sqrt(var + eps) with the
+    mean and the *biased* variance over its N features (exercise 3.1's LayerNorm). Returns (dx, dgamma, dbeta):
+    dx shaped like x, the gradient with respect to x (the mean and the variance depend on x too); dgamma and
+    dbeta shaped (N,), summed over every position (all leading dimensions). Beta enters none of them. No
+    autograd, and never the N x N Jacobian: per-row means and sums only. Same dtype as x; a constant row
+    (variance 0) is fine, eps keeps the root positive. Inputs are not modified.
+    """
+    n = x.shape[-1]
+    mean = x.mean(dim=-1, keepdim=True)
+    rstd = torch.rsqrt(((x - mean) ** 2).mean(dim=-1, keepdim=True) + eps)  # 1 / sqrt(var + eps)
+    x_hat = (x - mean) * rstd
+    g = dy * gamma  # the gradient reaching x_hat
+    dx = rstd * (g - g.mean(dim=-1, keepdim=True) - x_hat * (g * x_hat).mean(dim=-1, keepdim=True))
+    return dx, (dy * x_hat).reshape(-1, n).sum(dim=0), dy.reshape(-1, n).sum(dim=0)
+
+
+def _ln_backward_cases():
+    g = torch.Generator().manual_seed(36)
+
+    def args(x):
+        n = x.shape[-1]
+        return x, torch.randn(n, generator=g, dtype=x.dtype), torch.randn(x.shape, generator=g, dtype=x.dtype)
+
+    constant_row = torch.randn(3, 8, generator=g)
+    constant_row[1] = 3.0
+    return [
+        Case("random 4x16", args(torch.randn(4, 16, generator=g))),
+        Case("3-D (2, 5, 7): dgamma and dbeta sum over both leading dimensions",
+             args(torch.randn(2, 5, 7, generator=g))),
+        Case("rows of mean 100, std 10", args(100 + 10 * torch.randn(3, 32, generator=g))),
+        Case("a constant row (variance 0) among random ones, eps = 1e-2", args(constant_row), {"eps": 1e-2}),
+        Case("one feature (N = 1), eps = 1e-2", args(torch.randn(5, 1, generator=g)), {"eps": 1e-2}),
+        Case("a single 1-D row of 50 features, float64, eps = 1e-3",
+             args(3 * torch.randn(50, generator=g, dtype=torch.float64) + 1), {"eps": 1e-3}),
+    ]
+
+
+def _lnb_parts(x, gamma, dy, eps):
+    """x_hat, rstd = 1 / sqrt(var + eps) and g = dy * gamma, for the mistakes below."""
+    mean = x.mean(dim=-1, keepdim=True)
+    rstd = torch.rsqrt(((x - mean) ** 2).mean(dim=-1, keepdim=True) + eps)
+    return (x - mean) * rstd, rstd, dy * gamma
+
+
+def _lnb_sums(x_hat, dy):
+    n = dy.shape[-1]
+    return (dy * x_hat).reshape(-1, n).sum(dim=0), dy.reshape(-1, n).sum(dim=0)
+
+
+def _lnb_no_mean_term(x, gamma, dy, eps=1e-5):
+    x_hat, rstd, g = _lnb_parts(x, gamma, dy, eps)
+    return (rstd * (g - x_hat * (g * x_hat).mean(dim=-1, keepdim=True)), *_lnb_sums(x_hat, dy))
+
+
+def _lnb_std_held_constant(x, gamma, dy, eps=1e-5):
+    x_hat, rstd, g = _lnb_parts(x, gamma, dy, eps)
+    return (rstd * (g - g.mean(dim=-1, keepdim=True)), *_lnb_sums(x_hat, dy))
+
+
+def _lnb_gamma_forgotten(x, gamma, dy, eps=1e-5):
+    x_hat, rstd, _ = _lnb_parts(x, gamma, dy, eps)
+    dx = rstd * (dy - dy.mean(dim=-1, keepdim=True) - x_hat * (dy * x_hat).mean(dim=-1, keepdim=True))
+    return (dx, *_lnb_sums(x_hat, dy))
+
+
+def _lnb_times_std(x, gamma, dy, eps=1e-5):
+    x_hat, rstd, g = _lnb_parts(x, gamma, dy, eps)
+    dx = (g - g.mean(dim=-1, keepdim=True) - x_hat * (g * x_hat).mean(dim=-1, keepdim=True)) / rstd
+    return (dx, *_lnb_sums(x_hat, dy))
+
+
+def _lnb_dgamma_from_x(x, gamma, dy, eps=1e-5):
+    x_hat, rstd, g = _lnb_parts(x, gamma, dy, eps)
+    dx = rstd * (g - g.mean(dim=-1, keepdim=True) - x_hat * (g * x_hat).mean(dim=-1, keepdim=True))
+    return (dx, *_lnb_sums(x, dy))
+
+
+EX_3_6 = Exercise(
+    id="3.6", title="LayerNorm backward by hand", reference=layer_norm_backward, cases=_ln_backward_cases,
+    tolerances={torch.float32: (1e-5, 1e-5)},  # the same sums in another order (autograd's differ by ~1e-6)
+    output_names=("dx", "dgamma", "dbeta"),
+    hints=("Name the forward's pieces: mean, rstd = 1 / sqrt(var + eps), x_hat = (x - mean) * rstd, "
+           "y = gamma * x_hat + beta. The last line alone gives dgamma and dbeta: sums over every position "
+           "(flatten to (-1, N), sum over the rows).",
+           "For dx, start from g = dy * gamma, the gradient reaching x_hat. x_hat depends on x three ways: "
+           "directly, through the mean and through rstd; each gives one term.",
+           "Chapter 1's Jacobian of x_hat is rstd * (I - 11^T / N - x_hat x_hat^T / N): multiply g by it. "
+           "1^T g / N is the row mean of g, x_hat^T g / N the row mean of g * x_hat.",
+           "dx = rstd * (g - g.mean(-1, keepdim=True) - x_hat * (g * x_hat).mean(-1, keepdim=True))."),
+    mistakes=(
+        Mistake("mean term dropped", _lnb_no_mean_term,
+                "The mean depends on every x_j too: differentiating x - mean adds -mean(g) to every feature "
+                "(the term RMSNorm's backward does not have)."),
+        Mistake("std held constant", _lnb_std_held_constant,
+                "The std depends on x as well: differentiating 1 / sqrt(var + eps) adds "
+                "-x_hat * mean(g * x_hat) inside the bracket."),
+        Mistake("gamma forgotten", _lnb_gamma_forgotten,
+                "y = gamma * x_hat + beta, so the gradient that reaches x_hat is g = dy * gamma, not dy."),
+        Mistake("multiplied by the std", _lnb_times_std,
+                "x_hat = (x - mean) / sqrt(var + eps): the chain rule brings the reciprocal of the std, "
+                "rstd = 1 / sqrt(var + eps), not the std itself."),
+        Mistake("dgamma from x, not x_hat", _lnb_dgamma_from_x,
+                "gamma multiplies the normalised x_hat: dgamma = sum over positions of dy * x_hat, not dy * x."),
+    ),
+)
+
+
+EXERCISES = [EX_3_1, EX_3_2, EX_3_3, EX_3_4, EX_3_5, EX_3_6]

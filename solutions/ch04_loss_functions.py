@@ -2,6 +2,7 @@
 import math
 
 import torch
+import torch.nn.functional as F
 
 from course_utils.harness.exercises import Case, Exercise, Mistake
 from course_utils.harness.launchers import launch_ce_row_kernel
@@ -12,7 +13,7 @@ triton, tl = import_triton()
 CHAPTER = "4. Loss functions (손실 함수)"
 
 __all__ = ["cross_entropy", "label_smoothed_cross_entropy", "masked_mean_cross_entropy",
-           "assistant_only_labels", "cross_entropy_row_kernel"]
+           "assistant_only_labels", "cross_entropy_row_kernel", "cross_entropy_grad"]
 
 
 def _ce_cases(smoothing: bool = False):
@@ -67,6 +68,10 @@ def _ce_unnormalised(logits, target):
     return -logits.gather(1, target[:, None]).mean()
 
 
+def _ce_column_per_target(logits, target):
+    return (torch.logsumexp(logits, dim=1) - logits[:, target]).mean()
+
+
 EX_4_1 = Exercise(
     id="4.1", title="cross-entropy from logits", reference=cross_entropy, cases=_ce_cases,
     mistakes=(
@@ -79,6 +84,9 @@ EX_4_1 = Exercise(
         Mistake("sum instead of mean", _ce_sum, "Average over the rows (.mean()), as F.cross_entropy does."),
         Mistake("no normaliser", _ce_unnormalised,
                 "-z[target] alone ignores every other logit: subtract it from logsumexp(z)."),
+        Mistake("logits[:, target]", _ce_column_per_target,
+                "logits[:, target] takes, in every row, the columns of *all* N targets (an (N, N) matrix); take one "
+                "entry per row: logits.gather(1, target[:, None]) or logits[torch.arange(N), target]."),
     ),
 )
 
@@ -111,6 +119,12 @@ def _ls_entropy_of_uniform(logits, target, eps):  # the note's "(1-eps) CE + eps
     return ((1 - eps) * nll + eps * math.log(logits.shape[1])).mean()
 
 
+def _ls_uniform_summed(logits, target, eps):
+    log_p = torch.log_softmax(logits, dim=1)
+    nll = -log_p.gather(1, target[:, None])[:, 0]
+    return ((1 - eps) * nll + eps * -log_p.sum(dim=1)).mean()
+
+
 def _ls_swapped(logits, target, eps):
     log_p = torch.log_softmax(logits, dim=1)
     nll = -log_p.gather(1, target[:, None])[:, 0]
@@ -128,6 +142,9 @@ EX_4_2 = Exercise(
                 "eps * H(uniform) = eps * ln V is a constant with no gradient: the smoothing term is the "
                 "cross-entropy against the uniform, eps * mean_j(-log p_j)."),
         Mistake("weights swapped", _ls_swapped, "The target's term gets (1 - eps), the uniform term eps."),
+        Mistake("uniform term summed", _ls_uniform_summed,
+                "The uniform target puts eps / V on each class, so its term is eps * mean_j(-log p_j): the mean over "
+                "the V classes, not the sum."),
     ),
 )
 
@@ -375,4 +392,118 @@ EX_4_5 = Exercise(
 )
 
 
-EXERCISES = [EX_4_1, EX_4_2, EX_4_3, EX_4_4, EX_4_5]
+# ---------------------------------------------------------------- 4.6 the gradient of the loss by hand
+
+def cross_entropy_grad(logits, target, label_smoothing=0.0, ignore_index=-100):
+    """The gradient of F.cross_entropy(logits, target, label_smoothing=..., ignore_index=...) (the mean over the
+    counted rows) with respect to the logits, by hand: softmax minus the smoothed target, per counted row.
+
+    logits: (N, V) float; target: (N,) int64 class ids, where a row whose target equals ignore_index does not
+    count (ignore_index may also be a valid class id: rows with that target are still ignored). A counted
+    row's smoothed target is q = (1 - label_smoothing) * onehot(target) + label_smoothing / V, PyTorch's.
+    Returns dL/dlogits, shaped and typed like logits: each counted row's (softmax(logits) - q) divided by n,
+    the number of counted rows; 0 on ignored rows. If every row is ignored, torch's loss is NaN (0 / 0) but
+    its gradient is all zeros: return zeros, not NaN. No autograd; huge logits must not overflow. Inputs are
+    not modified.
+    """
+    keep = target != ignore_index  # (N,)
+    n_classes = logits.shape[1]
+    counted_target = torch.where(keep, target, torch.zeros_like(target))  # a valid index on every row
+    q = (1 - label_smoothing) * F.one_hot(counted_target, n_classes).to(logits.dtype) + label_smoothing / n_classes
+    grad = (torch.softmax(logits, dim=1) - q) * keep[:, None]
+    return grad / keep.sum().clamp(min=1)
+
+
+def _ce_grad_cases():
+    g = torch.Generator().manual_seed(46)
+
+    def targets(n, v, ignored=slice(0, 0)):
+        y = torch.randint(0, v, (n,), generator=g)
+        y[ignored] = -100
+        return y
+
+    return [
+        Case("8 rows, vocabulary 5, none ignored", (torch.randn(8, 5, generator=g), targets(8, 5))),
+        Case("half of 8 rows ignored, smoothing 0.1",
+             (2 * torch.randn(8, 6, generator=g), targets(8, 6, slice(0, 8, 2)), 0.1)),
+        Case("one counted row among 10, smoothing 0.3",
+             (torch.randn(10, 7, generator=g), targets(10, 7, slice(1, 10)), 0.3)),
+        Case("ignore_index = 3, a class id (rows with target 3 are ignored)",
+             (torch.randn(5, 8, generator=g), torch.tensor([3, 0, 3, 7, 1]), 0.1, 3)),
+        Case("huge logits (~1e4)", (1e4 * torch.randn(4, 6, generator=g), targets(4, 6))),
+        Case("one row, vocabulary 1000, float64, smoothing 0.2",
+             (3 * torch.randn(1, 1000, generator=g, dtype=torch.float64), targets(1, 1000), 0.2)),
+        Case("every row ignored (torch: loss NaN, gradient zeros)",
+             (torch.randn(3, 4, generator=g), targets(3, 4, slice(0, 3)), 0.1)),
+    ]
+
+
+def _ce_grad_parts(logits, target, label_smoothing, ignore_index, v_minus_one=False):
+    """softmax(logits), the smoothed target q (over all V classes, or fairseq's V - 1) and the counted rows."""
+    keep = target != ignore_index
+    n_classes = logits.shape[1]
+    onehot = F.one_hot(torch.where(keep, target, torch.zeros_like(target)), n_classes).to(logits.dtype)
+    if v_minus_one:
+        q = (1 - label_smoothing) * onehot + label_smoothing / max(n_classes - 1, 1) * (1 - onehot)
+    else:
+        q = (1 - label_smoothing) * onehot + label_smoothing / n_classes
+    return torch.softmax(logits, dim=1), q, keep
+
+
+def _ce_grad_over_all_rows(logits, target, label_smoothing=0.0, ignore_index=-100):
+    p, q, keep = _ce_grad_parts(logits, target, label_smoothing, ignore_index)
+    return (p - q) * keep[:, None] / logits.shape[0]
+
+
+def _ce_grad_ignored_rows_kept(logits, target, label_smoothing=0.0, ignore_index=-100):
+    p, q, keep = _ce_grad_parts(logits, target, label_smoothing, ignore_index)
+    return (p - q) / keep.sum().clamp(min=1)
+
+
+def _ce_grad_no_smoothing(logits, target, label_smoothing=0.0, ignore_index=-100):
+    p, q, keep = _ce_grad_parts(logits, target, 0.0, ignore_index)
+    return (p - q) * keep[:, None] / keep.sum().clamp(min=1)
+
+
+def _ce_grad_v_minus_one(logits, target, label_smoothing=0.0, ignore_index=-100):
+    p, q, keep = _ce_grad_parts(logits, target, label_smoothing, ignore_index, v_minus_one=True)
+    return (p - q) * keep[:, None] / keep.sum().clamp(min=1)
+
+
+def _ce_grad_nan_when_all_ignored(logits, target, label_smoothing=0.0, ignore_index=-100):
+    p, q, keep = _ce_grad_parts(logits, target, label_smoothing, ignore_index)
+    return (p - q) * keep[:, None] / keep.sum()
+
+
+EX_4_6 = Exercise(
+    id="4.6", title="the cross-entropy gradient by hand", reference=cross_entropy_grad, cases=_ce_grad_cases,
+    hints=("Differentiate one row's loss, logsumexp(z) - sum_j q_j z_j: the first term gives softmax(z), the "
+           "second -q (q sums to 1, so the two together sum to 0).",
+           "The mean divides each counted row's gradient by n, the number of rows whose target is not "
+           "ignore_index; an ignored row adds nothing to the loss, so its gradient row is 0.",
+           "Build q without indexing by ignore_index (-100 is no class): replace ignored targets by 0 "
+           "(torch.where), build q, then zero those rows with the mask. With no counted row return zeros, as "
+           "torch does: divide by max(n, 1).",
+           "grad = (logits.softmax(dim=1) - q) * keep[:, None] / keep.sum().clamp(min=1), with "
+           "q = (1 - label_smoothing) * one_hot(target) + label_smoothing / V."),
+    mistakes=(
+        Mistake("mean over all rows", _ce_grad_over_all_rows,
+                "Divide by the number of counted rows, not by all N: F.cross_entropy's mean skips the ignored "
+                "rows."),
+        Mistake("ignored rows not zeroed", _ce_grad_ignored_rows_kept,
+                "A row whose target is ignore_index adds nothing to the loss, so its gradient row is 0: multiply "
+                "by the mask."),
+        Mistake("smoothing left out", _ce_grad_no_smoothing,
+                "label_smoothing changes the target, so it changes the gradient: softmax minus "
+                "q = (1 - eps) * onehot + eps / V."),
+        Mistake("eps / (V - 1) off the target", _ce_grad_v_minus_one,
+                "PyTorch spreads eps over all V classes, the target included: q = (1 - eps) * onehot + eps / V "
+                "(eps / (V - 1) on the others and 1 - eps on the target is fairseq's convention)."),
+        Mistake("NaN when every row is ignored", _ce_grad_nan_when_all_ignored,
+                "With no counted row torch's loss is 0 / 0 = NaN, but its gradient is all zeros: divide by "
+                "max(n, 1), or return zeros."),
+    ),
+)
+
+
+EXERCISES = [EX_4_1, EX_4_2, EX_4_3, EX_4_4, EX_4_5, EX_4_6]

@@ -199,6 +199,14 @@ def _accumulate_without_zeroing(model, micro_batches):
         (F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum") / total).backward()
 
 
+def _accumulate_zeroed_per_micro_batch(model, micro_batches):
+    total = sum(int((labels != -100).sum()) for _, labels in micro_batches)
+    for inputs, labels in micro_batches:
+        model.zero_grad(set_to_none=True)
+        logits, _ = model(inputs)
+        (F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum") / total).backward()
+
+
 ACCUMULATION_CONFIG = TransformerConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, d_model=16)
 
 
@@ -251,6 +259,9 @@ EX_5_3 = Exercise(
                 "Each backward adds to .grad: without dividing, the result is the sum of the micro-batch means."),
         Mistake("stale gradients kept", _accumulate_without_zeroing,
                 "Zero the gradients first (model.zero_grad()): .grad held values from an earlier step."),
+        Mistake("zeroed in the loop", _accumulate_zeroed_per_micro_batch,
+                "Zero the gradients once, before the loop: model.zero_grad() inside it wipes out what the earlier "
+                "micro-batches added, and only the last one's gradient is left."),
     ),
 )
 

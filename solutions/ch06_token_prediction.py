@@ -7,14 +7,21 @@ import torch
 from course_utils.harness.exercises import Case, Exercise, Mistake
 from course_utils.harness.launchers import launch_gumbel_kernel
 from course_utils.runtime import import_triton
-from course_utils.sampling import apply_repetition_penalty, beam_search, min_p_filter, top_k_filter, top_p_filter
+from course_utils.sampling import (
+    apply_repetition_penalty,
+    beam_search,
+    cached_forward,
+    min_p_filter,
+    top_k_filter,
+    top_p_filter,
+)
 
 triton, tl = import_triton()
 
 CHAPTER = "6. Token prediction (토큰 예측의 이해)"
 
 __all__ = ["top_k_filter", "top_p_filter", "min_p_filter", "apply_repetition_penalty", "beam_search",
-           "gumbel_max_kernel"]
+           "gumbel_max_kernel", "cached_forward"]
 
 NEG = float("-inf")
 
@@ -447,4 +454,138 @@ EX_6_6 = Exercise(
 )
 
 
-EXERCISES = [EX_6_1, EX_6_2, EX_6_3, EX_6_4, EX_6_5, EX_6_6]
+# ------------------------------------------------------------------------------ 6.7 key/value cache
+
+@torch.no_grad()
+def _cached_forward_variant(model, ids, cache, *, positions_from_zero=False, mask="causal", attend_cache=True):
+    """cached_forward with the bug each keyword names (the defaults give the right answer), for the mistakes below."""
+    from course_utils.rope import rope_rotate
+
+    B, T = ids.shape
+    L = cache[0][0].shape[2] if cache else 0
+    if L + T > model.config.block_size:
+        raise ValueError(f"{L + T} positions exceed the model's context {model.config.block_size}")
+    positions = torch.arange(0, T) if positions_from_zero else torch.arange(L, L + T)
+    x, new_cache = model.tok_emb(ids), []
+    for i, block in enumerate(model.blocks):
+        attn, C = block.attn, x.shape[-1]
+        q, k, v = attn.qkv(block.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))
+        q = rope_rotate(q, positions, model.rope_inv_freq) * model.rope_factor
+        k = rope_rotate(k, positions, model.rope_inv_freq) * model.rope_factor
+        k_all, v_all = (k, v) if not cache else (torch.cat([cache[i][0], k], 2), torch.cat([cache[i][1], v], 2))
+        new_cache.append((k_all, v_all))
+        if not attend_cache:
+            k_all, v_all = k, v
+        if mask == "is_causal":  # torch's triangle is aligned to the top left: query t sees keys 0..t
+            y = torch.nn.functional.scaled_dot_product_attention(q, k_all, v_all, is_causal=True)
+        elif mask == "none":
+            y = torch.nn.functional.scaled_dot_product_attention(q, k_all, v_all)
+        else:
+            seen = torch.arange(k_all.shape[2])[None, :] <= torch.arange(k_all.shape[2] - T, k_all.shape[2])[:, None]
+            y = torch.nn.functional.scaled_dot_product_attention(q, k_all, v_all, attn_mask=seen)
+        x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
+        x = x + block.mlp(block.ln2(x))
+    return model.lm_head(model.norm_f(x)), new_cache
+
+
+def _kv_positions_from_zero(model, ids, cache):
+    return _cached_forward_variant(model, ids, cache, positions_from_zero=True)
+
+
+def _kv_is_causal(model, ids, cache):
+    return _cached_forward_variant(model, ids, cache, mask="is_causal")
+
+
+def _kv_no_mask(model, ids, cache):
+    return _cached_forward_variant(model, ids, cache, mask="none")
+
+
+def _kv_new_keys_only(model, ids, cache):
+    return _cached_forward_variant(model, ids, cache, attend_cache=False)
+
+
+def _kv_model(seed, *, n_head, d_model, vocab_size=37, block_size=12, n_layer=2, scaling=None):
+    """A small rotary pre-LN model at fan-in init (logits of order 1), built without touching the global RNG."""
+    from course_utils.models import TinyTransformer, TransformerConfig
+
+    config = TransformerConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
+                               d_model=d_model, position="rope", init="fan_in")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = TinyTransformer(config).eval()
+    if scaling:
+        model.set_rope_scaling(*scaling)
+    return model
+
+
+def _kv_cases():
+    from course_utils import charlm
+
+    g = torch.Generator().manual_seed(67)
+    byte_model = charlm.load()
+    one_head = _kv_model(0, n_head=1, d_model=8)
+    four_heads = _kv_model(1, n_head=4, d_model=16)
+    yarn = _kv_model(2, n_head=2, d_model=16, scaling=("yarn", 2.0))  # YaRN: model.rope_factor != 1
+
+    def ids(model, b, t):
+        return torch.randint(0, model.config.vocab_size, (b, t), generator=g)
+
+    def read(model, b, t):  # a cache of t positions, as the answer builds it
+        return cached_forward(model, ids(model, b, t), [])[1]
+
+    return [
+        Case("the byte model, no cache yet: 2 prompts of 7 bytes", (byte_model, ids(byte_model, 2, 7), [])),
+        Case("the byte model, one new byte per row after 9 cached positions (batch 3)",
+             (byte_model, ids(byte_model, 3, 1), read(byte_model, 3, 9))),
+        Case("a chunk of 4 new tokens after 5 cached positions (1 head of size 8)",
+             (one_head, ids(one_head, 2, 4), read(one_head, 2, 5))),
+        Case("the context filled exactly: 11 cached + 1 new = block_size 12 (4 heads of size 4, batch 1)",
+             (four_heads, ids(four_heads, 1, 1), read(four_heads, 1, 11))),
+        Case("RoPE stretched by YaRN (model.rope_factor != 1): 3 new tokens after 6 cached",
+             (yarn, ids(yarn, 2, 3), read(yarn, 2, 6))),
+        Case("past the context: 12 cached + 1 new > block_size 12 (the contract says: ValueError)",
+             (four_heads, ids(four_heads, 1, 1), read(four_heads, 1, 12)), raises=ValueError),
+    ]
+
+
+EX_6_7 = Exercise(
+    id="6.7", title="key/value cache for incremental decoding", reference=cached_forward, cases=_kv_cases,
+    # Two right answers (torch's fused attention, or softmax(q k^T / sqrt(d)) v by hand) differ by up to ~1e-5 in the
+    # byte model's logits (of size ~10) after 4 blocks; every listed mistake is off by more than 0.1.
+    tolerances={torch.float32: (1e-4, 1e-4)},
+    output_names=("logits", "new_cache"),
+    hints=("Follow TinyTransformer.forward and CausalSelfAttention.forward (shown above) layer by layer: the same "
+           "modules in the same order. Only two things change: where the new tokens sit, and which keys they "
+           "attend to.",
+           "L = cache[0][0].shape[2] (0 for the empty cache []). The new tokens sit at positions L, ..., L + T - 1: "
+           "rotate q and k by torch.arange(L, L + T), then put k and v after the cached ones (torch.cat along dim "
+           "2). A cached key never needs rotating again: its angle depends on its own position only.",
+           "Query t of the chunk sits at position L + t and may see keys 0, ..., L + t: a boolean (T, L + T) mask, "
+           "True where allowed, passed as attn_mask. is_causal=True would align the triangle to the top left, as if "
+           "the chunk started the text; with no mask at all, a chunk of several tokens would see its own future.",
+           "Per block: q, k, v = attn.qkv(block.ln1(x)).split(C, 2), each viewed as (B, n_head, T, head_size); "
+           "rotate; k, v = torch.cat([cache[i][0], k], 2), torch.cat([cache[i][1], v], 2); "
+           "mask = torch.arange(L + T)[None, :] <= torch.arange(L, L + T)[:, None]; "
+           "y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask); "
+           "x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C)); x = x + block.mlp(block.ln2(x)). "
+           "Finally logits = model.lm_head(model.norm_f(x))."),
+    mistakes=(
+        Mistake("positions restart at 0", _kv_positions_from_zero,
+                "The new tokens are not at the start of the text: rotate their queries and keys by their own "
+                "positions L, ..., L + T - 1 (L = positions already cached), not by 0, ..., T - 1."),
+        Mistake("is_causal=True with a cache", _kv_is_causal,
+                "scaled_dot_product_attention(is_causal=True) aligns its triangle to the top left: with L cached "
+                "positions, the new token then sees only key 0. Build the (T, L + T) mask yourself: query t sees "
+                "keys 0, ..., L + t."),
+        Mistake("no causal mask", _kv_no_mask,
+                "With one new token, attending to every key is right; with a chunk of several (the prompt), each "
+                "token would see the ones after it. Mask key j for query t when j > L + t."),
+        Mistake("attends to the new keys only", _kv_new_keys_only,
+                "The cache is there to be read: attend to the cached keys and values followed by the new ones "
+                "(L + T of them), not to the new tokens alone."),
+    ),
+)
+
+
+EXERCISES = [EX_6_1, EX_6_2, EX_6_3, EX_6_4, EX_6_5, EX_6_6, EX_6_7]

@@ -1,10 +1,11 @@
-"""Notebook 07: long sequences. RoPE, its scalings and the partial-attention merge are building blocks:
-they live in course_utils (rope.py, attention.py) and are re-exported here."""
+"""Notebook 07: long sequences. RoPE, its scalings, the partial-attention merge and tiled attention are building
+blocks: they live in course_utils (rope.py, attention.py) and are re-exported here."""
+import functools
 import math
 
 import torch
 
-from course_utils.attention import merge_partial_attention
+from course_utils.attention import merge_partial_attention, tiled_attention
 from course_utils.harness.exercises import Case, Exercise, Mistake
 from course_utils.harness.launchers import launch_attention_kernel
 from course_utils.rope import llama3_scaled_inv_freq, ntk_scaled_inv_freq, rope_inv_freq, rope_rotate
@@ -15,7 +16,7 @@ triton, tl = import_triton()
 CHAPTER = "7. Long sequences (긴 시퀀스 학습)"
 
 __all__ = ["rope_rotate", "ntk_scaled_inv_freq", "llama3_scaled_inv_freq", "merge_partial_attention",
-           "attention_kernel"]
+           "attention_kernel", "tiled_attention"]
 
 
 # ------------------------------------------------------------------------------------- 7.1 RoPE
@@ -365,4 +366,87 @@ EX_7_5 = Exercise(
 )
 
 
-EXERCISES = [EX_7_1, EX_7_2, EX_7_3, EX_7_4, EX_7_5]
+# ------------------------------------------------------------ 7.6 tiled attention in PyTorch
+
+def _tiled_variant(q, k, v, block_q=16, block_k=16, causal=False, *, bug=""):
+    """tiled_attention with one realistic bug (``bug`` names it; "" is the correct loop), for the mistakes below."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    scale = 1.0 if bug == "unscaled" else 1.0 / math.sqrt(q.shape[-1])
+    out = torch.empty(q.shape, dtype=dtype)
+    for qs in range(0, q.shape[-2], block_q):
+        qt = q[..., qs:qs + block_q, :].to(dtype)
+        rows = torch.arange(qs, qs + qt.shape[-2])
+        m = torch.full(qt.shape[:-1], float("-inf"), dtype=dtype)
+        total = torch.zeros(qt.shape[:-1], dtype=dtype)
+        acc = torch.zeros(qt.shape, dtype=dtype)
+        for ks in range(0, k.shape[-2], block_k):
+            kt, vt = k[..., ks:ks + block_k, :].to(dtype), v[..., ks:ks + block_k, :].to(dtype)
+            s = (qt @ kt.transpose(-2, -1)) * scale
+            if causal and bug == "tile mask":  # the mask of a tile on the diagonal, wherever the tile lies
+                s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+            elif causal:
+                s = s.masked_fill(torch.arange(ks, ks + kt.shape[-2]) > rows[:, None], float("-inf"))
+            m_new = torch.maximum(m, s.amax(dim=-1))
+            p = torch.exp(s - m_new[..., None])
+            correction = torch.exp(m - m_new)
+            total = (total if bug == "sum not rescaled" else total * correction) + p.sum(dim=-1)
+            acc = (acc if bug == "output not rescaled" else acc * correction[..., None]) + p @ vt
+            m = m_new
+        out[..., qs:qs + block_q, :] = acc / total[..., None]
+    return out.to(q.dtype)
+
+
+def _tiled_cases():
+    g = torch.Generator().manual_seed(76)
+
+    def qkv(shape_q, n_k=None, scale=1.0, dtype=torch.float32):
+        *lead, n_q, d = shape_q
+        n_k = n_q if n_k is None else n_k
+        return (scale * torch.randn(*lead, n_q, d, generator=g, dtype=dtype),
+                torch.randn(*lead, n_k, d, generator=g, dtype=dtype),
+                torch.randn(*lead, n_k, d, generator=g, dtype=dtype))
+
+    return [
+        Case("(2 heads, 37 positions, D = 16), tiles of 16 x 16, the last ones partial", (*qkv((2, 37, 16)), 16, 16)),
+        Case("causal, (1, 2, 37, 16), tiles of 8 queries x 16 keys", (*qkv((1, 2, 37, 16)), 8, 16, True)),
+        Case("causal, 23 positions, D = 8, tiles of 16 queries x 5 keys", (*qkv((23, 8)), 16, 5, True)),
+        Case("5 queries, 50 keys, one query tile, key tiles of 7", (*qkv((5, 16), 50), 8, 7)),
+        Case("causal, scores in the hundreds (q x 30), tiles of 4 x 4", (*qkv((2, 30, 16), scale=30.0), 4, 4, True),
+             tolerances={torch.float32: (1e-4, 1e-4)}),  # scores of ~100 carry ~1e-5 rounding, exp amplifies it
+        Case("causal, one tile larger than the sequence (64 x 64), 10 positions", (*qkv((10, 16)), 64, 64, True)),
+        Case("causal, tiles of 1 x 1, 6 positions", (*qkv((6, 4)), 1, 1, True)),
+        Case("float64, tiles of 3 queries x 7 keys, 20 positions", (*qkv((20, 8), dtype=torch.float64), 3, 7)),
+    ]
+
+
+EX_7_6 = Exercise(
+    id="7.6", title="tiled attention with the online softmax", reference=tiled_attention, cases=_tiled_cases,
+    tolerances={torch.float32: (1e-5, 1e-5)},  # sums over the keys in another order than the reference
+    hints=("Take one query tile at a time. For it, keep per query row the running max m (start -inf), the running "
+           "sum l of exp(s - m) (start 0) and an unnormalised output acc (start 0): the online softmax of 1.3, with "
+           "the weighted sum of the values carried along.",
+           "For each key tile: scores s = q_tile @ k_tile^T / sqrt(D), shape (..., Bq, Bk); m_new = max(m, "
+           "s.amax(-1)); c = exp(m - m_new); l = l * c + exp(s - m_new).sum(-1); acc = acc * c + exp(s - m_new) @ "
+           "v_tile; m = m_new. After the last key tile the query tile's output is acc / l.",
+           "Causal: mask with the tiles' positions in the sequence, not inside the tile: key ks + j is in the future "
+           "of query qs + i when ks + j > qs + i (set those scores to -inf). Key tiles that start after the query "
+           "tile's last row can be skipped. Compute in torch.promote_types(q.dtype, torch.float32) and return in "
+           "q.dtype."),
+    mistakes=(
+        Mistake("causal mask in tile coordinates", functools.partial(_tiled_variant, bug="tile mask"),
+                "Mask with positions in the whole sequence: key ks + j is masked for query qs + i when "
+                "ks + j > qs + i. A triangle built inside every tile masks keys the query may see (tiles left of the "
+                "diagonal) and keeps future ones (tiles right of it)."),
+        Mistake("output not rescaled", functools.partial(_tiled_variant, bug="output not rescaled"),
+                "When a key tile raises a row's running max, everything accumulated so far was weighted by exp(s - "
+                "m_old): multiply acc by exp(m_old - m_new) before adding exp(s - m_new) @ v, as for the sum l."),
+        Mistake("sum not rescaled", functools.partial(_tiled_variant, bug="sum not rescaled"),
+                "The running sum l was accumulated under the old max too: l = l * exp(m_old - m_new) + the new tile's "
+                "sum."),
+        Mistake("no 1/sqrt(D)", functools.partial(_tiled_variant, bug="unscaled"),
+                "Scaled dot-product attention divides the scores by sqrt(D), D = q.shape[-1], before the softmax."),
+    ),
+)
+
+
+EXERCISES = [EX_7_1, EX_7_2, EX_7_3, EX_7_4, EX_7_5, EX_7_6]

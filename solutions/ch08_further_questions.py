@@ -1,17 +1,26 @@
 """Notebook 08: further questions and the capstone. The answers live in course_utils (training.py for the
 schedule, further.py, sampling.py) because the capstone and the widgets use them."""
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 
-from course_utils.further import grad_norm_spikes, remaining_after_decay
+from course_utils.further import (
+    CapstoneResult,
+    capstone_loop,
+    grad_norm_spikes,
+    reference_pieces,
+    remaining_after_decay,
+)
 from course_utils.harness.exercises import Case, Exercise, Mistake
 from course_utils.sampling import softmax_with_temperature
 from course_utils.training import warmup_cosine_lr
 
 CHAPTER = "8. Further questions (Further Questions)"
 
-__all__ = ["warmup_cosine_lr", "softmax_with_temperature", "grad_norm_spikes", "remaining_after_decay"]
+__all__ = ["warmup_cosine_lr", "softmax_with_temperature", "grad_norm_spikes", "remaining_after_decay",
+           "capstone_loop"]
 
 
 # ------------------------------------------------------------------------------ 8.1 schedule
@@ -69,6 +78,10 @@ def _decay_without_lr(lrs, weight_decay):
     return (1 - weight_decay) ** len(lrs)
 
 
+def _decay_exponential(lrs, weight_decay):
+    return math.exp(-weight_decay * sum(lrs))
+
+
 def _decay_cases():
     cosine = [warmup_cosine_lr(s, 3e-4, 100, 2000, 3e-5) for s in range(2000)]
     return [
@@ -83,6 +96,12 @@ def _decay_cases():
 EX_8_2 = Exercise(
     id="8.2", title="what decoupled decay leaves of an unused weight", reference=remaining_after_decay,
     cases=_decay_cases,
+    hints=("A weight with no gradient gets no Adam step (its m and v stay 0), so only the decay moves it. Write what "
+           "one AdamW step with learning rate lr does to such a weight w.",
+           "One step: w <- w * (1 - lr * weight_decay), with that step's own lr. After the run w_T = w_0 * the product "
+           "of those factors, so the fraction left, w_T / w_0, does not depend on w_0.",
+           "remaining = 1.0; for lr in lrs: remaining *= 1 - lr * weight_decay; return remaining (math.prod of the "
+           "factors does the same; an empty run leaves 1.0)."),
     mistakes=(
         Mistake("summed instead of multiplied", _decay_summed,
                 "Each step multiplies by (1 - lr * wd): take the product, not 1 - the sum."),
@@ -90,6 +109,9 @@ EX_8_2 = Exercise(
                 "Use each step's own learning rate: the schedule changes how much decay the run applies."),
         Mistake("decay without the lr", _decay_without_lr,
                 "PyTorch's AdamW multiplies by (1 - lr * weight_decay): the decay per step scales with the lr."),
+        Mistake("exponential approximation", _decay_exponential,
+                "exp(-weight_decay * sum(lrs)) only approximates the product (close while every lr * wd is small): "
+                "each step multiplies by exactly (1 - lr * weight_decay)."),
     ),
 )
 
@@ -245,4 +267,137 @@ EX_8_4 = Exercise(
 )
 
 
-EXERCISES = [EX_8_1, EX_8_2, EX_8_3, EX_8_4]
+# ------------------------------------------------------------------- 8.5 the capstone's training loop
+
+def _loop_with_bug(model, groups, pieces, next_batch, result, *, steps, micro_batches, max_lr, warmup_steps, min_lr,
+                   clip, evaluate=None, eval_every=0, on_step=None, bug=""):
+    """capstone_loop with one realistic bug (``bug`` names it; "" is the correct loop), for the mistakes below."""
+    params = [p for group in groups for p in group["params"]]
+    moments = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for p in params}
+    for step in range(steps):
+        if bug == "moments reset":
+            moments = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for p in params}
+        batches = [next_batch(step) for _ in range(micro_batches)]
+        pieces.accumulate(model, batches)
+
+        def mean_loss():
+            with torch.no_grad():
+                return sum(float(F.cross_entropy(model(inputs)[0].flatten(0, 1), targets.flatten()))
+                           for inputs, targets in batches) / len(batches)
+
+        loss = mean_loss()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        clipped, norm = pieces.clip(grads, clip if clip is not None else math.inf)
+        if not (math.isfinite(loss) and math.isfinite(float(norm))):
+            result.diverged = True
+            break
+        lr = pieces.schedule(step + 1 if bug == "schedule" else step, max_lr, warmup_steps, steps, min_lr)
+        new_grads = iter(clipped)
+        with torch.no_grad():
+            for group in groups:
+                for p in group["params"]:
+                    m, v = moments[id(p)]
+                    new_p, m, v = pieces.adamw(p.detach(), next(new_grads), m, v, step + 1, lr, 0.9, 0.95, 1e-8,
+                                               group["weight_decay"])
+                    p.copy_(new_p)
+                    moments[id(p)] = (m, v)
+        if bug == "loss after update":
+            loss = mean_loss()
+        if bug == "clipped norm":
+            norm = torch.sqrt(sum((g ** 2).sum() for g in clipped))
+        result.losses.append(loss)
+        result.grad_norms.append(float(norm))
+        result.lrs.append(lr)
+        if bug == "evaluation" and eval_every and step % eval_every == 0:
+            result.evals[step] = evaluate(model)
+        elif bug != "evaluation" and eval_every and (step + 1) % eval_every == 0:
+            result.evals[step + 1] = evaluate(model)
+        if on_step is not None:
+            on_step(step, result)
+
+
+@functools.lru_cache(maxsize=1)
+def _loop_text():
+    from course_utils import charlm
+
+    return charlm.split(charlm.encode(charlm.training_text()[:50_000]))
+
+
+def _run_loop(loop, steps, micro_batches, max_lr, warmup_steps, min_lr, clip, eval_every, seed=0):
+    """Run a training loop on a tiny byte model (2 blocks of width 16, 16-byte windows, micro-batches of 4, GPT-2
+    init, decay 0.1 on Linear weights) with the reference pieces; what it recorded, as named tensors."""
+    from course_utils import charlm
+    from course_utils.models import TinyTransformer, TransformerConfig
+
+    config = TransformerConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, d_model=16, norm="rmsnorm",
+                               mlp="swiglu", position="rope")
+    pieces = reference_pieces()
+    torch.manual_seed(seed)
+    model = TinyTransformer(config)
+    pieces.init(model, 0.02, True)
+    train, held_out = _loop_text()
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def next_batch(step):
+        x = charlm.batch(train, 4, gen, config.block_size)
+        return x[:, :-1], x[:, 1:]
+
+    calls, result = [], CapstoneResult(model=model)
+    loop(model, pieces.groups(model, 0.1), pieces, next_batch, result, steps=steps, micro_batches=micro_batches,
+         max_lr=max_lr, warmup_steps=warmup_steps, min_lr=min_lr, clip=clip,
+         evaluate=lambda m: charlm.evaluate(m, held_out, batches=1, size=4, length=config.block_size),
+         eval_every=eval_every, on_step=lambda s, r: calls.append((s, len(r.losses))))
+    return {"losses": torch.tensor(result.losses, dtype=torch.float64),
+            "gradient norms": torch.tensor(result.grad_norms, dtype=torch.float64),
+            "learning rates": torch.tensor(result.lrs, dtype=torch.float64),
+            "evaluated after steps": torch.tensor(list(result.evals), dtype=torch.int64),
+            "evaluations": torch.tensor(list(result.evals.values()), dtype=torch.float64),
+            "diverged": result.diverged, "on_step calls (step, steps recorded)": torch.tensor(calls).reshape(-1, 2)}
+
+
+def _loop_cases():
+    return [
+        Case("8 steps of 2 micro-batches, warmup 2, clip 1.0, evaluated every 3 steps", (8, 2, 1e-2, 2, 1e-3, 1.0, 3)),
+        Case("no clipping (clip=None), 1 micro-batch, no warmup, evaluated every 2 steps",
+             (6, 1, 3e-3, 0, 3e-4, None, 2)),
+        Case("clip 0.05: every step clipped; 3 micro-batches, seed 1, no evaluation",
+             (5, 3, 1e-2, 3, 0.0, 0.05, 0), {"seed": 1}),
+        Case("max_lr 1e4: the loss becomes NaN at step 2 and the run stops (diverged)", (8, 2, 1e4, 2, 1e3, 1.0, 3)),
+    ]
+
+
+EX_8_5 = Exercise(
+    id="8.5", title="the capstone's training loop", reference=capstone_loop, cases=_loop_cases, call=_run_loop,
+    tolerances={torch.float64: (1e-6, 1e-6)},  # the loss may be summed in another order; the training is the same
+    hints=("Before the loop: the parameters in the groups' order, and zero moments (torch.zeros_like(p), twice) per "
+           "parameter, kept across steps. In each step draw the micro-batches "
+           "with next_batch(step), hand them to pieces.accumulate, and measure their mean loss under torch.no_grad().",
+           "Then grads = [p.grad, or zeros where it is None]; clipped, norm = pieces.clip(grads, clip if clip is not "
+           "None else math.inf). If the loss or the norm is not finite, set result.diverged and break before updating. "
+           "lr = pieces.schedule(step, max_lr, warmup_steps, steps, min_lr): the step counts from 0 here.",
+           "Under torch.no_grad(), for each group and each p in it: new_p, m, v = pieces.adamw(p.detach(), g, m, v, "
+           "step + 1, lr, 0.9, 0.95, 1e-8, group['weight_decay']); p.copy_(new_p); keep m, v. Then append loss, "
+           "float(norm) and lr to result.losses, result.grad_norms and result.lrs; if eval_every and (step + 1) % "
+           "eval_every == 0: result.evals[step + 1] = evaluate(model); then on_step(step, result) if given."),
+    mistakes=(
+        Mistake("moments reset every step", functools.partial(_loop_with_bug, bug="moments reset"),
+                "Adam's m and v carry over from step to step: create them once, before the loop, and keep the ones "
+                "pieces.adamw returns. Started at zero every step, Adam's bias correction at step t > 1 divides "
+                "fresh moments by (1 - beta^t) < 1 and the steps come out wrong."),
+        Mistake("schedule one step ahead", functools.partial(_loop_with_bug, bug="schedule"),
+                "The schedule counts steps from 0 (8.1: step 0 trains at max_lr / warmup_steps): pass step, not "
+                "step + 1. Adam's step count is the one that starts at 1."),
+        Mistake("norm recorded after clipping", functools.partial(_loop_with_bug, bug="clipped norm"),
+                "Record the norm pieces.clip returns, measured before clipping: the norm of the clipped gradients is "
+                "never above the threshold, so a spike would not show in the log."),
+        Mistake("loss measured after the update", functools.partial(_loop_with_bug, bug="loss after update"),
+                "Measure the step's loss on its micro-batches before the AdamW update, as the gradient was: after it, "
+                "the loss already includes what the step learned from these very batches."),
+        Mistake("evaluated one step early", functools.partial(_loop_with_bug, bug="evaluation"),
+                "Evaluate after the update of every eval_every-th step, (step + 1) % eval_every == 0, and key it by "
+                "the number of steps done, step + 1: not at step 0, before any training."),
+    ),
+)
+
+
+EXERCISES = [EX_8_1, EX_8_2, EX_8_3, EX_8_4, EX_8_5]

@@ -1,15 +1,18 @@
 """The verdicts of notebook 03 (normalisation): BatchNorm's leak and batch dependence (and the per-time-step variant),
-whether centring matters (LayerNorm vs RMSNorm, with and without a shared offset in the stream, at 150 and 600 steps),
-where attention logits come from in a Pre-LN block and what QK-norm does in training over an init x learning-rate x
-seed grid (the QK-norm fact check), and where soft-capping's gradient ends. (The Triton "under the hood" claims are
+which norm is faster (interleaved timing), whether centring matters (LayerNorm vs RMSNorm, with and without a shared
+offset in the stream, at 150 and 600 steps, against the noise of a paired gap), LayerNorm's backward by hand against
+autograd (exercise 3.6) and its 1/std scaling, where attention logits come from in a Pre-LN block and what QK-norm
+does in training over an init x learning-rate x seed grid (the QK-norm fact check), and where soft-capping's gradient
+ends. (The Triton "under the hood" claims are
 test_chapter3_under_the_hood_claims in tests/test_notebook_claims.py.)
 
 Run with ``-o addopts=""`` (the slow marker is deselected by default)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from course_utils import normalization as norms
-from solutions.ch03_normalization import soft_cap
+from solutions.ch03_normalization import EX_3_6, layer_norm_backward, soft_cap
 
 
 def test_chapter3_batchnorm_leak_padding_and_batch_mates_taken_apart():
@@ -31,17 +34,29 @@ def test_chapter3_batchnorm_leak_padding_and_batch_mates_taken_apart():
             bad()
 
 
+def test_chapter3_rmsnorm_faster_from_scratch_and_slower_as_pytorch_ops():
+    """03, speed fact check and prediction 3.a: timed in interleaved pairs (norms.norm_time_ratios), the from-scratch
+    RMSNorm takes less than 0.85 of the from-scratch LayerNorm's time (measured 0.39 to 0.67 over 21 runs on a busy
+    2-core machine, 0.62 to 0.70 under ATEN_CPU_CAPABILITY=default) and PyTorch's CPU F.rms_norm more than 1.05 times
+    F.layer_norm's (measured 1.5 to 4.9; 1.14 to 1.27 without vector instructions, ATEN_CPU_CAPABILITY=default)."""
+    ratios = norms.norm_time_ratios(rows=4096, cols=1024, reps=60)
+    assert ratios["from scratch"] < 0.85 and ratios["PyTorch ops"] > 1.05, ratios
+
+
 @pytest.mark.slow
 @pytest.mark.rerun
-def test_chapter3_centring_matters_only_early_and_only_with_an_offset():
-    """03, "Does centring matter?" (4-block Pre-LN, fixed 0.02, AdamW 3e-3, seeds 0, 1, 2): recomputes the stored runs
-    and checks them (every loss within 0.02), then asserts seed by seed: LayerNorm and RMSNorm end within 0.01 of each
-    other at 150 and at 600 steps (stored: at most 0.002, seed spreads 0.023 and 0.027), and both learn (between the
-    entropy rate 2.485 and 3.0, uniform guessing being 3.47). The test can fail: with an offset of 1.0 RMSNorm is at
-    least 0.03 behind LayerNorm at 150 steps on every seed (stored 0.069 to 0.128) and the smallest gap exceeds
-    LayerNorm's seed spread; by 600 steps every gap is below 0.03 (stored 0.003 to 0.018) and the mean gap is below
-    LayerNorm's seed spread (stored 0.010 against 0.027). The trained embeddings still write the offset (mean feature
-    above 0.9, stored 0.99 to 1.00). LayerNorm's logits do not change with either offset at init."""
+def test_chapter3_centring_matters_only_with_an_offset_and_most_early():
+    """03, "Does centring matter?" and prediction 3.b (4-block Pre-LN, fixed 0.02, AdamW 3e-3, seeds 0, 1, 2):
+    recomputes the stored runs and checks them (every loss within 0.02), then asserts seed by seed, with a gap
+    measured per seed (the runs of a seed share init draws and batches): LayerNorm and RMSNorm end within 0.003 of each
+    other at 150 and at 600 steps (stored: at most 0.002), and both learn (between the entropy rate 2.485 and 3.0,
+    uniform guessing being 3.47). The controls (plain RMSNorm, offset 0.03) straddle 0 at 600 steps (stored -0.005 to
+    +0.004); their largest |gap| there is the noise of a gap (stored 0.0048). The test can fail: with an offset of 1.0
+    RMSNorm is at least 0.03 behind LayerNorm at 150 steps on every seed (stored 0.069 to 0.128); by 600 steps every gap
+    is below 0.03 and still positive (stored +0.018, +0.003, +0.010; seed 1's is +0.002 under
+    ATEN_CPU_CAPABILITY=default) and the mean gap exceeds 1.5 times the noise (stored 0.0107 against 0.0048, 2.2
+    times). The trained embeddings still write the offset (mean feature above 0.9, stored 0.99 to 1.00). LayerNorm's
+    logits do not change with either offset at init."""
     for offset in (0.03, 1.0):
         change = norms.offset_invariance(offset=offset)
         assert change["layernorm"] < 1e-4 and change["rmsnorm"] > 0.1, change
@@ -51,17 +66,49 @@ def test_chapter3_centring_matters_only_early_and_only_with_an_offset():
         for step, values in per_step.items():
             assert all(abs(a - b) < 0.02 for a, b in zip(fresh["loss"][label][step], values)), (label, step)
     loss = fresh["loss"]
+
+    def gaps(label, step):
+        return [v - a for v, a in zip(loss[label][step], loss["layernorm"][step])]
+
     for step in ("150", "600"):
-        layernorm, rmsnorm, offset = loss["layernorm"][step], loss["rmsnorm"][step], loss["rmsnorm, offset 1"][step]
-        spread = max(layernorm) - min(layernorm)
-        gaps = [o - a for o, a in zip(offset, layernorm)]
+        layernorm, rmsnorm = loss["layernorm"][step], loss["rmsnorm"][step]
         for a, r in zip(layernorm, rmsnorm):
-            assert abs(a - r) < 0.01 and 2.485 < min(a, r) and max(a, r) < 3.0, (step, layernorm, rmsnorm)
-        if step == "150":
-            assert min(gaps) > 0.03 and min(gaps) > spread, (gaps, spread)
-        else:
-            assert max(gaps) < 0.03 and sum(gaps) / len(gaps) < spread, (gaps, spread)
+            assert abs(a - r) < 0.003 and 2.485 < min(a, r) and max(a, r) < 3.0, (step, layernorm, rmsnorm)
+    controls = {label: gaps(label, "600") for label in ("rmsnorm", "rmsnorm, offset 0.03")}
+    assert all(min(g) < 0 < max(g) for g in controls.values()), controls
+    noise = max(abs(g) for values in controls.values() for g in values)
+    early, late = gaps("rmsnorm, offset 1", "150"), gaps("rmsnorm, offset 1", "600")
+    assert min(early) > 0.03, early
+    assert 0 < min(late) and max(late) < 0.03 and sum(late) / len(late) > 1.5 * noise, (late, noise)
     assert all(m > 0.9 for m in fresh["stream_mean"]["rmsnorm, offset 1"]), fresh["stream_mean"]
+
+
+def _ln_autograd(x, gamma, dy, eps):
+    """(dx, dgamma, dbeta) of F.layer_norm by autograd (beta's value does not matter: zeros)."""
+    leaves = [t.clone().requires_grad_() for t in (x, gamma, torch.zeros_like(gamma))]
+    return torch.autograd.grad(F.layer_norm(leaves[0], x.shape[-1:], leaves[1], leaves[2], eps), leaves, dy)
+
+
+def test_chapter3_layer_norm_backward_by_hand_is_autograds():
+    """Exercise 3.6 against an independent reference: on every case of the exercise (in float64, so that only the
+    formula can differ), the reference's (dx, dgamma, dbeta) equal autograd's through F.layer_norm within 1e-9."""
+    for case in EX_3_6.cases():
+        x, gamma, dy = (t.double() for t in case.args)
+        eps = case.kwargs.get("eps", 1e-5)
+        for name, mine, theirs in zip(("dx", "dgamma", "dbeta"), layer_norm_backward(x, gamma, dy, eps),
+                                      _ln_autograd(x, gamma, dy, eps)):
+            torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-9, msg=f"{case.name}: {name}")
+
+
+def test_chapter3_layer_norm_divides_the_gradient_by_the_std():
+    """Prediction 3.c and the prose after it: x times 10 (gamma, dy kept) divides dx by 10 and leaves dgamma and dbeta
+    (the notebook prints 0.1000, 1.0000, 1.0000); here within 1e-4, by autograd of F.layer_norm."""
+    torch.manual_seed(0)
+    x, gamma, dy = (3 * torch.randn(2, 7, 50, dtype=torch.float64) + 1, torch.randn(50, dtype=torch.float64),
+                    torch.randn(2, 7, 50, dtype=torch.float64))
+    ratios = [float(s.norm() / m.norm()) for s, m in zip(_ln_autograd(10 * x, gamma, dy, 1e-5),
+                                                           _ln_autograd(x, gamma, dy, 1e-5))]
+    assert all(abs(r - e) < 1e-4 for r, e in zip(ratios, (0.1, 1.0, 1.0))), ratios
 
 
 def _rows():
@@ -70,12 +117,16 @@ def _rows():
 
 
 def test_chapter3_stream_growth_does_not_reach_pre_ln_attention_logits():
-    """03, QK-norm fact check, row 1: in a Pre-LN block the stream x50 changes no head's logits (within 1e-3
-    relative; only LayerNorm's eps sees the scale)."""
+    """03, QK-norm fact check, row 1 (a deduction the rows illustrate): in a Pre-LN block the stream x50 changes no
+    head's logits (within 1e-3 relative; only LayerNorm's eps sees the scale), and LN(50 x) = LN(x) within 1e-4 with
+    a random gain and bias too (the notebook's last line of that cell)."""
     rows = _rows()
     for s in (1, 4, 16):
         for a, b in zip(rows[(1, s)]["max_logit"], rows[(50, s)]["max_logit"]):
             assert abs(a - b) <= 1e-3 * a, (s, a, b)
+    torch.manual_seed(0)
+    stream, gain, bias = torch.randn(4, 16, 64), torch.randn(64), torch.randn(64)
+    assert (F.layer_norm(50 * stream, (64,), gain, bias) - F.layer_norm(stream, (64,), gain, bias)).abs().max() < 1e-4
 
 
 def test_chapter3_weight_growth_collapses_attention_and_qk_norm_undoes_it():
@@ -120,21 +171,26 @@ def test_chapter3_course_norm_kernels_already_use_16_warps_on_long_rows():
 @pytest.mark.rerun
 def test_chapter3_qk_norm_prevents_attention_entropy_collapse_on_the_grid():
     """03, QK-norm in training (2 inits x lr 3e-3, 3e-2, 1e-1 x seeds 0, 1, 2): recomputes the stored grid and checks
-    it (entropy within 0.02, loss within 0.02, the logits within 25%: 150 AdamW steps amplify another arithmetic
-    order), then asserts seed by seed: at 3e-3 no run has a head below 0.5 of its maximum entropy (stored: 0.69 and
-    up); at 3e-2 and 1e-1 every plain run has a head below 0.03 (stored: 0.013 at most) and logits above 100, every
-    QK-norm run keeps every head above 0.05 (stored: 0.09 and up) with logits below 50, and ends with a lower loss;
-    its logits reach more than half the bound its learned gains allow (stored 0.70 to 0.88), its largest gain rose by
-    less than one learning rate a step (stored: at most 0.23), and block 0's heads stay sharply peaked (below 0.5,
-    stored 0.09 to 0.39). At 3e-3 from fixed 0.02, QK-norm lowers the smallest head's entropy by more than 0.1 (stored
-    0.69 against 0.90 to 0.95). The stored gains must agree within 0.25."""
+    it. At 3e-3 every run must match (loss and entropy within 0.02, logits within 25%). At 3e-2 and 1e-1 the runs are
+    chaotic, and another arithmetic order (ATEN_CPU_CAPABILITY=default) moves them by up to 0.082 in loss, 0.051 in
+    entropy and a factor 0.62 to 1.18 in the largest logit (measured), so there they must agree within 0.15, 0.1 and a
+    factor 2. Then it asserts, on the fresh runs, seed by seed: at 3e-3 no run has a head below 0.5 of its maximum
+    entropy (stored: 0.69 and up); at 3e-2 and 1e-1 every plain run has a head below 0.03 (stored: 0.013 at most) and
+    logits above 100, every QK-norm run keeps every head above 0.05 (stored: 0.09 and up) with logits below 50, and
+    ends with a lower loss; its logits reach more than half the bound its learned gains allow (stored 0.70 to 0.88),
+    its largest gain rose by less than one learning rate a step (stored: at most 0.23), and block 0's heads stay
+    sharply peaked (below 0.5, stored 0.09 to 0.39). At 3e-3 from fixed 0.02, QK-norm lowers the smallest head's
+    entropy by more than 0.1 (stored 0.69 against 0.90 to 0.95). The stored gains must agree within 0.25 (0.5 at the
+    chaotic rates)."""
     fresh, stored = norms.qk_norm_training(progress=False), norms.load_qk_norm_training()
     assert len(fresh) == len(stored) == 36
     for a, b in zip(fresh, stored):
         assert (a["init"], a["lr"], a["qk_norm"], a["seed"]) == (b["init"], b["lr"], b["qk_norm"], b["seed"])
-        assert abs(a["loss"] - b["loss"]) < 0.02 and abs(min(a["head_entropy"]) - min(b["head_entropy"])) < 0.02, (a, b)
-        assert abs(a["max_logit"] / b["max_logit"] - 1) < 0.25, (a, b)
-        assert abs(a.get("max_gain", 0) - b.get("max_gain", 0)) < 0.25, (a, b)
+        loss, entropy, logit, gain = (0.02, 0.02, 1.25, 0.25) if a["lr"] == 3e-3 else (0.15, 0.1, 2.0, 0.5)
+        assert abs(a["loss"] - b["loss"]) < loss, (a, b)
+        assert abs(min(a["head_entropy"]) - min(b["head_entropy"])) < entropy, (a, b)
+        assert 1 / logit < a["max_logit"] / b["max_logit"] < logit, (a, b)
+        assert abs(a.get("max_gain", 0) - b.get("max_gain", 0)) < gain, (a, b)
     runs = {(r["init"], r["lr"], r["qk_norm"], r["seed"]): r for r in fresh}
     for init in norms.QK_INITS:
         for seed in (0, 1, 2):

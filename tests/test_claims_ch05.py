@@ -19,20 +19,30 @@ def _mean(values):
 
 
 @pytest.fixture(scope="module")
-def fresh_grid():
-    return optim.adafactor_grid(recompute=True)
+def fresh_curves():
+    return optim.adafactor_grid(recompute=True, curves=True)
+
+
+@pytest.fixture(scope="module")
+def fresh_grid(fresh_curves):
+    return optim.grid_finals(fresh_curves)
 
 
 @pytest.mark.slow
 @pytest.mark.rerun
-def test_chapter5_stored_adafactor_grid_matches_a_rerun(fresh_grid):
-    """The notebook prints the stored grid: every stored run is within 0.02 of a fresh one (training outcomes move in
-    their last digits with the CPU's arithmetic order; the verdicts below rest on gaps of 0.012 or more per seed)."""
+def test_chapter5_stored_adafactor_grid_matches_a_rerun(fresh_grid, fresh_curves):
+    """The notebook prints the stored grid and its per-step curves: every stored run's final loss is within 0.02 of a
+    fresh one (training outcomes move in their last digits with the CPU's arithmetic order; the verdicts below rest
+    on gaps of 0.012 or more per seed), and every stored curve has the fresh run's length and its rise (the largest
+    climb above the first step's loss) within 0.1."""
     stored = optim.adafactor_grid()
     assert stored.keys() == fresh_grid.keys()
     for key, values in stored.items():
         for a, b in zip(values, fresh_grid[key]):
             assert abs(a - b) < 0.02, (key, values, fresh_grid[key])
+    for key, runs in optim.adafactor_grid(curves=True).items():
+        for a, b in zip(runs, fresh_curves[key]):
+            assert len(a) == len(b) and abs(optim.loss_rise(a) - optim.loss_rise(b)) < 0.1, key
 
 
 def _best(grid, optimizer, init):
@@ -103,13 +113,42 @@ def test_chapter5_warmup_at_equal_multiples_of_each_optimizers_best_rate(fresh_g
 
 @pytest.mark.slow
 @pytest.mark.rerun
-def test_chapter5_adafactor_is_not_unstable_on_the_grid(fresh_grid):
-    """Row "can be unstable": no run of the grid diverged, and Adafactor's seeds lie within 0.12 of each other in
-    every cell (stored: at most 0.083; AdamW's at most 0.154)."""
-    for key, values in fresh_grid.items():
-        assert all(math.isfinite(v) for v in values), key
-        if key[0] == "adafactor":
-            assert max(values) - min(values) < 0.12, (key, values)
+def test_chapter5_adafactor_is_not_less_stable_than_adamw_on_the_grid(fresh_grid, fresh_curves):
+    """Row "can be unstable", read from the per-step loss. No run of the grid stops on a non-finite loss. Without
+    warmup, AdamW 10x past its best rate spikes (its loss climbs more than 0.2 above its first step's) on every seed
+    of both inits (stored +0.26 to +1.57), while Adafactor at every capped rate (lr <= 0.3) climbs by less than 0.15,
+    with or without warmup (stored at most +0.12; batch noise reaches about 0.12). Adafactor spikes only at lr 1, no
+    cap (stored at most +0.39 and +1.60), and a 30-step warmup removes those spikes (stored at most -0.03)."""
+    assert all(len(c) == G["steps"] for runs in fresh_curves.values() for c in runs)
+    for init in G["inits"]:
+        adamw = fresh_curves[("adamw", init, _above_best(fresh_grid, "adamw", init, 2), 0)]
+        assert min(map(optim.loss_rise, adamw)) > 0.2, init
+        for lr in (lr for lr in G["lrs"]["adafactor"] if lr <= 0.3):
+            for warmup in G["warmups"]:
+                assert max(map(optim.loss_rise, fresh_curves[("adafactor", init, lr, warmup)])) < 0.15, (init, lr)
+        assert max(map(optim.loss_rise, fresh_curves[("adafactor", init, 1.0, 0)])) > 0.2, init
+        assert max(map(optim.loss_rise, fresh_curves[("adafactor", init, 1.0, 30)])) < 0.15, init
+
+
+def test_chapter5_adafactor_lr_caps_the_relative_step_only_while_below_one_over_sqrt_t():
+    """5.7 fact check: rho_t = min(lr, 1/sqrt(t)) takes the rate's value (lr < 1/sqrt(t)) on the first 99 of 120
+    steps at lr 0.1, 11 at 0.3 and none at 1, and every lr >= 1 gives the same relative steps."""
+    def binding(lr):
+        return sum(lr < 1 / math.sqrt(t) for t in range(1, G["steps"] + 1))
+
+    assert [binding(lr) for lr in (0.1, 0.3, 1.0)] == [99, 11, 0]
+    assert all(min(1.0, 1 / math.sqrt(t)) == min(3.0, 1 / math.sqrt(t)) for t in range(1, G["steps"] + 1))
+
+
+def test_chapter5_a_late_gradient_jump_steps_further_with_beta2_0999():
+    """Why beta2 = 0.95: a 10x jump late in a run (step 5000) makes Adam's step peak at 5.19 lr with beta2 0.999 and
+    stay at 2.29 lr 200 steps later; with 0.95 it never passes 1.11 lr and is back within 1% at +100. At step 200 the
+    peak is 2.79 lr: the bias correction makes the early demo understate the late effect. Arithmetic, no seeds."""
+    late, short = optim.jump_response(0.999, 5000), optim.jump_response(0.95, 5000)
+    early = optim.jump_response(0.999, 200)
+    assert abs(max(late) - 5.19) < 0.01 and abs(late[199] - 2.29) < 0.01, (max(late), late[199])
+    assert max(short) < 1.12 and abs(short[99] - 1.0) < 0.01
+    assert abs(max(early) - 2.79) < 0.01 and max(late) > 1.5 * max(early)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
