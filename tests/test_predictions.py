@@ -94,3 +94,5 @@ def test_each_question_is_asked_then_revealed_in_its_own_chapter():
             assert len(asked) == 1 and len(shown) == 1 and asked[0] < shown[0], qid
             used[qid] = chapter.number
     assert set(used) == set(questions()), "every question is asked somewhere, and only defined ones are"
+    for chapter in CHAPTERS[1:]:  # chapter 0 is the start-here page: no experiment to predict
+        assert list(used.values()).count(chapter.number) >= 2, f"chapter {chapter.number}: at least two predictions"
