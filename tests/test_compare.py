@@ -170,3 +170,13 @@ def test_integer_outputs_a_shift_and_one_value_for_another():
 def test_a_short_list_of_numbers_is_shown_whole():
     assert describe_mismatch([4], [3, 4]) == "expected 1 values [4], got 2 [3, 4]"
     assert describe_mismatch([1.0, 2.0], [1.0, 2.0]) is None
+
+
+def test_a_shape_mismatch_against_a_vector_is_described_not_raised():
+    import torch
+
+    from course_utils.harness.compare import describe_mismatch
+
+    message = describe_mismatch(torch.zeros(7), torch.zeros(5, 7))
+    assert message == "expected shape (7,), got (5, 7)"
+    assert describe_mismatch(torch.tensor(1.0), torch.zeros(2, 2)) == "expected shape (), got (2, 2)"

@@ -32,7 +32,7 @@ def describe_mismatch(expected: Any, got: Any, tolerances: dict | None = None, w
             return f"{what}expected a torch.Tensor, got {type(got).__name__}" + (
                 " (did you forget to `return` it?)" if got is None else "")
         if got.shape != expected.shape:
-            swapped = got.dim() >= 2 and got.shape == expected.transpose(-1, -2).shape
+            swapped = expected.dim() >= 2 and got.dim() >= 2 and got.shape == expected.transpose(-1, -2).shape
             return (f"{what}expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
                     + (" (the last two dimensions swapped: a transpose?)" if swapped else ""))
         if got.dtype != expected.dtype:

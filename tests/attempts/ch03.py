@@ -1,4 +1,4 @@
-"""Attempts at chapter 3: LayerNorm, RMSNorm, the RMSNorm kernel, QK-norm, soft-capping."""
+"""Attempts at chapter 3: LayerNorm, RMSNorm, the RMSNorm kernel, QK-norm, soft-capping, LayerNorm's backward."""
 import math
 
 import torch
@@ -140,6 +140,57 @@ def soft_cap_tanh_method(logits, cap):
     return (logits / cap).tanh() * cap
 
 
+# ------------------------------------------------------------------------------------------------ 3.6
+
+def lnb_unbiased_variance(x, gamma, dy, eps=1e-5):
+    """Slip: Bessel's correction, the variance divided by N - 1; LayerNorm's is biased (divided by N)."""
+    n = x.shape[-1]
+    mean = x.mean(dim=-1, keepdim=True)
+    rstd = torch.rsqrt(((x - mean) ** 2).sum(dim=-1, keepdim=True) / (n - 1) + eps)
+    x_hat = (x - mean) * rstd
+    g = dy * gamma
+    dx = rstd * (g - g.mean(dim=-1, keepdim=True) - x_hat * (g * x_hat).mean(dim=-1, keepdim=True))
+    return dx, (dy * x_hat).reshape(-1, n).sum(dim=0), dy.reshape(-1, n).sum(dim=0)
+
+
+def lnb_dbeta_from_g(x, gamma, dy, eps=1e-5):
+    """Slip: dgamma and dbeta summed from g = dy * gamma, the gradient reaching x_hat, instead of from dy."""
+    n = x.shape[-1]
+    mean = x.mean(dim=-1, keepdim=True)
+    rstd = torch.rsqrt(((x - mean) ** 2).mean(dim=-1, keepdim=True) + eps)
+    x_hat = (x - mean) * rstd
+    g = dy * gamma
+    dx = rstd * (g - g.mean(dim=-1, keepdim=True) - x_hat * (g * x_hat).mean(dim=-1, keepdim=True))
+    return dx, (g * x_hat).reshape(-1, n).sum(dim=0), g.reshape(-1, n).sum(dim=0)
+
+
+def lnb_sums_not_means(x, gamma, dy, eps=1e-5):
+    """Slip: the Jacobian's 11^T / N and x_hat x_hat^T / N applied without the 1 / N (sums instead of means)."""
+    n = x.shape[-1]
+    mean = x.mean(dim=-1, keepdim=True)
+    rstd = torch.rsqrt(((x - mean) ** 2).mean(dim=-1, keepdim=True) + eps)
+    x_hat = (x - mean) * rstd
+    g = dy * gamma
+    dx = rstd * (g - g.sum(dim=-1, keepdim=True) - x_hat * (g * x_hat).sum(dim=-1, keepdim=True))
+    return dx, (dy * x_hat).reshape(-1, n).sum(dim=0), dy.reshape(-1, n).sum(dim=0)
+
+
+def lnb_staged_chain_rule(x, gamma, dy, eps=1e-5):
+    """Correct: the staged chain rule through var and mean (dvar, then dmean), as in cs231n."""
+    n = x.shape[-1]
+    mu = x.mean(dim=-1, keepdim=True)
+    xc = x - mu
+    var = (xc * xc).mean(dim=-1, keepdim=True)
+    inv = 1.0 / torch.sqrt(var + eps)
+    x_hat = xc * inv
+    dx_hat = dy * gamma
+    dvar = (dx_hat * xc).sum(dim=-1, keepdim=True) * -0.5 * inv ** 3
+    dmu = -(dx_hat * inv).sum(dim=-1, keepdim=True) - 2.0 * dvar * xc.mean(dim=-1, keepdim=True)
+    dx = dx_hat * inv + dvar * 2.0 * xc / n + dmu / n
+    flat = dy.reshape(-1, n)
+    return dx, (flat * x_hat.reshape(-1, n)).sum(dim=0), flat.sum(dim=0)
+
+
 ATTEMPTS = [
     ("3.1", layer_norm_no_affine, "weight and bias not applied", ("* weight + bias",)),
     ("3.1", layer_norm_no_keepdim, "mean without keepdim", ("`var = ((x - mean) ** 2).mean(dim=-1)`",)),
@@ -164,4 +215,9 @@ ATTEMPTS = [
     ("3.5", soft_cap_sigmoid, "2 sigmoid - 1 instead of tanh", ()),
     ("3.5", soft_cap_in_place, "logits modified in place", ("modified its input `logits`",)),
     ("3.5", soft_cap_tanh_method, None, ()),
+    ("3.6", lnb_unbiased_variance, "unbiased variance", ()),
+    ("3.6", lnb_dbeta_from_g, "dgamma and dbeta from dy * gamma",
+     ("dgamma: 16 of 16", "Also wrong: dbeta. Right: dx.")),
+    ("3.6", lnb_sums_not_means, "sums instead of means in dx", ()),
+    ("3.6", lnb_staged_chain_rule, None, ()),
 ]

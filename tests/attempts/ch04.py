@@ -1,4 +1,5 @@
-"""Attempts at chapter 4: cross-entropy, label smoothing, loss masks, the masked mean, the loss kernel."""
+"""Attempts at chapter 4: cross-entropy, label smoothing, loss masks, the masked mean, the loss kernel, the
+loss's gradient."""
 import torch
 import torch.nn.functional as F
 
@@ -130,6 +131,49 @@ def ce_kernel_n_vocab_as_stride(logits_ptr, target_ptr, loss_ptr, row_stride, n_
         tl.store(loss_ptr + row, lse - z_target)
 
 
+# ------------------------------------------------------------------------------------------------ 4.6
+
+def ce_grad_target_minus_softmax(logits, target, label_smoothing=0.0, ignore_index=-100):
+    """Slip: q - softmax, the sign of the gradient flipped (the direction of descent, not of the gradient)."""
+    keep = target != ignore_index
+    n_classes = logits.shape[1]
+    safe = torch.where(keep, target, torch.zeros_like(target))
+    q = (1 - label_smoothing) * F.one_hot(safe, n_classes).to(logits.dtype) + label_smoothing / n_classes
+    return (q - torch.softmax(logits, dim=1)) * keep[:, None] / keep.sum().clamp(min=1)
+
+
+def ce_grad_one_hot_of_raw_target(logits, target, label_smoothing=0.0, ignore_index=-100):
+    """Slip: F.one_hot of the raw targets, -100 included, before masking the ignored rows."""
+    keep = target != ignore_index
+    n_classes = logits.shape[1]
+    q = (1 - label_smoothing) * F.one_hot(target, n_classes).to(logits.dtype) + label_smoothing / n_classes
+    return (torch.softmax(logits, dim=1) - q) * keep[:, None] / keep.sum().clamp(min=1)
+
+
+def ce_grad_exp_unshifted(logits, target, label_smoothing=0.0, ignore_index=-100):
+    """Slip: the softmax as exp(z) / sum(exp(z)) without subtracting the row max, which overflows."""
+    keep = target != ignore_index
+    n_classes = logits.shape[1]
+    safe = torch.where(keep, target, torch.zeros_like(target))
+    q = (1 - label_smoothing) * F.one_hot(safe, n_classes).to(logits.dtype) + label_smoothing / n_classes
+    e = logits.exp()
+    return (e / e.sum(dim=1, keepdim=True) - q) * keep[:, None] / keep.sum().clamp(min=1)
+
+
+def ce_grad_scatter_on_counted_rows(logits, target, label_smoothing=0.0, ignore_index=-100):
+    """Correct: the counted rows only, exp(z - logsumexp(z)) minus the smoothed target put in with scatter_add_."""
+    grad = torch.zeros_like(logits)
+    keep = target != ignore_index
+    n = int(keep.sum())
+    if n == 0:
+        return grad
+    z, t = logits[keep], target[keep]
+    p = (z - torch.logsumexp(z, dim=1, keepdim=True)).exp() - label_smoothing / z.shape[1]
+    p.scatter_add_(1, t[:, None], torch.full((n, 1), -(1 - label_smoothing), dtype=z.dtype))
+    grad[keep] = p / n
+    return grad
+
+
 ATTEMPTS = [
     ("4.1", ce_index_with_target_only, "logits[:, target] instead of one entry per row", ("logits[:, target] takes",)),
     ("4.1", ce_log_softmax_over_rows, "log_softmax over the batch", ()),
@@ -147,4 +191,9 @@ ATTEMPTS = [
     ("4.4", masked_mean_boolean_index, None, ()),
     ("4.5", ce_kernel_max_not_added_back, "max not added back", ()),
     ("4.5", ce_kernel_n_vocab_as_stride, "n_vocab used as the row stride", ("not from the number of columns",)),
+    ("4.6", ce_grad_target_minus_softmax, "q - softmax: sign flipped", ("the answer with its sign flipped",)),
+    ("4.6", ce_grad_one_hot_of_raw_target, "one_hot of -100",
+     ("Class values must be non-negative", "F.one_hot(target, n_classes)")),
+    ("4.6", ce_grad_exp_unshifted, "softmax without the max shift", ("case 'huge logits (~1e4)': NaN",)),
+    ("4.6", ce_grad_scatter_on_counted_rows, None, ()),
 ]

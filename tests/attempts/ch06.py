@@ -1,4 +1,5 @@
-"""Attempts at chapter 6: top-k, top-p, min-p, the repetition penalty, beam search, the Gumbel-max kernel."""
+"""Attempts at chapter 6: top-k, top-p, min-p, the repetition penalty, beam search, the Gumbel-max kernel,
+the KV cache."""
 import math
 
 import torch
@@ -180,6 +181,104 @@ def gumbel_divides_by_inv_temperature(logits_ptr, out_ptr, row_stride, n_cols, i
     tl.store(out_ptr + row, tl.argmax(score, axis=0))
 
 
+# ------------------------------------------------------------------------------------------------ 6.7
+
+def _kv_block_qkv(model, block, x, positions):
+    """One block's rotated q, k and its v, each (B, n_head, T, head_size), as the model's forward makes them."""
+    from course_utils.rope import rope_rotate
+
+    B, T, C = x.shape
+    attn = block.attn
+    q, k, v = attn.qkv(block.ln1(x)).split(C, dim=2)
+    q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))
+    q = rope_rotate(q, positions, model.rope_inv_freq) * model.rope_factor
+    k = rope_rotate(k, positions, model.rope_inv_freq) * model.rope_factor
+    return q, k, v
+
+
+@torch.no_grad()
+def kv_no_context_check(model, ids, cache):
+    """Slip: never checks L + T against model.config.block_size, so it reads past the context without complaint."""
+    B, T = ids.shape
+    L = cache[0][0].shape[2] if cache else 0
+    positions = torch.arange(L, L + T)
+    mask = torch.arange(L + T)[None, :] <= positions[:, None]
+    x, new_cache = model.tok_emb(ids), []
+    for i, block in enumerate(model.blocks):
+        q, k, v = _kv_block_qkv(model, block, x, positions)
+        if cache:
+            k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
+        new_cache.append((k, v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, -1))
+        x = x + block.mlp(block.ln2(x))
+    return model.lm_head(model.norm_f(x)), new_cache
+
+
+@torch.no_grad()
+def kv_cache_of_new_tokens_only(model, ids, cache):
+    """Slip: attends to cached + new keys, but returns a cache holding only the new tokens' keys and values."""
+    B, T = ids.shape
+    L = cache[0][0].shape[2] if cache else 0
+    if L + T > model.config.block_size:
+        raise ValueError("past the context")
+    positions = torch.arange(L, L + T)
+    mask = torch.arange(L + T)[None, :] <= positions[:, None]
+    x, new_cache = model.tok_emb(ids), []
+    for i, block in enumerate(model.blocks):
+        q, k, v = _kv_block_qkv(model, block, x, positions)
+        new_cache.append((k, v))
+        if cache:
+            k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, -1))
+        x = x + block.mlp(block.ln2(x))
+    return model.lm_head(model.norm_f(x)), new_cache
+
+
+@torch.no_grad()
+def kv_final_norm_forgotten(model, ids, cache):
+    """Slip: the logits from model.lm_head(x), the final norm model.norm_f left out."""
+    B, T = ids.shape
+    L = cache[0][0].shape[2] if cache else 0
+    if L + T > model.config.block_size:
+        raise ValueError("past the context")
+    positions = torch.arange(L, L + T)
+    mask = torch.arange(L + T)[None, :] <= positions[:, None]
+    x, new_cache = model.tok_emb(ids), []
+    for i, block in enumerate(model.blocks):
+        q, k, v = _kv_block_qkv(model, block, x, positions)
+        if cache:
+            k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
+        new_cache.append((k, v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, -1))
+        x = x + block.mlp(block.ln2(x))
+    return model.lm_head(x), new_cache
+
+
+@torch.no_grad()
+def kv_attention_by_hand(model, ids, cache):
+    """Correct: softmax(q k^T / sqrt(d)) v written out, the future scored -inf with masked_fill."""
+    B, T = ids.shape
+    L = 0 if not cache else cache[0][0].shape[-2]
+    if L + T > model.config.block_size:
+        raise ValueError(f"{L + T} > block_size")
+    positions = L + torch.arange(T)
+    future = torch.arange(L + T)[None, :] > positions[:, None]  # (T, L + T), True where hidden
+    x, new_cache = model.tok_emb(ids), []
+    for i, block in enumerate(model.blocks):
+        q, k, v = _kv_block_qkv(model, block, x, positions)
+        if L:
+            k, v = torch.cat((cache[i][0], k), dim=-2), torch.cat((cache[i][1], v), dim=-2)
+        new_cache.append((k, v))
+        scores = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(future, NEG)
+        y = scores.softmax(dim=-1) @ v
+        x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, -1))
+        x = x + block.mlp(block.ln2(x))
+    return model.lm_head(model.norm_f(x)), new_cache
+
+
 ATTEMPTS = [
     ("6.1", top_k_drops_the_kth, "<= drops the k-th largest", ("you set 1 to -inf where the answer keeps a value",)),
     ("6.1", top_k_no_validation, "k = 0 not rejected", ("the contract says: ValueError",)),
@@ -199,4 +298,9 @@ ATTEMPTS = [
      ("expected 2 values [2, 3], got 3 [0, 2, 3]",)),
     ("6.6", gumbel_same_noise_every_row, "same noise in every row", ()),
     ("6.6", gumbel_divides_by_inv_temperature, "multiplied by T", ()),
+    ("6.7", kv_no_context_check, "L + T not checked against block_size", ("must raise ValueError here",)),
+    ("6.7", kv_cache_of_new_tokens_only, "new cache without the old positions",
+     ("new_cache[0][0]: expected shape (3, 4, 10, 24), got (3, 4, 1, 24)", "Right: logits")),
+    ("6.7", kv_final_norm_forgotten, "final norm left out", ()),
+    ("6.7", kv_attention_by_hand, None, ()),
 ]

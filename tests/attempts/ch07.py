@@ -1,4 +1,5 @@
-"""Attempts at chapter 7: RoPE, NTK-aware and Llama 3.1 scaling, merging partial attention, the attention kernel."""
+"""Attempts at chapter 7: RoPE, NTK-aware and Llama 3.1 scaling, merging partial attention, the attention
+kernel, tiled attention."""
 import math
 
 import torch
@@ -176,6 +177,103 @@ def attention_kernel_sum_not_rescaled(q_ptr, k_ptr, v_ptr, o_ptr, n_ctx, scale, 
     tl.store(o_ptr + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc / l_i[:, None], mask=offs_m[:, None] < n_ctx)
 
 
+# ------------------------------------------------------------------------------------------------ 7.6
+
+def tiled_attention_float32(q, k, v, block_q=16, block_k=16, causal=False):
+    """Slip: computes and returns float32 whatever q's dtype (the contract: promote to at least float32)."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    out = torch.empty(q.shape, dtype=torch.float32)
+    for qs in range(0, q.shape[-2], block_q):
+        qt = q[..., qs:qs + block_q, :].float()
+        rows = torch.arange(qs, qs + qt.shape[-2])
+        m = torch.full(qt.shape[:-1], float("-inf"))
+        total = torch.zeros(qt.shape[:-1])
+        acc = torch.zeros(qt.shape)
+        for ks in range(0, k.shape[-2], block_k):
+            kt, vt = k[..., ks:ks + block_k, :].float(), v[..., ks:ks + block_k, :].float()
+            s = qt @ kt.transpose(-2, -1) * scale
+            if causal:
+                s = s.masked_fill(torch.arange(ks, ks + kt.shape[-2]) > rows[:, None], float("-inf"))
+            m_new = torch.maximum(m, s.amax(dim=-1))
+            p = torch.exp(s - m_new[..., None])
+            c = torch.exp(m - m_new)
+            total, acc, m = total * c + p.sum(dim=-1), acc * c[..., None] + p @ vt, m_new
+        out[..., qs:qs + block_q, :] = acc / total[..., None]
+    return out
+
+
+def tiled_attention_tile_max_only(q, k, v, block_q=16, block_k=16, causal=False):
+    """Slip: m_new = the tile's own max, not max(m, the tile's max): a causal tile row that sees no key gives NaN."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    out = torch.empty(q.shape, dtype=dtype)
+    for qs in range(0, q.shape[-2], block_q):
+        qt = q[..., qs:qs + block_q, :].to(dtype)
+        rows = torch.arange(qs, qs + qt.shape[-2])
+        m = torch.full(qt.shape[:-1], float("-inf"), dtype=dtype)
+        total = torch.zeros(qt.shape[:-1], dtype=dtype)
+        acc = torch.zeros(qt.shape, dtype=dtype)
+        for ks in range(0, k.shape[-2], block_k):
+            kt, vt = k[..., ks:ks + block_k, :].to(dtype), v[..., ks:ks + block_k, :].to(dtype)
+            s = qt @ kt.transpose(-2, -1) * scale
+            if causal:
+                s = s.masked_fill(torch.arange(ks, ks + kt.shape[-2]) > rows[:, None], float("-inf"))
+            m_new = s.amax(dim=-1)
+            p = torch.exp(s - m_new[..., None])
+            c = torch.exp(m - m_new)
+            total, acc, m = total * c + p.sum(dim=-1), acc * c[..., None] + p @ vt, m_new
+        out[..., qs:qs + block_q, :] = acc / total[..., None]
+    return out.to(q.dtype)
+
+
+def tiled_attention_mask_with_zero(q, k, v, block_q=16, block_k=16, causal=False):
+    """Slip: the future keys' scores set to 0 (masked_fill(..., 0)), which still gives them weight exp(0 - m)."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    out = torch.empty(q.shape, dtype=dtype)
+    for qs in range(0, q.shape[-2], block_q):
+        qt = q[..., qs:qs + block_q, :].to(dtype)
+        rows = torch.arange(qs, qs + qt.shape[-2])
+        m = torch.full(qt.shape[:-1], float("-inf"), dtype=dtype)
+        total = torch.zeros(qt.shape[:-1], dtype=dtype)
+        acc = torch.zeros(qt.shape, dtype=dtype)
+        for ks in range(0, k.shape[-2], block_k):
+            kt, vt = k[..., ks:ks + block_k, :].to(dtype), v[..., ks:ks + block_k, :].to(dtype)
+            s = qt @ kt.transpose(-2, -1) * scale
+            if causal:
+                s = s.masked_fill(torch.arange(ks, ks + kt.shape[-2]) > rows[:, None], 0.0)
+            m_new = torch.maximum(m, s.amax(dim=-1))
+            p = torch.exp(s - m_new[..., None])
+            c = torch.exp(m - m_new)
+            total, acc, m = total * c + p.sum(dim=-1), acc * c[..., None] + p @ vt, m_new
+        out[..., qs:qs + block_q, :] = acc / total[..., None]
+    return out.to(q.dtype)
+
+
+def tiled_attention_merging_lse(q, k, v, block_q=16, block_k=16, causal=False):
+    """Correct: each key tile's attention with its log-sum-exp, merged into the running one as in 7.4."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    outs = []
+    for qs in range(0, q.shape[-2], block_q):
+        qt = q[..., qs:qs + block_q, :].to(dtype) / math.sqrt(q.shape[-1])
+        rows = torch.arange(qs, qs + qt.shape[-2])[:, None]
+        o, lse = torch.zeros(qt.shape, dtype=dtype), torch.full(qt.shape[:-1], float("-inf"), dtype=dtype)
+        for ks in range(0, k.shape[-2], block_k):
+            kt, vt = k[..., ks:ks + block_k, :].to(dtype), v[..., ks:ks + block_k, :].to(dtype)
+            s = qt @ kt.mT
+            if causal:
+                if ks > rows.max():
+                    break
+                s = torch.where(torch.arange(ks, ks + kt.shape[-2]) <= rows, s, float("-inf"))
+            tile_lse = torch.logsumexp(s, dim=-1)
+            new_lse = torch.logaddexp(lse, tile_lse)
+            tile_o = torch.softmax(s, dim=-1).nan_to_num(0.0) @ vt
+            o = (lse - new_lse).exp()[..., None] * o + (tile_lse - new_lse).exp().nan_to_num(0.0)[..., None] * tile_o
+            lse = new_lse
+        outs.append(o)
+    return torch.cat(outs, dim=-2).to(q.dtype)
+
+
 ATTEMPTS = [
     ("7.1", rope_halves_swapped, "rotated halves concatenated in the wrong order",
      ("two halves of dimension 1 swapped",)),
@@ -196,4 +294,9 @@ ATTEMPTS = [
     ("7.5", attention_kernel_fixed_scale, "1/sqrt(D) instead of scale", ("scale 0.5 instead of 1/sqrt(D)",)),
     ("7.5", attention_kernel_sum_not_rescaled, "running sum not rescaled",
      ("Each row (along the last dimension) is the answer times a factor",)),
+    ("7.6", tiled_attention_float32, "float32 whatever the input dtype",
+     ("expected dtype torch.float64, got torch.float32",)),
+    ("7.6", tiled_attention_tile_max_only, "running max not carried", ()),
+    ("7.6", tiled_attention_mask_with_zero, "future scored 0, not -inf", ()),
+    ("7.6", tiled_attention_merging_lse, None, ()),
 ]

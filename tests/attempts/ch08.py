@@ -1,8 +1,10 @@
-"""Attempts at chapter 8: the schedule, decay over a run, softmax with temperature, the spike detector."""
+"""Attempts at chapter 8: the schedule, decay over a run, softmax with temperature, the spike detector,
+the capstone loop."""
 import math
 import statistics
 
 import torch
+import torch.nn.functional as F
 
 # ------------------------------------------------------------------------------------------------ 8.1
 
@@ -119,6 +121,135 @@ def spikes_statistics_median(norms, window, factor):
     return [i for i in range(window, len(norms)) if norms[i] > factor * statistics.median(norms[i - window: i])]
 
 
+# ------------------------------------------------------------------------------------------------ 8.5
+
+def loop_clip_result_unused(model, groups, pieces, next_batch, result, *, steps, micro_batches, max_lr,
+                            warmup_steps, min_lr, clip, evaluate=None, eval_every=0, on_step=None):
+    """Slip: measures the norm with pieces.clip but hands AdamW the unclipped p.grad."""
+    moments = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for g in groups for p in g["params"]}
+    for step in range(steps):
+        batches = [next_batch(step) for _ in range(micro_batches)]
+        pieces.accumulate(model, batches)
+        with torch.no_grad():
+            loss = sum(float(F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()))
+                       for x, y in batches) / len(batches)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for g in groups for p in g["params"]]
+        _, norm = pieces.clip(grads, clip if clip is not None else math.inf)
+        if not (math.isfinite(loss) and math.isfinite(float(norm))):
+            result.diverged = True
+            break
+        lr = pieces.schedule(step, max_lr, warmup_steps, steps, min_lr)
+        with torch.no_grad():
+            for group in groups:
+                for p in group["params"]:
+                    grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                    new_p, *moments[id(p)] = pieces.adamw(p.detach(), grad, *moments[id(p)], step + 1, lr, 0.9, 0.95,
+                                                          1e-8, group["weight_decay"])
+                    p.copy_(new_p)
+        result.losses.append(loss)
+        result.grad_norms.append(float(norm))
+        result.lrs.append(lr)
+        if eval_every and (step + 1) % eval_every == 0:
+            result.evals[step + 1] = evaluate(model)
+        if on_step is not None:
+            on_step(step, result)
+
+
+def loop_no_divergence_check(model, groups, pieces, next_batch, result, *, steps, micro_batches, max_lr,
+                             warmup_steps, min_lr, clip, evaluate=None, eval_every=0, on_step=None):
+    """Slip: never checks the loss and the norm, so a diverged run carries on recording NaN."""
+    params = [p for g in groups for p in g["params"]]
+    moments = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for p in params}
+    for step in range(steps):
+        batches = [next_batch(step) for _ in range(micro_batches)]
+        pieces.accumulate(model, batches)
+        with torch.no_grad():
+            loss = sum(float(F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()))
+                       for x, y in batches) / len(batches)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        clipped, norm = pieces.clip(grads, clip if clip is not None else math.inf)
+        lr = pieces.schedule(step, max_lr, warmup_steps, steps, min_lr)
+        new_grads = iter(clipped)
+        with torch.no_grad():
+            for group in groups:
+                for p in group["params"]:
+                    new_p, *moments[id(p)] = pieces.adamw(p.detach(), next(new_grads), *moments[id(p)], step + 1, lr,
+                                                          0.9, 0.95, 1e-8, group["weight_decay"])
+                    p.copy_(new_p)
+        result.losses.append(loss)
+        result.grad_norms.append(float(norm))
+        result.lrs.append(lr)
+        if eval_every and (step + 1) % eval_every == 0:
+            result.evals[step + 1] = evaluate(model)
+        if on_step is not None:
+            on_step(step, result)
+
+
+def loop_adam_step_from_zero(model, groups, pieces, next_batch, result, *, steps, micro_batches, max_lr,
+                             warmup_steps, min_lr, clip, evaluate=None, eval_every=0, on_step=None):
+    """Slip: passes the 0-based step to AdamW, whose bias correction wants t = step + 1 (1 - beta^0 = 0)."""
+    params = [p for g in groups for p in g["params"]]
+    moments = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for p in params}
+    for step in range(steps):
+        batches = [next_batch(step) for _ in range(micro_batches)]
+        pieces.accumulate(model, batches)
+        with torch.no_grad():
+            loss = sum(float(F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()))
+                       for x, y in batches) / len(batches)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        clipped, norm = pieces.clip(grads, clip if clip is not None else math.inf)
+        if not (math.isfinite(loss) and math.isfinite(float(norm))):
+            result.diverged = True
+            break
+        lr = pieces.schedule(step, max_lr, warmup_steps, steps, min_lr)
+        new_grads = iter(clipped)
+        with torch.no_grad():
+            for group in groups:
+                for p in group["params"]:
+                    new_p, *moments[id(p)] = pieces.adamw(p.detach(), next(new_grads), *moments[id(p)], step, lr,
+                                                          0.9, 0.95, 1e-8, group["weight_decay"])
+                    p.copy_(new_p)
+        result.losses.append(loss)
+        result.grad_norms.append(float(norm))
+        result.lrs.append(lr)
+        if eval_every and (step + 1) % eval_every == 0:
+            result.evals[step + 1] = evaluate(model)
+        if on_step is not None:
+            on_step(step, result)
+
+
+def loop_with_zip_and_lists(model, groups, pieces, next_batch, result, *, steps, micro_batches, max_lr,
+                            warmup_steps, min_lr, clip, evaluate=None, eval_every=0, on_step=None):
+    """Correct: a flat list of (parameter, weight decay) zipped with the clipped gradients; moments in two lists."""
+    flat = [(p, g["weight_decay"]) for g in groups for p in g["params"]]
+    ms = [torch.zeros_like(p) for p, _ in flat]
+    vs = [torch.zeros_like(p) for p, _ in flat]
+    max_norm = math.inf if clip is None else clip
+    for t in range(1, steps + 1):
+        batches = [next_batch(t - 1) for _ in range(micro_batches)]
+        pieces.accumulate(model, batches)
+        with torch.no_grad():
+            losses = torch.stack([F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()) for x, y in batches])
+        loss = losses.double().mean().item()
+        clipped, norm = pieces.clip([torch.zeros_like(p) if p.grad is None else p.grad for p, _ in flat], max_norm)
+        norm = float(norm)
+        if math.isnan(loss) or math.isinf(loss) or math.isnan(norm) or math.isinf(norm):
+            result.diverged = True
+            return
+        lr = pieces.schedule(t - 1, max_lr, warmup_steps, steps, min_lr)
+        with torch.no_grad():
+            for i, ((p, wd), g) in enumerate(zip(flat, clipped)):
+                new_p, ms[i], vs[i] = pieces.adamw(p.detach(), g, ms[i], vs[i], t, lr, 0.9, 0.95, 1e-8, wd)
+                p.copy_(new_p)
+        result.losses.append(loss)
+        result.grad_norms.append(norm)
+        result.lrs.append(lr)
+        if eval_every and t % eval_every == 0:
+            result.evals[t] = evaluate(model)
+        if on_step:
+            on_step(t - 1, result)
+
+
 ATTEMPTS = [
     ("8.1", schedule_progress_over_total, "progress divided by total_steps", ()),
     ("8.1", schedule_no_clamp_after_end, "no clamp after total_steps", ("step 150 of 100",)),
@@ -135,4 +266,9 @@ ATTEMPTS = [
     ("8.4", spikes_at_least, ">= instead of >", ("exactly factor x median is not a spike", "got 2 [3, 4]")),
     ("8.4", spikes_window_one_late, "window shifted one step back", ("got 3 [4, 5, 6]",)),
     ("8.4", spikes_statistics_median, None, ()),
+    ("8.5", loop_clip_result_unused, "unclipped gradients given to AdamW", ()),
+    ("8.5", loop_no_divergence_check, "no stop on a NaN loss",
+     ("the run stops (diverged)': losses: expected shape (2,), got (8,)",)),
+    ("8.5", loop_adam_step_from_zero, "AdamW's step from 0", ("ZeroDivisionError", "*moments[id(p)], step, lr")),
+    ("8.5", loop_with_zip_and_lists, None, ()),
 ]
