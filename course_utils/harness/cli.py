@@ -189,14 +189,15 @@ def gpu_check(report: Path) -> int:
 
 def chapter_test_command(number: int) -> list[str]:
     """The pytest command for one chapter: its notebook and the Korean one (nbval, learner mode), its notebook tests
-    (solved mode, structure), its exercises in the catalogue, its claims tests and its modules' test files."""
+    (solved mode, structure), its exercises in the catalogue, its claims tests and its modules' test files; without
+    the minutes-long re-runs of stored grids (marker ``rerun``: add ``-m ""`` to include them)."""
     from course_utils.chapters import chapter
 
     ch = chapter(number)
     paths = [ch.notebook, Path("notebooks") / "ko" / ch.notebook.name, Path("tests/test_notebooks.py"),
              Path("tests/test_exercise_catalogue.py"), Path(f"tests/test_claims_ch{number:02d}.py"), *ch.test_files]
     found = [str(p) for p in dict.fromkeys(paths) if (REPO_ROOT / p).exists()]
-    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *found,
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "not rerun", *found,
             "-k", f"{ch.notebook.stem[:2]} or [{ch.exercise_prefix} or not (test_notebooks or test_exercise_catalogue)"]
 
 
