@@ -16,8 +16,6 @@ from typing import Callable
 
 import torch
 
-from course_utils.rope import rope_rotate
-
 NEG_INF = -math.inf
 
 
@@ -305,7 +303,6 @@ def next_token_distributions(model, data: torch.Tensor, windows: int = 4, seed: 
 
 # ------------------------------------------------------------------ key/value cache, batched decoding
 
-@torch.no_grad()
 def cached_forward(model, ids, cache):
     """The new tokens ``ids`` (B, T) through a pre-LN rotary course model (the byte model of ``charlm``), reading
     and extending a key/value cache; returns ``(logits, new_cache)``.
@@ -320,26 +317,29 @@ def cached_forward(model, ids, cache):
     L + T positions, the cached ones first. cache is not modified. L + T > model.config.block_size raises
     ValueError.
     """
-    B, T = ids.shape
-    L = cache[0][0].shape[2] if cache else 0
-    if L + T > model.config.block_size:
-        raise ValueError(f"{L + T} positions exceed the model's context {model.config.block_size}")
-    positions = torch.arange(L, L + T, device=ids.device)
-    mask = torch.arange(L + T, device=ids.device)[None, :] <= positions[:, None]  # (T, L + T): L + t sees <= L + t
-    x, new_cache = model.tok_emb(ids), []  # (B, T, C)
-    for i, block in enumerate(model.blocks):
-        attn, C = block.attn, x.shape[-1]
-        q, k, v = attn.qkv(block.ln1(x)).split(C, dim=2)
-        q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        q = rope_rotate(q, positions, model.rope_inv_freq) * model.rope_factor
-        k = rope_rotate(k, positions, model.rope_inv_freq) * model.rope_factor
-        if cache:  # a cached key never changes: its rotation depends on its own position only
-            k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
-        new_cache.append((k, v))
-        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
-        x = x + block.mlp(block.ln2(x))
-    return model.lm_head(model.norm_f(x)), new_cache
+    from course_utils.rope import rope_rotate  # inside: a learner's passing copy is reloaded as this one function
+
+    with torch.no_grad():  # decoding: no graph (the KV cache would otherwise chain every step's)
+        B, T = ids.shape
+        L = cache[0][0].shape[2] if cache else 0
+        if L + T > model.config.block_size:
+            raise ValueError(f"{L + T} positions exceed the model's context {model.config.block_size}")
+        positions = torch.arange(L, L + T, device=ids.device)
+        mask = torch.arange(L + T, device=ids.device)[None, :] <= positions[:, None]  # (T, L + T): L + t sees <= L + t
+        x, new_cache = model.tok_emb(ids), []  # (B, T, C)
+        for i, block in enumerate(model.blocks):
+            attn, C = block.attn, x.shape[-1]
+            q, k, v = attn.qkv(block.ln1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+            q = rope_rotate(q, positions, model.rope_inv_freq) * model.rope_factor
+            k = rope_rotate(k, positions, model.rope_inv_freq) * model.rope_factor
+            if cache:  # a cached key never changes: its rotation depends on its own position only
+                k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
+            new_cache.append((k, v))
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
+            x = x + block.mlp(block.ln2(x))
+        return model.lm_head(model.norm_f(x)), new_cache
 
 
 class KVCacheDecoder:
@@ -363,6 +363,7 @@ class KVCacheDecoder:
         """Positions read so far."""
         return self.cache[0][0].shape[2] if self.cache else 0
 
+    @torch.no_grad()
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         logits, self.cache = cached_forward(self.model, ids, self.cache)
         return logits[:, -1].float()  # (B, V)
