@@ -143,8 +143,9 @@ def remaining_after_decay(lrs, weight_decay):
     PyTorch's AdamW applies it (the weight times 1 - lr * weight_decay at each step).
 
     lrs: the learning rate of every step of the run, in order (a list of floats, possibly empty); weight_decay: a
-    float >= 0. Returns a float: the product over the steps of (1 - lrs[t] * weight_decay), exactly (not its
-    approximation exp(-weight_decay * sum(lrs))); 1.0 for a run of no steps. Nothing is modified.
+    float >= 0. Returns a number (a float; a 0-d tensor is accepted too): the product over the steps of
+    (1 - lrs[t] * weight_decay), exactly (not its approximation exp(-weight_decay * sum(lrs))); 1.0 for a run of no
+    steps. Nothing is modified.
     """
     remaining = 1.0
     for lr in lrs:
