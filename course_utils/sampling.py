@@ -308,7 +308,8 @@ def cached_forward(model, ids, cache):
     and extending a key/value cache; returns ``(logits, new_cache)``.
 
     cache: ``[]`` before anything is read; else a list with one ``(keys, values)`` pair per block, each
-    (B, n_head, L, head_size): the keys (already rotated) and the values of the L positions read so far.
+    (B, n_head, L, head_size): the keys (already rotated and multiplied by ``model.rope_factor``, as the new ones
+    are) and the values of the L positions read so far.
     The new tokens sit at positions L, ..., L + T - 1: their queries and keys are rotated by those positions
     (``course_utils.rope.rope_rotate(x, positions, model.rope_inv_freq) * model.rope_factor``, as the model's
     forward does), and the query at position L + t attends to the keys at positions 0, ..., L + t, cached and
