@@ -206,7 +206,8 @@ def progress_table() -> str:
     from course_utils.harness.phrases import say
     from course_utils.harness.registry import registry
 
-    records = load()["exercises"]
+    data = load()
+    records = data["exercises"]
     lines, chapter = [], None
     for ex in registry().values():
         if chapter_of(ex.id) != chapter:
@@ -218,7 +219,7 @@ def progress_table() -> str:
         hints = say("table.hints", taken=rec["hints"], total=len(ex.hints)) if rec.get("hints") else ""
         lines.append(f"  {STATUS_SYMBOL.get(rec.get('status'), '?')} {ex.id:<5} {ex.title:<44} "
                      + say("table.row", attempts=rec.get("attempts", 0)) + hints)
-    predictions = load().get("predictions")
+    predictions = data.get("predictions")
     if isinstance(predictions, dict) and predictions:
         made = [p for p in predictions.values() if isinstance(p, dict) and "answer" in p]
         compared = [p for p in made if p.get("revealed")]
