@@ -37,26 +37,29 @@ def test_chapter3_batchnorm_leak_padding_and_batch_mates_taken_apart():
 def test_chapter3_rmsnorm_faster_from_scratch_and_slower_as_pytorch_ops():
     """03, speed fact check and prediction 3.a: timed in interleaved pairs (norms.norm_time_ratios), the from-scratch
     RMSNorm takes less than 0.85 of the from-scratch LayerNorm's time (measured 0.39 to 0.67 over 21 runs on a busy
-    2-core machine, 0.62 to 0.70 under ATEN_CPU_CAPABILITY=default) and PyTorch's CPU F.rms_norm more than 1.05 times
-    F.layer_norm's (measured 1.5 to 4.9; 1.14 to 1.27 without vector instructions, ATEN_CPU_CAPABILITY=default)."""
+    2-core machine, 0.55 to 0.70 under ATEN_CPU_CAPABILITY=default) and PyTorch's CPU F.rms_norm more than 1.05 times
+    F.layer_norm's (measured 1.5 to 5.5). Without vector instructions (ATEN_CPU_CAPABILITY=default) the chapter states
+    a smaller lead, 1.07 to 1.31 on a quiet machine, so there only the direction is asserted."""
     ratios = norms.norm_time_ratios(rows=4096, cols=1024, reps=60)
-    assert ratios["from scratch"] < 0.85 and ratios["PyTorch ops"] > 1.05, ratios
+    slower = 1.0 if torch.backends.cpu.get_cpu_capability() == "DEFAULT" else 1.05
+    assert ratios["from scratch"] < 0.85 and ratios["PyTorch ops"] > slower, ratios
 
 
 @pytest.mark.slow
 @pytest.mark.rerun
 def test_chapter3_centring_matters_only_with_an_offset_and_most_early():
     """03, "Does centring matter?" and prediction 3.b (4-block Pre-LN, fixed 0.02, AdamW 3e-3, seeds 0, 1, 2):
-    recomputes the stored runs and checks them (every loss within 0.02), then asserts seed by seed, with a gap
-    measured per seed (the runs of a seed share init draws and batches): LayerNorm and RMSNorm end within 0.003 of each
-    other at 150 and at 600 steps (stored: at most 0.002), and both learn (between the entropy rate 2.485 and 3.0,
-    uniform guessing being 3.47). The controls (plain RMSNorm, offset 0.03) straddle 0 at 600 steps (stored -0.005 to
-    +0.004); their largest |gap| there is the noise of a gap (stored 0.0048). The test can fail: with an offset of 1.0
-    RMSNorm is at least 0.03 behind LayerNorm at 150 steps on every seed (stored 0.069 to 0.128); by 600 steps every gap
-    is below 0.03 and still positive (stored +0.018, +0.003, +0.010; seed 1's is +0.002 under
-    ATEN_CPU_CAPABILITY=default) and the mean gap exceeds 1.5 times the noise (stored 0.0107 against 0.0048, 2.2
-    times). The trained embeddings still write the offset (mean feature above 0.9, stored 0.99 to 1.00). LayerNorm's
-    logits do not change with either offset at init."""
+    recomputes the stored runs and checks them (every loss within 0.02), then asserts seed by seed, with a gap measured
+    per seed (the runs of a seed share init draws and batches): LayerNorm and RMSNorm end within 0.003 of each other at
+    150 and at 600 steps (stored: at most 0.002), and both learn (between the entropy rate 2.485 and 3.0, uniform
+    guessing being 3.47). The runs the noise is read from (plain RMSNorm, offset 0.03) straddle 0 at 600 steps (stored
+    -0.005 to +0.004); their largest |gap| there is the noise of a gap (stored 0.0048). The test can fail: with an
+    offset of 1.0 RMSNorm is at least 0.03 behind LayerNorm at 150 steps on every seed (stored 0.069 to 0.128); by 600
+    steps every gap is below 0.03 and still positive (stored +0.018, +0.003, +0.010; seed 1's is +0.002 under
+    ATEN_CPU_CAPABILITY=default) and the mean gap exceeds 1.5 times the noise (stored 0.0107 against 0.0048, 2.2 times).
+    The trained embeddings still write the offset (mean feature above 0.9, stored 0.99 to 1.00). LayerNorm's logits do
+    not change with either offset at init. The offset of 0.03 is no null run: at 150 steps it is behind on every seed
+    (stored +0.013, +0.044, +0.006)."""
     for offset in (0.03, 1.0):
         change = norms.offset_invariance(offset=offset)
         assert change["layernorm"] < 1e-4 and change["rmsnorm"] > 0.1, change
@@ -77,6 +80,7 @@ def test_chapter3_centring_matters_only_with_an_offset_and_most_early():
     controls = {label: gaps(label, "600") for label in ("rmsnorm", "rmsnorm, offset 0.03")}
     assert all(min(g) < 0 < max(g) for g in controls.values()), controls
     noise = max(abs(g) for values in controls.values() for g in values)
+    assert min(gaps("rmsnorm, offset 0.03", "150")) > 0, "the small offset slows RMSNorm early on every seed"
     early, late = gaps("rmsnorm, offset 1", "150"), gaps("rmsnorm, offset 1", "600")
     assert min(early) > 0.03, early
     assert 0 < min(late) and max(late) < 0.03 and sum(late) / len(late) > 1.5 * noise, (late, noise)
