@@ -395,16 +395,15 @@ EX_4_5 = Exercise(
 # ---------------------------------------------------------------- 4.6 the gradient of the loss by hand
 
 def cross_entropy_grad(logits, target, label_smoothing=0.0, ignore_index=-100):
-    """The gradient of F.cross_entropy(logits, target, label_smoothing=..., ignore_index=...) (the mean over the
-    counted rows) with respect to the logits, by hand: softmax minus the smoothed target, per counted row.
+    """The gradient of F.cross_entropy(logits, target, label_smoothing=..., ignore_index=...) (mean reduction)
+    with respect to the logits, derived by hand: extend the one-row result above to smoothing and to the mean.
 
     logits: (N, V) float; target: (N,) int64 class ids, where a row whose target equals ignore_index does not
-    count (ignore_index may also be a valid class id: rows with that target are still ignored). A counted
-    row's smoothed target is q = (1 - label_smoothing) * onehot(target) + label_smoothing / V, PyTorch's.
-    Returns dL/dlogits, shaped and typed like logits: each counted row's (softmax(logits) - q) divided by n,
-    the number of counted rows; 0 on ignored rows. If every row is ignored, torch's loss is NaN (0 / 0) but
-    its gradient is all zeros: return zeros, not NaN. No autograd; huge logits must not overflow. Inputs are
-    not modified.
+    count (ignore_index may also be a valid class id: rows with that target are still ignored). Smoothing is
+    PyTorch's: a counted row's target distribution is (1 - label_smoothing) * onehot(target) + label_smoothing / V,
+    and the loss is the mean over the counted rows. Returns dL/dlogits, shaped and typed like logits, equal to what
+    autograd gives through F.cross_entropy, also when every row is ignored (your prediction 4.c): never NaN.
+    No autograd; huge logits must not overflow. Inputs are not modified.
     """
     keep = target != ignore_index  # (N,)
     n_classes = logits.shape[1]

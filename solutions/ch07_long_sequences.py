@@ -4,8 +4,10 @@ import functools
 import math
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from course_utils.attention import merge_partial_attention, tiled_attention
+from course_utils.harness.errors import ContractError
 from course_utils.harness.exercises import Case, Exercise, Mistake
 from course_utils.harness.launchers import launch_attention_kernel
 from course_utils.rope import llama3_scaled_inv_freq, ntk_scaled_inv_freq, rope_inv_freq, rope_rotate
@@ -396,6 +398,42 @@ def _tiled_variant(q, k, v, block_q=16, block_k=16, causal=False, *, bug=""):
     return out.to(q.dtype)
 
 
+_PRODUCTS = frozenset({"matmul", "mm", "bmm", "baddbmm", "addmm", "addbmm", "einsum", "linear", "tensordot", "inner"})
+
+
+class _ScoreWatch(TorchFunctionMode):
+    """Records the first matrix product whose last two dimensions hold more than one tile's worth of scores, and any
+    call of scaled_dot_product_attention: what 7.6's contract rules out ("no score tensor larger than (..., block_q,
+    block_k)"). A value tile's product p @ v, (Bq, D), and the tile-sized score products stay under ``limit``."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.found = limit, None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        if self.found is None and name == "scaled_dot_product_attention":
+            self.found = "it calls scaled_dot_product_attention, which computes all the scores at once"
+        elif (self.found is None and name in _PRODUCTS and isinstance(out, torch.Tensor) and out.dim() >= 2
+              and out.shape[-2] * out.shape[-1] > self.limit):
+            self.found = f"it forms a {tuple(out.shape[-2:])} product with {name}"
+        return out
+
+
+def _one_tile_at_a_time(candidate, q, k, v, block_q=16, block_k=16, causal=False):
+    """Runs a 7.6 answer and rejects it when it computes more than one tile of scores at a time (recorded, not raised
+    inside the learner's code, so that an ``except`` there cannot hide it)."""
+    d = q.shape[-1]
+    watch = _ScoreWatch(limit=max(block_q * block_k, block_q * d, block_k * d))
+    with watch:
+        out = candidate(q, k, v, block_q, block_k, causal)
+    if watch.found:
+        raise ContractError(f"{watch.found}; the exercise is the loop over tiles of {block_q} queries x {block_k} "
+                            "keys with the online softmax, so no score tensor larger than one tile may be formed.")
+    return out
+
+
 def _tiled_cases():
     g = torch.Generator().manual_seed(76)
 
@@ -421,6 +459,7 @@ def _tiled_cases():
 
 EX_7_6 = Exercise(
     id="7.6", title="tiled attention with the online softmax", reference=tiled_attention, cases=_tiled_cases,
+    call=_one_tile_at_a_time,
     tolerances={torch.float32: (1e-5, 1e-5)},  # sums over the keys in another order than the reference
     hints=("Take one query tile at a time. For it, keep per query row the running max m (start -inf), the running "
            "sum l of exp(s - m) (start 0) and an unnormalised output acc (start 0): the online softmax of 1.3, with "

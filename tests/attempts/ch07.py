@@ -274,6 +274,22 @@ def tiled_attention_merging_lse(q, k, v, block_q=16, block_k=16, causal=False):
     return torch.cat(outs, dim=-2).to(q.dtype)
 
 
+def tiled_attention_by_sdpa(q, k, v, block_q=16, block_k=16, causal=False):
+    """Slip (of purpose): PyTorch's attention in one call, right to rounding but no tiles at all."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    out = torch.nn.functional.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), is_causal=causal)
+    return out.to(q.dtype)
+
+
+def tiled_attention_full_scores(q, k, v, block_q=16, block_k=16, causal=False):
+    """Slip (of purpose): the whole (Nq, Nk) score matrix and one softmax, the memory FlashAttention avoids."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    s = q.to(dtype) @ k.to(dtype).mT / math.sqrt(q.shape[-1])
+    if causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+    return (torch.softmax(s, dim=-1) @ v.to(dtype)).to(q.dtype)
+
+
 ATTEMPTS = [
     ("7.1", rope_halves_swapped, "rotated halves concatenated in the wrong order",
      ("two halves of dimension 1 swapped",)),
@@ -299,4 +315,6 @@ ATTEMPTS = [
     ("7.6", tiled_attention_tile_max_only, "running max not carried", ()),
     ("7.6", tiled_attention_mask_with_zero, "future scored 0, not -inf", ()),
     ("7.6", tiled_attention_merging_lse, None, ()),
+    ("7.6", tiled_attention_by_sdpa, "no tiles: scaled_dot_product_attention", ("calls scaled_dot_product_attention",)),
+    ("7.6", tiled_attention_full_scores, "no tiles: the full score matrix", ("forms a (37, 37) product",)),
 ]
