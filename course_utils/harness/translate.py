@@ -141,6 +141,19 @@ def _own_prose(markdown: str) -> str:
     return re.sub(r"(?<![*\w])\*(?!\*)[^*\n]+?(?<!\*)\*(?![*\w])|(?<!\w)_[^_\n]+_(?!\w)", " ", prose)
 
 
+def _judge(report: Report, where: str, key: str, block: Block | None, english: str) -> bool:
+    """Record ``block`` (the translation of ``english``) in ``report`` if it is missing, stale or still the English
+    text; True when there is a block to use."""
+    if block is None:
+        report.missing.append((where, key))
+        return False
+    if block.en_hash != english_hash(english):
+        report.stale.append((where, key))
+    if block.text.strip() == english.strip() and re.search(r"[A-Za-z]{3}", _strip_code(english)):
+        report.untranslated.append((where, key))
+    return True
+
+
 def edition(notebook: Path, lang: str = "ko") -> tuple[object, Report]:
     """The Korean notebook generated from ``notebook`` (an nbformat node) and what is missing for it."""
     import nbformat
@@ -156,13 +169,8 @@ def edition(notebook: Path, lang: str = "ko") -> tuple[object, Report]:
         if cell.cell_type == "markdown":
             seen.add(cell.id)
             block = blocks.get(cell.id)
-            if block is None:
-                report.missing.append((notebook.name, cell.id))
+            if not _judge(report, notebook.name, cell.id, block, cell.source):
                 continue
-            if block.en_hash != english_hash(cell.source):
-                report.stale.append((notebook.name, cell.id))
-            if block.text.strip() == cell.source.strip() and re.search(r"[A-Za-z]{3}", _strip_code(cell.source)):
-                report.untranslated.append((notebook.name, cell.id))
             english_prose = _own_prose(cell.source)
             for en, ko, pattern in terms:
                 if pattern.search(english_prose) and ko not in block.text:
@@ -210,13 +218,7 @@ def _check_hints(lang: str, report: Report) -> None:
     blocks = parse_blocks(path.read_text(encoding="utf-8")) if path.exists() else {}
     texts = hint_texts()
     for key, english in texts.items():
-        block = blocks.get(key)
-        if block is None:
-            report.missing.append((HINTS_FILE, key))
-        elif block.en_hash != english_hash(english):
-            report.stale.append((HINTS_FILE, key))
-        elif block.text.strip() == english.strip() and re.search(r"[A-Za-z]{3}", _strip_code(english)):
-            report.untranslated.append((HINTS_FILE, key))
+        _judge(report, HINTS_FILE, key, blocks.get(key), english)
     report.orphans += [(HINTS_FILE, key) for key in blocks if key not in texts]
 
 
