@@ -99,10 +99,11 @@ def weight_decay_groups(model, weight_decay):
     """Two parameter groups for torch.optim.AdamW: decay the weights of Linear layers, nothing else.
 
     Returns [{"params": [...], "weight_decay": weight_decay}, {"params": [...], "weight_decay": 0.0}].
-    The first holds the ``weight`` of every nn.Linear; the second everything else: biases, norm
-    weights (LayerNorm/RMSNorm), embeddings. Every parameter appears exactly once, also when two
-    modules share one tensor (a tied LM head is the embedding: it follows the embedding's rule,
-    because the module that registered it first is the embedding).
+    The first holds the ``weight`` of every nn.Linear, except a tensor that an earlier module
+    registered first; the second everything else: biases, norm weights (LayerNorm/RMSNorm),
+    embeddings. Every parameter appears exactly once, also when two modules share one tensor: the
+    module that registered it first decides, so a tied LM head (the embedding's tensor) goes into
+    the second group with the embedding.
     """
     decay, no_decay, seen = [], [], set()
     for module in model.modules():
