@@ -7,8 +7,10 @@ Used by chapter 4.
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -238,6 +240,32 @@ def smoothing_over_seeds(eps: float = 0.1, *, settings=SMOOTHING_SETTINGS, seeds
         out[setting] = {key: tuple([r[key] for r in per_eps] for per_eps in runs)
                         for key in ("accuracy", "confidence", "ece", "test_loss")}
     return out
+
+
+# the long runs, too slow for the notebook (minutes): 3000 steps on 1024 and on 4096 examples, where the plain model
+# is fitted; eps -> the settings run with it (eps 0.03 only where 0.1 over-corrects)
+SMOOTHING_LONG_GRID = {0.1: ((3000, 1024), (3000, 4096)), 0.03: ((3000, 1024),)}
+SMOOTHING_LONG_CACHE = Path(__file__).resolve().parent / "data_files" / "ch04_smoothing_long.json"
+
+
+def smoothing_long_runs(grid=SMOOTHING_LONG_GRID, *, seeds=(0, 1, 2), lr: float = 3e-3) -> dict:
+    """:func:`smoothing_over_seeds` for each eps of ``grid`` on its settings: {eps: {(steps, n_train): {metric:
+    (values at eps 0 per seed, values at eps per seed)}}}. Stored by :func:`save_smoothing_long_runs`; the notebook
+    reads the stored result (:func:`load_smoothing_long_runs`) and tests/test_claims_ch04.py recomputes it."""
+    return {eps: smoothing_over_seeds(eps, settings=settings, seeds=seeds, lr=lr) for eps, settings in grid.items()}
+
+
+def save_smoothing_long_runs(result: dict, path=SMOOTHING_LONG_CACHE) -> None:
+    data = {str(eps): {f"{steps},{n_train}": {key: [list(v) for v in values] for key, values in metrics.items()}
+                       for (steps, n_train), metrics in runs.items()} for eps, runs in result.items()}
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def load_smoothing_long_runs(path=SMOOTHING_LONG_CACHE) -> dict:
+    """The stored result of ``smoothing_long_runs()``, in its shape (eps and (steps, n_train) keys, tuples)."""
+    data = json.loads(Path(path).read_text())
+    return {float(eps): {tuple(int(x) for x in setting.split(",")): {key: tuple(values) for key, values in m.items()}
+                         for setting, m in runs.items()} for eps, runs in data.items()}
 
 
 def paired_change(before: list[float], after: list[float]) -> tuple[float, float, float]:

@@ -97,8 +97,8 @@ def label_smoothed_cross_entropy(logits, target, eps):
     """Cross-entropy against PyTorch's smoothed target, as F.cross_entropy(..., label_smoothing=eps).
 
     The target distribution puts (1 - eps) on the right class and spreads eps uniformly over *all* V
-    classes (the right one included): q = (1 - eps) * onehot + eps / V. Loss per row:
-    -sum_j q_j log p_j = (1 - eps) * CE(logits, target) + eps * mean_j(-log p_j). Returns the mean over rows.
+    classes (the right one included): q = (1 - eps) * onehot + eps / V. Loss per row: the cross-entropy of
+    softmax(logits) against q, computed from the logits as stably as exercise 4.1. Returns the mean over rows.
     """
     log_p = torch.log_softmax(logits, dim=1)
     nll = -log_p.gather(1, target[:, None])[:, 0]
