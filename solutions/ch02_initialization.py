@@ -212,12 +212,11 @@ EX_2_3 = Exercise(
 # ---------------------------------------------------------------------------- 2.4 weight tying
 
 def tie_weights(model):
-    """Make the LM head use the token embedding's matrix: one nn.Parameter, used twice.
+    """Tie the LM head to the token embedding, in place, so that both use one (vocab, d_model) matrix.
 
-    model: a TinyTransformer; tok_emb.weight and lm_head.weight are both (vocab, d_model).
-    Afterwards ``model.lm_head.weight is model.tok_emb.weight``, holding the embedding's values (the head's
-    own initial matrix is dropped), the model has one parameter fewer, and the optimizer sees the sum of both
-    uses' gradients. Returns nothing.
+    model: a TinyTransformer; tok_emb.weight and lm_head.weight are both (vocab, d_model). Afterwards the model
+    has one parameter fewer, the shared matrix holds the embedding's values (the head's own initial matrix is
+    dropped), and one backward pass leaves the sum of both uses' gradients on it. Returns nothing.
     """
     model.lm_head.weight = model.tok_emb.weight
 
@@ -294,9 +293,9 @@ def mup_param_groups(model, base_lr, base_width):
     """Adam parameter groups for a WidthMLP under μP (maximal update parameterisation).
 
     model: a WidthMLP with layers ``input`` (d_in -> width), ``hidden`` (width -> width) and
-    ``output`` (width -> classes) and attribute ``width``. The input layer keeps ``base_lr``;
-    the hidden and output layers, whose fan_in grows with width, get base_lr * base_width / width.
-    Returns a list of dicts {"params": [...], "lr": ...} covering every parameter exactly once.
+    ``output`` (width -> classes) and attribute ``width``; base_lr: the rate tuned at width ``base_width``.
+    Returns a list of dicts {"params": [...], "lr": ...} covering every parameter exactly once, each layer's
+    rate set by section 2.6's rule; at width == base_width every rate is base_lr.
     """
     ratio = base_width / model.width
     return [
