@@ -48,7 +48,10 @@ def _assert_warmup_claims(grid):
         post_diffs = sorted(abs(d) for d in verdicts[(init, 1e-2)]["post"]["diffs"])
         assert post_diffs[1] < 0.1, verdicts  # median seed: stored 0.03 and 0.03 (one edge seed moved 0.25)
         assert _mean(grid[(init, 1e-2, "post", 0)]) < _mean(grid[(init, 1e-2, "pre", 0)]) - 0.1, grid
-    assert verdicts[("fixed 0.02", 1e-2)]["pre"]["verdict"] == "helps", verdicts  # stored: 0.23 against spread 0.10
+    for init in ("fixed 0.02", "GPT-2"):  # judged seed by seed: every seed gains more than 0.1 (stored 0.19, 0.13)
+        assert verdicts[(init, 1e-2)]["pre"]["verdict"] == "helps", verdicts
+    for lr in LRS:  # at fan-in init no seed of Pre-LN moves by 0.1 (stored: at most 0.05)
+        assert verdicts[("fan-in", lr)]["pre"]["verdict"] == "small", verdicts
 
 
 def test_warmup_claims_hold_on_the_stored_grid():
@@ -56,6 +59,13 @@ def test_warmup_claims_hold_on_the_stored_grid():
                                           for w in (0, 40)}
     assert all(len(v) == 3 for v in gradflow.WARMUP_GRID.values())
     _assert_warmup_claims(gradflow.WARMUP_GRID)
+    # the verdict of every cell, as the fact check states it (the seeds of the two "mixed" cells disagree; the edge
+    # seed of fixed 0.02, lr 1e-2, Post-LN moves with the arithmetic order, so fresh runs are not held to this map)
+    verdicts = {(init, lr, arch): v["verdict"] for (init, lr), by_arch in gradflow.warmup_verdicts(
+        gradflow.WARMUP_GRID).items() for arch, v in by_arch.items()}
+    special = {("fan-in", 3e-3, "post"): "mixed", ("fixed 0.02", 1e-2, "post"): "mixed",
+               ("fixed 0.02", 1e-2, "pre"): "helps", ("GPT-2", 1e-2, "pre"): "helps"}
+    assert verdicts == {key: special.get(key, "small") for key in verdicts}, verdicts
 
 
 @pytest.mark.slow
@@ -67,6 +77,44 @@ def test_warmup_claims_hold_on_fresh_runs_of_the_grid():
     _assert_warmup_claims(grid)
     close = [abs(a - b) < 0.05 for key, finals in grid.items() for a, b in zip(finals, gradflow.WARMUP_GRID[key])]
     assert sum(close) >= 0.9 * len(close), sum(close)
+
+
+LONG_WARMUP = dict(inits=("fan-in",), lrs=(3e-3, 1e-2), archs=("post",), warmups=(0, 40, 100), steps=300)
+
+
+def _assert_long_warmup_claims(grid):
+    """01, fact check "Post-LN needs warmup", the 300-step runs at fan-in init: at lr 3e-3 Post-LN stays at the unigram
+    entropy on every seed without warmup (stored 3.42 to 3.44), trains on some seeds only with a 40-step warmup (stored:
+    seed 0 stalls, seeds 1 and 2 reach 2.66 and 2.67) and on every seed with a 100-step one (stored 2.64 to 2.68, about
+    the level of the 120-step grid's Pre-LN, 2.66 to 2.70); at lr 1e-2 it stalls on every seed with every warmup
+    (stored 3.42 to 3.43)."""
+    assert all(abs(v - UNIGRAM) < 0.1 for v in grid[("fan-in", 3e-3, "post", 0)]), grid
+    assert all(v < UNIGRAM - 0.5 for v in grid[("fan-in", 3e-3, "post", 100)]), grid
+    forty = grid[("fan-in", 3e-3, "post", 40)]
+    assert any(abs(v - UNIGRAM) < 0.1 for v in forty) and any(v < UNIGRAM - 0.5 for v in forty), grid
+    for w in (0, 40, 100):
+        assert all(abs(v - UNIGRAM) < 0.1 for v in grid[("fan-in", 1e-2, "post", w)]), grid
+
+
+def test_long_warmup_claims_hold_on_the_stored_grid():
+    assert set(gradflow.LONG_WARMUP_GRID) == {("fan-in", lr, "post", w) for lr in LONG_WARMUP["lrs"]
+                                               for w in LONG_WARMUP["warmups"]}
+    assert all(len(v) == 3 for v in gradflow.LONG_WARMUP_GRID.values())
+    _assert_long_warmup_claims(gradflow.LONG_WARMUP_GRID)
+    # with the 100-step warmup Post-LN reaches about Pre-LN's level (Pre-LN: the 120-step grid, no warmup)
+    pre = gradflow.WARMUP_GRID[("fan-in", 3e-3, "pre", 0)]
+    assert max(gradflow.LONG_WARMUP_GRID[("fan-in", 3e-3, "post", 100)]) < max(pre) + 0.05, pre
+
+
+@pytest.mark.slow
+@pytest.mark.rerun
+def test_long_warmup_claims_hold_on_fresh_runs():
+    """Re-runs the 18 runs of 300 steps (several minutes on 2 cores) and asserts the same claims; most runs land near
+    the stored numbers."""
+    grid = gradflow.warmup_grid(**LONG_WARMUP, processes=2)
+    _assert_long_warmup_claims(grid)
+    close = [abs(a - b) < 0.05 for key, finals in grid.items() for a, b in zip(finals, gradflow.LONG_WARMUP_GRID[key])]
+    assert sum(close) >= 0.8 * len(close), sum(close)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -193,6 +241,10 @@ def test_an_explosion_from_the_init_is_cured_by_the_init_not_by_clipping(seed):
     assert blew_up(doubled), doubled.losses
     ratio = doubled.grad_norms[0] / fan_in.grad_norms[0]
     assert 12 < ratio < 18, (doubled.grad_norms[0], fan_in.grad_norms[0])  # the prose's "13 to 16"; stored 13.4 to 16.1
+    one, two = gradflow.swiglu_first_grad_norms(seed), gradflow.swiglu_first_grad_norms(seed, init_scale=2.0)
+    assert abs(one["global"] / fan_in.grad_norms[0] - 1) < 1e-4, (one, fan_in.grad_norms[0])  # the same first step
+    assert 7 < two["W_in"] / one["W_in"] < 11, (one, two)  # about 2^3; stored 8.1 to 9.5
+    assert 15 < two["W_out"] / one["W_out"] < 25, (one, two)  # about 2^4; stored 17.1 to 21.5
     assert not blew_up(doubled_clipped) and doubled_clipped.losses[-1] > fan_in.losses[-1] + 0.2, doubled_clipped.losses
 
 
@@ -201,7 +253,9 @@ def test_post_ln_stream_gradient_over_ten_seeds_varies_but_does_not_vanish():
     ||dL/dx_1|| / ||dL/dx_L|| stays between 0.3 and 6 on every seed (stored 0.43 to 4.77), its geometric mean does not
     fall from 16 to 64 blocks (stored 1.14, 1.57), it varies more than fivefold between seeds at 64 blocks (stored 11x),
     per-seed decays of more than 10 % are common (stored 4 and 3 seeds of 10), and the bottom quarter's parameter
-    gradients are below the top quarter's on the seed mean but by a fraction, not a power (stored 0.72 and 0.82)."""
+    gradients are below the top quarter's on the seed mean but by a fraction, not a power (stored 0.72 and 0.82). Why
+    (reveal 1.a): one block multiplies the stream gradient by a factor close to 1, whose geometric mean over the blocks
+    and seeds stays within a few per cent of 1."""
     def geomean(values):
         return math.exp(sum(math.log(v) for v in values) / len(values))
 
@@ -209,6 +263,8 @@ def test_post_ln_stream_gradient_over_ten_seeds_varies_but_does_not_vanish():
     for depth in (16, 64):
         runs = [gradflow.layer_stats("post", depth, seed=seed, init="fan_in") for seed in range(10)]
         ratios = [r.input_grad_norm[0] / r.input_grad_norm[-1] for r in runs]
+        factors = [r.input_grad_norm[i] / r.input_grad_norm[i + 1] for r in runs for i in range(depth - 1)]
+        assert 0.97 < geomean(factors) < 1.05 and 0.5 < min(factors) and max(factors) < 2, factors  # reveal 1.a
         assert all(0.3 < r < 6 for r in ratios), (depth, ratios)
         assert 2 <= sum(r < 0.9 for r in ratios) <= 6, (depth, ratios)
         q = depth // 4

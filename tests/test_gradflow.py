@@ -159,12 +159,17 @@ def test_warmup_grid_keys_and_determinism_on_a_tiny_grid():
     assert grid == gradflow.warmup_grid(**kwargs)
 
 
-def test_warmup_verdicts_compare_the_effect_with_the_seed_spread():
+def test_warmup_verdicts_judge_the_gains_seed_by_seed():
+    """helps / hurts: every seed's paired gain beyond the 0.1 margin one way; small: none beyond it; mixed: else."""
     grid = {("fan-in", 1e-2, "pre", 0): [3.0, 3.1, 3.05], ("fan-in", 1e-2, "pre", 40): [2.7, 2.71, 2.72],
-            ("fan-in", 1e-2, "post", 0): [2.7, 2.9, 2.8], ("fan-in", 1e-2, "post", 40): [2.75, 2.8, 2.85]}
-    verdicts = gradflow.warmup_verdicts(grid)[("fan-in", 1e-2)]
-    assert verdicts["pre"]["verdict"] == "helps" and abs(verdicts["pre"]["spread"] - 0.1) < 1e-9
-    assert verdicts["post"]["verdict"] == "within the seed spread"
+            ("fan-in", 1e-2, "post", 0): [2.7, 3.0, 2.8], ("fan-in", 1e-2, "post", 40): [2.75, 2.8, 2.85],
+            ("fan-in", 3e-3, "pre", 0): [2.80, 2.81, 2.82], ("fan-in", 3e-3, "pre", 40): [2.79, 2.83, 2.82],
+            ("fan-in", 3e-3, "post", 0): [2.6, 2.6, 2.6], ("fan-in", 3e-3, "post", 40): [2.8, 2.9, 2.75]}
+    verdicts = gradflow.warmup_verdicts(grid)
+    high, low = verdicts[("fan-in", 1e-2)], verdicts[("fan-in", 3e-3)]
+    assert high["pre"]["verdict"] == "helps" and abs(high["pre"]["spread"] - 0.1) < 1e-9
+    assert high["post"]["verdict"] == "mixed"  # gains -0.05, +0.2, -0.05: the seeds disagree
+    assert low["pre"]["verdict"] == "small" and low["post"]["verdict"] == "hurts"
     fig = gradflow.figure_warmup_grid(grid, 2.485, 3.417)
     assert all(ax.has_data() for ax in fig.axes)
 
