@@ -55,11 +55,12 @@ def batchnorm_future_leak(seed: int = 0) -> dict[str, float]:
     return {name: float((f(changed)[0, 0] - f(x)[0, 0]).abs().max()) for name, f in norms}
 
 
-def batchmate_changes_output(seed: int = 0) -> dict[str, float]:
+def batchmate_changes_output(seed: int = 0, batch: int = 2) -> dict[str, float]:
     """The batch dependence that even per-time-step BatchNorm keeps: the largest change of a sequence's outputs when
-    its batch-mate (the other sequence of a batch of 2, no padding) is redrawn."""
+    one batch-mate (the second sequence of a batch of ``batch``, no padding) is redrawn. In a batch of 2 per-step
+    BatchNorm's outputs are about +-1 (the sign of the difference of the two sequences), so the change is 0 or 2."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 16, 32, generator=g)
+    x = torch.randn(batch, 16, 32, generator=g)
     other = x.clone()
     other[1] = torch.randn(16, 32, generator=g)
     norms = (*_NORMS_OVER, ("batchnorm per time step", _batch_norm_per_step))
@@ -354,13 +355,17 @@ PRE_LN_VARIANTS = {
 }
 
 
-def pre_ln_scale(depth: int, variant: str, *, init_std: float = 0.1, seed: int = 0) -> dict:
+def pre_ln_scale(depth: int, variant: str, *, init_std: float = 0.1, seed: int = 0, init: str | None = None) -> dict:
     """Residual-stream RMS after each block and the std of the logits, for a Pre-LN TinyTransformer
     at init with one of PRE_LN_VARIANTS. init_std 0.1 (about 1/sqrt(d)) makes the growth visible
-    at init; with 0.02 the same happens more slowly, and during training."""
+    at init; with 0.02 the stream grows as much, relative to its start, but the logits stay small.
+    ``init``: a name of gradflow.INITS ("fan-in", "fixed 0.02", "GPT-2"), which then replaces init_std."""
+    from course_utils.gradflow import init_fields
+
     torch.manual_seed(seed)
+    fields = init_fields(init) if init is not None else dict(init_std=init_std)
     config = TransformerConfig(vocab_size=64, block_size=16, n_layer=depth, d_model=64, n_head=4,
-                               init_std=init_std, **PRE_LN_VARIANTS[variant])
+                               **{**fields, **PRE_LN_VARIANTS[variant]})
     model = TinyTransformer(config)
     tokens = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
