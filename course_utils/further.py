@@ -35,8 +35,9 @@ def depth_effects(depth: int, variant: str, *, init_std: float = 0.1, seed: int 
     ("grad_first", "grad_middle", "grad_last"), and "out_grad": the mean over positions of |p - y|, the gradient of
     each position's own loss with respect to its logits (between 0 and sqrt(2)); "out_coherence": the norm of the mean
     over positions of p - y over the mean of their norms (0: the positions' output gradients cancel when they are
-    summed into a shared weight; 1: they all point the same way).
-    ``init``: a key of DEPTH_INITS (overrides ``init_std``)."""
+    summed into a shared weight; 1: they all point the same way); "share_first", "share_later", "share_head": the
+    fractions of the squared global norm in the first block, in the blocks after it and in the LM head (the rest is in
+    the embeddings and the final norm). ``init``: a key of DEPTH_INITS (overrides ``init_std``)."""
     from course_utils.normalization import PRE_LN_VARIANTS
 
     torch.manual_seed(seed)
@@ -61,7 +62,10 @@ def depth_effects(depth: int, variant: str, *, init_std: float = 0.1, seed: int 
             "loss": float(loss.detach()), "grad_norm": norm(model.parameters()),
             "grad_first": norm(model.blocks[0].parameters()),
             "grad_middle": norm(model.blocks[depth // 2].parameters()),
-            "grad_last": norm(model.blocks[-1].parameters()), "out_grad": float(out_grad.mean())}
+            "grad_last": norm(model.blocks[-1].parameters()), "out_grad": float(out_grad.mean()),
+            "share_first": norm(model.blocks[0].parameters()) ** 2 / norm(model.parameters()) ** 2,
+            "share_later": norm(model.blocks[1:].parameters()) ** 2 / norm(model.parameters()) ** 2,
+            "share_head": norm(model.lm_head.parameters()) ** 2 / norm(model.parameters()) ** 2}
 
 
 def depth_table(depths=(4, 16, 64), variants=None, inits=("fixed 0.1",), seeds=(0, 1, 2)) -> dict:
@@ -139,13 +143,12 @@ def grad_norm_spikes(norms, window, factor):
 # ------------------------------------------------------------------- 8.2 decay over a run
 
 def remaining_after_decay(lrs, weight_decay):
-    """The fraction of a weight that receives no gradient left after a run of decoupled weight decay as
-    PyTorch's AdamW applies it (the weight times 1 - lr * weight_decay at each step).
+    """The fraction of a weight that receives no gradient left after a run of decoupled weight decay, applied at
+    every step as PyTorch's AdamW applies it (your AdamW of exercise 5.1 does the same), with that step's lr.
 
     lrs: the learning rate of every step of the run, in order (a list of floats, possibly empty); weight_decay: a
-    float >= 0. Returns a number (a float; a 0-d tensor is accepted too): the product over the steps of
-    (1 - lrs[t] * weight_decay), exactly (not its approximation exp(-weight_decay * sum(lrs))); 1.0 for a run of no
-    steps. Nothing is modified.
+    float >= 0. Returns a number (a float; a 0-d tensor is accepted too): the fraction left, exactly, step by step
+    (not a continuous-time approximation of it); 1.0 for a run of no steps. Nothing is modified.
     """
     remaining = 1.0
     for lr in lrs:
@@ -998,22 +1001,33 @@ def clipping_gain_table(grids: dict | None = None, paired: dict | None = None) -
 
 
 def adam_spike_push(spike: float, *, steps: int = 200, spike_step: int = 60, betas=(0.9, 0.95), size: int = 10_000,
-                    seed: int = 0) -> dict[str, float]:
+                    seed: int = 0, after=(1, 40, 80, 120)) -> dict:
     """Adam (no weight decay, lr 1) on ``size`` coordinates whose gradients are N(0, 1), with ``spike`` added to every
     coordinate's gradient at ``spike_step``; the same noise without the spike as the baseline. Returns "at_spike"
-    (the mean update at the spike step, in units of lr) and "total" (the mean extra displacement the spike caused by
-    the end, in units of lr)."""
+    (the mean update at the spike step, in units of lr), "total" (the mean extra displacement the spike caused by
+    the end, in units of lr), "muted" ({k: the std over coordinates of the update k steps after the spike, over the
+    same in the baseline}, for k in ``after``: how much of the noise-driven update is left while the spike sits in v)
+    and "v_steps" (how many steps after the spike the spike's excess in the mean of v stays above the baseline's mean
+    v; None if it outlasts the run)."""
     b1, b2 = betas
     grads = torch.randn(steps, size, generator=torch.Generator().manual_seed(seed))
     out = {}
     for name, extra in (("clean", 0.0), ("spike", spike)):
         m, v, p = torch.zeros(size), torch.zeros(size), torch.zeros(size)
+        out[f"{name}_v"], out[f"{name}_std"] = [], {}
         for t in range(steps):
             g = grads[t] + (extra if t == spike_step else 0.0)
             m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
             u = (m / (1 - b1 ** (t + 1))) / ((v / (1 - b2 ** (t + 1))).sqrt() + 1e-8)
             p = p - u
+            out[f"{name}_v"].append(float(v.mean()))
             if t == spike_step:
                 out[f"{name}_at_spike"] = u
+            if t - spike_step in after:
+                out[f"{name}_std"][t - spike_step] = float(u.std())
         out[name] = p
-    return {"at_spike": float(out["spike_at_spike"].mean()), "total": float((out["clean"] - out["spike"]).mean())}
+    clean_v, spike_v = out["clean_v"], out["spike_v"]
+    v_steps = next((k for k in range(1, steps - spike_step)
+                    if spike_v[spike_step + k] - clean_v[spike_step + k] < clean_v[spike_step + k]), None)
+    return {"at_spike": float(out["spike_at_spike"].mean()), "total": float((out["clean"] - out["spike"]).mean()),
+            "muted": {k: out["spike_std"][k] / out["clean_std"][k] for k in out["spike_std"]}, "v_steps": v_steps}
