@@ -11,7 +11,9 @@ Used by chapters 6 and 8.
 from __future__ import annotations
 
 import html
+import json
 import math
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -179,9 +181,10 @@ def beam_search(next_log_probs, prompt, beam_width, steps, eos_id=None, length_p
     of equal-length id lists. Each step expands every alive beam by every token and keeps the
     beam_width candidates with the highest total log-probability *over all beams together* (ties: the
     earlier beam, then the lower token id). A kept candidate that ends in eos_id is finished: it
-    leaves the beam (which shrinks) and grows no more. Stop after ``steps`` steps or when no beam is
-    alive. Score of a continuation c (finished or alive at the end): sum of its log-probs / len(c)**length_penalty;
-    return the best one.
+    leaves the beam and grows no more. It holds its slot only in the step that finished it: the next
+    step expands fewer beams but again keeps beam_width candidates from them. Stop after ``steps``
+    steps or when no beam is alive. Score of a continuation c (finished or alive at the end): sum of
+    its log-probs / len(c)**length_penalty, len(c) counting the end token; return the best one.
     """
     if beam_width < 1 or steps < 1:
         raise ValueError(f"beam_width and steps must be at least 1, got {beam_width}, {steps}")
@@ -402,16 +405,17 @@ class CroppedDecoder:
 
 
 def decode_batch(model, prompts: list[list[int]], n_new: int, *, temperature: float = 0.0, top_p: float | None = None,
-                 min_p: float | None = None, repetition_penalty: float = 1.0, samples: int = 1, seed: int = 0,
-                 return_loglik: bool = False):
+                 min_p: float | None = None, repetition_penalty: float = 1.0, penalise_prompt: bool = True,
+                 samples: int = 1, seed: int = 0, return_loglik: bool = False):
     """``samples`` continuations of ``n_new`` tokens for each prompt (all prompts of one length), all rows in one
     batch with a key/value cache: ``out[prompt][sample]``. Temperature 0 is greedy (first of tied maxima);
     otherwise temperature, then top-p, then min-p, then a draw (one torch.Generator seeded with ``seed`` for the
     batch). ``repetition_penalty``: Hugging Face's sign-aware penalty on the raw logits of every distinct token in the
-    row so far (prompt included), as :func:`generate` applies it. Prompt + continuation longer than the model's
-    context: no cache, each step re-reads the last ``block_size`` tokens (:class:`CroppedDecoder`), as
-    :func:`generate` does. ``return_loglik``: also return each continuation's mean log-likelihood per token under
-    the model itself (T = 1, unfiltered, no penalty), ``loglik[prompt][sample]``, collected as it decodes."""
+    row so far, prompt included, as :func:`generate` applies it (``penalise_prompt=False``: the generated tokens
+    only). Prompt + continuation longer than the model's context: no cache, each step re-reads the last
+    ``block_size`` tokens (:class:`CroppedDecoder`), as :func:`generate` does. ``return_loglik``: also return each
+    continuation's mean log-likelihood per token under the model itself (T = 1, unfiltered, no penalty),
+    ``loglik[prompt][sample]``, collected as it decodes."""
     if len({len(p) for p in prompts}) != 1:
         raise ValueError("decode_batch needs prompts of one length")
     gen = torch.Generator().manual_seed(seed)
@@ -419,7 +423,8 @@ def decode_batch(model, prompts: list[list[int]], n_new: int, *, temperature: fl
     fits = rows.shape[1] + n_new - 1 <= model.config.block_size
     decoder = KVCacheDecoder(model) if fits else CroppedDecoder(model)
     seen = torch.zeros(len(rows), model.config.vocab_size, dtype=torch.bool)
-    seen.scatter_(1, rows, True)
+    if penalise_prompt:
+        seen.scatter_(1, rows, True)
     z, out, total = decoder.prefill(rows), [], torch.zeros(len(rows), dtype=torch.float64)
     for i in range(n_new):
         zp = z
@@ -508,16 +513,27 @@ def corpus_words() -> set:
     return _WORD
 
 
-def word_validity(ids: list[int]) -> float:
+def word_validity(ids: list[int], no_word: float = math.nan) -> float:
     """Fraction of the continuation's complete words (letter runs of 2+ letters, not touching either end, since
     those may be cut) that occur in the training text: a judge of "invented words" that is not the model's
-    likelihood. nan when the text has no complete word."""
+    likelihood. ``no_word`` when the text has no complete word (nan by default; the chapter's evaluations pass 0, the
+    worst score, so that a run of spaces counts as a failure instead of dropping out of a mean)."""
+    words = complete_words(ids)
+    return sum(w in corpus_words() for w in words) / len(words) if words else no_word
+
+
+def complete_words(ids: list[int]) -> list[str]:
+    """The words :func:`word_validity` judges: letter runs of 2+ letters, lower case, not touching either end."""
     import re
 
     text = bytes(ids).decode("latin-1")
     words = [m for m in re.finditer(r"[A-Za-z]+", text) if m.start() > 0 and m.end() < len(text)]
-    words = [m.group().lower() for m in words if len(m.group()) >= 2]
-    return sum(w in corpus_words() for w in words) / len(words) if words else math.nan
+    return [m.group().lower() for m in words if len(m.group()) >= 2]
+
+
+def words_score(ids: list[int]) -> float:
+    """The evaluations' judge: :func:`word_validity` with a text that has no complete word scored 0 (worst)."""
+    return word_validity(ids, no_word=0.0)
 
 
 def _letters(ids) -> int:
@@ -583,7 +599,7 @@ def decoding_evaluation(model, prompts: list[list[int]], *, n_new: int = 40, bea
 
     Returns {"per_prompt": {method: {metric: [value per prompt]}}, "best_of": {N: {metric: [...]}}, "texts": {method:
     [first output per prompt]}}. Metrics: ``loglik`` (mean log-likelihood per byte under the model), ``distinct4``
-    (distinct 4-grams within one text: low = loops), ``words`` (:func:`word_validity`), ``diversity``
+    (distinct 4-grams within one text: low = loops), ``words`` (:func:`words_score`), ``diversity``
     (:func:`pairwise_ngram_diversity` of ``beam_width`` outputs for the prompt: the final beams, or the first
     ``beam_width`` samples; greedy has one output, so 0). A method's value for a prompt is its best beam for beam
     search and the mean over the ``samples`` samples for sampling. ``best_of[N]``: best-of-N by the model's own
@@ -612,27 +628,86 @@ def decoding_evaluation(model, prompts: list[list[int]], *, n_new: int = 40, bea
         per_prompt[m] = {
             "loglik": [sum(x[:len(u)]) / len(u) for x, u in zip(lls[m], use)],
             "distinct4": [sum(distinct_ngram_fraction(s) for s in u) / len(u) for u in use],
-            "words": [_nanmean([word_validity(s) for s in u]) for u in use],
+            "words": [_nanmean([words_score(s) for s in u]) for u in use],
             "diversity": [0.0 if len(o) == 1 else pairwise_ngram_diversity(o[:beam_width]) for o in outs],
         }
-    best_of, ref = {}, "sample T=1"
-    for n in (1, 2, 4, 8):
-        if n > samples:
-            break
-        metrics = {"loglik": [], "distinct4": [], "words": []}
-        for outs, scores in zip(outputs[ref], lls[ref]):
-            picks = [max(range(g, g + n), key=scores.__getitem__) for g in range(0, samples - n + 1, n)]
-            metrics["loglik"].append(sum(scores[i] for i in picks) / len(picks))
-            metrics["distinct4"].append(sum(distinct_ngram_fraction(outs[i]) for i in picks) / len(picks))
-            metrics["words"].append(_nanmean([word_validity(outs[i]) for i in picks]))
-        best_of[n] = metrics
+    best_of = best_of_groups(outputs["sample T=1"], lls["sample T=1"]) if "sample T=1" in outputs else {}
     texts = {m: [o[0] for o in outs] for m, outs in outputs.items()}
     result = {"per_prompt": per_prompt, "best_of": best_of, "texts": texts, "prompts": P, "outputs": outputs,
               "seconds": seconds}
     if references is not None:
         result["reference"] = {"distinct4": [distinct_ngram_fraction(r) for r in references],
-                               "words": [word_validity(r) for r in references]}
+                               "words": [words_score(r) for r in references]}
     return result
+
+
+LOOP = 0.5  # a text with fewer than this fraction of distinct 4-grams is a loop (the held-out text's lowest: 0.54)
+
+
+def best_of_groups(outputs: list[list[list[int]]], scores: list[list[float]], sizes=(1, 2, 4, 8)) -> dict:
+    """Best-of-N by the model's own likelihood: ``outputs[prompt][sample]`` and their ``scores`` (mean log-likelihood
+    per token). For each N in ``sizes`` (up to the number of samples), the pick of each of the disjoint groups of N
+    samples, averaged over the groups: ``{N: {"loglik" | "distinct4" | "words" | "loops": [per prompt]}}``, with
+    ``loops`` the number of the prompt's picks (of ``samples // N``) whose distinct 4-grams are below :data:`LOOP`."""
+    samples, best_of = len(outputs[0]), {}
+    for n in sizes:
+        if n > samples:
+            break
+        metrics = {"loglik": [], "distinct4": [], "words": [], "loops": []}
+        for outs, score in zip(outputs, scores):
+            picks = [max(range(g, g + n), key=score.__getitem__) for g in range(0, samples - n + 1, n)]
+            metrics["loglik"].append(sum(score[i] for i in picks) / len(picks))
+            metrics["distinct4"].append(sum(distinct_ngram_fraction(outs[i]) for i in picks) / len(picks))
+            metrics["words"].append(_nanmean([words_score(outs[i]) for i in picks]))
+            metrics["loops"].append(sum(distinct_ngram_fraction(outs[i]) < LOOP for i in picks))
+        best_of[n] = metrics
+    return best_of
+
+
+SEED_POOLED_CACHE = Path(__file__).resolve().parent / "data_files" / "ch06_seed_pooled.json"
+SEED_POOLED = dict(seeds=(0, 1, 2, 3, 4), samples=8, n_new=40, hot=1.5, top_p=(0.9, 0.75), min_p=0.1)
+
+
+def seed_pooled_evaluation(model, prompts: list[list[int]], *, seeds=SEED_POOLED["seeds"],
+                           samples: int = SEED_POOLED["samples"], n_new: int = SEED_POOLED["n_new"],
+                           hot: float = SEED_POOLED["hot"], top_p: tuple = SEED_POOLED["top_p"],
+                           min_p: float = SEED_POOLED["min_p"]) -> dict:
+    """The chapter's verdicts that depend on the sampling seed, per seed: ``{"seeds": [...], "filters": {name:
+    [per seed [per prompt words]]}, "best_of": {N: {metric: [per seed [per prompt]]}}}``. ``filters``: the words
+    score (:func:`words_score`, mean over ``samples`` samples) of top-p (each of ``top_p``) and min-p at temperature
+    ``hot`` (:func:`filter_evaluation`); ``best_of``: :func:`best_of_groups` of ``samples`` samples at T = 1. Each
+    seed draws as ``seed`` does in those functions, so seed 0 is the notebook's own evaluation. Average a metric over
+    the seeds with :func:`pool_seeds`. Stored in ``data_files/ch06_seed_pooled.json`` (:func:`load_seed_pooled`)."""
+    out = {"seeds": list(seeds), "filters": {}, "best_of": {}}
+    for seed in seeds:
+        runs = filter_evaluation(model, prompts, temperatures=(hot,), top_p=tuple(top_p), min_p=min_p, n_new=n_new,
+                                 samples=samples, seed=seed)[hot]
+        for name, metrics in runs.items():
+            out["filters"].setdefault(name, []).append(metrics["words"])
+        ids, lls = decode_batch(model, prompts, n_new, temperature=1.0, samples=samples, seed=seed, return_loglik=True)
+        for n, metrics in best_of_groups(ids, lls).items():
+            for metric, values in metrics.items():
+                out["best_of"].setdefault(str(n), {}).setdefault(metric, []).append(values)
+    return out
+
+
+def pool_seeds(per_seed: list[list[float]]) -> list[float]:
+    """Per prompt, the mean over seeds of ``per_seed[seed][prompt]`` (a metric of :func:`seed_pooled_evaluation`)."""
+    return [sum(values) / len(values) for values in zip(*per_seed)]
+
+
+def save_seed_pooled(result: dict, path=SEED_POOLED_CACHE) -> None:
+    def rounded(x):
+        return round(x, 6) if isinstance(x, float) else [rounded(v) for v in x] if isinstance(x, list) else (
+            {k: rounded(v) for k, v in x.items()} if isinstance(x, dict) else x)
+
+    Path(path).write_text(json.dumps(rounded(result)) + "\n")
+
+
+def load_seed_pooled(path=SEED_POOLED_CACHE) -> dict:
+    """The stored result of ``seed_pooled_evaluation`` on the chapter's 24 prompts; tests/test_claims_ch06.py
+    recomputes it and checks it."""
+    return json.loads(Path(path).read_text())
 
 
 def same_as_greedy(evaluation: dict, method: str) -> list[int]:
@@ -644,7 +719,7 @@ def same_as_greedy(evaluation: dict, method: str) -> list[int]:
 def within_prompt_sd(evaluation: dict, method: str, metric: str = "words") -> list[float]:
     """Per prompt, the sample sd of ``metric`` (``words`` or ``distinct4``) across that prompt's samples: how much
     the quality varies from one sample to the next for one prompt (nan with fewer than 2 defined values)."""
-    fn = word_validity if metric == "words" else distinct_ngram_fraction
+    fn = words_score if metric == "words" else distinct_ngram_fraction
     result = []
     for outs in evaluation["outputs"][method]:
         values = [v for v in map(fn, outs) if not math.isnan(v)]
@@ -652,18 +727,34 @@ def within_prompt_sd(evaluation: dict, method: str, metric: str = "words") -> li
     return result
 
 
+def independent_errors_sd(evaluation: dict, method: str) -> list[float]:
+    """Per prompt, the sd of the words score across ``method``'s samples that independent errors would give: every
+    complete word wrong with the prompt's own rate, sqrt(p (1 - p) / n), p the prompt's mean :func:`words_score` and n
+    its mean number of complete words per sample (at least 1). Set beside :func:`within_prompt_sd`."""
+    result = []
+    for outs in evaluation["outputs"][method]:
+        p = sum(map(words_score, outs)) / len(outs)
+        n = max(sum(len(complete_words(s)) for s in outs) / len(outs), 1.0)
+        result.append(math.sqrt(p * (1 - p) / n))
+    return result
+
+
 def repetition_penalty_evaluation(model, prompts: list[list[int]], *, lengths=(40, 150), penalty: float = 1.3) -> dict:
     """Greedy with and without the repetition penalty on every prompt, for each continuation length:
-    ``{n_new: {"greedy": {metric: [per prompt]}, f"penalty {penalty:g}": {...}}}``, metrics ``distinct4`` and
-    ``words``. Batched (continuations past the model's context re-read the last ``block_size`` bytes, as
-    :func:`generate` does)."""
+    ``{n_new: {"greedy": {metric: [per prompt]}, f"penalty {penalty:g}": {...},
+    f"penalty {penalty:g}, generated only": {...}}}``, metrics ``distinct4``, ``words`` (:func:`words_score`) and
+    ``texts``. ``penalty θ`` penalises every byte of the row, prompt included (Hugging Face's rule);
+    ``..., generated only`` only the bytes generated so far (the note's "tokens already generated"). Batched
+    (continuations past the model's context re-read the last ``block_size`` bytes, as :func:`generate` does)."""
     result = {}
     for n_new in lengths:
         result[n_new] = {}
-        for name, pen in (("greedy", 1.0), (f"penalty {penalty:g}", penalty)):
-            outs = [o[0] for o in decode_batch(model, prompts, n_new, temperature=0, repetition_penalty=pen)]
+        for name, pen, prompt_too in (("greedy", 1.0, True), (f"penalty {penalty:g}", penalty, True),
+                                      (f"penalty {penalty:g}, generated only", penalty, False)):
+            outs = [o[0] for o in decode_batch(model, prompts, n_new, temperature=0, repetition_penalty=pen,
+                                               penalise_prompt=prompt_too)]
             result[n_new][name] = {"distinct4": [distinct_ngram_fraction(o) for o in outs],
-                                   "words": [word_validity(o) for o in outs], "texts": outs}
+                                   "words": [words_score(o) for o in outs], "texts": outs}
     return result
 
 
@@ -671,7 +762,7 @@ def filter_evaluation(model, prompts: list[list[int]], *, temperatures=(1.0, 1.5
                       min_p: float = 0.1, n_new: int = 40, samples: int = 8, diversity_of: int = 4,
                       seed: int = 0) -> dict:
     """Top-p against min-p when sampling: ``{T: {"top-p 0.9" | "min-p 0.1": {metric: [per prompt]}}}``, metrics
-    ``words`` (mean over the samples, :func:`word_validity`), ``distinct4`` and ``diversity`` (across the first
+    ``words`` (mean over the samples, :func:`words_score`), ``distinct4`` and ``diversity`` (across the first
     ``diversity_of`` samples). ``top_p`` may be a tuple of values, each evaluated (``"top-p 0.75"``, ...). Every
     filter draws with the same seed, each in one batch with a key/value cache."""
     filters = [(f"top-p {p:g}", {"top_p": p}) for p in (top_p if isinstance(top_p, tuple) else (top_p,))]
@@ -681,7 +772,7 @@ def filter_evaluation(model, prompts: list[list[int]], *, temperatures=(1.0, 1.5
         result[t] = {}
         for name, kw in filters:
             outs = decode_batch(model, prompts, n_new, temperature=t, samples=samples, seed=seed, **kw)
-            result[t][name] = {"words": [_nanmean([word_validity(s) for s in o]) for o in outs],
+            result[t][name] = {"words": [_nanmean([words_score(s) for s in o]) for o in outs],
                                "distinct4": [sum(map(distinct_ngram_fraction, o)) / len(o) for o in outs],
                                "diversity": [pairwise_ngram_diversity(o[:diversity_of]) for o in outs]}
     return result

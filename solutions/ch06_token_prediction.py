@@ -324,6 +324,43 @@ def _beam_finished_keep_growing(next_log_probs, prompt, beam_width, steps, eos_i
     return beam_search(next_log_probs, prompt, beam_width, steps, None, length_penalty)
 
 
+def _beam_search_variant(next_log_probs, prompt, beam_width, steps, eos_id=None, length_penalty=1.0, *,
+                         shrink_for_good=False, eos_in_len=True):
+    """The reference's loop with one of two misreadings of its contract switched on (tests/test_claims_ch06.py checks
+    that the last two cases of 6.5 tell each from the reference)."""
+    alive, finished, width = [([], 0.0)], [], beam_width
+    for _ in range(steps):
+        if not alive or width < 1:
+            break
+        log_probs = next_log_probs([list(prompt) + c for c, _ in alive])
+        vocab = log_probs.shape[-1]
+        totals = torch.tensor([s for _, s in alive], dtype=torch.float64)[:, None] + log_probs.double()
+        order = torch.sort(totals.flatten(), descending=True, stable=True).indices[:width]
+        candidates = [(alive[i // vocab][0] + [i % vocab], float(totals.flatten()[i])) for i in order.tolist()]
+        alive = []
+        for c, s in candidates:
+            if eos_id is not None and c[-1] == eos_id:
+                finished.append((c, s))
+                width -= shrink_for_good
+            else:
+                alive.append((c, s))
+
+    def length(c):
+        return max(len(c) - (not eos_in_len and eos_id is not None and c[-1] == eos_id), 1)
+
+    best = max(finished + alive, key=lambda cs: cs[1] / length(cs[0]) ** length_penalty)
+    return best[0], best[1] / length(best[0]) ** length_penalty
+
+
+def _beam_shrinks_for_good(next_log_probs, prompt, beam_width, steps, eos_id=None, length_penalty=1.0):
+    return _beam_search_variant(next_log_probs, prompt, beam_width, steps, eos_id, length_penalty,
+                                shrink_for_good=True)
+
+
+def _beam_eos_not_counted(next_log_probs, prompt, beam_width, steps, eos_id=None, length_penalty=1.0):
+    return _beam_search_variant(next_log_probs, prompt, beam_width, steps, eos_id, length_penalty, eos_in_len=False)
+
+
 def _beam_cases():
     g = torch.Generator().manual_seed(65)
 
@@ -341,7 +378,33 @@ def _beam_cases():
         Case("5 tokens, eos = 0, beam 2, 8 steps, length penalty 0.6",
              (_markov_scorer(table(5, 1.0)), [3], 2, 8, 0, 0.6)),
         Case("beam 1 is greedy", (_markov_scorer(table(6)), [0], 1, 4)),
+        # token 0 ends: after [0] finishes in step 1, step 2 keeps 2 candidates again ([1, 2] and [1, 3]),
+        # and only [1, 3] leads on to a certain token: the best, at -0.505 per token against [0]'s -0.80
+        Case("a beam finishes at step 1, the next step keeps 2 again (eos = 0, beam 2, 3 steps)",
+             (_markov_scorer(_refill_table()), [4], 2, 3, 0, 1.0)),
+        # the best is the finished [1, 0]: its length counts the end token (2), so its score is ln(0.81) / 2
+        Case("the best is finished, len counts the end token (eos = 0, beam 2, 3 steps)",
+             (_markov_scorer(_finish_table()), [4], 2, 3, 0, 1.0)),
     ]
+
+
+def _probability_table(rows):
+    """Log-probabilities of a first-order table from {token: {next token: probability}}, the rest of each row
+    spread evenly (rows not given are uniform); 5 tokens."""
+    table = torch.full((5, 5), 0.2, dtype=torch.float64)
+    for token, row in rows.items():
+        rest = (1 - sum(row.values())) / (5 - len(row))
+        table[token] = torch.tensor([row.get(t, rest) for t in range(5)], dtype=torch.float64)
+    return table.clamp(min=1e-9).log().float()
+
+
+def _refill_table():
+    return _probability_table({4: {0: 0.45, 1: 0.55, 2: 0.0, 3: 0.0}, 1: {2: 0.6, 3: 0.4, 0: 0.0, 4: 0.0},
+                               3: {4: 1.0, 0: 0.0, 1: 0.0, 2: 0.0}})
+
+
+def _finish_table():
+    return _probability_table({4: {1: 0.9, 0: 0.0, 3: 0.0, 4: 0.0}, 1: {0: 0.9}})
 
 
 EX_6_5 = Exercise(
