@@ -212,6 +212,37 @@ def tied_head_initial_loss(embedding_std: float, *, d_model: int = 256, vocab: i
     return float(F.cross_entropy(head_scale * F.layer_norm(E[tokens], (d_model,)) @ E.T, targets))
 
 
+def tied_head_loss_through_blocks(n_layer: int, blocks_init: str, *, d_model: int = 256, vocab: int = 512,
+                                  seed: int = 0) -> dict[str, float]:
+    """The tied-head check with ``n_layer`` blocks between the embedding and the head: PaLM's setting (N(0, 1)
+    embedding, shared with the head, logits scaled by d_model ** -0.5) on a TinyTransformer with RMSNorm, SwiGLU
+    and RoPE whose block weights are ``blocks_init`` ("fan-in": N(0, 1/fan_in), as PaLM; "fixed 0.02").
+
+    Returns {"loss": initial cross-entropy on random tokens and targets (8 x 32), "embedding_share": the
+    embedding's mean square over the final residual stream's}. With 0 blocks the share is 1 and the loss is
+    ``tied_head_initial_loss``'s limit (under RMSNorm instead of LayerNorm). The global RNG is left as it was."""
+    from course_utils.models import TinyTransformer, TransformerConfig
+
+    if blocks_init not in ("fan-in", "fixed 0.02"):
+        raise ValueError(f"blocks_init must be 'fan-in' or 'fixed 0.02', got {blocks_init!r}")
+    config = TransformerConfig(vocab_size=vocab, d_model=d_model, n_layer=n_layer, n_head=4, block_size=32,
+                               norm="rmsnorm", mlp="swiglu", position="rope",
+                               init="fan_in" if blocks_init == "fan-in" else "gpt")
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(seed)
+        model = TinyTransformer(config)
+        model.tok_emb.weight.normal_(0.0, 1.0)
+        model.lm_head.weight = model.tok_emb.weight  # tied
+        tokens, targets = torch.randint(vocab, (8, 32)), torch.randint(vocab, (8, 32))
+        x = model.embed(tokens)
+        rope = (model.rope_inv_freq, model.rope_factor)
+        for block in model.blocks:
+            x = block(x, rope)
+        logits = d_model ** -0.5 * model.lm_head(model.norm_f(x))
+        return {"loss": float(F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))),
+                "embedding_share": float(model.tok_emb(tokens).pow(2).mean() / x.pow(2).mean())}
+
+
 # ------------------------------------------------------------------------------------------ μP
 
 class WidthMLP(nn.Module):
