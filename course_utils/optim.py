@@ -239,7 +239,7 @@ def figure_decay_comparison(lr: float = 1e-2, weight_decay: float = 0.1, steps: 
 ADAFACTOR_GRID = {  # the grid the notebook's fact check states its verdicts for
     "optimizers": ("adamw", "adafactor"),
     "inits": ("fixed 0.02", "fan-in"),  # names of gradflow.INITS, the course's one vocabulary of initialisations
-    # per optimizer, each reaching 10 to 100x past its own best rate, so that "warmup does not help" is tested where
+    # per optimizer, each reaching 10 to 33x past its own best rate, so that "warmup does not help" is tested where
     # warmup could help: AdamW's usual 3e-3 and torch.optim.Adafactor's default 1e-2 (the paper's cap) are on both
     "lrs": {"adamw": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "adafactor": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)},
     "warmups": (0, 30),
@@ -425,12 +425,13 @@ def rare_token_steps(beta2: float, quiet: int, *, size: int = 1000, seed: int = 
 
 
 def sgd_momentum_decay(*, lr: float = 1e-2, weight_decay: float = 0.1, momentum: float = 0.9, steps: int = 400,
-                       size: int = 256, seed: int = 0) -> tuple[float, float]:
-    """SGD with momentum on parameters starting at 1 with zero-mean N(0, 0.01^2) gradients: mean parameter after
+                       size: int = 256, seed: int = 0, noise: float = 0.01) -> tuple[float, float]:
+    """SGD with momentum on parameters starting at 1 with zero-mean N(0, noise^2) gradients: mean parameter after
     ``steps`` with L2 (torch.optim.SGD's weight_decay, which goes through the momentum buffer) and with decoupled
-    decay (SGDW, Loshchilov & Hutter 2019 Algorithm 1: theta (1 - lr wd) outside the buffer)."""
+    decay (SGDW, Loshchilov & Hutter 2019 Algorithm 1: theta (1 - lr wd) outside the buffer). ``noise=0`` gives the
+    noise-free recursions, i.e. what the decay alone does."""
     gen = torch.Generator().manual_seed(seed)
-    noise = [torch.randn(size, generator=gen) * 0.01 for _ in range(steps)]
+    noise = [torch.randn(size, generator=gen) * noise for _ in range(steps)]
     p = torch.nn.Parameter(torch.ones(size))
     opt = torch.optim.SGD([p], lr=lr, momentum=momentum, weight_decay=weight_decay)
     for g in noise:
