@@ -143,8 +143,10 @@ def grad_norm_spikes(norms, window, factor):
 # ------------------------------------------------------------------- 8.2 decay over a run
 
 def remaining_after_decay(lrs, weight_decay):
-    """The fraction of a weight that receives no gradient left after a run of decoupled weight decay, applied at
-    every step as PyTorch's AdamW applies it (your AdamW of exercise 5.1 does the same), with that step's lr.
+    """The fraction of a weight whose gradient is zero at every step (so its Adam step is 0 and only the decay moves
+    it) left after a run of decoupled weight decay, applied at every step as PyTorch's AdamW applies it (your AdamW
+    of exercise 5.1 does the same), with that step's lr. (torch.optim.AdamW skips a parameter whose .grad is None:
+    that one is not decayed at all.)
 
     lrs: the learning rate of every step of the run, in order (a list of floats, possibly empty); weight_decay: a
     float >= 0. Returns a number (a float; a 0-d tensor is accepted too): the fraction left, exactly, step by step
@@ -787,6 +789,12 @@ def decay_removed_ratio(row: dict, when: str = "end") -> float:
     return (1 - l2) / (1 - w)
 
 
+def decay_removed_ratios_per_seed(row: dict, when: str = "end") -> list[float]:
+    """decay_removed_ratio seed by seed (one ratio per seed of the row), to show how far the seeds scatter."""
+    suffix = "" if when == "end" else " at budget"
+    return [(1 - l2) / (1 - w) for l2, w in zip(row[f"Adam + L2 small{suffix}"], row[f"AdamW small{suffix}"])]
+
+
 def decay_table(table: dict) -> str:
     """decay_over_seeds as text: final means, mean±half-range over seeds, and the fraction each optimizer removed
     from the small-gradient weights, after all the steps and at the same lr x steps."""
@@ -796,7 +804,7 @@ def decay_table(table: dict) -> str:
              f"std 10 'large' or 1e-3 'small')",
              f"{'lr':>6} {'L2 large':>12} {'L2 small':>12} {'AdamW large':>12} {'AdamW small':>12} "
              f"{f'(1-lr wd)^{steps}':>14} {'removed from small: L2 / AdamW':>31}  {'L2 small < 0.1':<22}"
-             f"same lr x steps = {budget:g}: steps, removed L2 / AdamW"]
+             f"same lr x steps = {budget:g}: steps, removed L2 / AdamW (per seed)"]
     for lr, row in table.items():
         cells = [pm(_spread(row[k]), 3) for k in ("Adam + L2 large", "Adam + L2 small", "AdamW large", "AdamW small")]
         l2_removed = 1 - _spread(row["Adam + L2 small"])[0]
@@ -804,10 +812,11 @@ def decay_table(table: dict) -> str:
         below = sorted(set(row["L2 small below 0.1"]), key=lambda x: (x is None, x))
         below = "never" if below == [None] else "after " + ", ".join(str(b) for b in below) + " steps"
         early = [1 - _spread(row[f"{name} small at budget"])[0] for name in ("Adam + L2", "AdamW")]
+        per_seed = decay_removed_ratios_per_seed(row, "budget")
         lines.append(f"{lr:>6g} {cells[0]:>12} {cells[1]:>12} {cells[2]:>12} {cells[3]:>12} {row['formula']:>14.3f} "
                      f"{l2_removed:>9.3f} / {w_removed:.3f} = {decay_removed_ratio(row):>4.1f}x  {below:<22}"
                      f"{row['budget steps']:>3}: {early[0]:.3f} / {early[1]:.3f} = "
-                     f"{decay_removed_ratio(row, 'budget'):.1f}x")
+                     f"{decay_removed_ratio(row, 'budget'):.1f}x ({min(per_seed):.1f}-{max(per_seed):.1f}x)")
     return "\n".join(lines)
 
 

@@ -54,8 +54,9 @@ EX_8_1 = Exercise(
     mistakes=(
         Mistake("warmup starts at 0", _schedule_starts_at_zero,
                 "A convention, not a bug: max_lr * step / warmup_steps (lr 0 at step 0, as Hugging Face's "
-                "get_cosine_schedule_with_warmup does) is common too. This exercise's contract is nanoGPT's: "
-                "max_lr * (step + 1) / warmup_steps, so step 0 already trains and the warmup ends at max_lr."),
+                "get_cosine_schedule_with_warmup does) is common too. This exercise's contract is that of Karpathy's "
+                "build-nanogpt (train_gpt2.py): max_lr * (step + 1) / warmup_steps, so step 0 already trains and the "
+                "warmup ends at max_lr."),
         Mistake("cosine counted from step 0", _schedule_cosine_from_zero,
                 "The cosine starts after the warmup: progress = (step - warmup_steps) / "
                 "(total_steps - warmup_steps)."),
@@ -94,10 +95,10 @@ def _decay_cases():
 
 
 EX_8_2 = Exercise(
-    id="8.2", title="what decoupled decay leaves of an unused weight", reference=remaining_after_decay,
-    cases=_decay_cases,
-    hints=("A weight with no gradient gets no Adam step (its m and v stay 0), so only the decay moves it. Write what "
-           "one AdamW step with learning rate lr does to such a weight w.",
+    id="8.2", title="what decoupled decay leaves of a weight whose gradient is zero",
+    reference=remaining_after_decay, cases=_decay_cases,
+    hints=("A weight whose gradient is zero gets no Adam step (its m and v stay 0), so only the decay moves it. "
+           "Write what one AdamW step with learning rate lr does to such a weight w.",
            "One step: w <- w * (1 - lr * weight_decay), with that step's own lr. After the run w_T = w_0 * the product "
            "of those factors, so the fraction left, w_T / w_0, does not depend on w_0.",
            "remaining = 1.0; for lr in lrs: remaining *= 1 - lr * weight_decay; return remaining (math.prod of the "
