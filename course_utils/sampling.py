@@ -502,7 +502,8 @@ _WORD = None
 
 
 def corpus_words() -> set:
-    """The set of words (letter runs of 2+ letters, lower case) of the byte model's training text."""
+    """The set of words (letter runs of 2+ letters, lower case) of the byte model's whole corpus
+    (``charlm.training_text()``: the part it trained on and the held-out part the chapter's prompts come from)."""
     global _WORD
     if _WORD is None:
         import re
@@ -515,9 +516,9 @@ def corpus_words() -> set:
 
 def word_validity(ids: list[int], no_word: float = math.nan) -> float:
     """Fraction of the continuation's complete words (letter runs of 2+ letters, not touching either end, since
-    those may be cut) that occur in the training text: a judge of "invented words" that is not the model's
-    likelihood. ``no_word`` when the text has no complete word (nan by default; the chapter's evaluations pass 0, the
-    worst score, so that a run of spaces counts as a failure instead of dropping out of a mean)."""
+    those may be cut) that occur in the corpus (:func:`corpus_words`): a judge of "invented words" that is not the
+    model's likelihood. ``no_word`` when the text has no complete word (nan by default; the chapter's evaluations pass
+    0, the worst score, so that a run of spaces counts as a failure instead of dropping out of a mean)."""
     words = complete_words(ids)
     return sum(w in corpus_words() for w in words) / len(words) if words else no_word
 
@@ -665,7 +666,7 @@ def best_of_groups(outputs: list[list[list[int]]], scores: list[list[float]], si
 
 
 SEED_POOLED_CACHE = Path(__file__).resolve().parent / "data_files" / "ch06_seed_pooled.json"
-SEED_POOLED = dict(seeds=(0, 1, 2, 3, 4), samples=8, n_new=40, hot=1.5, top_p=(0.9, 0.75), min_p=0.1)
+SEED_POOLED = dict(seeds=(0, 1, 2, 3, 4), samples=8, n_new=40, hot=1.5, top_p=(0.9, 0.75, 0.8), min_p=0.1)
 
 
 def seed_pooled_evaluation(model, prompts: list[list[int]], *, seeds=SEED_POOLED["seeds"],
@@ -792,6 +793,45 @@ def matched_top_p(probs: torch.Tensor, temperature: float, min_p: float,
     to min-p's: a top-p of the same strength, for a comparison of the two rules rather than of two strengths."""
     target = kept_sizes(probs, temperature, min_p=min_p).double().mean()
     return min(candidates, key=lambda p: abs(kept_sizes(probs, temperature, top_p=p).double().mean() - target))
+
+
+@torch.no_grad()
+def sampled_next_token_distributions(model, prompts: list[list[int]], temperature: float, *, n_new: int = 40,
+                                     samples: int = 8, seed: int = 0, **filters) -> torch.Tensor:
+    """(prompts * samples * n_new, V) next-token probabilities of the model (T = 1, unfiltered) at every step of its
+    own continuations, sampled as :func:`decode_batch` samples them (``temperature``, ``filters`` such as
+    ``min_p=0.1``, ``seed``): the contexts a filter meets when it decodes, unlike the held-out text of
+    :func:`next_token_distributions`. Prompt + continuation must fit the model's context."""
+    ids = decode_batch(model, prompts, n_new, temperature=temperature, samples=samples, seed=seed, **filters)
+    rows = torch.tensor([p + o for p, outs in zip(prompts, ids) for o in outs], dtype=torch.long)
+    logits, _ = model.eval()(rows[:, :-1])
+    return torch.softmax(logits[:, len(prompts[0]) - 1:].flatten(0, 1).float(), dim=-1)
+
+
+def bracketing_top_p(probs: torch.Tensor, temperature: float, min_p: float,
+                     candidates=tuple(round(0.5 + 0.05 * i, 2) for i in range(10))) -> tuple[float, float]:
+    """The two neighbouring ``candidates`` whose mean kept sizes over the rows of ``probs`` at ``temperature``
+    bracket min-p's: (the largest top-p that keeps at most as many tokens, the smallest that keeps at least as many).
+    A comparison of the two rules at "the same strength" runs against both: a grid point lands on one side or the
+    other of min-p's strength, and the side can decide the sign of a small gap."""
+    target = kept_sizes(probs, temperature, min_p=min_p).double().mean()
+    size = {p: kept_sizes(probs, temperature, top_p=p).double().mean() for p in candidates}
+    below = [p for p in candidates if size[p] <= target]
+    above = [p for p in candidates if size[p] >= target]
+    if not below or not above:
+        raise ValueError("min-p's kept size lies outside the candidates' range")
+    return max(below), min(above)
+
+
+def bracketed_verdict(*differences: dict) -> str:
+    """Prediction 6.b's rule: given :func:`paired_difference` results of min-p minus each top-p that brackets its
+    strength (:func:`bracketing_top_p`), "min-p keeps more real words" or "top-p keeps more real words" only if every
+    difference has that sign by at least 2 standard errors, else "no detectable difference"."""
+    if all(d["mean"] >= 2 * d["se"] for d in differences):
+        return "min-p keeps more real words"
+    if all(d["mean"] <= -2 * d["se"] for d in differences):
+        return "top-p keeps more real words"
+    return "no detectable difference"
 
 
 def mean_sd(values) -> tuple[float, float]:
