@@ -216,23 +216,38 @@ def centring_runs(*, depth: int = CENTRING_GRID["depth"], steps: int = CENTRING_
     of that length. Returns {"checkpoints": [...], "seeds": [...], "loss": {label: {str(checkpoint): [per seed]}},
     "stream_mean": {label: [per seed]}} with the loss the mean of the 20 steps ending at each checkpoint, and
     "stream_mean" (offset runs only) the mean over features and positions of what the trained model's embedding
-    puts into the stream (token + position embeddings + the offset): whether training learned to cancel it."""
+    puts into the stream (token + position embeddings + the offset): whether the embeddings learned to cancel it;
+    and "block_mean" ({label: [per seed: [per block]]}, every variant) the same mean of the stream leaving each
+    block (:func:`stream_means`): what the trained blocks do to it, next to what they do without an offset."""
     from course_utils.training import final_loss
 
     tokens = torch.arange(32)[None, :16]
     variants = [("layernorm", "layernorm", None), ("rmsnorm", "rmsnorm", None)]
     variants += [(f"rmsnorm, offset {offset:g}", "rmsnorm", offset) for offset in offsets]
-    out = {"checkpoints": list(checkpoints), "seeds": list(seeds), "loss": {}, "stream_mean": {}}
+    out = {"checkpoints": list(checkpoints), "seeds": list(seeds), "loss": {}, "stream_mean": {}, "block_mean": {}}
     for label, norm, offset in variants:
         losses = out["loss"][label] = {str(c): [] for c in checkpoints}
         for seed in seeds:
             run_losses, model = centring_run(norm, offset, seed, depth=depth, steps=steps, lr=lr, init=init)
             for c in checkpoints:
                 losses[str(c)].append(final_loss(run_losses[:c]))  # the run as if it had stopped at c
+            means = stream_means(model, tokens)
+            out["block_mean"].setdefault(label, []).append(means[1:])
             if offset:
-                with torch.no_grad():
-                    out["stream_mean"].setdefault(label, []).append(float(model.embed(tokens).mean()))
+                out["stream_mean"].setdefault(label, []).append(means[0])
     return out
+
+
+def stream_means(model: TinyTransformer, tokens: torch.Tensor) -> list[float]:
+    """The mean over features and positions of the residual stream ``model`` (learned positions) computes for
+    ``tokens`` (B, T): first what the embeddings write into it, then the stream leaving each block."""
+    with torch.no_grad():
+        x = model.embed(tokens)
+        means = [float(x.mean())]
+        for block in model.blocks:
+            x = block(x)
+            means.append(float(x.mean()))
+    return means
 
 
 def save_centring_runs(result: dict, path=CENTRING_CACHE) -> None:
