@@ -7,8 +7,10 @@ Used by chapters 1, 2, 5 and 8.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +111,49 @@ def depth_sweep_over_seeds(arch: str, depths: list[int], *, seeds=range(3), retu
             combined[key] = [math.exp(sum(math.log(s[key][i]) for s in sweeps) / len(sweeps))
                              for i in range(len(depths))]
     return (combined, sweeps) if return_seeds else combined
+
+
+POST_LN_SEEDS_CACHE = Path(__file__).resolve().parent / "data_files" / "ch01_post_ln_seeds.json"
+POST_LN_SEEDS_GRID = dict(depths=(4, 16, 64), seeds=tuple(range(40)))  # the settings of the stored study
+
+
+def post_ln_seed_study(*, depths=POST_LN_SEEDS_GRID["depths"], seeds=POST_LN_SEEDS_GRID["seeds"],
+                       init: str = "fan-in") -> dict:
+    """Does Post-LN's stream gradient vanish at init? One :func:`layer_stats` run of the Post-LN stack per depth and
+    seed, at the initialisation named ``init`` (a key of INITS). Returns {"depths": [...], "seeds": [...],
+    str(depth): {key: [one value per seed]}} with keys
+    "stream_ratio": ||dL/dx_1|| / ||dL/dx_L|| (the streams entering blocks 1 and L),
+    "param_ratio": block 1's parameter-gradient norm over block L's,
+    "quarter_ratio": the bottom quarter's parameter-gradient norms over the top quarter's (geometric means over the
+    quarter's blocks; depth >= 4),
+    "factor_min", "factor_max": the smallest and largest factor ||dL/dx_l|| / ||dL/dx_{l+1}|| one block applies to
+    the stream gradient (the geometric mean of those factors is stream_ratio ** (1 / (depth - 1))).
+    Deterministic for a given arithmetic order. Stored in ``data_files/ch01_post_ln_seeds.json``
+    (:func:`load_post_ln_seed_study`): the 120 runs take about 30 s."""
+    def geomean(values):
+        return math.exp(sum(math.log(v) for v in values) / len(values))
+
+    out = {"depths": list(depths), "seeds": list(seeds)}
+    for depth in depths:
+        rows = out[str(depth)] = {k: [] for k in ("stream_ratio", "param_ratio", "quarter_ratio", "factor_min",
+                                                  "factor_max")}
+        q = depth // 4
+        for seed in seeds:
+            r = layer_stats("post", depth, seed=seed, **init_fields(init))
+            g, p = r.input_grad_norm, r.param_grad_norm
+            factors = [g[i] / g[i + 1] for i in range(depth - 1)]
+            rows["stream_ratio"].append(g[0] / g[-1])
+            rows["param_ratio"].append(p[0] / p[-1])
+            rows["quarter_ratio"].append(geomean(p[:q]) / geomean(p[-q:]))
+            rows["factor_min"].append(min(factors))
+            rows["factor_max"].append(max(factors))
+    return out
+
+
+def load_post_ln_seed_study() -> dict:
+    """The stored :func:`post_ln_seed_study` at POST_LN_SEEDS_GRID (fan-in init, 40 seeds, 4, 16 and 64 blocks),
+    computed on the course CPU; tests/test_claims_ch01.py recomputes it and compares."""
+    return json.loads(POST_LN_SEEDS_CACHE.read_text())
 
 
 def layernorm_jacobian(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

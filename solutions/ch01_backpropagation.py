@@ -250,8 +250,8 @@ def swiglu_grads(gate, up, grad_h):
     """Gradients of h = silu(gate) * up with respect to gate and up, by hand (no autograd).
 
     gate, up, grad_h: float tensors of one shape; grad_h is dL/dh.
-    Returns (grad_gate, grad_up), each the shape of gate, where silu(g) = g * sigmoid(g) and
-    silu'(g) = sigmoid(g) * (1 + g * (1 - sigmoid(g))). Inputs are not modified.
+    Returns (grad_gate, grad_up), each the shape of gate, where silu(g) = g * sigmoid(g) (its derivative is part
+    of the exercise). Inputs are not modified.
     """
     s = torch.sigmoid(gate)
     grad_gate = grad_h * up * s * (1 + gate * (1 - s))
