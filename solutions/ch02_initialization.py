@@ -65,7 +65,7 @@ def _xavier_cases():
     return [
         Case("256 -> 1024 (fan_out, fan_in) = (1024, 256)", (1024, 256)),
         Case("square 512 x 512", (512, 512)),
-        Case("512 <- 128 with gain 5/3 (tanh)", (128, 512, 5 / 3)),
+        Case("512 -> 128 (fan_out, fan_in) = (128, 512), gain 5/3 (tanh)", (128, 512, 5 / 3)),
         Case("tall 2048 x 64", (2048, 64)),
     ]
 

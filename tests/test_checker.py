@@ -92,7 +92,8 @@ def test_hint_needs_the_mistake_to_agree_on_every_case_seen():
         bound = math.sqrt(gain * 6 / (fan_in + fan_out))
         return torch.empty(fan_out, fan_in).uniform_(-bound, bound)
 
-    result = fails_with(gain_inside_the_root, "case '512 <- 128 with gain 5/3 (tanh)'", exercise="2.1")
+    result = fails_with(gain_inside_the_root, "case '512 -> 128 (fan_out, fan_in) = (128, 512), gain 5/3 (tanh)'",
+                        exercise="2.1")
     assert result.mistake != "fan_in only"  # a listed mistake that disagrees on earlier cases is not named
 
 
