@@ -759,6 +759,56 @@ def repetition_penalty_evaluation(model, prompts: list[list[int]], *, lengths=(4
     return result
 
 
+PENALTY_SWEEP_CACHE = Path(__file__).resolve().parent / "data_files" / "ch06_penalty_sweep.json"
+
+
+def repetition_penalty_sweep(model, prompts: list[list[int]], *, lengths=(40, 72),
+                             penalties=(1.3, 1.5, 2.0)) -> dict:
+    """:func:`repetition_penalty_evaluation` at each penalty θ, without the texts:
+    ``{"penalties": [θ...], "lengths": [n_new...], "runs": {str(n_new): {"greedy" | f"penalty {θ:g}" |
+    f"penalty {θ:g}, generated only": {"distinct4": [per prompt], "words": [per prompt],
+    "no_word": [prompts whose continuation has no complete word]}}}}``. Stored in
+    ``data_files/ch06_penalty_sweep.json`` (:func:`load_penalty_sweep`); greedy is deterministic, so a rerun gives
+    the same bytes unless a near-tie flips with the CPU's arithmetic order."""
+    runs = {}
+    for theta in penalties:
+        for n_new, by_name in repetition_penalty_evaluation(model, prompts, lengths=lengths, penalty=theta).items():
+            for name, metrics in by_name.items():
+                runs.setdefault(str(n_new), {})[name] = {
+                    "distinct4": [round(v, 6) for v in metrics["distinct4"]],
+                    "words": [round(v, 6) for v in metrics["words"]],
+                    "no_word": [i for i, ids in enumerate(metrics["texts"]) if not complete_words(ids)]}
+    return {"penalties": list(penalties), "lengths": list(lengths), "runs": runs}
+
+
+def save_penalty_sweep(result: dict, path=PENALTY_SWEEP_CACHE) -> None:
+    Path(path).write_text(json.dumps(result) + "\n")
+
+
+def load_penalty_sweep(path=PENALTY_SWEEP_CACHE) -> dict:
+    """The stored result of :func:`repetition_penalty_sweep` on the chapter's 24 prompts; tests/test_claims_ch06.py
+    recomputes it and checks it."""
+    return json.loads(Path(path).read_text())
+
+
+def penalty_sweep_table(sweep: dict) -> str:
+    """Per length and θ, each rule minus greedy in distinct 4-grams (mean, standard error over prompts, prompts
+    the other way) and words in corpus (mean, se), and the prompts with no complete word, as text."""
+    lines = []
+    for n_new in sweep["lengths"]:
+        runs = sweep["runs"][str(n_new)]
+        lines.append(f"{n_new} bytes (greedy: no complete word on prompts {runs['greedy']['no_word']})")
+        for theta in sweep["penalties"]:
+            for rule, suffix in (("Hugging Face's", ""), ("generated only", ", generated only")):
+                run = runs[f"penalty {theta:g}{suffix}"]
+                d4 = paired_difference(run["distinct4"], runs["greedy"]["distinct4"])
+                w = paired_difference(run["words"], runs["greedy"]["words"])
+                lines.append(f"  θ = {theta:<4g} {rule:<15} distinct 4-grams {d4['mean']:+.2f} (se {d4['se']:.2f}, "
+                             f"other way on {d4['reversed']:>2}), words {w['mean']:+.2f} (se {w['se']:.2f}), "
+                             f"no complete word on {run['no_word']}")
+    return "\n".join(lines)
+
+
 def filter_evaluation(model, prompts: list[list[int]], *, temperatures=(1.0, 1.5), top_p: float | tuple = 0.9,
                       min_p: float = 0.1, n_new: int = 40, samples: int = 8, diversity_of: int = 4,
                       seed: int = 0) -> dict:
