@@ -875,13 +875,14 @@ def bracketing_top_p(probs: torch.Tensor, temperature: float, min_p: float,
 
 def bracketed_verdict(*differences: dict) -> str:
     """Prediction 6.b's rule: given :func:`paired_difference` results of min-p minus each top-p that brackets its
-    strength (:func:`bracketing_top_p`), "min-p keeps more real words" or "top-p keeps more real words" only if every
-    difference has that sign by at least 2 standard errors, else "no detectable difference"."""
+    strength (:func:`bracketing_top_p`), "min-p keeps more real words" or "top-p keeps more real words" only if that
+    side wins every comparison, each by at least 2 standard errors, else "neither side wins both comparisons" (one
+    comparison alone may be detectable)."""
     if all(d["mean"] >= 2 * d["se"] for d in differences):
         return "min-p keeps more real words"
     if all(d["mean"] <= -2 * d["se"] for d in differences):
         return "top-p keeps more real words"
-    return "no detectable difference"
+    return "neither side wins both comparisons"
 
 
 def mean_sd(values) -> tuple[float, float]:
