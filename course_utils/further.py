@@ -35,7 +35,10 @@ def depth_effects(depth: int, variant: str, *, init_std: float = 0.1, seed: int 
     ("grad_first", "grad_middle", "grad_last"), and "out_grad": the mean over positions of |p - y|, the gradient of
     each position's own loss with respect to its logits (between 0 and sqrt(2)); "out_coherence": the norm of the mean
     over positions of p - y over the mean of their norms (0: the positions' output gradients cancel when they are
-    summed into a shared weight; 1: they all point the same way); "share_first", "share_later", "share_head": the
+    summed into a shared weight; 1: they all point the same way); "out_grad_argmax": the same mean |p - y| with y the
+    one-hot of the model's own argmax instead of the random next token (a confident prediction that is right; on
+    random targets it is wrong 63 times in 64, so E|p - y|^2 = 1 - 2/V + sum p^2 can only rise with saturation);
+    "share_first", "share_later", "share_head": the
     fractions of the squared global norm in the first block, in the blocks after it and in the LM head (the rest is in
     the embeddings and the final norm). ``init``: a key of DEPTH_INITS (overrides ``init_std``)."""
     from course_utils.normalization import PRE_LN_VARIANTS
@@ -63,6 +66,7 @@ def depth_effects(depth: int, variant: str, *, init_std: float = 0.1, seed: int 
             "grad_first": norm(model.blocks[0].parameters()),
             "grad_middle": norm(model.blocks[depth // 2].parameters()),
             "grad_last": norm(model.blocks[-1].parameters()), "out_grad": float(out_grad.mean()),
+            "out_grad_argmax": float((probs - F.one_hot(probs.argmax(-1), 64).to(probs.dtype)).norm(dim=-1).mean()),
             "share_first": norm(model.blocks[0].parameters()) ** 2 / norm(model.parameters()) ** 2,
             "share_later": norm(model.blocks[1:].parameters()) ** 2 / norm(model.parameters()) ** 2,
             "share_head": norm(model.lm_head.parameters()) ** 2 / norm(model.parameters()) ** 2}

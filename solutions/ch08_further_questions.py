@@ -46,6 +46,8 @@ def _schedule_cases():
     return [Case(f"step {s} of 100, warmup 10, min_lr 1e-4", (s, 1e-3, 10, 100, 1e-4))
             for s in (0, 9, 10, 32, 55, 100, 150)] + [
         Case("no warmup, step 0", (0, 3e-4, 0, 50, 0.0)),
+        # warmup longer than the run: the warmup rule wins below warmup_steps, min_lr after warmup_steps
+        *(Case(f"step {s}, warmup 20 longer than total_steps 10", (s, 1e-3, 20, 10, 1e-4)) for s in (15, 21)),
     ]
 
 
@@ -160,6 +162,9 @@ def _temperature_cases():
         Case("T = 1e-40, float32 (z / T overflows; a tie in row 1, negative logits in row 2)",
              (torch.tensor([[10.0, 9.0, 10.0, 0.0], [-10.0, -9.0, -30.0, -9.5]]), 1e-40)),
         Case("T = 50, float64", (torch.randn(6, generator=g, dtype=torch.float64), 50.0)),
+        # 1e-46 is below float32's smallest subnormal: T is 0 in the dtype, so (z - max) / T would be 0 / 0
+        Case("T = 1e-46, float32 (T rounds to 0 in float32: the T = 0 limit)",
+             (torch.tensor([[10.0, 9.0, 10.0, 0.0], [-10.0, -9.0, -30.0, -9.5]]), 1e-46)),
     ]
 
 

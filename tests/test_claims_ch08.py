@@ -56,6 +56,51 @@ def test_chapter8_q1_saturation_without_final_norm_depends_on_the_init(q1):
         assert _mean(q1, init, v, 64, "out_grad") > _mean(q1, init, v, 4, "out_grad") - 0.02, init
 
 
+def test_chapter8_q1_output_gradient_on_random_targets_cannot_fall_but_on_right_ones_it_does():
+    """08, Q1 row 3's scope (seed 0, no final norm): on random targets |p - y| rises with depth (its expectation,
+    1 - 2/V + sum p^2, can only rise with saturation); scored against the model's own argmax (a confident and right
+    prediction) it falls, as the chapter prints: 0.86 -> 0.55 -> 0.36 (fixed 0.1), 0.73 -> 0.27 -> 0.16 (fan-in)."""
+    v = "Pre-LN, no final norm"
+    printed = {"fixed 0.1": (0.86, 0.55, 0.36), "fan-in": (0.73, 0.27, 0.16)}
+    for init, expected in printed.items():
+        runs = [further.depth_effects(d, v, init=init, seed=0) for d in DEPTHS]
+        assert [round(r["out_grad_argmax"], 2) for r in runs] == pytest.approx(expected, abs=0.011), init
+        assert runs[0]["out_grad"] < runs[-1]["out_grad"] and runs[0]["out_grad_argmax"] > runs[-1]["out_grad_argmax"]
+
+
+@pytest.mark.slow
+def test_chapter8_q4_the_too_high_lr_ends_with_the_largest_weights():
+    """08, cell 4c692e4b (seed 0, the max_norm grid's runs): the norm of all Linear weights is 6.3 at init (fixed
+    0.02) and ends at 85 at lr 3e-2 against 11 and 7 at 3e-3 and 1e-3; at fan-in 91 against 36 and 35 (init 34)."""
+    import math
+
+    import torch
+
+    from course_utils.gradflow import stack_config
+    from course_utils.models import TinyTransformer
+    from course_utils.training import train_markov_lm
+
+    def linear_norm(model):
+        return math.sqrt(sum(float((m.weight.detach() ** 2).sum()) for m in model.modules()
+                             if isinstance(m, torch.nn.Linear)))
+
+    def make_model(config):  # the model train_markov_lm builds, kept to read its weights after training
+        made.append(TinyTransformer(config))
+        return made[-1]
+
+    printed = {"fixed 0.02": (6.3, (85, 11, 7)), "fan-in": (34.4, (91, 36, 35))}
+    for init, overrides in (("fixed 0.02", {}), ("fan-in", {"init": "fan_in"})):
+        made, at_init = [], None
+        for lr in (3e-2, 3e-3, 1e-3):
+            config = stack_config("pre", 2, **overrides)
+            torch.manual_seed(0)
+            at_init = linear_norm(TinyTransformer(config))  # train_markov_lm seeds 0 before building: same weights
+            train_markov_lm(config, steps=120, lr=lr, clip=1.0, seed=0, progress=False, make_model=make_model)
+        ends = [linear_norm(m) for m in made]
+        assert at_init == pytest.approx(printed[init][0], abs=0.06), (init, at_init)
+        assert ends == pytest.approx(printed[init][1], abs=0.6), (init, ends)
+        assert ends[0] > 2 * max(ends[1:]), init
+
 @pytest.mark.parametrize("init", INITS)
 def test_chapter8_q1_the_global_norm_is_carried_by_the_blocks_after_the_first(q1, init):
     """08, Q1 "how it could have come out the other way": with a final norm at depth 64, the blocks after the first
