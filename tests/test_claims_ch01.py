@@ -138,8 +138,8 @@ def test_adam_first_step_moves_each_weight_by_lr_over_its_init_std(seed):
 
 def test_spike_claims_under_sgd_and_adam():
     """01, fact check "fix: gradient clipping": per seed, SGD overflows without clipping and not with it; a threshold
-    of 1 clips most clean steps, one of 5 none and contains the spike as well; Adam does not overflow, but its loss
-    rises after the spike and ends well above the clipped run."""
+    of 1 clips most clean steps, one of 5 none and contains the spike as well; Adam (lr 1e-2) does not overflow, but
+    its loss rises after the spike and ends well above the clipped run (lower rates: the test below)."""
     study = gradflow.spike_study(seeds=(0, 1, 2), thresholds=(None, 1.0, 5.0))
     for seed in range(3):
         row = {key: rows[seed] for key, rows in study.items()}
@@ -152,6 +152,22 @@ def test_spike_claims_under_sgd_and_adam():
         assert adam["final"] > clipped["final"] + 0.1, row  # stored: 0.16 to 0.30
         assert row[("adam", 5.0)]["clipped"] == 0.0 and abs(row[("adam", 5.0)]["final"] - clipped["final"]) < 0.03
         assert adam["final"] > adam["after"] + 0.02, row  # no recovery in the 49 steps left; stored +0.05 to +0.10
+
+
+def test_adam_spike_cost_is_the_gap_to_the_unspiked_run_at_lr_1e_2_and_3e_3():
+    """01, reveal 1.c and fact check "fix: gradient clipping": at lr 1e-2 the spiked loss ends above its pre-spike value
+    (answer (c)); at 3e-3 it stalls instead (at or below it on at least 2 of 3 seeds, answer (b)); at both rates it
+    ends well above the same run without the spike (measured 0.16 to 0.30 and 0.17 to 0.27)."""
+    for lr in (1e-2, 3e-3):
+        spiked = [gradflow.swiglu_spike_run(10.0, None, optimizer="adam", lr=lr, seed=s).losses for s in range(3)]
+        clean = [gradflow.swiglu_spike_run(1.0, None, optimizer="adam", lr=lr, seed=s).losses for s in range(3)]
+        assert all(a[-1] > b[-1] + 0.1 for a, b in zip(spiked, clean)), (lr, spiked, clean)
+        ended_higher = sum(a[-1] > a[29] for a in spiked)  # losses[29]: just before the spike at step 30
+        if lr == 1e-2:
+            assert ended_higher == 3, [(a[29], a[-1]) for a in spiked]
+        else:  # stalls: no climb like at 1e-2 (measured -0.015 to +0.034)
+            ends = [(a[29], a[-1]) for a in spiked]
+            assert ended_higher <= 1 and all(abs(after - before) < 0.06 for before, after in ends), ends
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -289,6 +305,49 @@ def _assert_post_ln_seed_claims(study):
     assert max(study["64"]["stream_ratio"]) / min(study["64"]["stream_ratio"]) > 10, study["64"]
     assert _geomean(study["16"]["param_ratio"]) < 1 < _geomean(study["64"]["param_ratio"]), study
     return {depth: math.exp(m) for depth, m in log_mean.items()}
+
+
+def test_post_ln_per_block_factors_differ_along_a_64_block_stack():
+    """01, fact check "Post-LN output variance": not one constant factor compounding. Seeds 0-5, 64 blocks at fan-in:
+    the first block's factor 0.88 to 1.23 (above 1 on most seeds), the one below the top 0.68 to 1.00 (below 1 on
+    every seed), the blocks between 0.99 to 1.02 per seed (geometric mean)."""
+    first, below_top, between = [], [], []
+    for seed in range(6):
+        g = gradflow.layer_stats("post", 64, seed=seed, init="fan_in").input_grad_norm
+        factors = [g[i] / g[i + 1] for i in range(len(g) - 1)]
+        first.append(factors[0])
+        below_top.append(factors[-1])
+        between.append(math.exp(sum(math.log(f) for f in factors[1:-1]) / len(factors[1:-1])))
+    assert 0.85 < min(first) and max(first) < 1.3 and sum(f > 1 for f in first) >= 4, first
+    assert 0.6 < min(below_top) and max(below_top) < 1.01, below_top
+    assert 0.98 < min(between) and max(between) < 1.03, between
+    study = gradflow.load_post_ln_seed_study()  # the per-block root falls with depth: 1.109, 1.032, 1.018
+    root = {d: math.exp(sum(math.log(r) for r in study[str(d)]["stream_ratio"]) / len(study["seeds"]) / (d - 1))
+            for d in study["depths"]}
+    assert root[4] > root[16] + 0.03 and root[16] > root[64] + 0.005, root
+
+
+def test_pre_ln_variance_added_per_block_grows_along_the_stack():
+    """01, fact check "Pre-LN ∝ L": seed 0, 64 blocks at fan-in, the variance added per block is about 0.95 for blocks
+    2-8, 1.22 for 9-32 and 1.57 for 33-64: the additions grow, hence the fitted exponent above 1."""
+    var = [r ** 2 for r in gradflow.layer_stats("pre", 64, seed=0, init="fan_in").stream_rms]
+    added = [var[i + 1] - var[i] for i in range(len(var) - 1)]
+    early, middle, late = (sum(added[a:b]) / (b - a) for a, b in ((0, 7), (7, 31), (31, 63)))
+    assert early < middle < late and late > 1.4 * early, (early, middle, late)
+
+
+def test_gelu_derivative_does_not_grow_with_scale_unlike_swiglu_gradients():
+    """01, fact check "두 경로의 gradient가 곱해짐": the ungated baseline. RMS of gelu'(s a) over Gaussian a is
+    about 0.71 at s = 10 and at s = 100 (SwiGLU's input gradient grows like s)."""
+    import torch
+
+    a = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
+    rms = []
+    for s in (10.0, 100.0):
+        x = (s * a).requires_grad_()
+        torch.nn.functional.gelu(x).sum().backward()
+        rms.append(float(x.grad.pow(2).mean().sqrt()))
+    assert all(abs(r - 0.71) < 0.01 for r in rms), rms
 
 
 def test_post_ln_stream_gradient_rises_slowly_and_does_not_vanish_on_the_stored_seeds():
