@@ -99,7 +99,8 @@ def apply_repetition_penalty(logits, previous, penalty):
 
     logits: (V,); previous: (N,) int64 ids already in the text. For every *distinct* id in previous:
     a positive logit is divided by penalty, a negative one multiplied by it, so that with penalty > 1
-    the token always becomes less likely (dividing a negative logit would raise it). penalty = 1 changes nothing.
+    the token's logit always falls (dividing a negative logit would raise it). Its probability need not fall: when
+    the top token is penalised too, the mass it loses can lift other penalised tokens. penalty = 1 changes nothing.
     (CTRL's original rule divides every penalised logit; the sign-aware form is Hugging Face's fix.)
     """
     if logits.dim() != 1:
