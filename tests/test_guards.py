@@ -81,6 +81,21 @@ def test_the_interpreter_names_a_load_outside_every_tensor():
         log.check()
 
 
+def test_an_address_in_a_guarded_buffer_is_named_after_its_tensor_wherever_others_lie():
+    """CI once failed because of this: a read 100 elements before the logits was named after whichever other
+    tensor the allocator had put closer, so the same kernel gave two different messages in two runs."""
+    from course_utils.harness.guards import AccessLog, _Region
+
+    logits = _Region("logits", base=10_000, rows=6, cols=100, row_stride=131, itemsize=4, allocation=(9_500, 14_000))
+    target = _Region("target", base=9_400, rows=1, cols=6, row_stride=6, itemsize=8)  # ends 52 bytes before its buffer
+    stray = logits.base - 100 * 4  # row[-100] of row 0: in the logits' margin, 160 bytes from target
+    assert target.distance(stray) < logits.base - stray  # closer to target by plain distance...
+    log = AccessLog([logits, target], [])
+    import numpy as np
+    log._record("load", log.loads, np.array([stray]), np.array([True]))
+    assert log.first["load"] == "100 elements before the start of logits"  # ...but named after its own tensor
+
+
 def test_past_the_end_counts_from_the_last_element():
     g = guarded((2, 3), SENTINEL, margin=8, row_pad=2)
     g.view.fill_(1.0)

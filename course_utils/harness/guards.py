@@ -113,6 +113,7 @@ class _Region:
     cols: int
     row_stride: int  # in elements
     itemsize: int
+    allocation: tuple[int, int] | None = None  # [start, end) bytes of the guarded buffer around it, if any
 
     def contains(self, addresses):
         """numpy bool array: which addresses are elements of this tensor (not its padding)."""
@@ -144,7 +145,11 @@ class _Region:
         return row >= self.rows or col >= self.cols
 
     def distance(self, address: int) -> int:
-        """Bytes from ``address`` to this tensor's span (0 inside it, padding included)."""
+        """Bytes from ``address`` to this tensor's span (0 inside it, padding included, and anywhere in the guarded
+        buffer around it: that address belongs to this tensor whatever lies near it, so the message naming it does
+        not depend on where the allocator put the other tensors)."""
+        if self.allocation is not None and self.allocation[0] <= address < self.allocation[1]:
+            return 0
         end = self.base + ((self.rows - 1) * self.row_stride + self.cols) * self.itemsize
         return max(self.base - address, address - end + self.itemsize, 0)
 
@@ -164,7 +169,11 @@ def _region(name: str, t: "Guarded | torch.Tensor") -> _Region:
     stride = view.stride(0) if view.dim() == 2 else cols
     if view.dim() == 1 and view.stride(0) != 1:
         raise ValueError(f"{name}: a watched vector must be contiguous")
-    return _Region(name, view.data_ptr(), rows, cols, stride, view.element_size())
+    allocation = None
+    if isinstance(t, Guarded):
+        start = t.flat.data_ptr()
+        allocation = (start, start + t.flat.numel() * t.flat.element_size())
+    return _Region(name, view.data_ptr(), rows, cols, stride, view.element_size(), allocation)
 
 
 class AccessLog:
