@@ -73,7 +73,9 @@ def top_p_filter(logits, p):
     """
     if p >= 1:
         return logits.clone()  # everything: a float cumulative sum can reach 1 before the last token
-    probs = torch.softmax(logits.double(), dim=-1)  # float64 sums: rounding cannot move the boundary
+    # float64 makes the sum exact enough that only the probabilities themselves decide; it cannot undo the rounding
+    # of float32 logits (section 6.3 shows 0.75 coming out as 0.7500000006)
+    probs = torch.softmax(logits.double(), dim=-1)
     sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
     keep_sorted = mass_before < p
@@ -921,10 +923,10 @@ def evaluation_table(evaluation: dict) -> str:
     return "\n".join(lines)
 
 
-def describe_difference(label: str, diff: dict, unit: str = "") -> str:
+def describe_difference(label: str, diff: dict, unit: str = "", digits: int = 2) -> str:
     """One line: the mean paired difference ± its sd across prompts, the standard error, and the reversals."""
-    return (f"{label}: {diff['mean']:+.2f}{unit} ± {diff['sd']:.2f} (sd over prompts; standard error "
-            f"{diff['se']:.2f}); the other way on {diff['reversed']} of {diff['n']} prompts")
+    return (f"{label}: {diff['mean']:+.{digits}f}{unit} ± {diff['sd']:.{digits}f} (sd over prompts; standard error "
+            f"{diff['se']:.{digits}f}); the other way on {diff['reversed']} of {diff['n']} prompts")
 
 
 def figure_decoding(evaluation: dict):
