@@ -28,7 +28,8 @@ def softmax_with_temperature(logits, temperature):
 
     logits: (..., V) float (float32 or float64; the result has the same dtype). Tiny T must not
     overflow (no exp of huge numbers). T = 0 is the limit T -> 0: the probability is split equally
-    between the tied maxima of each row (one-hot when the maximum is unique). T < 0 raises ValueError.
+    between the tied maxima of each row (one-hot when the maximum is unique); a T that is 0 in the logits'
+    dtype (e.g. 1e-46 for float32) counts as T = 0. T < 0 raises ValueError.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")

@@ -46,7 +46,8 @@ def warmup_cosine_lr(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
     min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2, so max_lr right after warmup and
     min_lr at step total_steps. Steps beyond total_steps stay at min_lr. If warmup_steps >= total_steps,
     the warmup rule wins for steps below warmup_steps (even past total_steps) and the denominator is taken
-    as 1: max_lr at step warmup_steps, min_lr after it. Returns a number (a float; a 0-d tensor is accepted
+    as 1: max_lr at step warmup_steps, min_lr after it (this case overrides the two sentences before it).
+    Returns a number (a float; a 0-d tensor is accepted
     too).
     """
     if step < warmup_steps:
