@@ -103,7 +103,8 @@ def apply_repetition_penalty(logits, previous, penalty):
     logits: (V,); previous: (N,) int64 ids already in the text. For every *distinct* id in previous:
     a positive logit is divided by penalty, a negative one multiplied by it, so that with penalty > 1
     the token's logit always falls (dividing a negative logit would raise it). Its probability need not fall: when
-    the top token is penalised too, the mass it loses can lift other penalised tokens. penalty = 1 changes nothing.
+    other penalised tokens with larger logits lose more than it does (the top token, say), part of the mass they lose
+    goes to it. penalty = 1 changes nothing.
     (CTRL's original rule divides every penalised logit; the sign-aware form is Hugging Face's fix.)
     """
     if logits.dim() != 1:
@@ -478,13 +479,15 @@ def beam_search_batch(model, prompts: list[list[int]], beam_width: int,
 
 
 @torch.inference_mode()
-def continuation_log_probs(model, prompts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
-    """(len(prompts), n_new) log p(continuation[i] | prompt + continuation[:i]) for each pair (equal lengths),
-    from one teacher-forced forward pass (the whole sequence must fit the model's context)."""
+def continuation_log_probs(model, prompts: list[list[int]], continuations: list[list[int]],
+                           temperature: float = 1.0) -> torch.Tensor:
+    """(len(prompts), n_new) log p_T(continuation[i] | prompt + continuation[:i]) for each pair (equal lengths),
+    p_T = softmax(logits / temperature), from one teacher-forced forward pass (the whole sequence must fit the
+    model's context)."""
     seqs = torch.tensor([p + c for p, c in zip(prompts, continuations)], dtype=torch.long)
     logits, _ = model.eval()(seqs[:, :-1])
     n_new = len(continuations[0])
-    lp = torch.log_softmax(logits[:, -n_new:].float(), dim=-1)
+    lp = torch.log_softmax(logits[:, -n_new:].float() / temperature, dim=-1)
     return lp.gather(-1, seqs[:, -n_new:, None])[..., 0]
 
 
@@ -719,6 +722,26 @@ def same_as_greedy(evaluation: dict, method: str) -> list[int]:
     """Per prompt, how many of ``method``'s outputs are byte for byte the greedy text."""
     outs, greedy = evaluation["outputs"][method], evaluation["outputs"]["greedy"]
     return [sum(o == g[0] for o in os) for os, g in zip(outs, greedy)]
+
+
+def greedy_reproduction(model, prompts: list[list[int]], evaluation: dict, temperature: float = 0.1) -> dict:
+    """How often a sample at ``temperature`` should reproduce the greedy text, exactly: by the chain rule the chance
+    that a sample of prompt i is its greedy text is the product of p_T(greedy's byte) along greedy's own path, so the
+    expected number of such samples is a sum of those products (no independence assumption). Returns ``expected``
+    (of all the samples of :func:`decoding_evaluation` at that T), ``measured``, ``leave`` (the mean chance of
+    leaving greedy's byte along greedy's path), ``spaces`` (prompts whose greedy text is only spaces) with
+    ``from_spaces`` (the measured samples equal to greedy there) and the same count on the other prompts."""
+    method = f"sample T={temperature:g}"
+    greedy = [o[0] for o in evaluation["outputs"]["greedy"]]
+    samples = len(evaluation["outputs"][method][0])
+    lp = continuation_log_probs(model, prompts, greedy, temperature=temperature)  # (P, n_new)
+    same = same_as_greedy(evaluation, method)
+    spaces = [i for i, g in enumerate(greedy) if set(g) == {32}]
+    others = [i for i in range(len(greedy)) if i not in spaces]
+    return {"expected": samples * float(lp.sum(dim=1).exp().sum()), "measured": sum(same),
+            "samples": samples * len(greedy), "leave": float(1 - lp.exp().mean()), "spaces": spaces,
+            "from_spaces": sum(same[i] for i in spaces), "other_same": sum(same[i] for i in others),
+            "other_samples": samples * len(others)}
 
 
 def within_prompt_sd(evaluation: dict, method: str, metric: str = "words") -> list[float]:
