@@ -820,18 +820,25 @@ def load_penalty_sweep(path=PENALTY_SWEEP_CACHE) -> dict:
 
 def penalty_sweep_table(sweep: dict) -> str:
     """Per length and θ, each rule minus greedy in distinct 4-grams (mean, standard error over prompts, prompts
-    the other way) and words in corpus (mean, se), and the prompts with no complete word, as text."""
+    the other way, and the mean and se again without the prompts where greedy writes no complete word, the runs of
+    spaces that a penalty on the prompt's bytes breaks) and words in corpus (mean, se), and the prompts with no
+    complete word, as text."""
     lines = []
     for n_new in sweep["lengths"]:
         runs = sweep["runs"][str(n_new)]
-        lines.append(f"{n_new} bytes (greedy: no complete word on prompts {runs['greedy']['no_word']})")
+        wordless = runs["greedy"]["no_word"]
+        lines.append(f"{n_new} bytes (greedy: no complete word on prompts {wordless})")
         for theta in sweep["penalties"]:
             for rule, suffix in (("Hugging Face's", ""), ("generated only", ", generated only")):
                 run = runs[f"penalty {theta:g}{suffix}"]
                 d4 = paired_difference(run["distinct4"], runs["greedy"]["distinct4"])
+                keep = [i for i in range(len(run["distinct4"])) if i not in wordless]
+                rest = paired_difference([run["distinct4"][i] for i in keep],
+                                         [runs["greedy"]["distinct4"][i] for i in keep])
                 w = paired_difference(run["words"], runs["greedy"]["words"])
                 lines.append(f"  θ = {theta:<4g} {rule:<15} distinct 4-grams {d4['mean']:+.2f} (se {d4['se']:.2f}, "
-                             f"other way on {d4['reversed']:>2}), words {w['mean']:+.2f} (se {w['se']:.2f}), "
+                             f"other way on {d4['reversed']:>2}; without {wordless}: {rest['mean']:+.2f}, se "
+                             f"{rest['se']:.2f}), words {w['mean']:+.2f} (se {w['se']:.2f}), "
                              f"no complete word on {run['no_word']}")
     return "\n".join(lines)
 
