@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import textwrap
+import threading
 from collections import OrderedDict
 from typing import Callable
 
@@ -42,10 +43,16 @@ def choice(description: str, options: list, value=None) -> w.ToggleButtons:
 
 RENDER_CACHE_SIZE = 64  # renders kept per widget; a stored plot is 20-70 KB
 PREFETCH_IDLE_S = 0.5  # the kernel must have been idle this long (no cell, no slider move) before a prefetch step
-# "1" switches slider prefetching on. Off by default: in JupyterLab (browser tier, notebook 01's second widget) a
-# slider moved after a prefetch did not redraw within 60 s, which the kernel-level tests do not reproduce; until
-# that is understood a learner gets the plain behaviour (compute on the move, kept renders on a revisit).
+# ... and this long before the positions further than two steps away: a learner moving step by step meets no far
+# render in progress, one who pauses to read gets the rest of the range
+PREFETCH_FAR_IDLE_S = 5.0
+PREFETCH_GAP_S = 0.02  # between two steps: time for a request that arrived during a step to reach its handler
+# "0" switches slider prefetching off ("1", the default, leaves it on).
 PREFETCH_ENV = "COURSE_PREFETCH"
+# One render at a time, whichever thread asks: JupyterLab 4.4+ can send widget messages to a kernel *subshell* (the
+# course's lab switches that off, course_utils.harness.lab; another frontend may not), and then a slider move is
+# handled on another thread than the cells and the prefetch, while pyplot's current figure is global.
+_RENDER_LOCK = threading.RLock()
 PREFETCH_LIMIT = RENDER_CACHE_SIZE // 2  # positions prefetched around each position a learner settles on
 
 
@@ -60,18 +67,28 @@ def _kept(compute: Callable[..., object], size: int = RENDER_CACHE_SIZE,
     """``compute(**values)`` with its last ``size`` results kept, keyed by the values (see :func:`_key`) after
     ``snap`` (:func:`_snapper`: a value within rounding of a control's grid point is keyed as that point).
 
+    Safe from several threads: a kept result is returned at once, even while another thread computes (a slider move
+    handled on a kernel subshell while the main thread prefetches); computing takes :data:`_RENDER_LOCK`.
     ``call.has(**values)`` says whether a position is kept, without computing it."""
     kept: OrderedDict = OrderedDict()
+    lock = threading.Lock()
 
     def call(**values):
         key = _key(snap(values))
-        if key in kept:
-            kept.move_to_end(key)
-        else:
-            kept[key] = compute(**values)
+        with lock:
+            if key in kept:
+                kept.move_to_end(key)
+                return kept[key]
+        with _RENDER_LOCK:
+            with lock:  # computed by another thread while this one waited for the render lock
+                if key in kept:
+                    return kept[key]
+            result = compute(**values)
+        with lock:
+            kept[key] = result
             if len(kept) > size:
                 kept.popitem(last=False)
-        return kept[key]
+        return result
 
     call.has = lambda **values: _key(snap(values)) in kept
     return call
@@ -137,6 +154,12 @@ def likely_positions(controls: dict[str, w.Widget], values: dict) -> list[dict]:
     away (each slider's grid neighbours one step away, each toggle's other options), then each slider's neighbours
     two steps away, then each control's whole range, coarse to fine. One control moves at a time (the others keep
     their current values); ``values`` itself is not listed."""
+    near, far = _likely(controls, values)
+    return near + far
+
+
+def _likely(controls: dict[str, w.Widget], values: dict) -> tuple[list[dict], list[dict]]:
+    """:func:`likely_positions` in two parts: those one or two moves away, and the rest of the range."""
     rings: list[list] = [[], []]
     far = []
     for name, control in controls.items():
@@ -153,13 +176,14 @@ def likely_positions(controls: dict[str, w.Widget], values: dict) -> list[dict]:
         else:
             rings[0] += [(name, g) for g in grid if g != current]
         far += [(name, grid[i]) for i in _coarse_to_fine(len(grid))]
-    found, seen = [], {_key(values)}
-    for name, value in rings[0] + rings[1] + far:
-        position = {**values, name: value}
-        if _key(position) not in seen:
-            seen.add(_key(position))
-            found.append(position)
-    return found
+    parts, seen = ([], []), {_key(values)}
+    for part, moves in zip(parts, (rings[0] + rings[1], far)):
+        for name, value in moves:
+            position = {**values, name: value}
+            if _key(position) not in seen:
+                seen.add(_key(position))
+                part.append(position)
+    return parts
 
 
 class _Prefetcher:
@@ -168,44 +192,52 @@ class _Prefetcher:
     def __init__(self, kept: Callable[..., object], controls: dict[str, w.Widget]):
         self.kept, self.controls = kept, controls
         self.queue: list[dict] = []
+        self.far: list[dict] = []
         self.touched = 0.0
 
     def restart(self, values: dict) -> None:
         """The learner is at ``values`` now: prefetch around it (what was queued before is dropped)."""
         import time
 
-        self.queue = likely_positions(self.controls, values)[:PREFETCH_LIMIT]
+        near, far = _likely(self.controls, values)
+        self.queue, self.far = near[:PREFETCH_LIMIT], far[:max(PREFETCH_LIMIT - len(near), 0)]
         self.touched = time.monotonic()
 
-    def step(self) -> bool:
-        """Compute the next position not kept yet; False when there is none. Random-number state is restored
-        afterwards, so a prefetch never changes what the learner's next cell prints."""
+    def step(self, far: bool = True) -> bool:
+        """Compute the next position not kept yet (the near ones first; the far ones only if ``far``); False when
+        there is none. Random-number state is restored afterwards, so a prefetch never changes what the learner's
+        next cell prints (the render lock keeps a subshell's render from drawing while the state is borrowed)."""
         import random
 
         import numpy as np
         import torch
 
-        while self.queue:
-            position = self.queue.pop(0)
+        while True:
+            queue = self.queue or (self.far if far else [])  # restart() may swap in new lists from another thread
+            if not queue:
+                return False
+            position = queue.pop(0)
             if self.kept.has(**position):
                 continue
-            states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-            try:
-                self.kept(**position)
-            except Exception:  # the learner meets the error if they move there; a prefetch stays silent
-                pass
-            finally:
-                random.setstate(states[0])
-                np.random.set_state(states[1])
-                torch.random.set_rng_state(states[2])
+            with _RENDER_LOCK:
+                states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+                try:
+                    self.kept(**position)
+                except Exception:  # the learner meets the error if they move there; a prefetch stays silent
+                    pass
+                finally:
+                    random.setstate(states[0])
+                    np.random.set_state(states[1])
+                    torch.random.set_rng_state(states[2])
             return True
-        return False
 
 
 class _Idle:
-    """Runs prefetch steps on the kernel's event loop while the kernel is idle: no cell running and no slider moved
-    for :data:`PREFETCH_IDLE_S`. One position per step, and between steps the loop handles whatever request arrived
-    (a slider move, a cell), so a learner waits at most for the one step in progress."""
+    """Runs prefetch steps on the event loop of the kernel's main thread (where cells run) while the kernel is idle:
+    no cell running and no request for :data:`PREFETCH_IDLE_S`. One position per step, and between steps the loop
+    handles whatever request arrived, so a learner waits at most for the one step in progress. Where the frontend
+    sends widget messages to a subshell (JupyterLab 4.4+), a move runs on that subshell's thread: a kept position is
+    shown at once, even during a step; a new one waits for the step's render (:data:`_RENDER_LOCK`)."""
 
     def __init__(self):
         self.prefetchers: list[_Prefetcher] = []
@@ -213,6 +245,7 @@ class _Idle:
         self.last_activity = 0.0
         self.handle = None
         self.hooked = False
+        self.loop = None  # the main thread's event loop, where the steps run
 
     def activity(self, *_args) -> None:
         import time
@@ -232,38 +265,90 @@ class _Idle:
         import os
 
         shell = get_ipython()
-        if shell is None or os.environ.get(PREFETCH_ENV, "0") != "1":
+        if shell is None or os.environ.get(PREFETCH_ENV, "1") == "0":
             return
         if not self.hooked:
+            if threading.current_thread() is not threading.main_thread():
+                return  # first seen outside a cell (no loop of the main thread to run on)
+            import asyncio
+
+            try:
+                self.loop = asyncio.get_event_loop()
+            except RuntimeError:
+                return
             shell.events.register("pre_run_cell", self._pre)
             shell.events.register("post_run_cell", self._post)
+            self._hook_requests(shell)
             self.hooked = True
         self.prefetchers = [p for p in self.prefetchers if p is not prefetcher] + [prefetcher]
         self.schedule(PREFETCH_IDLE_S)
 
-    def schedule(self, delay: float) -> None:
-        import asyncio
+    def _hook_requests(self, shell) -> None:
+        """Note every request the kernel dispatches (a slider move, a cell, a completion) as activity, as soon as it
+        is dispatched: without it a request waits behind every prefetch step that runs before its handler does."""
+        kernel = getattr(shell, "kernel", None)
+        dispatch = getattr(kernel, "dispatch_shell", None)
+        if dispatch is None or getattr(dispatch, "_course_activity", False):
+            return
 
+        async def dispatch_shell(*args, **kwargs):
+            self.activity()
+            return await dispatch(*args, **kwargs)
+
+        dispatch_shell._course_activity = True
+        kernel.dispatch_shell = dispatch_shell
+
+    def schedule(self, delay: float) -> None:
+        """A tick on the main thread's loop after ``delay`` s, unless one is pending (safe from any thread)."""
+        if self.loop is None or self.loop.is_closed():
+            return
+        if threading.current_thread() is threading.main_thread():
+            self._schedule_here(delay)
+        else:
+            self.loop.call_soon_threadsafe(self._schedule_here, delay)
+
+    def _schedule_here(self, delay: float) -> None:
+        """Keep the earlier of the pending tick and this one (a move must not wait for a tick set for the far
+        positions)."""
+        when = self.loop.time() + delay
         if self.handle is not None:
-            return
-        try:
-            loop = asyncio.get_event_loop()
-        except RuntimeError:
-            return
-        self.handle = loop.call_later(delay, self.tick)
+            if self.handle.when() <= when:
+                return
+            self.handle.cancel()
+        self.handle = self.loop.call_at(when, self.tick)
 
     def tick(self) -> None:
         import time
 
         self.handle = None
+        if _request_waiting():
+            self.activity()
         waited = time.monotonic() - self.last_activity
         if self.running_cell or waited < PREFETCH_IDLE_S:
             self.schedule(PREFETCH_IDLE_S - waited if not self.running_cell else PREFETCH_IDLE_S)
             return
+        far = waited >= PREFETCH_FAR_IDLE_S
         for prefetcher in sorted(self.prefetchers, key=lambda p: -p.touched):  # the widget touched last first
-            if prefetcher.step():
-                self.schedule(0.0)
+            if prefetcher.step(far=far):
+                self.schedule(PREFETCH_GAP_S)
                 return
+        if not far and any(p.far for p in self.prefetchers):
+            self.schedule(PREFETCH_FAR_IDLE_S - waited)
+
+
+def _request_waiting() -> bool:
+    """Is a request for the main shell waiting in the kernel's socket (ipykernel 7: the pair from its shell channel
+    thread; 6: the shell socket itself)? Then a prefetch step would make it wait."""
+    shell = get_ipython()
+    kernel = getattr(shell, "kernel", None)
+    pair = getattr(getattr(getattr(kernel, "shell_channel_thread", None), "manager", None), "_shell_channel_to_main",
+                   None)
+    stream = getattr(kernel, "shell_stream", None) if pair is None else None
+    socket = getattr(pair, "to_socket", None) or getattr(stream, "socket", None)
+    try:
+        return bool(socket is not None and socket.poll(0))
+    except Exception:  # a closed socket, another kernel: no way to tell, so no reason to wait
+        return False
 
 
 _IDLE = _Idle()
@@ -287,10 +372,9 @@ def slider_plot(draw: Callable[..., None], **controls: w.Widget) -> w.interactiv
     Returns the ``interactive`` widget (already displayed); its ``.children`` are the controls.
     ``draw`` must be a function of the control values only: each position's image is kept (the last
     ``RENDER_CACHE_SIZE``), so moving back to a position shows it again without recomputing or
-    re-rendering (rendering a course figure to PNG costs 50-110 ms on a laptop CPU). With ``COURSE_PREFETCH=1`` the
-    positions a learner is likely to visit next are rendered ahead while the kernel is idle (:func:`likely_positions`,
-    :class:`_Idle`); it is off by default because in JupyterLab it did not make first visits faster (see
-    ``PREFETCH_ENV``). Re-running the cell starts an empty cache.
+    re-rendering (rendering a course figure to PNG costs 50-110 ms on a laptop CPU). The positions a learner is
+    likely to visit next are rendered ahead while the kernel is idle (:func:`likely_positions`, :class:`_Idle`;
+    ``COURSE_PREFETCH=0`` switches that off). Re-running the cell starts an empty cache.
     """
     def rendered(**values) -> tuple[dict, dict]:
         draw(**values)
@@ -321,8 +405,8 @@ def slider_html(render: Callable[..., str], **controls: w.Widget) -> w.interacti
     """Like :func:`slider_plot` for a view drawn as HTML (``render(**values)`` returns a string).
 
     No image to encode and send: on the course CPU a redraw costs the computation plus a few ms,
-    where a matplotlib figure costs 60 ms or more. Positions already shown are kept (and, with ``COURSE_PREFETCH=1``,
-    likely next ones prefetched while the kernel is idle), as in :func:`slider_plot`.
+    where a matplotlib figure costs 60 ms or more. Positions already shown are kept, and likely next ones prefetched
+    while the kernel is idle, as in :func:`slider_plot`.
     """
     kept_render = _kept(render, snap=_snapper(controls))
     shown = _with_prefetch(kept_render, controls)

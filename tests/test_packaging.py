@@ -1,6 +1,7 @@
 """pyproject.toml, environment.yml and constraints-cpu.txt describe the same environment."""
 import re
 import sys
+from pathlib import Path
 
 import pytest
 import tomllib
@@ -70,6 +71,29 @@ def test_make_lab_binds_localhost_and_keeps_the_token():
     assert "--IdentityProvider.token=abc" in lab_command("nb", 1, token="abc")
     with pytest.raises(ValueError, match="disables authentication"):
         lab_command("nb", 1, token="")
+
+
+def test_the_course_lab_sends_widget_messages_to_the_main_shell(tmp_path, monkeypatch):
+    """lab_command installs the course's JupyterLab defaults (an overrides.d file in the lab's application settings):
+    comms not over subshells, a value the installed JupyterLab's own schema accepts. Where the file cannot be
+    written, the lab still starts."""
+    import json
+    import sys
+
+    from course_utils.harness import lab
+
+    monkeypatch.setenv("JUPYTERLAB_DIR", str(tmp_path / "lab"))
+    lab.lab_command("nb", 1)
+    written = json.loads((tmp_path / "lab" / "settings" / "overrides.d" / "course.json").read_text())
+    assert written == lab.LAB_OVERRIDES
+    schema_file = (Path(sys.prefix) / "share" / "jupyter" / "lab" / "schemas" / "@jupyterlab" / "apputils-extension"
+                   / "kernels-settings.json")
+    schema = json.loads(schema_file.read_text())["properties"]["commsOverSubshells"]
+    allowed = {option["const"] for option in schema["oneOf"]}
+    assert written["@jupyterlab/apputils-extension:kernels-settings"]["commsOverSubshells"] in allowed
+    (tmp_path / "blocked").write_text("a file where the lab directory should be")
+    monkeypatch.setenv("JUPYTERLAB_DIR", str(tmp_path / "blocked"))
+    assert lab.install_lab_overrides() is None and lab.lab_command("nb", 1)
 
 
 def test_ci_runs_the_readme_test_command():

@@ -95,12 +95,12 @@ def test_a_failing_position_does_not_stop_the_prefetch():
 
 def test_an_idle_kernel_prefetches_a_sliders_positions_and_a_busy_one_does_not(monkeypatch):
     """In a real kernel: after a slider cell, nothing is computed while cells keep running; once the kernel has been
-    idle, the neighbours are computed."""
+    idle, the neighbours are computed, and after a longer idle (PREFETCH_FAR_IDLE_S) the rest of the range."""
     import asyncio
 
     from jupyter_client.manager import AsyncKernelManager
 
-    monkeypatch.setenv("COURSE_PREFETCH", "1")  # off by default (course_utils.widgets.PREFETCH_ENV)
+    monkeypatch.delenv("COURSE_PREFETCH", raising=False)  # on by default (course_utils.widgets.PREFETCH_ENV)
 
     async def run():
         km = AsyncKernelManager(kernel_name="python3")
@@ -125,16 +125,19 @@ def test_an_idle_kernel_prefetches_a_sliders_positions_and_a_busy_one_does_not(m
             await execute("from course_utils.widgets import int_slider, slider_html\ncalls = []\n"
                           "w = slider_html(lambda n: calls.append(n) or f'<b>{n}</b>', n=int_slider('n', 5, 0, 10))")
             busy = await execute("import time; time.sleep(1.5); print(sorted(calls))")
-            await asyncio.sleep(3)
+            await asyncio.sleep(2)
+            near = await execute("print(sorted(calls))")
+            await asyncio.sleep(6)
             idle = await execute("print(sorted(calls))")
-            return busy, idle
+            return busy, near, idle
         finally:
             kc.stop_channels()
             await km.shutdown_kernel(now=True)
 
-    busy, idle = asyncio.run(run())
+    busy, near, idle = asyncio.run(run())
     assert busy.strip() == "[5]", "nothing prefetched while a cell runs"
-    assert idle.strip() == str(list(range(11))), "every position prefetched once the kernel was idle"
+    assert near.strip() == "[3, 4, 5, 6, 7]", "after a short pause, the positions one and two steps away"
+    assert idle.strip() == str(list(range(11))), "every position prefetched once the kernel was idle longer"
 
 
 def test_a_position_the_browser_rounds_finds_its_prefetched_render():
@@ -157,12 +160,41 @@ def test_a_position_the_browser_rounds_finds_its_prefetched_render():
     assert len(calls) == 2
 
 
-def test_prefetch_is_off_unless_asked(monkeypatch):
-    """COURSE_PREFETCH unset: showing a position schedules nothing."""
+def test_prefetch_can_be_switched_off(monkeypatch):
+    """COURSE_PREFETCH=0: showing a position schedules nothing."""
     from course_utils import widgets
 
-    monkeypatch.delenv("COURSE_PREFETCH", raising=False)
+    monkeypatch.setenv("COURSE_PREFETCH", "0")
     monkeypatch.setattr(widgets, "get_ipython", lambda: object())  # as if in a kernel
     idle = widgets._Idle()
     idle.add(widgets._Prefetcher(widgets._kept(lambda n: n), {"n": widgets.int_slider("n", 1, 0, 3)}))
     assert idle.prefetchers == [] and idle.handle is None
+
+
+def test_a_kept_position_is_shown_while_another_thread_renders():
+    """JupyterLab sends slider moves to a kernel subshell, a thread beside the main one where the prefetch renders:
+    a kept position must come back at once, a new one wait for the render in progress (pyplot is not thread-safe)."""
+    import threading
+    import time
+
+    from course_utils import widgets
+
+    order = []
+    kept = widgets._kept(lambda n: order.append(n) or n)
+    kept(n=1)
+    rendering = threading.Event()
+
+    def prefetch_step():
+        with widgets._RENDER_LOCK:  # a render in progress on the main thread
+            rendering.set()
+            time.sleep(0.5)
+            order.append("render done")
+
+    thread = threading.Thread(target=prefetch_step)
+    thread.start()
+    rendering.wait()
+    start = time.perf_counter()
+    assert kept(n=1) == 1 and time.perf_counter() - start < 0.2, "a kept position waits for nothing"
+    assert kept(n=2) == 2, "a new position is computed..."
+    assert order == [1, "render done", 2], "...after the render in progress, not beside it"
+    thread.join()
