@@ -46,7 +46,10 @@ PREFETCH_IDLE_S = 0.5  # the kernel must have been idle this long (no cell, no s
 # ... and this long before the positions further than two steps away: a learner moving step by step meets no far
 # render in progress, one who pauses to read gets the rest of the range
 PREFETCH_FAR_IDLE_S = 5.0
-PREFETCH_GAP_S = 0.02  # between two steps: time for a request that arrived during a step to reach its handler
+# between two steps: time for a request that arrived during a step to reach its handler (which marks activity).
+# Not a poll of the kernel's socket: a ZeroMQ socket signals readiness once, and a poll outside its stream can take
+# that signal, leaving the request unread with the kernel idle.
+PREFETCH_GAP_S = 0.02
 # "0" switches slider prefetching off ("1", the default, leaves it on).
 PREFETCH_ENV = "COURSE_PREFETCH"
 # One render at a time, whichever thread asks: JupyterLab 4.4+ can send widget messages to a kernel *subshell* (the
@@ -321,8 +324,6 @@ class _Idle:
         import time
 
         self.handle = None
-        if _request_waiting():
-            self.activity()
         waited = time.monotonic() - self.last_activity
         if self.running_cell or waited < PREFETCH_IDLE_S:
             self.schedule(PREFETCH_IDLE_S - waited if not self.running_cell else PREFETCH_IDLE_S)
@@ -334,21 +335,6 @@ class _Idle:
                 return
         if not far and any(p.far for p in self.prefetchers):
             self.schedule(PREFETCH_FAR_IDLE_S - waited)
-
-
-def _request_waiting() -> bool:
-    """Is a request for the main shell waiting in the kernel's socket (ipykernel 7: the pair from its shell channel
-    thread; 6: the shell socket itself)? Then a prefetch step would make it wait."""
-    shell = get_ipython()
-    kernel = getattr(shell, "kernel", None)
-    pair = getattr(getattr(getattr(kernel, "shell_channel_thread", None), "manager", None), "_shell_channel_to_main",
-                   None)
-    stream = getattr(kernel, "shell_stream", None) if pair is None else None
-    socket = getattr(pair, "to_socket", None) or getattr(stream, "socket", None)
-    try:
-        return bool(socket is not None and socket.poll(0))
-    except Exception:  # a closed socket, another kernel: no way to tell, so no reason to wait
-        return False
 
 
 _IDLE = _Idle()
