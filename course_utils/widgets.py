@@ -189,6 +189,26 @@ def _likely(controls: dict[str, w.Widget], values: dict) -> tuple[list[dict], li
     return parts
 
 
+def _onward(last: dict | None, values: dict, near: list[dict]) -> int | None:
+    """The index in ``near`` of the first position that moves on from ``last`` to ``values``: the same single slider,
+    the same direction. None when the last change was not one numeric control, or no such position is listed."""
+    if last is None or last.keys() != values.keys():
+        return None
+    moved = [name for name in values if _key({name: values[name]}) != _key({name: last[name]})]
+    if len(moved) != 1:
+        return None
+    name = moved[0]
+    before, now = last[name], values[name]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, now)):
+        return None
+    for i, position in enumerate(near):
+        step = position[name]
+        if (isinstance(step, (int, float)) and not isinstance(step, bool) and (step - now) * (now - before) > 0
+                and all(position[other] == values[other] for other in values if other != name)):
+            return i
+    return None
+
+
 class _Prefetcher:
     """Fills one widget's kept renders with the positions :func:`likely_positions` lists, one per step."""
 
@@ -197,13 +217,19 @@ class _Prefetcher:
         self.queue: list[dict] = []
         self.far: list[dict] = []
         self.touched = 0.0
+        self.last: dict | None = None
 
     def restart(self, values: dict) -> None:
-        """The learner is at ``values`` now: prefetch around it (what was queued before is dropped)."""
+        """The learner is at ``values`` now: prefetch around it (what was queued before is dropped). After a slider
+        move, the next step the same way on the same slider comes first: a learner exploring a slider tends to go on."""
         import time
 
         near, far = _likely(self.controls, values)
+        onward = _onward(self.last, values, near)
+        if onward is not None:
+            near.insert(0, near.pop(onward))
         self.queue, self.far = near[:PREFETCH_LIMIT], far[:max(PREFETCH_LIMIT - len(near), 0)]
+        self.last = dict(values)
         self.touched = time.monotonic()
 
     def step(self, far: bool = True) -> bool:

@@ -198,3 +198,21 @@ def test_a_kept_position_is_shown_while_another_thread_renders():
     assert kept(n=2) == 2, "a new position is computed..."
     assert order == [1, "render done", 2], "...after the render in progress, not beside it"
     thread.join()
+
+
+def test_after_a_slider_move_the_next_step_the_same_way_is_prefetched_first():
+    """A learner exploring a slider tends to go on: after a move right the position one step further right comes
+    first, after a move left one step further left; a move of another kind leaves the usual order."""
+    from course_utils import widgets
+
+    controls = {"a": widgets.int_slider("a", 2, 0, 9), "b": widgets.int_slider("b", 5, 0, 9),
+                "c": widgets.choice("c", ["x", "y"])}
+    prefetcher = widgets._Prefetcher(widgets._kept(lambda **v: v), controls)
+    prefetcher.restart({"a": 2, "b": 5, "c": "x"})
+    assert prefetcher.queue[0] == {"a": 3, "b": 5, "c": "x"}, "no move yet: the usual order"
+    prefetcher.restart({"a": 2, "b": 6, "c": "x"})  # b moved right
+    assert prefetcher.queue[0] == {"a": 2, "b": 7, "c": "x"}
+    prefetcher.restart({"a": 2, "b": 5, "c": "x"})  # b moved left
+    assert prefetcher.queue[0] == {"a": 2, "b": 4, "c": "x"}
+    prefetcher.restart({"a": 2, "b": 5, "c": "y"})  # a toggle: the usual order
+    assert prefetcher.queue == widgets._likely(controls, {"a": 2, "b": 5, "c": "y"})[0]
