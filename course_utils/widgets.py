@@ -189,6 +189,10 @@ def _likely(controls: dict[str, w.Widget], values: dict) -> tuple[list[dict], li
     return parts
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _onward(last: dict | None, values: dict, near: list[dict]) -> int | None:
     """The index in ``near`` of the first position that moves on from ``last`` to ``values``: the same single slider,
     the same direction. None when the last change was not one numeric control, or no such position is listed."""
@@ -199,11 +203,11 @@ def _onward(last: dict | None, values: dict, near: list[dict]) -> int | None:
         return None
     name = moved[0]
     before, now = last[name], values[name]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, now)):
+    if not (_is_number(before) and _is_number(now)):
         return None
     for i, position in enumerate(near):
         step = position[name]
-        if (isinstance(step, (int, float)) and not isinstance(step, bool) and (step - now) * (now - before) > 0
+        if (_is_number(step) and (step - now) * (now - before) > 0
                 and all(position[other] == values[other] for other in values if other != name)):
             return i
     return None

@@ -78,7 +78,6 @@ def test_the_course_lab_sends_widget_messages_to_the_main_shell(tmp_path, monkey
     comms not over subshells, a value the installed JupyterLab's own schema accepts. Where the file cannot be
     written, the lab still starts."""
     import json
-    import sys
 
     from course_utils.harness import lab
 
